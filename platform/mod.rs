@@ -1,0 +1,56 @@
+//! Platform code: the only place that knows whether it runs natively or in a
+//! browser. The core (`src/`) uses what this module re-exports and never
+//! names tokio, rusqlite, web-sys or wasm-bindgen.
+//!
+//! Each platform provides: `fill_random`, `now_ms`, the executor (`spawn`),
+//! `open_backend` (adapter name -> storage backend) and `open_key_store`.
+
+use std::future::Future;
+use std::pin::Pin;
+
+#[cfg(not(wasm_browser))]
+pub mod native;
+#[cfg(not(wasm_browser))]
+pub use native::{
+    fill_random, now_ms, open_backend, open_key_store, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER,
+};
+
+#[cfg(wasm_browser)]
+pub mod web;
+#[cfg(wasm_browser)]
+pub use web::{
+    fill_random, now_ms, open_backend, open_key_store, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER,
+};
+
+/// `Send` natively; nothing in the browser, where JavaScript values and
+/// futures live on one thread.
+#[cfg(not(wasm_browser))]
+pub trait MaybeSend: Send {}
+#[cfg(not(wasm_browser))]
+impl<T: Send + ?Sized> MaybeSend for T {}
+
+/// `Sync` natively; nothing in the browser.
+#[cfg(not(wasm_browser))]
+pub trait MaybeSync: Sync {}
+#[cfg(not(wasm_browser))]
+impl<T: Sync + ?Sized> MaybeSync for T {}
+
+/// `Send` natively; nothing in the browser.
+#[cfg(wasm_browser)]
+pub trait MaybeSend {}
+#[cfg(wasm_browser)]
+impl<T: ?Sized> MaybeSend for T {}
+
+/// `Sync` natively; nothing in the browser.
+#[cfg(wasm_browser)]
+pub trait MaybeSync {}
+#[cfg(wasm_browser)]
+impl<T: ?Sized> MaybeSync for T {}
+
+/// A boxed future that is `Send` natively.
+#[cfg(not(wasm_browser))]
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A boxed future (not `Send` in the browser).
+#[cfg(wasm_browser)]
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;

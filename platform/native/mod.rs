@@ -1,0 +1,82 @@
+//! Native platform: OS randomness and clock, tokio (or a thread) for tasks,
+//! SQLite storage ([`SqliteStore`]) and a keyfile for the device identity
+//! ([`FileKeyStore`]).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::keys::{KeyStore, MemoryKeyStore};
+use crate::storage::{MemoryStore, StorageBackend};
+use crate::store::{Adapter, StoreOptions};
+
+mod keyfile;
+mod sqlite;
+
+pub use keyfile::FileKeyStore;
+pub use sqlite::SqliteStore;
+
+/// The adapter used when none is named.
+pub const DEFAULT_ADAPTER: Adapter = Adapter::Sqlite;
+/// The adapters this platform offers, for error messages.
+pub const ADAPTER_NAMES: &str = "sqlite\" or \"memory";
+
+/// Fills `buf` with cryptographically secure random bytes from the OS.
+pub fn fill_random(buf: &mut [u8]) -> Result<()> {
+    getrandom::fill(buf).map_err(|e| Error::InvalidOptions(format!("no secure randomness: {e}")))
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs a future in the background: on the current tokio runtime if there
+/// is one, else on a thread of its own.
+pub fn spawn<F: Future<Output = ()> + Send + 'static>(future: F) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(future);
+        }
+        Err(_) => {
+            std::thread::spawn(move || futures::executor::block_on(future));
+        }
+    }
+}
+
+/// The database path for `options`: `path`, or `data/<name>.db`.
+pub fn database_path(options: &StoreOptions) -> PathBuf {
+    options
+        .path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("data").join(format!("{}.db", options.name)))
+}
+
+/// The storage backend for `options` natively.
+pub fn open_backend(options: &StoreOptions) -> Result<Arc<dyn StorageBackend>> {
+    match options.adapter {
+        Adapter::Sqlite => Ok(Arc::new(SqliteStore::open(&database_path(options))?)),
+        Adapter::Memory => Ok(Arc::new(MemoryStore::new())),
+        Adapter::IndexedDb => Err(Error::AdapterUnavailable {
+            requested: "indexeddb".into(),
+            available: "sqlite",
+        }),
+    }
+}
+
+/// The device key store for `options`: a keyfile beside the SQLite database.
+pub fn open_key_store(options: &StoreOptions) -> Result<Arc<dyn KeyStore>> {
+    match options.adapter {
+        Adapter::Sqlite => {
+            let mut path = database_path(options).into_os_string();
+            path.push(".device-key");
+            Ok(Arc::new(FileKeyStore::new(PathBuf::from(path))))
+        }
+        _ => Ok(Arc::new(MemoryKeyStore::generate()?)),
+    }
+}

@@ -1,0 +1,58 @@
+//! Browser platform: randomness from WebCrypto (via `getrandom`), time from
+//! `Date.now()`, tasks on the JavaScript event loop. The IndexedDB backend
+//! (`IdbStore`) and the WebCrypto-wrapped key store join here in the
+//! browser-package issue; until then the browser offers the memory adapter.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::keys::{KeyStore, MemoryKeyStore};
+use crate::storage::{MemoryStore, StorageBackend};
+use crate::store::{Adapter, StoreOptions};
+
+/// The adapter used when none is named.
+pub const DEFAULT_ADAPTER: Adapter = Adapter::IndexedDb;
+/// The adapters this platform offers, for error messages.
+pub const ADAPTER_NAMES: &str = "indexeddb\" or \"memory";
+
+/// Fills `buf` with cryptographically secure random bytes.
+pub fn fill_random(buf: &mut [u8]) -> Result<()> {
+    getrandom::fill(buf).map_err(|e| Error::InvalidOptions(format!("no secure randomness: {e}")))
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    let ms = js_sys::Date::now();
+    if ms.is_finite() && ms > 0.0 {
+        ms as u64
+    } else {
+        0
+    }
+}
+
+/// Runs a future to completion on the JavaScript event loop.
+pub fn spawn<F: Future<Output = ()> + 'static>(future: F) {
+    wasm_bindgen_futures::spawn_local(future);
+}
+
+/// The storage backend for `options` in the browser.
+pub fn open_backend(options: &StoreOptions) -> Result<Arc<dyn StorageBackend>> {
+    match options.adapter {
+        Adapter::Memory => Ok(Arc::new(MemoryStore::new())),
+        Adapter::Sqlite => Err(Error::AdapterUnavailable {
+            requested: "sqlite".into(),
+            available: "indexeddb",
+        }),
+        Adapter::IndexedDb => Err(Error::AdapterUnavailable {
+            requested: "indexeddb".into(),
+            available: "memory (the IndexedDB backend is not built into this version)",
+        }),
+    }
+}
+
+/// The device key store for `options` in the browser (memory until the
+/// WebCrypto-wrapped store lands).
+pub fn open_key_store(_options: &StoreOptions) -> Result<Arc<dyn KeyStore>> {
+    Ok(Arc::new(MemoryKeyStore::generate()?))
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, clippy (native and wasm32), docs,
+# the native test suites (conformance, durability, command line, property
+# tests) and the wasm32 build of the library. Used by CI as it is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/persist-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+bash scripts/setup.sh
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "rustfmt"
+cargo fmt --all -- --check
+
+step "clippy (native)"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "clippy (wasm32)"
+cargo clippy --lib --locked --target wasm32-unknown-unknown -- -D warnings
+
+step "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+
+step "wasm32 build of the library"
+cargo build --lib --locked --target wasm32-unknown-unknown
+
+step "native tests"
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast
+  cargo test --doc --locked
+else
+  cargo test --locked --no-fail-fast
+fi

@@ -1,0 +1,423 @@
+//! `persist`: the command-line face of the store.
+//!
+//! `persist demo` runs the main job (an embedded SQLite store under a data
+//! folder); `get`, `put`, `delete`, `list`, `kv` and `events` work on any
+//! store file. Errors print their stable code and exit with status 1.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use clap::{Parser, Subcommand};
+use persist::{EventListOptions, ListOptions, Since, Store, StoreOptions};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "persist",
+    version,
+    about = "A local-first data store: records, events and key-value data"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// The store's SQLite file.
+    #[arg(
+        long,
+        short = 'p',
+        env = "PERSIST_PATH",
+        default_value = "data/persist.db"
+    )]
+    path: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write records, events and keys into an embedded store, read them back, and show a subscription.
+    Demo {
+        /// Folder for the demo's data.
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+    },
+    /// Print a record as JSON.
+    Get {
+        #[command(flatten)]
+        store: StoreArgs,
+        collection: String,
+        id: String,
+    },
+    /// Store a record (the value is JSON text).
+    Put {
+        #[command(flatten)]
+        store: StoreArgs,
+        collection: String,
+        id: String,
+        value: String,
+    },
+    /// Delete a record.
+    Delete {
+        #[command(flatten)]
+        store: StoreArgs,
+        collection: String,
+        id: String,
+    },
+    /// List records as JSON lines.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        collection: String,
+        #[arg(long)]
+        prefix: Option<String>,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Key-value commands.
+    Kv {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        action: KvAction,
+    },
+    /// Event log commands.
+    Events {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        action: EventsAction,
+    },
+    /// Test helper: writes until killed, printing each acknowledged write.
+    #[command(hide = true)]
+    CrashWriter {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Distinguishes the ids of successive runs.
+        #[arg(long)]
+        round: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvAction {
+    /// Print a key's value.
+    Get { key: String },
+    /// Set a key (the value is JSON text).
+    Set { key: String, value: String },
+    /// Delete a key.
+    Delete { key: String },
+}
+
+#[derive(Subcommand)]
+enum EventsAction {
+    /// Append an event (JSON text); prints its id.
+    Append { log: String, value: String },
+    /// List events as JSON lines.
+    List {
+        log: String,
+        /// An event id or a number of milliseconds.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+fn parse_json(text: &str) -> persist::Result<Value> {
+    serde_json::from_str(text).map_err(|e| persist::Error::InvalidValue(format!("not JSON: {e}")))
+}
+
+async fn open(args: &StoreArgs) -> persist::Result<Store> {
+    let name = args
+        .path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| persist::names::check_name(persist::NameKind::Store, s).is_ok())
+        .unwrap_or("persist")
+        .to_owned();
+    Store::open(StoreOptions::new(name).path(&args.path)).await
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PERSIST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli.command).await {
+        eprintln!("error[{}]: {e}", e.code());
+        std::process::exit(1);
+    }
+}
+
+async fn run(command: Command) -> persist::Result<()> {
+    match command {
+        Command::Demo { data } => demo(data).await,
+        Command::Get {
+            store,
+            collection,
+            id,
+        } => {
+            let store = open(&store).await?;
+            let value = store.records(&collection).get(&id).await?;
+            store.close().await?;
+            match value {
+                Some(value) => println!("{value}"),
+                None => {
+                    eprintln!("not found: {collection}/{id}");
+                    std::process::exit(3);
+                }
+            }
+            Ok(())
+        }
+        Command::Put {
+            store,
+            collection,
+            id,
+            value,
+        } => {
+            let value = parse_json(&value)?;
+            let store = open(&store).await?;
+            let receipt = store.records(&collection).put(&id, value).await?;
+            store.close().await?;
+            println!(
+                "{}",
+                json!({ "ok": true, "seq": receipt.seq, "hlc": receipt.hlc.to_string() })
+            );
+            Ok(())
+        }
+        Command::Delete {
+            store,
+            collection,
+            id,
+        } => {
+            let store = open(&store).await?;
+            store.records(&collection).delete(&id).await?;
+            store.close().await
+        }
+        Command::List {
+            store,
+            collection,
+            prefix,
+            after,
+            limit,
+        } => {
+            let store = open(&store).await?;
+            let records = store
+                .records(&collection)
+                .list(ListOptions {
+                    prefix,
+                    after,
+                    limit,
+                })
+                .await?;
+            store.close().await?;
+            for record in records {
+                println!("{}", json!({ "id": record.id, "value": record.value }));
+            }
+            Ok(())
+        }
+        Command::Kv { store, action } => {
+            let store = open(&store).await?;
+            let kv = store.kv();
+            match action {
+                KvAction::Get { key } => println!("{}", kv.get(&key).await?.unwrap_or(Value::Null)),
+                KvAction::Set { key, value } => {
+                    kv.set(&key, parse_json(&value)?).await?;
+                }
+                KvAction::Delete { key } => {
+                    kv.delete(&key).await?;
+                }
+            }
+            store.close().await
+        }
+        Command::Events { store, action } => {
+            let store = open(&store).await?;
+            match action {
+                EventsAction::Append { log, value } => {
+                    let event = store.events(&log).append(parse_json(&value)?).await?;
+                    println!("{}", json!({ "id": event.id, "at": event.at }));
+                }
+                EventsAction::List { log, since, limit } => {
+                    let since =
+                        since.map(|s| s.parse::<u64>().map(Since::Millis).unwrap_or(Since::Id(s)));
+                    for event in store
+                        .events(&log)
+                        .list(EventListOptions { since, limit })
+                        .await?
+                    {
+                        println!(
+                            "{}",
+                            json!({ "id": event.id, "at": event.at, "value": event.value })
+                        );
+                    }
+                }
+            }
+            store.close().await
+        }
+        Command::CrashWriter { store, round } => crash_writer(store, round).await,
+    }
+}
+
+async fn demo(data: PathBuf) -> persist::Result<()> {
+    let path = data.join("demo.db");
+    println!("Persist demo: embedded SQLite store at {}", path.display());
+    let store = Store::open(StoreOptions::new("demo").path(&path)).await?;
+    println!("  store id  {}", store.store_id());
+    println!("  device    {}", store.device_id());
+
+    let notes = store.records("notes");
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = seen.clone();
+    let subscription = notes.subscribe(move |changes| {
+        for change in changes {
+            let what = if change.value.is_some() {
+                "put"
+            } else {
+                "delete"
+            };
+            let line = format!(
+                "  subscription fired: {what} notes/{} ({:?})",
+                change.id, change.origin
+            );
+            println!("{line}");
+            if let Ok(mut seen) = sink.lock() {
+                seen.push(line);
+            }
+        }
+    })?;
+
+    let run = persist::platform::now_ms();
+    notes
+        .put(
+            "welcome",
+            json!({ "title": "Welcome", "body": "Written by persist demo", "run": run }),
+        )
+        .await?;
+    notes
+        .put_many((1..=3).map(|i| {
+            (
+                format!("todo-{i}"),
+                json!({ "title": format!("Task {i}"), "done": i == 1 }),
+            )
+        }))
+        .await?;
+    notes.delete("todo-3").await?;
+    let event = store
+        .events("audit")
+        .append(json!({ "action": "demo-run", "at": run }))
+        .await?;
+    store.kv().set("theme", "dark").await?;
+    let mut tx = store.transaction();
+    tx.put(
+        "notes",
+        "todo-2",
+        json!({ "title": "Task 2", "done": true }),
+    )?;
+    tx.append("audit", json!({ "action": "completed", "id": "todo-2" }))?;
+    let receipt = tx.commit().await?;
+    println!(
+        "  wrote 4 commits and a transaction (commit #{} of this device)",
+        receipt.seq
+    );
+
+    println!("Reading back:");
+    for record in notes.list(ListOptions::default()).await? {
+        println!("  notes/{:<8} {}", record.id, record.value);
+    }
+    println!(
+        "  kv theme       {}",
+        store.kv().get("theme").await?.unwrap_or(Value::Null)
+    );
+    let events = store
+        .events("audit")
+        .list(EventListOptions::default())
+        .await?;
+    println!(
+        "  audit events   {} in total; newest id {}",
+        events.len(),
+        events.last().map_or("-", |e| &e.id)
+    );
+    println!("  first event of this run: {} at {}", event.id, event.at);
+    let vv = store.version_vector().await?;
+    println!(
+        "  change log     {} commit(s) by {} device(s)",
+        vv.iter().map(|(_, s)| s).sum::<u64>(),
+        vv.len()
+    );
+    drop(subscription);
+    store.close().await?;
+    let fired = seen.lock().map(|s| s.len()).unwrap_or(0);
+    println!("Done: {fired} subscription callbacks; run it again and the data is still there.");
+    println!("Try: persist list --path {} notes", path.display());
+    Ok(())
+}
+
+/// Writes single puts, transactions and concurrent puts until killed,
+/// printing `ack <collection> <id> <n>` after each acknowledged write.
+async fn crash_writer(args: StoreArgs, round: u32) -> persist::Result<()> {
+    let store = open(&args).await?;
+    let stdout = Arc::new(Mutex::new(std::io::stdout()));
+    let ack = |ids: &[String]| {
+        if let Ok(mut out) = stdout.lock() {
+            for id in ids {
+                let _ = writeln!(out, "ack {id}");
+            }
+            let _ = out.flush();
+        }
+    };
+    for n in 0u64.. {
+        let id = |k: u64| format!("r{round:04}-{n:06}-{k}");
+        match n % 3 {
+            0 => {
+                store
+                    .records("crash")
+                    .put(&id(0), json!({ "round": round, "n": n }))
+                    .await?;
+                ack(&[id(0)]);
+            }
+            1 => {
+                let ids: Vec<String> = (0..20).map(id).collect();
+                store
+                    .records("crash")
+                    .put_many(
+                        ids.iter()
+                            .map(|i| (i.clone(), json!({ "round": round, "n": n }))),
+                    )
+                    .await?;
+                ack(&ids);
+            }
+            _ => {
+                let writes = (0..8).map(|k| {
+                    let records = store.records("crash");
+                    let id = id(k);
+                    async move {
+                        records
+                            .put(&id, json!({ "round": round, "n": n }))
+                            .await
+                            .map(|_| id)
+                    }
+                });
+                let mut handles = Vec::new();
+                for write in writes {
+                    handles.push(tokio::spawn(write));
+                }
+                for handle in handles {
+                    let id = handle
+                        .await
+                        .map_err(|e| persist::Error::InvalidValue(e.to_string()))??;
+                    ack(&[id]);
+                }
+            }
+        }
+    }
+    Ok(())
+}

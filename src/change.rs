@@ -1,0 +1,379 @@
+//! The change model: operations, commits and their signatures.
+//!
+//! Every local write or transaction becomes one [`Commit`]: its operations,
+//! the author device, a per-author sequence number and the hybrid-logical-clock
+//! stamp of its first operation (operation `i` is stamped `hlc + i`). A commit
+//! is encoded once with `postcard` (the body) and signed once with the
+//! author's Ed25519 key over a domain-separated SHA-256 of the body. The
+//! signed body is what the change log stores and what replication forwards,
+//! so any peer can relay a commit and every receiver can verify it.
+//!
+//! Wire and storage form of a commit ([`SignedCommit`]):
+//!
+//! ```text
+//! body      = postcard(CommitBody { format: 1, store, author, seq, hlc, ops })
+//! signature = Ed25519(author, "persist/commit/v1\0" || SHA-256(body))
+//! ```
+//!
+//! This module does no I/O.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{NameKind, RejectReason};
+use crate::hlc::Hlc;
+use crate::identity::{DeviceId, DeviceIdentity};
+use crate::names;
+
+/// Encoding version of [`CommitBody`].
+pub const COMMIT_FORMAT: u8 = 1;
+const SIGNING_DOMAIN: &[u8] = b"persist/commit/v1\0";
+
+/// Random identifier of a store, fixed at creation and shared by every
+/// replica of it. It binds commits to their store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StoreId([u8; 16]);
+
+impl StoreId {
+    /// A new random store id.
+    pub fn generate() -> crate::Result<StoreId> {
+        let mut bytes = [0u8; 16];
+        crate::platform::fill_random(&mut bytes)?;
+        Ok(StoreId(bytes))
+    }
+
+    /// Wraps raw bytes.
+    pub const fn from_bytes(bytes: [u8; 16]) -> StoreId {
+        StoreId(bytes)
+    }
+
+    /// The raw bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StoreId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreId({self})")
+    }
+}
+
+impl std::fmt::Display for StoreId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// The total order of versions: hybrid-logical-clock stamp, then author.
+/// Equal wall clocks on two devices still give a deterministic winner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    /// When (hybrid logical clock).
+    pub hlc: Hlc,
+    /// Who.
+    pub author: DeviceId,
+}
+
+/// One operation of a commit. JSON values travel as their text encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Replace a record's document.
+    RecordPut {
+        /// Collection name.
+        collection: String,
+        /// Record id.
+        id: String,
+        /// JSON text of the document.
+        value: String,
+        /// The version this write replaced, for collections with a custom resolver.
+        base: Option<Stamp>,
+    },
+    /// Set and remove top-level fields of a record (collections merging fields).
+    RecordPatch {
+        /// Collection name.
+        collection: String,
+        /// Record id.
+        id: String,
+        /// Fields set, with the JSON text of their values.
+        set: Vec<(String, String)>,
+        /// Fields removed.
+        unset: Vec<String>,
+    },
+    /// Delete a record (leaves a tombstone).
+    RecordDelete {
+        /// Collection name.
+        collection: String,
+        /// Record id.
+        id: String,
+        /// The version this delete replaced, for collections with a custom resolver.
+        base: Option<Stamp>,
+    },
+    /// Append an event to a log.
+    EventAppend {
+        /// Log name.
+        log: String,
+        /// JSON text of the event.
+        value: String,
+    },
+    /// Set a key.
+    KvSet {
+        /// The key.
+        key: String,
+        /// JSON text of the value.
+        value: String,
+    },
+    /// Delete a key (leaves a tombstone).
+    KvDelete {
+        /// The key.
+        key: String,
+    },
+}
+
+impl Op {
+    /// Total bytes of JSON text this operation carries.
+    pub fn value_bytes(&self) -> usize {
+        match self {
+            Op::RecordPut { value, .. }
+            | Op::EventAppend { value, .. }
+            | Op::KvSet { value, .. } => value.len(),
+            Op::RecordPatch { set, .. } => set.iter().map(|(k, v)| k.len() + v.len()).sum(),
+            Op::RecordDelete { .. } | Op::KvDelete { .. } => 0,
+        }
+    }
+
+    /// Checks names, ids and sizes as a local write would.
+    pub fn validate(&self, max_value_bytes: usize) -> crate::Result<()> {
+        match self {
+            Op::RecordPut { collection, id, .. }
+            | Op::RecordPatch { collection, id, .. }
+            | Op::RecordDelete { collection, id, .. } => {
+                names::check_name(NameKind::Collection, collection)?;
+                names::check_id(NameKind::RecordId, id)?;
+            }
+            Op::EventAppend { log, .. } => names::check_name(NameKind::EventLog, log)?,
+            Op::KvSet { key, .. } | Op::KvDelete { key } => names::check_id(NameKind::Key, key)?,
+        }
+        names::check_size(self.value_bytes(), max_value_bytes)
+    }
+}
+
+/// The signed content of a commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitBody {
+    /// Encoding version ([`COMMIT_FORMAT`]).
+    pub format: u8,
+    /// The store this commit belongs to.
+    pub store: StoreId,
+    /// The device that wrote it.
+    pub author: DeviceId,
+    /// Per-author sequence number, starting at 1, without gaps.
+    pub seq: u64,
+    /// Stamp of the first operation; operation `i` has `hlc + i`.
+    pub hlc: Hlc,
+    /// The operations, in order.
+    pub ops: Vec<Op>,
+}
+
+impl CommitBody {
+    /// The stamp of operation `index`.
+    pub fn stamp(&self, index: usize) -> Stamp {
+        Stamp {
+            hlc: self.hlc.plus(index as u64),
+            author: self.author,
+        }
+    }
+}
+
+/// A commit as stored and transmitted: the encoded body and its signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedCommit {
+    /// `postcard` encoding of the [`CommitBody`].
+    pub body: Vec<u8>,
+    /// Ed25519 signature by the body's author.
+    #[serde(with = "signature_bytes")]
+    pub signature: [u8; 64],
+}
+
+mod signature_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(sig)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let bytes: &[u8] = Deserialize::deserialize(d)?;
+        bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"64 bytes"))
+    }
+}
+
+fn signing_message(body: &[u8]) -> Vec<u8> {
+    let digest = Sha256::digest(body);
+    let mut message = Vec::with_capacity(SIGNING_DOMAIN.len() + digest.len());
+    message.extend_from_slice(SIGNING_DOMAIN);
+    message.extend_from_slice(&digest);
+    message
+}
+
+/// A decoded, verified commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// The decoded body.
+    pub body: CommitBody,
+    /// The stored form it came from.
+    pub signed: SignedCommit,
+}
+
+impl Commit {
+    /// Encodes and signs `body` with `identity` (which must be the body's author).
+    pub fn sign(body: CommitBody, identity: &DeviceIdentity) -> crate::Result<Commit> {
+        debug_assert_eq!(body.author, identity.device_id());
+        let bytes = postcard::to_stdvec(&body)
+            .map_err(|e| crate::Error::InvalidValue(format!("cannot encode commit: {e}")))?;
+        let signature = identity.sign(&signing_message(&bytes));
+        Ok(Commit {
+            body,
+            signed: SignedCommit {
+                body: bytes,
+                signature,
+            },
+        })
+    }
+
+    /// Decodes and verifies a commit received from storage or another peer:
+    /// format version, store binding, signature, names and sizes.
+    pub fn verify(
+        signed: SignedCommit,
+        store: StoreId,
+        limits: &Limits,
+    ) -> Result<Commit, RejectReason> {
+        if signed.body.len() > limits.max_commit_bytes {
+            return Err(RejectReason::TooLarge(format!(
+                "{} bytes",
+                signed.body.len()
+            )));
+        }
+        let body: CommitBody = postcard::from_bytes(&signed.body)
+            .map_err(|e| RejectReason::Malformed(e.to_string()))?;
+        if body.format != COMMIT_FORMAT {
+            return Err(RejectReason::Malformed(format!(
+                "unknown commit format {}",
+                body.format
+            )));
+        }
+        if body.store != store {
+            return Err(RejectReason::WrongStore);
+        }
+        if !body
+            .author
+            .verify(&signing_message(&signed.body), &signed.signature)
+        {
+            return Err(RejectReason::BadSignature);
+        }
+        if body.seq == 0 || body.ops.is_empty() || body.ops.len() > limits.max_commit_ops {
+            return Err(RejectReason::Malformed(
+                "bad sequence number or operation count".into(),
+            ));
+        }
+        for op in &body.ops {
+            op.validate(limits.max_value_bytes).map_err(|e| match e {
+                crate::Error::ValueTooLarge { .. } => RejectReason::TooLarge(e.to_string()),
+                other => RejectReason::InvalidContent(other.to_string()),
+            })?;
+        }
+        Ok(Commit { body, signed })
+    }
+}
+
+/// Size limits applied to local writes and received commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest JSON value, in bytes.
+    pub max_value_bytes: usize,
+    /// Largest encoded commit, in bytes.
+    pub max_commit_bytes: usize,
+    /// Most operations in one commit.
+    pub max_commit_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_value_bytes: names::DEFAULT_MAX_VALUE_BYTES,
+            max_commit_bytes: names::DEFAULT_MAX_COMMIT_BYTES,
+            max_commit_ops: names::DEFAULT_MAX_COMMIT_OPS,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(identity: &DeviceIdentity, store: StoreId) -> Commit {
+        let body = CommitBody {
+            format: COMMIT_FORMAT,
+            store,
+            author: identity.device_id(),
+            seq: 1,
+            hlc: Hlc::from_millis(1_700_000_000_000),
+            ops: vec![Op::RecordPut {
+                collection: "notes".into(),
+                id: "n1".into(),
+                value: r#"{"title":"hi"}"#.into(),
+                base: None,
+            }],
+        };
+        Commit::sign(body, identity).expect("signs")
+    }
+
+    #[test]
+    fn verifies_and_rejects_tampering() {
+        let identity = DeviceIdentity::from_secret(&[9u8; 32]);
+        let store = StoreId::from_bytes([1u8; 16]);
+        let commit = sample(&identity, store);
+        let limits = Limits::default();
+        assert!(Commit::verify(commit.signed.clone(), store, &limits).is_ok());
+
+        // Every byte of the body flipped: never accepted.
+        for i in 0..commit.signed.body.len() {
+            let mut bad = commit.signed.clone();
+            bad.body[i] ^= 0x01;
+            assert!(Commit::verify(bad, store, &limits).is_err(), "byte {i}");
+        }
+        // Truncations: never accepted.
+        for len in 0..commit.signed.body.len() {
+            let mut bad = commit.signed.clone();
+            bad.body.truncate(len);
+            assert!(Commit::verify(bad, store, &limits).is_err(), "len {len}");
+        }
+        // Another store: refused even with a valid signature.
+        let other = StoreId::from_bytes([2u8; 16]);
+        assert_eq!(
+            Commit::verify(commit.signed.clone(), other, &limits),
+            Err(RejectReason::WrongStore)
+        );
+    }
+
+    #[test]
+    fn rejects_forged_author() {
+        let real = DeviceIdentity::from_secret(&[9u8; 32]);
+        let forger = DeviceIdentity::from_secret(&[10u8; 32]);
+        let store = StoreId::from_bytes([1u8; 16]);
+        let mut body = sample(&forger, store).body;
+        body.author = real.device_id();
+        let bytes = postcard::to_stdvec(&body).expect("encodes");
+        let signature = forger.sign(&signing_message(&bytes));
+        let forged = SignedCommit {
+            body: bytes,
+            signature,
+        };
+        assert_eq!(
+            Commit::verify(forged, store, &Limits::default()),
+            Err(RejectReason::BadSignature)
+        );
+    }
+}

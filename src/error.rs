@@ -1,0 +1,203 @@
+//! Errors, one type per layer, each variant with a stable string code.
+//!
+//! The codes are part of the public contract: the JavaScript binding puts them
+//! on `Error.code`, the command prints them, and tests match on them. Messages
+//! may change between versions; codes may not.
+
+use thiserror::Error;
+
+/// An error from a storage backend (SQLite, memory, IndexedDB).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The file or database is not a Persist store, or its content is damaged.
+    /// Nothing was written to it.
+    #[error("storage is corrupt or not a Persist store: {0}")]
+    Corrupt(String),
+    /// The store was written by a newer version of Persist.
+    #[error("storage schema version {found} is newer than this build supports ({supported})")]
+    VersionUnsupported {
+        /// Version found on disk.
+        found: u32,
+        /// Newest version this build knows.
+        supported: u32,
+    },
+    /// The operating system refused or failed an I/O operation (disk full,
+    /// permission denied, read-only file system).
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    /// Another process holds a lock on the database for too long.
+    #[error("storage is locked by another connection: {0}")]
+    Locked(String),
+    /// The backend has been closed.
+    #[error("storage is closed")]
+    Closed,
+    /// Any other backend failure.
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+}
+
+impl StorageError {
+    /// The stable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StorageError::Corrupt(_) => "STORAGE_CORRUPT",
+            StorageError::VersionUnsupported { .. } => "STORAGE_VERSION_UNSUPPORTED",
+            StorageError::Io(_) => "STORAGE_IO",
+            StorageError::Locked(_) => "STORAGE_LOCKED",
+            StorageError::Closed => "CLOSED",
+            StorageError::Backend(_) => "STORAGE_FAILED",
+        }
+    }
+}
+
+/// What kind of name was refused by [`Error::InvalidName`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NameKind {
+    /// A store name.
+    Store,
+    /// A record collection name.
+    Collection,
+    /// An event log name.
+    EventLog,
+    /// A record id.
+    RecordId,
+    /// A key-value key.
+    Key,
+    /// An event id or cursor.
+    EventId,
+}
+
+impl std::fmt::Display for NameKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NameKind::Store => "store name",
+            NameKind::Collection => "collection name",
+            NameKind::EventLog => "event log name",
+            NameKind::RecordId => "record id",
+            NameKind::Key => "key",
+            NameKind::EventId => "event id",
+        })
+    }
+}
+
+/// Why a commit received from elsewhere was refused by [`crate::Store::ingest`].
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The bytes do not decode as a commit of a known format version.
+    #[error("malformed commit: {0}")]
+    Malformed(String),
+    /// The signature does not verify under the author's key.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// The commit belongs to another store.
+    #[error("commit belongs to another store")]
+    WrongStore,
+    /// The commit is larger than the limits allow.
+    #[error("commit exceeds size limits: {0}")]
+    TooLarge(String),
+    /// The commit carries a name or value that local writes would refuse.
+    #[error("commit carries invalid content: {0}")]
+    InvalidContent(String),
+    /// Another commit with the same author and sequence number but different
+    /// content is already stored (an equivocating or replaying author).
+    #[error("conflicting commit for the same author and sequence")]
+    Equivocation,
+    /// The commit skips sequence numbers of its author: the missing ones
+    /// must arrive first.
+    #[error("commit {found} of its author arrived before commit {expected}")]
+    Gap {
+        /// The next sequence number this replica can accept.
+        expected: u64,
+        /// The sequence number received.
+        found: u64,
+    },
+}
+
+impl RejectReason {
+    /// The stable code of this reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RejectReason::Malformed(_) => "CHANGE_MALFORMED",
+            RejectReason::BadSignature => "SIGNATURE_INVALID",
+            RejectReason::WrongStore => "WRONG_STORE",
+            RejectReason::TooLarge(_) => "VALUE_TOO_LARGE",
+            RejectReason::InvalidContent(_) => "INVALID_NAME",
+            RejectReason::Equivocation => "CHANGE_CONFLICT",
+            RejectReason::Gap { .. } => "CHANGE_OUT_OF_ORDER",
+        }
+    }
+}
+
+/// An error from the store API.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The requested storage adapter does not exist on this platform.
+    #[error("adapter \"{requested}\" is not available on this platform; use \"{available}\"")]
+    AdapterUnavailable {
+        /// The adapter the caller asked for.
+        requested: String,
+        /// The adapter(s) this platform offers.
+        available: &'static str,
+    },
+    /// The options given to [`crate::Store::open`] are inconsistent.
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    /// A name or id is empty, too long or contains forbidden characters.
+    #[error("invalid {kind} {name:?}: {reason}")]
+    InvalidName {
+        /// What the name was for.
+        kind: NameKind,
+        /// The refused name (truncated to 80 characters).
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A value is not acceptable JSON for a document (for example a record
+    /// that is not an object when the collection merges fields).
+    #[error("invalid value: {0}")]
+    InvalidValue(String),
+    /// A value or a transaction exceeds the configured limit.
+    #[error("value of {size} bytes exceeds the limit of {limit} bytes")]
+    ValueTooLarge {
+        /// Encoded size of the refused value.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// The store has been closed.
+    #[error("the store is closed")]
+    Closed,
+    /// The device key file exists but cannot be used.
+    #[error("device key is invalid: {0}")]
+    KeyInvalid(String),
+    /// A commit received from elsewhere was refused.
+    #[error("change rejected: {0}")]
+    Rejected(RejectReason),
+    /// The storage backend failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl Error {
+    /// The stable code of this error, e.g. `"VALUE_TOO_LARGE"`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::AdapterUnavailable { .. } => "ADAPTER_UNAVAILABLE",
+            Error::InvalidOptions(_) => "INVALID_OPTIONS",
+            Error::InvalidName { .. } => "INVALID_NAME",
+            Error::InvalidValue(_) => "INVALID_VALUE",
+            Error::ValueTooLarge { .. } => "VALUE_TOO_LARGE",
+            Error::Closed => "CLOSED",
+            Error::KeyInvalid(_) => "KEY_INVALID",
+            Error::Rejected(reason) => reason.code(),
+            Error::Storage(e) => e.code(),
+        }
+    }
+}
+
+/// Result alias for the store API.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

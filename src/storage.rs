@@ -1,0 +1,188 @@
+//! The storage contract every backend implements, and the rows it stores.
+//!
+//! One object-safe async trait, [`StorageBackend`], grouped by concern:
+//! store metadata, the change log, and the materialized state (records,
+//! events, keys). Writes arrive as one [`WriteBatch`] per group commit, which
+//! the backend must apply atomically and durably before its future resolves:
+//! a resolved `write` is an acknowledged write.
+//!
+//! Backends: [`MemoryStore`] here (tests, ephemeral stores), `SqliteStore`
+//! natively and `IdbStore` in the browser (in `platform/`). All of them pass
+//! the same conformance suite ([`conformance`]).
+
+use crate::change::{SignedCommit, StoreId};
+use crate::error::StorageError;
+use crate::hlc::Hlc;
+use crate::identity::DeviceId;
+use crate::platform::{BoxFuture, MaybeSend, MaybeSync};
+
+pub use crate::merge::{KvRow, RecordRow};
+
+mod memory;
+pub use memory::MemoryStore;
+
+pub mod conformance;
+
+/// Result alias for backends.
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// One event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    /// Log name.
+    pub log: String,
+    /// Event id: sorts in log order (hybrid logical clock, then author).
+    pub id: String,
+    /// Wall-clock milliseconds of the write.
+    pub at: u64,
+    /// Author device.
+    pub author: DeviceId,
+    /// JSON text of the event.
+    pub value: String,
+}
+
+/// One commit appended to the change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Author device.
+    pub author: DeviceId,
+    /// Per-author sequence number.
+    pub seq: u64,
+    /// Stamp of its first operation.
+    pub hlc: Hlc,
+    /// The signed commit.
+    pub commit: SignedCommit,
+}
+
+/// Everything one group commit changes, applied atomically.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    /// Set the store id (only on creation).
+    pub store_id: Option<StoreId>,
+    /// The newest clock reading to persist.
+    pub clock: Option<Hlc>,
+    /// Commits to append to the change log.
+    pub log: Vec<LogEntry>,
+    /// Record rows to insert or replace (tombstones included).
+    pub records: Vec<RecordRow>,
+    /// Events to insert (an existing id is left as it is).
+    pub events: Vec<EventRow>,
+    /// Key rows to insert or replace (tombstones included).
+    pub kv: Vec<KvRow>,
+}
+
+impl WriteBatch {
+    /// True when the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.store_id.is_none()
+            && self.clock.is_none()
+            && self.log.is_empty()
+            && self.records.is_empty()
+            && self.events.is_empty()
+            && self.kv.is_empty()
+    }
+}
+
+/// Metadata read when a store opens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredMeta {
+    /// The store id, once created.
+    pub store_id: Option<StoreId>,
+    /// The newest clock reading persisted.
+    pub clock: Hlc,
+}
+
+/// Which live records to list, in id order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordQuery {
+    /// Only ids starting with this.
+    pub prefix: Option<String>,
+    /// Only ids strictly after this (a cursor: the last id of the previous page).
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+/// Which events to list, in log order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only events whose id is strictly greater.
+    pub after: Option<String>,
+    /// Only events whose id is greater or equal.
+    pub from: Option<String>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+/// Storage backend for one store. Object-safe; `Send + Sync` natively.
+///
+/// Contract (checked by [`conformance`]):
+/// - `write` applies the whole batch or nothing, and resolves only once the
+///   batch is durable as far as the backend can make it.
+/// - Reads see every resolved `write`.
+/// - Listings skip tombstones and honour order, prefix, cursor and limit.
+/// - After `close`, every call fails with [`StorageError::Closed`].
+pub trait StorageBackend: MaybeSend + MaybeSync {
+    /// A short description for logs and errors (e.g. `sqlite:/path/app.db`).
+    fn describe(&self) -> String;
+
+    /// Reads the store metadata.
+    fn load_meta(&self) -> BoxFuture<'_, StorageResult<StoredMeta>>;
+
+    /// Applies one batch atomically and durably.
+    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>>;
+
+    /// The highest sequence number stored for each author.
+    fn version_vector(&self) -> BoxFuture<'_, StorageResult<Vec<(DeviceId, u64)>>>;
+
+    /// The commit `(author, seq)`, if stored.
+    fn get_commit(
+        &self,
+        author: DeviceId,
+        seq: u64,
+    ) -> BoxFuture<'_, StorageResult<Option<SignedCommit>>>;
+
+    /// Commits of `author` with sequence numbers after `after_seq`, in order.
+    fn commits_after(
+        &self,
+        author: DeviceId,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, StorageResult<Vec<SignedCommit>>>;
+
+    /// One record row, tombstones included.
+    fn get_record<'a>(
+        &'a self,
+        collection: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<RecordRow>>>;
+
+    /// Live records of a collection.
+    fn list_records<'a>(
+        &'a self,
+        collection: &'a str,
+        query: &'a RecordQuery,
+    ) -> BoxFuture<'a, StorageResult<Vec<RecordRow>>>;
+
+    /// Events of a log.
+    fn list_events<'a>(
+        &'a self,
+        log: &'a str,
+        query: &'a EventQuery,
+    ) -> BoxFuture<'a, StorageResult<Vec<EventRow>>>;
+
+    /// One key row, tombstones included.
+    fn get_kv<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StorageResult<Option<KvRow>>>;
+
+    /// Live keys in order, for listing (prefix, cursor and limit as for records).
+    fn list_kv<'a>(&'a self, query: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>>;
+
+    /// Flushes and releases the backend.
+    fn close(&self) -> BoxFuture<'_, StorageResult<()>>;
+}
+
+/// True when `id` passes the prefix and cursor of `query`.
+pub fn query_admits(query: &RecordQuery, id: &str) -> bool {
+    query.prefix.as_deref().is_none_or(|p| id.starts_with(p))
+        && query.after.as_deref().is_none_or(|a| id > a)
+}

@@ -1,0 +1,679 @@
+//! The conformance suite every storage backend must pass.
+//!
+//! Each check is an async function that takes a fresh, empty backend and
+//! panics on a violation. [`crate::storage_conformance_tests!`] turns the
+//! whole list into test functions for one backend, natively (`tokio::test`)
+//! or in a browser (`wasm_bindgen_test`):
+//!
+//! ```ignore
+//! persist::storage_conformance_tests!(tokio::test, || async {
+//!     std::sync::Arc::new(persist::storage::MemoryStore::new()) as std::sync::Arc<dyn persist::storage::StorageBackend>
+//! });
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+
+use super::{RecordQuery, StorageBackend, WriteBatch};
+use crate::keys::MemoryKeyStore;
+use crate::{ConflictStrategy, EventListOptions, ListOptions, Since, Store, StoreOptions};
+
+/// Generates one test per conformance check for a backend factory.
+#[macro_export]
+macro_rules! storage_conformance_tests {
+    ($attr:meta, $factory:expr) => {
+        $crate::storage_conformance_tests!(@each $attr, $factory,
+            meta_starts_empty, records_round_trip, list_prefix_after_limit, events_in_log_order,
+            kv_round_trip, transaction_is_one_commit, change_log_and_version_vector,
+            replicas_converge_by_ingest, subscribers_see_committed_changes, concurrent_writers_group_commit,
+            refused_input_loses_nothing, merge_fields_and_custom_resolvers, closed_store_refuses_calls);
+    };
+    (@each $attr:meta, $factory:expr, $($name:ident),*) => {
+        $(
+            #[$attr]
+            async fn $name() {
+                let factory = $factory;
+                $crate::storage::conformance::$name(&factory).await;
+            }
+        )*
+    };
+}
+
+/// A factory of fresh, empty backends.
+pub trait BackendFactory {
+    /// A new empty backend.
+    fn make(&self) -> crate::platform::BoxFuture<'_, Arc<dyn StorageBackend>>;
+}
+
+impl<F, Fut> BackendFactory for F
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn StorageBackend>>
+        + crate::platform::MaybeSend
+        + 'static,
+{
+    fn make(&self) -> crate::platform::BoxFuture<'_, Arc<dyn StorageBackend>> {
+        Box::pin((self)())
+    }
+}
+
+async fn open(factory: &impl BackendFactory, options: StoreOptions) -> Store {
+    let backend = factory.make().await;
+    let keys = Arc::new(MemoryKeyStore::generate().unwrap());
+    Store::open(options.backend(backend).key_store(keys))
+        .await
+        .unwrap()
+}
+
+async fn store(factory: &impl BackendFactory) -> Store {
+    open(factory, StoreOptions::new("conformance")).await
+}
+
+pub async fn meta_starts_empty(factory: &impl BackendFactory) {
+    let backend = factory.make().await;
+    let meta = backend.load_meta().await.unwrap();
+    assert_eq!(meta.store_id, None);
+    assert!(backend.version_vector().await.unwrap().is_empty());
+    let id = crate::StoreId::from_bytes([5; 16]);
+    let clock = crate::hlc::Hlc::from_millis(42);
+    backend
+        .write(WriteBatch {
+            store_id: Some(id),
+            clock: Some(clock),
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    let meta = backend.load_meta().await.unwrap();
+    assert_eq!((meta.store_id, meta.clock), (Some(id), clock));
+    // The store id never changes once set.
+    let other = crate::StoreId::from_bytes([6; 16]);
+    backend
+        .write(WriteBatch {
+            store_id: Some(other),
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(backend.load_meta().await.unwrap().store_id, Some(id));
+}
+
+pub async fn records_round_trip(factory: &impl BackendFactory) {
+    let store = store(factory).await;
+    let notes = store.records("notes");
+    assert_eq!(notes.get("n1").await.unwrap(), None);
+    notes
+        .put(
+            "n1",
+            json!({ "title": "hi", "body": "...", "n": 1.5, "list": [1, "x", null] }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        notes.get("n1").await.unwrap(),
+        Some(json!({ "title": "hi", "body": "...", "n": 1.5, "list": [1, "x", null] }))
+    );
+    notes.put("n1", json!({ "title": "again" })).await.unwrap();
+    assert_eq!(
+        notes.get("n1").await.unwrap(),
+        Some(json!({ "title": "again" }))
+    );
+    notes
+        .put("ünï/cödé 🙂", json!("a string document"))
+        .await
+        .unwrap();
+    assert_eq!(
+        notes.get("ünï/cödé 🙂").await.unwrap(),
+        Some(json!("a string document"))
+    );
+    notes.delete("n1").await.unwrap();
+    assert_eq!(notes.get("n1").await.unwrap(), None);
+    // Collections are separate namespaces.
+    assert_eq!(
+        store.records("other").get("ünï/cödé 🙂").await.unwrap(),
+        None
+    );
+    store.close().await.unwrap();
+}
+
+pub async fn list_prefix_after_limit(factory: &impl BackendFactory) {
+    let store = store(factory).await;
+    let items = store.records("items");
+    let ids = ["a1", "a2", "a3", "a4", "b1", "b2", "c", "a"];
+    items
+        .put_many(ids.iter().map(|id| (*id, json!({ "id": id }))))
+        .await
+        .unwrap();
+    items.delete("a3").await.unwrap();
+    store.records("itemz").put("a5", json!(1)).await.unwrap();
+    let list = |prefix: Option<&str>, after: Option<&str>, limit: Option<usize>| {
+        let items = items.clone();
+        let options = ListOptions {
+            prefix: prefix.map(str::to_owned),
+            after: after.map(str::to_owned),
+            limit,
+        };
+        async move {
+            items
+                .list(options)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list(None, None, None).await,
+        ["a", "a1", "a2", "a4", "b1", "b2", "c"]
+    );
+    assert_eq!(list(Some("a"), None, None).await, ["a", "a1", "a2", "a4"]);
+    assert_eq!(list(Some("a"), Some("a1"), None).await, ["a2", "a4"]);
+    assert_eq!(list(Some("a"), Some("a1"), Some(1)).await, ["a2"]);
+    assert_eq!(list(Some("b"), Some("a9"), None).await, ["b1", "b2"]);
+    assert_eq!(
+        list(Some("b"), Some("b2"), None).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(list(None, Some("b1"), Some(2)).await, ["b2", "c"]);
+    assert_eq!(list(Some("zz"), None, None).await, Vec::<String>::new());
+    assert_eq!(list(None, None, Some(0)).await, Vec::<String>::new());
+    let first = items
+        .list(ListOptions {
+            limit: Some(1),
+            ..ListOptions::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first[0].value, json!({ "id": "a" }));
+    // Backend-level listing skips tombstones too.
+    let backend = RecordQuery {
+        prefix: Some("a3".into()),
+        ..RecordQuery::default()
+    };
+    assert!(store
+        .inner_backend_for_tests()
+        .list_records("items", &backend)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .inner_backend_for_tests()
+        .get_record("items", "a3")
+        .await
+        .unwrap()
+        .is_some_and(|r| r.value.is_none()));
+    store.close().await.unwrap();
+}
+
+pub async fn events_in_log_order(factory: &impl BackendFactory) {
+    let now = Arc::new(Mutex::new(1_700_000_000_000u64));
+    let clock = now.clone();
+    let store = open(
+        factory,
+        StoreOptions::new("conformance").clock(move || *clock.lock().unwrap()),
+    )
+    .await;
+    let audit = store.events("audit");
+    let mut appended = Vec::new();
+    for i in 0..5 {
+        *now.lock().unwrap() += 10;
+        appended.push(audit.append(json!({ "i": i })).await.unwrap());
+    }
+    store
+        .events("other")
+        .append(json!("elsewhere"))
+        .await
+        .unwrap();
+    let all = audit.list(EventListOptions::default()).await.unwrap();
+    assert_eq!(all.len(), 5);
+    let mut sorted_ids: Vec<_> = appended.iter().map(|e| e.id.clone()).collect();
+    sorted_ids.sort();
+    assert_eq!(
+        all.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        sorted_ids
+    );
+    assert_eq!(
+        all.iter()
+            .map(|e| e.value["i"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4]
+    );
+    assert_eq!(all[0].at, 1_700_000_000_010);
+    let after_second = audit
+        .list(EventListOptions {
+            since: Some(Since::Id(appended[1].id.clone())),
+            limit: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(after_second.len(), 3);
+    let by_time = audit
+        .list(EventListOptions {
+            since: Some(Since::Millis(1_700_000_000_030)),
+            limit: Some(1),
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_time.len(), 1);
+    assert_eq!(by_time[0].value, json!({ "i": 3 }));
+    assert_eq!(all[0].author, store.device_id());
+    store.close().await.unwrap();
+}
+
+pub async fn kv_round_trip(factory: &impl BackendFactory) {
+    let store = store(factory).await;
+    let kv = store.kv();
+    assert_eq!(kv.get("theme").await.unwrap(), None);
+    kv.set("theme", "dark").await.unwrap();
+    kv.set("count", 3).await.unwrap();
+    assert_eq!(kv.get("theme").await.unwrap(), Some(json!("dark")));
+    assert_eq!(kv.get_as::<u32>("count").await.unwrap(), Some(3));
+    kv.set("theme", json!({ "mode": "light" })).await.unwrap();
+    assert_eq!(
+        kv.get("theme").await.unwrap(),
+        Some(json!({ "mode": "light" }))
+    );
+    kv.delete("theme").await.unwrap();
+    assert_eq!(kv.get("theme").await.unwrap(), None);
+    let keys: Vec<_> = kv
+        .list(ListOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(keys, ["count"]);
+    store.close().await.unwrap();
+}
+
+pub async fn transaction_is_one_commit(factory: &impl BackendFactory) {
+    let store = store(factory).await;
+    let mut tx = store.transaction();
+    tx.put("notes", "a", json!({ "x": 1 })).unwrap();
+    tx.put("notes", "b", json!({ "x": 2 })).unwrap();
+    tx.append("audit", json!("created a and b")).unwrap();
+    tx.set("last", "b").unwrap();
+    tx.delete("notes", "a").unwrap();
+    let receipt = tx.commit().await.unwrap();
+    assert_eq!(receipt.seq, 1);
+    assert_eq!(receipt.events.len(), 1);
+    assert_eq!(store.records("notes").get("a").await.unwrap(), None);
+    assert_eq!(
+        store.records("notes").get("b").await.unwrap(),
+        Some(json!({ "x": 2 }))
+    );
+    assert_eq!(store.kv().get("last").await.unwrap(), Some(json!("b")));
+    assert_eq!(
+        store.version_vector().await.unwrap(),
+        vec![(store.device_id(), 1)]
+    );
+    let commits = store.commits_missing_from(&[], 100).await.unwrap();
+    assert_eq!(commits.len(), 1);
+    let commit = crate::Commit::verify(
+        commits[0].clone(),
+        store.store_id(),
+        &crate::Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(commit.body.ops.len(), 5);
+    store.close().await.unwrap();
+}
+
+pub async fn change_log_and_version_vector(factory: &impl BackendFactory) {
+    let store = store(factory).await;
+    for i in 0..10 {
+        store.kv().set(&format!("k{i}"), i).await.unwrap();
+    }
+    let me = store.device_id();
+    assert_eq!(store.version_vector().await.unwrap(), vec![(me, 10)]);
+    assert_eq!(
+        store
+            .commits_missing_from(&[(me, 7)], 100)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        store
+            .commits_missing_from(&[(me, 10)], 100)
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(store.commits_missing_from(&[], 4).await.unwrap().len(), 4);
+    let seqs: Vec<u64> = store
+        .commits_missing_from(&[], 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            crate::Commit::verify(c, store.store_id(), &crate::Limits::default())
+                .unwrap()
+                .body
+                .seq
+        })
+        .collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    store.close().await.unwrap();
+}
+
+/// Copies everything `from` has that `to` lacks.
+pub async fn sync_into(from: &Store, to: &Store) -> crate::IngestReport {
+    let theirs = to.version_vector().await.unwrap();
+    let missing = from
+        .commits_missing_from(&theirs, usize::MAX)
+        .await
+        .unwrap();
+    to.ingest(missing).await.unwrap()
+}
+
+pub async fn replicas_converge_by_ingest(factory: &impl BackendFactory) {
+    let a = store(factory).await;
+    let b_backend = factory.make().await;
+    // B joins A's store: it adopts A's store id before its first write.
+    b_backend
+        .write(WriteBatch {
+            store_id: Some(a.store_id()),
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    let keys = Arc::new(MemoryKeyStore::generate().unwrap());
+    let b = Store::open(
+        StoreOptions::new("conformance")
+            .backend(b_backend)
+            .key_store(keys),
+    )
+    .await
+    .unwrap();
+    a.records("notes")
+        .put("n1", json!({ "by": "a" }))
+        .await
+        .unwrap();
+    b.records("notes")
+        .put("n1", json!({ "by": "b" }))
+        .await
+        .unwrap();
+    b.records("notes")
+        .put("n2", json!({ "by": "b" }))
+        .await
+        .unwrap();
+    a.events("log").append("from a").await.unwrap();
+    b.kv().set("k", "from b").await.unwrap();
+    let report = sync_into(&a, &b).await;
+    assert_eq!((report.applied, report.rejected.len()), (2, 0));
+    let report = sync_into(&b, &a).await;
+    assert_eq!((report.applied, report.rejected.len()), (3, 0));
+    // Applying again is a no-op.
+    let again = a
+        .ingest(b.commits_missing_from(&[], usize::MAX).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!((again.applied, again.duplicates), (0, 5));
+    for id in ["n1", "n2"] {
+        assert_eq!(
+            a.records("notes").get(id).await.unwrap(),
+            b.records("notes").get(id).await.unwrap()
+        );
+    }
+    // B wrote n1 after observing nothing of A, but later than A by its clock or by author order:
+    // either way both replicas agree, and on exactly one winner.
+    let winner = a.records("notes").get("n1").await.unwrap().unwrap();
+    assert!(winner == json!({ "by": "a" }) || winner == json!({ "by": "b" }));
+    assert_eq!(a.kv().get("k").await.unwrap(), Some(json!("from b")));
+    assert_eq!(
+        b.events("log")
+            .list(EventListOptions::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        a.version_vector().await.unwrap(),
+        b.version_vector().await.unwrap()
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+pub async fn subscribers_see_committed_changes(factory: &impl BackendFactory) {
+    let store = store(factory).await;
+    type Seen = Vec<(String, Option<serde_json::Value>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let sink = seen.clone();
+    let sub = store
+        .records("notes")
+        .subscribe(move |changes| {
+            let mut seen = sink.lock().unwrap();
+            seen.extend(changes.iter().map(|c| (c.id.clone(), c.value.clone())));
+        })
+        .unwrap();
+    store
+        .records("notes")
+        .put("n1", json!({ "v": 1 }))
+        .await
+        .unwrap();
+    store
+        .records("other")
+        .put("x", json!({ "v": 1 }))
+        .await
+        .unwrap();
+    store.records("notes").delete("n1").await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            ("n1".to_owned(), Some(json!({ "v": 1 }))),
+            ("n1".to_owned(), None)
+        ]
+    );
+    drop(sub);
+    store.records("notes").put("n2", json!({})).await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    store.close().await.unwrap();
+}
+
+pub async fn concurrent_writers_group_commit(factory: &impl BackendFactory) {
+    let store = store(factory).await;
+    let writes = (0..64).map(|i| {
+        let records = store.records("load");
+        async move {
+            records
+                .put(&format!("r{i:02}"), json!({ "i": i }))
+                .await
+                .unwrap()
+                .seq
+        }
+    });
+    let mut seqs = futures::future::join_all(writes).await;
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=64).collect::<Vec<_>>());
+    let listed = store
+        .records("load")
+        .list(ListOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 64);
+    assert_eq!(
+        store.version_vector().await.unwrap(),
+        vec![(store.device_id(), 64)]
+    );
+    store.close().await.unwrap();
+}
+
+pub async fn refused_input_loses_nothing(factory: &impl BackendFactory) {
+    let limits = crate::Limits {
+        max_value_bytes: 1024,
+        ..crate::Limits::default()
+    };
+    let store = open(factory, StoreOptions::new("conformance").limits(limits)).await;
+    let notes = store.records("notes");
+    notes.put("keep", json!({ "v": "original" })).await.unwrap();
+    let big = json!({ "v": "x".repeat(2000) });
+    assert_eq!(
+        notes.put("keep", big.clone()).await.unwrap_err().code(),
+        "VALUE_TOO_LARGE"
+    );
+    assert_eq!(
+        store.kv().set("k", big.clone()).await.unwrap_err().code(),
+        "VALUE_TOO_LARGE"
+    );
+    assert_eq!(
+        store.events("log").append(big).await.unwrap_err().code(),
+        "VALUE_TOO_LARGE"
+    );
+    assert_eq!(
+        store
+            .records("bad name")
+            .put("x", 1)
+            .await
+            .unwrap_err()
+            .code(),
+        "INVALID_NAME"
+    );
+    assert_eq!(
+        store.records("").get("x").await.unwrap_err().code(),
+        "INVALID_NAME"
+    );
+    assert_eq!(notes.put("", 1).await.unwrap_err().code(), "INVALID_NAME");
+    assert_eq!(
+        notes.put("a\u{0}b", 1).await.unwrap_err().code(),
+        "INVALID_NAME"
+    );
+    assert_eq!(
+        store
+            .kv()
+            .set(&"k".repeat(600), 1)
+            .await
+            .unwrap_err()
+            .code(),
+        "INVALID_NAME"
+    );
+    assert_eq!(
+        store.events("no/slash").append(1).await.unwrap_err().code(),
+        "INVALID_NAME"
+    );
+    let mut tx = store.transaction();
+    tx.put("notes", "other", json!(1)).unwrap();
+    assert_eq!(
+        tx.put("notes", "keep", json!("y".repeat(2000)))
+            .unwrap_err()
+            .code(),
+        "VALUE_TOO_LARGE"
+    );
+    assert_eq!(
+        notes.get("keep").await.unwrap(),
+        Some(json!({ "v": "original" }))
+    );
+    assert_eq!(notes.get("other").await.unwrap(), None);
+    assert_eq!(
+        store.version_vector().await.unwrap(),
+        vec![(store.device_id(), 1)]
+    );
+    // Forged and foreign commits are refused and never stored.
+    let mut forged = store.commits_missing_from(&[], 1).await.unwrap();
+    forged[0].signature[0] ^= 1;
+    let report = store.ingest(forged).await.unwrap();
+    assert_eq!(report.rejected[0].1.code(), "SIGNATURE_INVALID");
+    store.close().await.unwrap();
+}
+
+pub async fn merge_fields_and_custom_resolvers(factory: &impl BackendFactory) {
+    let keys_a = Arc::new(MemoryKeyStore::generate().unwrap());
+    let keys_b = Arc::new(MemoryKeyStore::generate().unwrap());
+    let sum = ConflictStrategy::custom(|c| {
+        let n = |v: Option<&serde_json::Value>| v.and_then(|v| v["n"].as_i64()).unwrap_or(0);
+        Some(json!({ "n": n(c.earlier.value) + n(c.later.value) }))
+    });
+    let options = || {
+        StoreOptions::new("conformance")
+            .collection_strategy("docs", ConflictStrategy::MergeFields)
+            .collection_strategy("counters", sum.clone())
+    };
+    let a = Store::open(options().backend(factory.make().await).key_store(keys_a))
+        .await
+        .unwrap();
+    let b_backend = factory.make().await;
+    b_backend
+        .write(WriteBatch {
+            store_id: Some(a.store_id()),
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    let b = Store::open(options().backend(b_backend).key_store(keys_b))
+        .await
+        .unwrap();
+
+    a.records("docs")
+        .put("d", json!({ "title": "A", "body": "old" }))
+        .await
+        .unwrap();
+    sync_into(&a, &b).await;
+    // Concurrent edits of different fields both survive.
+    a.records("docs")
+        .put("d", json!({ "title": "A2", "body": "old" }))
+        .await
+        .unwrap();
+    b.records("docs")
+        .put("d", json!({ "title": "A", "body": "new" }))
+        .await
+        .unwrap();
+    a.records("counters")
+        .put("c", json!({ "n": 2 }))
+        .await
+        .unwrap();
+    b.records("counters")
+        .put("c", json!({ "n": 3 }))
+        .await
+        .unwrap();
+    sync_into(&a, &b).await;
+    sync_into(&b, &a).await;
+    for store in [&a, &b] {
+        assert_eq!(
+            store.records("docs").get("d").await.unwrap(),
+            Some(json!({ "title": "A2", "body": "new" }))
+        );
+        assert_eq!(
+            store.records("counters").get("c").await.unwrap(),
+            Some(json!({ "n": 5 }))
+        );
+    }
+    // Merge-fields collections hold objects.
+    assert_eq!(
+        a.records("docs")
+            .put("x", json!([1]))
+            .await
+            .unwrap_err()
+            .code(),
+        "INVALID_VALUE"
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+pub async fn closed_store_refuses_calls(factory: &impl BackendFactory) {
+    let store = store(factory).await;
+    store.records("notes").put("n", 1).await.unwrap();
+    store.close().await.unwrap();
+    store.close().await.unwrap();
+    assert_eq!(
+        store.records("notes").put("n", 2).await.unwrap_err().code(),
+        "CLOSED"
+    );
+    assert_eq!(
+        store.records("notes").get("n").await.unwrap_err().code(),
+        "CLOSED"
+    );
+    assert_eq!(store.kv().set("k", 1).await.unwrap_err().code(), "CLOSED");
+    assert_eq!(
+        store.events("e").append(1).await.unwrap_err().code(),
+        "CLOSED"
+    );
+    assert_eq!(store.version_vector().await.unwrap_err().code(), "CLOSED");
+}

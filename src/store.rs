@@ -1,0 +1,422 @@
+//! The store: opening, options, and the handles of the public API.
+//!
+//! ```no_run
+//! # async fn demo() -> persist::Result<()> {
+//! use persist::{Store, StoreOptions};
+//! use serde_json::json;
+//!
+//! let store = Store::open(StoreOptions::new("my-app").path("./data/my-app.db")).await?;
+//! store.records("notes").put("n1", json!({ "title": "hi", "body": "..." })).await?;
+//! let note = store.records("notes").get("n1").await?;
+//! let event = store.events("audit").append(json!({ "action": "login" })).await?;
+//! store.kv().set("theme", json!("dark")).await?;
+//! store.close().await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::change::{Commit, Limits, SignedCommit, StoreId};
+use crate::error::{Error, NameKind, Result};
+use crate::hlc::HybridClock;
+use crate::identity::{DeviceId, DeviceIdentity};
+use crate::keys::KeyStore;
+use crate::merge::ConflictStrategy;
+use crate::names;
+use crate::storage::{StorageBackend, WriteBatch};
+
+mod handles;
+mod subscribe;
+mod writer;
+
+pub use handles::{
+    AppendedEvent, Event, EventListOptions, Events, Kv, ListOptions, Record, Records, Since,
+    Transaction,
+};
+pub use subscribe::{Origin, RecordChange, Subscription};
+pub use writer::{IngestReport, WriteReceipt};
+
+/// Where a store keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Adapter {
+    /// SQLite file (native default).
+    Sqlite,
+    /// IndexedDB (browser default).
+    IndexedDb,
+    /// Memory only; gone when the store closes.
+    Memory,
+}
+
+impl Adapter {
+    /// Parses `"sqlite"`, `"indexeddb"` or `"memory"`.
+    pub fn from_name(name: &str) -> Result<Adapter> {
+        match name {
+            "sqlite" => Ok(Adapter::Sqlite),
+            "indexeddb" => Ok(Adapter::IndexedDb),
+            "memory" => Ok(Adapter::Memory),
+            other => Err(Error::AdapterUnavailable {
+                requested: other.chars().take(40).collect(),
+                available: crate::platform::ADAPTER_NAMES,
+            }),
+        }
+    }
+
+    /// The adapter's name as the JavaScript API spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Adapter::Sqlite => "sqlite",
+            Adapter::IndexedDb => "indexeddb",
+            Adapter::Memory => "memory",
+        }
+    }
+}
+
+/// A wall clock in milliseconds since the Unix epoch.
+pub type WallClock = dyn Fn() -> u64 + Send + Sync;
+
+/// Options for [`Store::open`].
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// Store name (letters, digits, `_`, `-`, `.`).
+    pub name: String,
+    /// Storage adapter; the platform default unless set.
+    pub adapter: Adapter,
+    /// Database file for the SQLite adapter (default `data/<name>.db`).
+    pub path: Option<PathBuf>,
+    /// Conflict strategy for collections without their own.
+    pub strategy: ConflictStrategy,
+    /// Conflict strategies per collection.
+    pub collection_strategies: BTreeMap<String, ConflictStrategy>,
+    /// Size limits.
+    pub limits: Limits,
+    /// A storage backend to use instead of the adapter's.
+    pub backend: Option<Arc<dyn StorageBackend>>,
+    /// A key store to use instead of the adapter's.
+    pub key_store: Option<Arc<dyn KeyStore>>,
+    /// A wall clock to use instead of the system's (tests, simulations).
+    pub clock: Option<Arc<WallClock>>,
+}
+
+impl StoreOptions {
+    /// Options for a store called `name` on the platform's default adapter.
+    pub fn new(name: impl Into<String>) -> StoreOptions {
+        StoreOptions {
+            name: name.into(),
+            adapter: crate::platform::DEFAULT_ADAPTER,
+            path: None,
+            strategy: ConflictStrategy::default(),
+            collection_strategies: BTreeMap::new(),
+            limits: Limits::default(),
+            backend: None,
+            key_store: None,
+            clock: None,
+        }
+    }
+
+    /// Sets the adapter.
+    pub fn adapter(mut self, adapter: Adapter) -> Self {
+        self.adapter = adapter;
+        self
+    }
+
+    /// Sets the database path (SQLite).
+    pub fn path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Sets the default conflict strategy.
+    pub fn strategy(mut self, strategy: ConflictStrategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Sets the conflict strategy of one collection.
+    pub fn collection_strategy(
+        mut self,
+        collection: impl Into<String>,
+        strategy: ConflictStrategy,
+    ) -> Self {
+        self.collection_strategies
+            .insert(collection.into(), strategy);
+        self
+    }
+
+    /// Sets the size limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Uses `backend` for storage (the adapter is then ignored).
+    pub fn backend(mut self, backend: Arc<dyn StorageBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Uses `key_store` for the device identity.
+    pub fn key_store(mut self, key_store: Arc<dyn KeyStore>) -> Self {
+        self.key_store = Some(key_store);
+        self
+    }
+
+    /// Uses `clock` as the wall clock.
+    pub fn clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("name", &self.name)
+            .field("adapter", &self.adapter)
+            .field("path", &self.path)
+            .field("strategy", &self.strategy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An open store. Cheap to clone; every clone is the same store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    store_id: StoreId,
+    device: DeviceIdentity,
+    backend: Arc<dyn StorageBackend>,
+    strategy: ConflictStrategy,
+    collection_strategies: BTreeMap<String, ConflictStrategy>,
+    limits: Limits,
+    wall_clock: Arc<WallClock>,
+    closed: AtomicBool,
+    writer: writer::Writer,
+    subscribers: Mutex<subscribe::Subscribers>,
+}
+
+impl Store {
+    /// Opens (creating on first use) the store described by `options`.
+    pub async fn open(options: StoreOptions) -> Result<Store> {
+        names::check_name(NameKind::Store, &options.name)?;
+        let backend = match &options.backend {
+            Some(backend) => backend.clone(),
+            None => crate::platform::open_backend(&options)?,
+        };
+        match Store::open_on(backend.clone(), &options).await {
+            Ok(store) => Ok(store),
+            Err(e) => {
+                // Release the files of a store that failed to open.
+                let _ = backend.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn open_on(backend: Arc<dyn StorageBackend>, options: &StoreOptions) -> Result<Store> {
+        let meta = backend.load_meta().await?;
+        let key_store = match &options.key_store {
+            Some(keys) => keys.clone(),
+            None => crate::platform::open_key_store(options)?,
+        };
+        let device = key_store.load_or_create().await?;
+        let store_id = match meta.store_id {
+            Some(id) => id,
+            None => {
+                let id = StoreId::generate()?;
+                backend
+                    .write(WriteBatch {
+                        store_id: Some(id),
+                        ..WriteBatch::default()
+                    })
+                    .await?;
+                id
+            }
+        };
+        let heads: BTreeMap<DeviceId, u64> = backend.version_vector().await?.into_iter().collect();
+        let wall_clock = options
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(crate::platform::now_ms));
+        tracing::debug!(
+            store = %options.name, backend = %backend.describe(), keys = %key_store.describe(),
+            device = %device.device_id().short(), "store opened"
+        );
+        // `Inner` is Send + Sync natively; in the browser everything lives on
+        // one thread and the backend is not Send, which is fine there.
+        #[allow(clippy::arc_with_non_send_sync)]
+        let inner = Arc::new(Inner {
+            name: options.name.clone(),
+            store_id,
+            backend,
+            strategy: options.strategy.clone(),
+            collection_strategies: options.collection_strategies.clone(),
+            limits: options.limits,
+            wall_clock,
+            closed: AtomicBool::new(false),
+            writer: writer::Writer::new(
+                HybridClock::starting_after(meta.clock),
+                heads,
+                device.device_id(),
+            ),
+            device,
+            subscribers: Mutex::new(subscribe::Subscribers::default()),
+        });
+        Ok(Store { inner })
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The store's id (random, fixed at creation, shared by all replicas).
+    pub fn store_id(&self) -> StoreId {
+        self.inner.store_id
+    }
+
+    /// This device's identity.
+    pub fn device_id(&self) -> DeviceId {
+        self.inner.device.device_id()
+    }
+
+    /// The storage backend's description.
+    pub fn describe(&self) -> String {
+        self.inner.backend.describe()
+    }
+
+    /// The storage backend (for conformance checks of tombstones and rows).
+    #[doc(hidden)]
+    pub fn inner_backend_for_tests(&self) -> &dyn StorageBackend {
+        self.inner.backend.as_ref()
+    }
+
+    /// The records of a collection.
+    pub fn records(&self, collection: &str) -> Records {
+        Records::new(self.clone(), collection)
+    }
+
+    /// An append-only event log.
+    pub fn events(&self, log: &str) -> Events {
+        Events::new(self.clone(), log)
+    }
+
+    /// The key-value space.
+    pub fn kv(&self) -> Kv {
+        Kv::new(self.clone())
+    }
+
+    /// A transaction: several writes, one commit, one signature, one fsync.
+    pub fn transaction(&self) -> Transaction {
+        Transaction::new(self.clone())
+    }
+
+    /// The highest commit sequence number stored per author.
+    pub async fn version_vector(&self) -> Result<Vec<(DeviceId, u64)>> {
+        self.check_open()?;
+        Ok(self.inner.backend.version_vector().await?)
+    }
+
+    /// Commits this store has that a replica with version vector `theirs`
+    /// lacks, in per-author order, at most `limit`.
+    pub async fn commits_missing_from(
+        &self,
+        theirs: &[(DeviceId, u64)],
+        limit: usize,
+    ) -> Result<Vec<SignedCommit>> {
+        self.check_open()?;
+        let theirs: BTreeMap<DeviceId, u64> = theirs.iter().copied().collect();
+        let mut out = Vec::new();
+        for (author, seq) in self.inner.backend.version_vector().await? {
+            let known = theirs.get(&author).copied().unwrap_or(0);
+            if known < seq && out.len() < limit {
+                let more = self
+                    .inner
+                    .backend
+                    .commits_after(author, known, limit - out.len())
+                    .await?;
+                out.extend(more);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Verifies and applies commits received from another replica. Invalid
+    /// commits are rejected one by one (with reasons in the report) and
+    /// never stored; the valid ones are applied in one durable batch.
+    pub async fn ingest(&self, commits: Vec<SignedCommit>) -> Result<IngestReport> {
+        self.check_open()?;
+        let mut report = IngestReport::default();
+        let mut verified = Vec::with_capacity(commits.len());
+        for (index, signed) in commits.into_iter().enumerate() {
+            match Commit::verify(signed, self.inner.store_id, &self.inner.limits) {
+                Ok(commit) => verified.push((index, commit)),
+                Err(reason) => {
+                    tracing::warn!(index, code = reason.code(), %reason, "rejected received commit");
+                    report.rejected.push((index, reason));
+                }
+            }
+        }
+        if verified.is_empty() {
+            return Ok(report);
+        }
+        let applied = self
+            .inner
+            .writer
+            .submit(self, writer::Request::Remote(verified))
+            .await?;
+        Ok(report.merge(applied.into_ingest()))
+    }
+
+    /// Closes the store: waits for in-flight writes, then releases storage.
+    /// Every later call fails with `CLOSED`.
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.inner.writer.drain().await;
+        self.inner
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(self.inner.backend.close().await?)
+    }
+
+    /// True once [`Store::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn strategy_for(&self, collection: &str) -> &ConflictStrategy {
+        self.inner
+            .collection_strategies
+            .get(collection)
+            .unwrap_or(&self.inner.strategy)
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("name", &self.inner.name)
+            .field("store_id", &self.inner.store_id)
+            .field("device", &self.device_id())
+            .field("backend", &self.inner.backend.describe())
+            .finish()
+    }
+}
