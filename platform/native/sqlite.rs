@@ -45,6 +45,9 @@ pub struct SqliteStore {
     writer: Mutex<Option<SyncSender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Vec<Mutex<Option<Connection>>>,
+    /// An exclusive advisory lock on the database file: one process at a
+    /// time owns a store, so per-device sequence numbers cannot fork.
+    owner_lock: Mutex<Option<std::fs::File>>,
 }
 
 /// Maps a rusqlite error to the storage layer's error.
@@ -164,6 +167,7 @@ impl SqliteStore {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(path, flags).map_err(storage_error)?;
+        let owner_lock = lock_owner(path)?;
         configure(&conn)?;
         inspect(&conn)?;
         let mode: String = conn
@@ -206,6 +210,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(sender)),
             writer_thread: Mutex::new(Some(thread)),
             readers,
+            owner_lock: Mutex::new(Some(owner_lock)),
         })
     }
 
@@ -250,6 +255,24 @@ impl SqliteStore {
         }
         let first = self.readers.first().ok_or(StorageError::Closed)?;
         Ok(first.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Takes the exclusive owner lock on the database file (an `flock`, which
+/// does not interact with SQLite's own byte-range locks).
+fn lock_owner(path: &Path) -> StorageResult<std::fs::File> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| StorageError::Io(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked(format!(
+            "{} is open in another process or store handle; close it first",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StorageError::Io(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -703,6 +726,11 @@ impl StorageBackend for SqliteStore {
                     .join()
                     .map_err(|_| StorageError::Backend("writer thread panicked".into()))?;
             }
+            // Only now may another owner open the file.
+            self.owner_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
             Ok(())
         })
     }
