@@ -1,0 +1,296 @@
+//! Convergence: replicas that exchanged the same commits hold byte-identical
+//! state, whatever the interleaving of writes, partial and reordered syncs,
+//! duplicates and clock skew. A property test over in-memory replicas.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::executor::block_on;
+use persist::keys::MemoryKeyStore;
+use persist::storage::{MemoryStore, StorageBackend, WriteBatch};
+use persist::{ConflictStrategy, EventListOptions, Store, StoreId, StoreOptions};
+use proptest::prelude::*;
+use serde_json::json;
+
+const REPLICAS: usize = 3;
+const IDS: [&str; 3] = ["a", "b", "c"];
+const FIELDS: [&str; 3] = ["x", "y", "z"];
+
+#[derive(Debug, Clone)]
+enum Action {
+    Put {
+        replica: usize,
+        collection: usize,
+        id: usize,
+        fields: Vec<(usize, i64)>,
+    },
+    Delete {
+        replica: usize,
+        collection: usize,
+        id: usize,
+    },
+    KvSet {
+        replica: usize,
+        id: usize,
+        value: i64,
+    },
+    KvDelete {
+        replica: usize,
+        id: usize,
+    },
+    Append {
+        replica: usize,
+        value: i64,
+    },
+    Tick {
+        replica: usize,
+        ms: u64,
+    },
+    Sync {
+        from: usize,
+        to: usize,
+        limit: usize,
+        reverse: bool,
+    },
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    let r = 0..REPLICAS;
+    prop_oneof![
+        4 => (r.clone(), 0..2usize, 0..IDS.len(), prop::collection::vec((0..FIELDS.len(), -5i64..5), 0..3))
+            .prop_map(|(replica, collection, id, fields)| Action::Put { replica, collection, id, fields }),
+        1 => (r.clone(), 0..2usize, 0..IDS.len()).prop_map(|(replica, collection, id)| Action::Delete { replica, collection, id }),
+        2 => (r.clone(), 0..IDS.len(), -5i64..5).prop_map(|(replica, id, value)| Action::KvSet { replica, id, value }),
+        1 => (r.clone(), 0..IDS.len()).prop_map(|(replica, id)| Action::KvDelete { replica, id }),
+        1 => (r.clone(), -5i64..5).prop_map(|(replica, value)| Action::Append { replica, value }),
+        1 => (r.clone(), 0u64..3).prop_map(|(replica, ms)| Action::Tick { replica, ms }),
+        3 => (r.clone(), r, 1usize..6, any::<bool>()).prop_map(|(from, to, limit, reverse)| Action::Sync { from, to, limit, reverse }),
+    ]
+}
+
+const COLLECTIONS: [&str; 2] = ["lww", "fields"];
+
+struct Replica {
+    store: Store,
+    clock: Arc<AtomicU64>,
+}
+
+fn replicas(skews: &[u64]) -> Vec<Replica> {
+    let store_id = StoreId::from_bytes([7; 16]);
+    skews
+        .iter()
+        .map(|skew| {
+            let backend: Arc<dyn StorageBackend> = Arc::new(MemoryStore::new());
+            block_on(backend.write(WriteBatch {
+                store_id: Some(store_id),
+                ..WriteBatch::default()
+            }))
+            .unwrap();
+            // Clocks start equal or skewed, and move in tiny steps, so equal
+            // wall-clock readings across devices are common.
+            let clock = Arc::new(AtomicU64::new(1_700_000_000_000 + skew));
+            let reading = clock.clone();
+            let options = StoreOptions::new("converge")
+                .backend(backend)
+                .key_store(Arc::new(MemoryKeyStore::generate().unwrap()))
+                .collection_strategy("fields", ConflictStrategy::MergeFields)
+                .clock(move || reading.load(Ordering::SeqCst));
+            Replica {
+                store: block_on(Store::open(options)).unwrap(),
+                clock,
+            }
+        })
+        .collect()
+}
+
+fn sync(from: &Store, to: &Store, limit: usize, reverse: bool) {
+    block_on(async {
+        let theirs = to.version_vector().await.unwrap();
+        let mut missing = from.commits_missing_from(&theirs, limit).await.unwrap();
+        if reverse {
+            missing.reverse(); // out of order: later commits are refused until earlier ones arrive
+        }
+        let mut again = missing.clone();
+        missing.append(&mut again); // and every commit twice
+        let report = to.ingest(missing).await.unwrap();
+        for (_, reason) in &report.rejected {
+            assert_eq!(
+                reason.code(),
+                "CHANGE_OUT_OF_ORDER",
+                "only ordering may refuse honest commits"
+            );
+        }
+    });
+}
+
+/// Everything a replica holds, as bytes: record rows with stamps and field
+/// state (tombstones included), keys, events, version vector.
+fn dump(store: &Store) -> String {
+    block_on(async {
+        let backend = store.inner_backend_for_tests();
+        let mut out = String::new();
+        for collection in COLLECTIONS {
+            for id in IDS {
+                let row = backend.get_record(collection, id).await.unwrap();
+                out += &format!("{collection}/{id} {row:?}\n");
+            }
+        }
+        for id in IDS {
+            out += &format!("kv/{id} {:?}\n", backend.get_kv(id).await.unwrap());
+        }
+        for event in store
+            .events("log")
+            .list(EventListOptions::default())
+            .await
+            .unwrap()
+        {
+            out += &format!("event {} {} {}\n", event.id, event.at, event.value);
+        }
+        out += &format!("{:?}\n", store.version_vector().await.unwrap());
+        out
+    })
+}
+
+fn run(skews: Vec<u64>, actions: Vec<Action>) {
+    let replicas = replicas(&skews);
+    for action in actions {
+        if let Action::Sync {
+            from,
+            to,
+            limit,
+            reverse,
+        } = action
+        {
+            if from != to {
+                sync(&replicas[from].store, &replicas[to].store, limit, reverse);
+            }
+            continue;
+        }
+        block_on(async {
+            match action {
+                Action::Put {
+                    replica,
+                    collection,
+                    id,
+                    fields,
+                } => {
+                    let doc: serde_json::Map<String, serde_json::Value> = fields
+                        .iter()
+                        .map(|(f, v)| (FIELDS[*f].to_owned(), json!(v)))
+                        .collect();
+                    replicas[replica]
+                        .store
+                        .records(COLLECTIONS[collection])
+                        .put(IDS[id], doc)
+                        .await
+                        .unwrap();
+                }
+                Action::Delete {
+                    replica,
+                    collection,
+                    id,
+                } => {
+                    replicas[replica]
+                        .store
+                        .records(COLLECTIONS[collection])
+                        .delete(IDS[id])
+                        .await
+                        .unwrap();
+                }
+                Action::KvSet { replica, id, value } => {
+                    replicas[replica]
+                        .store
+                        .kv()
+                        .set(IDS[id], value)
+                        .await
+                        .unwrap();
+                }
+                Action::KvDelete { replica, id } => {
+                    replicas[replica].store.kv().delete(IDS[id]).await.unwrap();
+                }
+                Action::Append { replica, value } => {
+                    replicas[replica]
+                        .store
+                        .events("log")
+                        .append(value)
+                        .await
+                        .unwrap();
+                }
+                Action::Tick { replica, ms } => {
+                    replicas[replica].clock.fetch_add(ms, Ordering::SeqCst);
+                }
+                Action::Sync { .. } => {}
+            }
+        });
+    }
+    // Heal the partition: everyone exchanges everything.
+    for _ in 0..2 {
+        for from in 0..REPLICAS {
+            for to in 0..REPLICAS {
+                if from != to {
+                    sync(
+                        &replicas[from].store,
+                        &replicas[to].store,
+                        usize::MAX,
+                        false,
+                    );
+                }
+            }
+        }
+    }
+    let first = dump(&replicas[0].store);
+    for replica in &replicas[1..] {
+        assert_eq!(dump(&replica.store), first, "replicas diverged");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn replicas_converge(
+        skews in prop::collection::vec(prop_oneof![Just(0u64), 0u64..5_000], REPLICAS),
+        actions in prop::collection::vec(action(), 1..60),
+    ) {
+        run(skews, actions);
+    }
+}
+
+#[test]
+fn equal_wall_clocks_pick_the_same_winner_everywhere() {
+    let replicas = replicas(&[0, 0, 0]);
+    block_on(async {
+        for (i, r) in replicas.iter().enumerate() {
+            r.store
+                .records("lww")
+                .put("a", json!({ "by": i }))
+                .await
+                .unwrap();
+        }
+    });
+    for from in 0..REPLICAS {
+        for to in 0..REPLICAS {
+            if from != to {
+                sync(
+                    &replicas[from].store,
+                    &replicas[to].store,
+                    usize::MAX,
+                    false,
+                );
+            }
+        }
+    }
+    let winner = |r: &Replica| block_on(r.store.records("lww").get("a")).unwrap();
+    let expected_author = replicas.iter().map(|r| r.store.device_id()).max().unwrap();
+    let expected = replicas
+        .iter()
+        .position(|r| r.store.device_id() == expected_author)
+        .unwrap();
+    for r in &replicas {
+        assert_eq!(
+            winner(r),
+            Some(json!({ "by": expected })),
+            "greatest author wins a tie on the clock"
+        );
+    }
+}
