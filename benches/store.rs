@@ -1,1 +1,390 @@
-fn main() {}
+//! Persist vs raw `rusqlite`, measured in one run on the same machine, with
+//! the same data (256-byte JSON values), key order and durability (WAL,
+//! `synchronous=FULL`). Prints a Markdown table of ratios for BENCHMARKS.md.
+//!
+//! Run: `cargo bench --bench store` (optionally `-- --quick`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use persist::{ListOptions, Store, StoreOptions};
+use rusqlite::{params, Connection};
+use serde_json::{json, Value};
+
+struct Sizes {
+    batched_rows: usize,
+    single_puts: usize,
+    concurrent_tasks: usize,
+    puts_per_task: usize,
+    reads: usize,
+    lists: usize,
+    repeats: usize,
+}
+
+fn value(i: usize) -> Value {
+    // {"body":"...","n":i} serialized to exactly 256 bytes.
+    let n = json!({ "body": "", "n": i }).to_string().len();
+    json!({ "body": "x".repeat(256 - n), "n": i })
+}
+
+fn key(i: usize) -> String {
+    format!("k{i:09}")
+}
+
+fn raw_open(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("open raw");
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
+        .expect("wal");
+    conn.pragma_update(None, "synchronous", "FULL")
+        .expect("full");
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS raw (id TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    )
+    .expect("table");
+    conn
+}
+
+async fn persist_open(path: &Path) -> Store {
+    Store::open(StoreOptions::new("bench").path(path))
+        .await
+        .expect("open persist")
+}
+
+fn per_sec(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+struct Row {
+    what: &'static str,
+    baseline: &'static str,
+    ours: f64,
+    base: f64,
+    target: f64,
+}
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes = if quick {
+        Sizes {
+            batched_rows: 20_000,
+            single_puts: 100,
+            concurrent_tasks: 64,
+            puts_per_task: 4,
+            reads: 20_000,
+            lists: 500,
+            repeats: 1,
+        }
+    } else {
+        Sizes {
+            batched_rows: 200_000,
+            single_puts: 400,
+            concurrent_tasks: 64,
+            puts_per_task: 16,
+            reads: 200_000,
+            lists: 5_000,
+            repeats: 3,
+        }
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("persist-bench")
+        .tempdir_in(std::env::temp_dir())
+        .expect("temp dir");
+    let texts: Vec<String> = (0..sizes.batched_rows)
+        .map(|i| value(i).to_string())
+        .collect();
+    let values: Vec<Value> = (0..sizes.batched_rows).map(value).collect();
+    assert_eq!(texts[0].len(), 256);
+    let mut rows = Vec::new();
+
+    // 1. Batched puts, 1,000 per transaction, ordered keys.
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for round in 0..sizes.repeats {
+        let raw_path = dir.path().join(format!("raw-batch-{round}.db"));
+        let conn = raw_open(&raw_path);
+        let start = Instant::now();
+        for chunk in (0..sizes.batched_rows).collect::<Vec<_>>().chunks(1000) {
+            let tx = conn.unchecked_transaction().expect("tx");
+            {
+                let mut stmt = tx
+                    .prepare_cached("INSERT OR REPLACE INTO raw (id, value) VALUES (?1, ?2)")
+                    .expect("stmt");
+                for &i in chunk {
+                    stmt.execute(params![key(i), texts[i]]).expect("insert");
+                }
+            }
+            tx.commit().expect("commit");
+        }
+        base.push(per_sec(sizes.batched_rows, start.elapsed()));
+
+        let store = persist_open(&dir.path().join(format!("persist-batch-{round}.db"))).await;
+        let records = store.records("bench");
+        let start = Instant::now();
+        for chunk in (0..sizes.batched_rows).collect::<Vec<_>>().chunks(1000) {
+            records
+                .put_many(chunk.iter().map(|&i| (key(i), &values[i])))
+                .await
+                .expect("put_many");
+        }
+        ours.push(per_sec(sizes.batched_rows, start.elapsed()));
+        store.close().await.expect("close");
+    }
+    rows.push(Row {
+        what: "batched put, 1,000 per transaction",
+        baseline: "raw INSERT, 1,000 per transaction",
+        ours: median(ours),
+        base: median(base),
+        target: 0.5,
+    });
+
+    // 1b. What SQLite alone costs for the bytes Persist writes: the records
+    // row shape plus a change-log body of the same size as Persist's, raw.
+    let mut ceiling = Vec::new();
+    for round in 0..sizes.repeats {
+        let conn = raw_open(&dir.path().join(format!("raw-shape-{round}.db")));
+        conn.execute_batch(
+            "CREATE TABLE rec (c TEXT, id TEXT, value TEXT, hlc INTEGER, author INTEGER, fields TEXT,
+                               PRIMARY KEY (c, id)) WITHOUT ROWID;
+             CREATE TABLE log (id INTEGER PRIMARY KEY, hlc INTEGER, body BLOB, sig BLOB);",
+        )
+        .expect("tables");
+        let start = Instant::now();
+        for (n, chunk) in (0..sizes.batched_rows)
+            .collect::<Vec<_>>()
+            .chunks(1000)
+            .enumerate()
+        {
+            let tx = conn.unchecked_transaction().expect("tx");
+            {
+                let mut stmt = tx
+                    .prepare_cached("INSERT OR REPLACE INTO rec (c, id, value, hlc, author) VALUES ('bench', ?1, ?2, ?3, 1)")
+                    .expect("stmt");
+                let mut body = Vec::with_capacity(chunk.len() * 280);
+                for &i in chunk {
+                    stmt.execute(params![key(i), texts[i], i as i64])
+                        .expect("insert");
+                    body.extend_from_slice(texts[i].as_bytes());
+                    body.extend_from_slice(key(i).as_bytes());
+                }
+                tx.execute(
+                    "INSERT INTO log (id, hlc, body, sig) VALUES (?1, 0, ?2, zeroblob(64))",
+                    params![n as i64 + 1, body],
+                )
+                .expect("log");
+            }
+            tx.commit().expect("commit");
+        }
+        ceiling.push(per_sec(sizes.batched_rows, start.elapsed()));
+    }
+    let batched_raw = rows[0].base;
+    rows.push(Row {
+        what: "(ceiling) raw INSERT of Persist's bytes: row + change-log body",
+        baseline: "raw INSERT, 1,000 per transaction",
+        ours: median(ceiling),
+        base: batched_raw,
+        target: 0.0,
+    });
+
+    // 2. Single durable puts, one per transaction, alternating rounds.
+    let raw_conn = raw_open(&dir.path().join("raw-single.db"));
+    let store = persist_open(&dir.path().join("persist-single.db")).await;
+    let records = store.records("bench");
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for round in 0..sizes.repeats * 2 {
+        let ids = round * sizes.single_puts..(round + 1) * sizes.single_puts;
+        let start = Instant::now();
+        for i in ids.clone() {
+            raw_conn
+                .execute(
+                    "INSERT OR REPLACE INTO raw (id, value) VALUES (?1, ?2)",
+                    params![key(i), texts[i % texts.len()]],
+                )
+                .expect("insert");
+        }
+        base.push(per_sec(sizes.single_puts, start.elapsed()));
+        let start = Instant::now();
+        for i in ids {
+            records
+                .put(&key(i), &values[i % values.len()])
+                .await
+                .expect("put");
+        }
+        ours.push(per_sec(sizes.single_puts, start.elapsed()));
+    }
+    let ours_single = median(ours);
+    rows.push(Row {
+        what: "single durable put (FULL, 1 per tx)",
+        baseline: "raw INSERT, 1 per transaction",
+        ours: ours_single,
+        base: median(base),
+        target: 0.8,
+    });
+
+    // 3. 64 concurrent writers (group commit) vs the same puts one at a time.
+    let store = Arc::new(store);
+    let shared_values = Arc::new(values.clone());
+    let barrier = Arc::new(tokio::sync::Barrier::new(sizes.concurrent_tasks + 1));
+    let mut tasks = Vec::new();
+    for t in 0..sizes.concurrent_tasks {
+        let store = store.clone();
+        let values = shared_values.clone();
+        let barrier = barrier.clone();
+        let per_task = sizes.puts_per_task;
+        tasks.push(tokio::spawn(async move {
+            let records = store.records("concurrent");
+            barrier.wait().await;
+            for j in 0..per_task {
+                let i = t * per_task + j;
+                records
+                    .put(&key(i), &values[i % values.len()])
+                    .await
+                    .expect("put");
+            }
+        }));
+    }
+    barrier.wait().await;
+    let start = Instant::now();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let concurrent = per_sec(
+        sizes.concurrent_tasks * sizes.puts_per_task,
+        start.elapsed(),
+    );
+    rows.push(Row {
+        what: "64 concurrent writers, group commit",
+        baseline: "Persist single puts one at a time",
+        ours: concurrent,
+        base: ours_single,
+        target: 10.0,
+    });
+    store.close().await.expect("close");
+
+    // 4. Point reads and 5. listings on the first round's data.
+    let raw_conn = raw_open(&dir.path().join("raw-batch-0.db"));
+    let store = persist_open(&dir.path().join("persist-batch-0.db")).await;
+    let records = store.records("bench");
+    let mut order: Vec<usize> = (0..sizes.reads)
+        .map(|i| (i * 7919 + 13) % sizes.batched_rows)
+        .collect();
+    order.dedup();
+    let (mut ours, mut base, mut base_parsed) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..sizes.repeats {
+        let start = Instant::now();
+        let mut stmt = raw_conn
+            .prepare_cached("SELECT value FROM raw WHERE id = ?1")
+            .expect("stmt");
+        for &i in &order {
+            let text: String = stmt
+                .query_row(params![key(i)], |r| r.get(0))
+                .expect("select");
+            std::hint::black_box(text);
+        }
+        base.push(per_sec(order.len(), start.elapsed()));
+        let start = Instant::now();
+        for &i in &order {
+            let text: String = stmt
+                .query_row(params![key(i)], |r| r.get(0))
+                .expect("select");
+            let parsed: Value = serde_json::from_str(&text).expect("json");
+            std::hint::black_box(parsed);
+        }
+        base_parsed.push(per_sec(order.len(), start.elapsed()));
+        let start = Instant::now();
+        for &i in &order {
+            std::hint::black_box(records.get(&key(i)).await.expect("get"));
+        }
+        ours.push(per_sec(order.len(), start.elapsed()));
+    }
+    let ours_get = median(ours);
+    rows.push(Row {
+        what: "get (random keys)",
+        baseline: "raw SELECT (JSON text)",
+        ours: ours_get,
+        base: median(base),
+        target: 0.7,
+    });
+    rows.push(Row {
+        what: "get (random keys)",
+        baseline: "raw SELECT + serde_json parse",
+        ours: ours_get,
+        base: median(base_parsed),
+        target: 0.7,
+    });
+
+    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    for _ in 0..sizes.repeats {
+        let start = Instant::now();
+        let mut stmt = raw_conn
+            .prepare_cached("SELECT id, value FROM raw WHERE id > ?1 ORDER BY id LIMIT 100")
+            .expect("stmt");
+        for n in 0..sizes.lists {
+            let after = key((n * 7919) % (sizes.batched_rows - 200));
+            let page: Vec<(String, Value)> = stmt
+                .query_map(params![after], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .expect("query")
+                .map(|row| {
+                    let (id, text) = row.expect("row");
+                    (id, serde_json::from_str(&text).expect("json"))
+                })
+                .collect();
+            assert_eq!(page.len(), 100);
+        }
+        base.push(per_sec(sizes.lists * 100, start.elapsed()));
+        let start = Instant::now();
+        for n in 0..sizes.lists {
+            let after = key((n * 7919) % (sizes.batched_rows - 200));
+            let page = records
+                .list(ListOptions {
+                    after: Some(after),
+                    limit: Some(100),
+                    ..ListOptions::default()
+                })
+                .await
+                .expect("list");
+            assert_eq!(page.len(), 100);
+        }
+        ours.push(per_sec(sizes.lists * 100, start.elapsed()));
+    }
+    rows.push(Row {
+        what: "list, pages of 100",
+        baseline: "raw SELECT ... LIMIT 100 + parse",
+        ours: median(ours),
+        base: median(base),
+        target: 0.7,
+    });
+    store.close().await.expect("close");
+
+    println!("| what | baseline | Persist /s | baseline /s | ratio | target |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for row in &rows {
+        let ratio = row.ours / row.base;
+        let target = match row.target {
+            t if t <= 0.0 => "(reference)".to_owned(),
+            t if ratio >= t => format!(">= {t}x (met)"),
+            t => format!(">= {t}x (MISSED)"),
+        };
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2}x | {target} |",
+            row.what, row.baseline, row.ours, row.base, ratio
+        );
+    }
+    println!(
+        "\nrows: {} batched, {} single, {}x{} concurrent, {} reads, {} lists; medians of {} run(s)",
+        sizes.batched_rows,
+        sizes.single_puts,
+        sizes.concurrent_tasks,
+        sizes.puts_per_task,
+        order.len(),
+        sizes.lists,
+        sizes.repeats
+    );
+}

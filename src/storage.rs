@@ -48,8 +48,8 @@ pub struct LogEntry {
     pub author: DeviceId,
     /// Per-author sequence number.
     pub seq: u64,
-    /// Stamp of its first operation.
-    pub hlc: Hlc,
+    /// Stamp of its last operation (the newest stamp it carries).
+    pub last_hlc: Hlc,
     /// The signed commit.
     pub commit: SignedCommit,
 }
@@ -59,7 +59,8 @@ pub struct LogEntry {
 pub struct WriteBatch {
     /// Set the store id (only on creation).
     pub store_id: Option<StoreId>,
-    /// The newest clock reading to persist.
+    /// The newest clock reading to persist (backends that derive the clock
+    /// from the change log may ignore it).
     pub clock: Option<Hlc>,
     /// Commits to append to the change log.
     pub log: Vec<LogEntry>,
@@ -88,7 +89,7 @@ impl WriteBatch {
 pub struct StoredMeta {
     /// The store id, once created.
     pub store_id: Option<StoreId>,
-    /// The newest clock reading persisted.
+    /// The newest clock reading persisted: at least every stamp in the log.
     pub clock: Hlc,
 }
 

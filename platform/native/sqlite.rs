@@ -9,16 +9,22 @@
 //! Opening never writes to a file it does not recognize: the header, the
 //! `application_id` and the schema version are checked before WAL mode or a
 //! migration touches anything, and damaged or foreign files give
-//! `STORAGE_CORRUPT`.
+//! `STORAGE_CORRUPT`. One process owns a store at a time (an `flock` on the
+//! file), so a device's sequence numbers cannot fork.
+//!
+//! Layout decisions (see `migrations/001_initial.sql`): authors are small
+//! integers; the change log's rowid packs `(author, seq)`, so a commit costs
+//! one b-tree insert and an author's head is one probe; the store's clock is
+//! derived from the log instead of being rewritten on every commit.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::channel::oneshot;
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::change::{SignedCommit, StoreId};
+use crate::change::{SignedCommit, Stamp, StoreId};
 use crate::error::StorageError;
 use crate::hlc::Hlc;
 use crate::identity::DeviceId;
@@ -28,14 +34,26 @@ use crate::storage::{
     StorageResult, StoredMeta, WriteBatch,
 };
 
-/// `PRAGMA application_id` of Persist databases ("PRST").
-pub(crate) const APPLICATION_ID: i32 = 0x5052_5354;
+mod authors;
+mod open;
+mod write;
+
+use authors::Authors;
+use open::Sql;
+use open::{check_header, configure, inspect, lock_owner, migrate};
 
 /// Numbered migrations; `user_version` is the number applied last.
 const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("migrations/001_initial.sql"))];
 const SCHEMA_VERSION: u32 = 1;
 const READ_CONNECTIONS: usize = 2;
 const WRITER_QUEUE: usize = 64;
+/// Page size of new databases. Measured (BENCHMARKS.md): 8 KiB beats 4 KiB on
+/// bulk inserts (a 1,000-write commit's log entry spans fewer pages) and
+/// beats 16 KiB on scattered small commits (each dirty page is a WAL frame).
+const PAGE_SIZE: i64 = 8192;
+/// Sequence numbers take the low 40 bits of a change-log rowid.
+const SEQ_BITS: u32 = 40;
+const SEQ_MASK: i64 = (1 << SEQ_BITS) - 1;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -45,114 +63,34 @@ pub struct SqliteStore {
     writer: Mutex<Option<SyncSender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Vec<Mutex<Option<Connection>>>,
-    /// An exclusive advisory lock on the database file: one process at a
-    /// time owns a store, so per-device sequence numbers cannot fork.
+    authors: Arc<Authors>,
+    /// An exclusive advisory lock on the database file, held until close.
     owner_lock: Mutex<Option<std::fs::File>>,
 }
 
-/// Maps a rusqlite error to the storage layer's error.
-fn storage_error(e: rusqlite::Error) -> StorageError {
-    match &e {
-        rusqlite::Error::SqliteFailure(f, _) => match f.code {
-            ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => {
-                StorageError::Corrupt(e.to_string())
-            }
-            ErrorCode::DiskFull
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::CannotOpen
-            | ErrorCode::ReadOnly
-            | ErrorCode::PermissionDenied => StorageError::Io(e.to_string()),
-            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
-                StorageError::Locked(e.to_string())
-            }
-            _ => StorageError::Backend(e.to_string()),
-        },
-        rusqlite::Error::FromSqlConversionFailure(..)
-        | rusqlite::Error::InvalidColumnType(..)
-        | rusqlite::Error::IntegralValueOutOfRange(..)
-        | rusqlite::Error::Utf8Error(..) => StorageError::Corrupt(e.to_string()),
-        _ => StorageError::Backend(e.to_string()),
-    }
-}
-
-fn device_id(bytes: Vec<u8>) -> Result<DeviceId, StorageError> {
-    let array: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| StorageError::Corrupt("author column is not 32 bytes".into()))?;
-    Ok(DeviceId::from_bytes(array))
-}
-
-fn signature(bytes: Vec<u8>) -> Result<[u8; 64], StorageError> {
-    bytes
-        .try_into()
-        .map_err(|_| StorageError::Corrupt("signature column is not 64 bytes".into()))
-}
-
 fn to_i64(v: u64) -> i64 {
-    // Stamps and sequence numbers stay below 2^63 (48-bit milliseconds).
+    // Stamps stay below 2^63 (48-bit milliseconds); sequence numbers below 2^40.
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn from_i64(v: i64) -> Result<u64, StorageError> {
+fn from_i64(v: i64) -> StorageResult<u64> {
     u64::try_from(v).map_err(|_| StorageError::Corrupt(format!("negative counter {v}")))
 }
 
-fn configure(conn: &Connection) -> StorageResult<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(storage_error)?;
-    conn.set_prepared_statement_cache_capacity(32);
-    Ok(())
+fn log_key(author: i64, seq: u64) -> StorageResult<i64> {
+    let seq = i64::try_from(seq).ok().filter(|s| *s <= SEQ_MASK && *s > 0);
+    match seq {
+        Some(seq) if author > 0 && author < (1 << (62 - SEQ_BITS)) => {
+            Ok((author << SEQ_BITS) | seq)
+        }
+        _ => Err(StorageError::Backend("sequence number out of range".into())),
+    }
 }
 
-/// Checks that `path` is empty, absent or a Persist database this build can
-/// open, without writing to it.
-fn inspect(conn: &Connection) -> StorageResult<()> {
-    let app_id: i32 = conn
-        .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(storage_error)?;
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(storage_error)?;
-    let objects: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
-        .map_err(storage_error)?;
-    if app_id == 0 && version == 0 && objects == 0 {
-        return Ok(()); // a new, empty database
-    }
-    if app_id != APPLICATION_ID {
-        return Err(StorageError::Corrupt(format!(
-            "foreign SQLite database (application_id {app_id:#x}, {objects} schema objects)"
-        )));
-    }
-    let version = u32::try_from(version)
-        .map_err(|_| StorageError::Corrupt(format!("schema version {version}")))?;
-    if version > SCHEMA_VERSION {
-        return Err(StorageError::VersionUnsupported {
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    Ok(())
-}
-
-fn migrate(conn: &mut Connection) -> StorageResult<()> {
-    let current: u32 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(storage_error)?;
-    let pending: Vec<_> = MIGRATIONS.iter().filter(|(v, _)| *v > current).collect();
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let tx = conn.transaction().map_err(storage_error)?;
-    for (version, sql) in pending {
-        tx.execute_batch(sql).map_err(storage_error)?;
-        tx.pragma_update(None, "user_version", version)
-            .map_err(storage_error)?;
-        tracing::debug!(version, "applied SQLite migration");
-    }
-    tx.pragma_update(None, "application_id", APPLICATION_ID)
-        .map_err(storage_error)?;
-    tx.commit().map_err(storage_error)
+fn signature(bytes: Vec<u8>) -> StorageResult<[u8; 64]> {
+    bytes
+        .try_into()
+        .map_err(|_| StorageError::Corrupt("signature column is not 64 bytes".into()))
 }
 
 impl SqliteStore {
@@ -166,30 +104,29 @@ impl SqliteStore {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let mut conn = Connection::open_with_flags(path, flags).map_err(storage_error)?;
+        let mut conn = Connection::open_with_flags(path, flags).sql()?;
         let owner_lock = lock_owner(path)?;
         configure(&conn)?;
-        inspect(&conn)?;
+        if inspect(&conn)? {
+            conn.pragma_update(None, "page_size", PAGE_SIZE).sql()?;
+        }
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(storage_error)?;
+            .sql()?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StorageError::Io(format!(
                 "cannot enable WAL journal (got {mode})"
             )));
         }
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(storage_error)?;
-        migrate(&mut conn)?;
+        conn.pragma_update(None, "synchronous", "FULL").sql()?;
+        migrate(&mut conn, MIGRATIONS)?;
 
         let mut readers = Vec::with_capacity(READ_CONNECTIONS);
         for _ in 0..READ_CONNECTIONS {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            let reader = Connection::open_with_flags(path, flags).map_err(storage_error)?;
+            let reader = Connection::open_with_flags(path, flags).sql()?;
             configure(&reader)?;
-            reader
-                .pragma_update(None, "query_only", true)
-                .map_err(storage_error)?;
+            reader.pragma_update(None, "query_only", true).sql()?;
             readers.push(Mutex::new(Some(reader)));
         }
 
@@ -210,6 +147,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(sender)),
             writer_thread: Mutex::new(Some(thread)),
             readers,
+            authors: Arc::new(Authors::default()),
             owner_lock: Mutex::new(Some(owner_lock)),
         })
     }
@@ -241,10 +179,10 @@ impl SqliteStore {
     }
 
     /// Runs a read on a pooled read connection, inline.
-    fn read<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> StorageResult<R> {
+    fn read<R>(&self, f: impl FnOnce(&Connection) -> StorageResult<R>) -> StorageResult<R> {
         let mut guard = self.reader()?;
         let conn = guard.as_mut().ok_or(StorageError::Closed)?;
-        f(conn).map_err(storage_error)
+        f(conn)
     }
 
     fn reader(&self) -> StorageResult<MutexGuard<'_, Option<Connection>>> {
@@ -256,209 +194,66 @@ impl SqliteStore {
         let first = self.readers.first().ok_or(StorageError::Closed)?;
         Ok(first.lock().unwrap_or_else(|p| p.into_inner()))
     }
-}
 
-/// Takes the exclusive owner lock on the database file (an `flock`, which
-/// does not interact with SQLite's own byte-range locks).
-fn lock_owner(path: &Path) -> StorageResult<std::fs::File> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| StorageError::Io(format!("cannot open {}: {e}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked(format!(
-            "{} is open in another process or store handle; close it first",
-            path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(StorageError::Io(format!(
-            "cannot lock {}: {e}",
-            path.display()
-        ))),
+    fn stamp(&self, conn: &Connection, hlc: i64, author: i64) -> StorageResult<Stamp> {
+        Ok(Stamp {
+            hlc: Hlc::from_u64(from_i64(hlc)?),
+            author: self.authors.device(conn, author)?,
+        })
+    }
+
+    /// `(device, head row of the change log)` for every author.
+    fn heads(&self, conn: &Connection) -> StorageResult<Vec<(DeviceId, i64, i64)>> {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT a.device, h.id, h.hlc_last FROM authors a
+                 JOIN change_log h ON h.id = (SELECT max(c.id) FROM change_log c
+                                              WHERE c.id BETWEEN (a.id << 40) AND (a.id << 40) + ?1)
+                 ORDER BY a.device",
+            )
+            .sql()?;
+        let rows = stmt
+            .query_map(params![SEQ_MASK], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?))
+            })
+            .sql()?;
+        rows.map(|row| {
+            let (device, id, hlc) = row.sql()?;
+            Ok((authors::device_id(device)?, id, hlc))
+        })
+        .collect()
     }
 }
 
-/// Refuses a non-empty file that does not start with the SQLite header.
-fn check_header(path: &Path) -> StorageResult<()> {
-    use std::io::Read;
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(StorageError::Io(format!(
-                "cannot open {}: {e}",
-                path.display()
-            )))
-        }
-    };
-    let mut header = [0u8; 16];
-    let mut read = 0;
-    while read < header.len() {
-        match file.read(&mut header[read..]) {
-            Ok(0) => break,
-            Ok(n) => read += n,
-            Err(e) => {
-                return Err(StorageError::Io(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )))
-            }
-        }
+const RECORD_COLUMNS: &str = "id, value, hlc, author, fields";
+
+impl SqliteStore {
+    fn record(
+        &self,
+        conn: &Connection,
+        collection: &str,
+        row: &rusqlite::Row<'_>,
+    ) -> StorageResult<RecordRow> {
+        Ok(RecordRow {
+            collection: collection.to_owned(),
+            id: row.get(0).sql()?,
+            value: row.get(1).sql()?,
+            stamp: self.stamp(conn, row.get(2).sql()?, row.get(3).sql()?)?,
+            fields: row.get(4).sql()?,
+        })
     }
-    if read == 0 || &header[..read] == b"SQLite format 3\0" {
-        return Ok(());
+
+    fn kv_row(&self, conn: &Connection, row: &rusqlite::Row<'_>) -> StorageResult<KvRow> {
+        Ok(KvRow {
+            key: row.get(0).sql()?,
+            value: row.get(1).sql()?,
+            stamp: self.stamp(conn, row.get(2).sql()?, row.get(3).sql()?)?,
+        })
     }
-    Err(StorageError::Corrupt(format!(
-        "{} is not a SQLite database",
-        path.display()
-    )))
 }
 
-fn write_batch(conn: &mut Connection, batch: WriteBatch) -> StorageResult<()> {
-    let tx = conn.transaction().map_err(storage_error)?;
-    {
-        if let Some(id) = batch.store_id {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('store_id', ?1) ON CONFLICT (key) DO NOTHING",
-                params![&id.as_bytes()[..]],
-            )
-            .map_err(storage_error)?;
-        }
-        if let Some(clock) = batch.clock {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('clock', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-                params![to_i64(clock.as_u64())],
-            )
-            .map_err(storage_error)?;
-        }
-        let mut log = tx
-            .prepare_cached(
-                "INSERT INTO change_log (author, seq, hlc, body, signature) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (author, seq) DO NOTHING",
-            )
-            .map_err(storage_error)?;
-        let mut heads = tx
-            .prepare_cached(
-                "INSERT INTO heads (author, seq) VALUES (?1, ?2)
-                 ON CONFLICT (author) DO UPDATE SET seq = max(seq, excluded.seq)",
-            )
-            .map_err(storage_error)?;
-        for entry in &batch.log {
-            let author = &entry.author.as_bytes()[..];
-            log.execute(params![
-                author,
-                to_i64(entry.seq),
-                to_i64(entry.hlc.as_u64()),
-                entry.commit.body,
-                &entry.commit.signature[..]
-            ])
-            .map_err(storage_error)?;
-            heads
-                .execute(params![author, to_i64(entry.seq)])
-                .map_err(storage_error)?;
-        }
-        let mut records = tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO records (collection, id, value, hlc, author, fields)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(storage_error)?;
-        for row in &batch.records {
-            records
-                .execute(params![
-                    row.collection,
-                    row.id,
-                    row.value,
-                    to_i64(row.stamp.hlc.as_u64()),
-                    &row.stamp.author.as_bytes()[..],
-                    row.fields
-                ])
-                .map_err(storage_error)?;
-        }
-        let mut events = tx
-            .prepare_cached(
-                "INSERT INTO events (log, id, at, author, value) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (log, id) DO NOTHING",
-            )
-            .map_err(storage_error)?;
-        for row in &batch.events {
-            events
-                .execute(params![
-                    row.log,
-                    row.id,
-                    to_i64(row.at),
-                    &row.author.as_bytes()[..],
-                    row.value
-                ])
-                .map_err(storage_error)?;
-        }
-        let mut kv = tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO kv (key, value, hlc, author) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(storage_error)?;
-        for row in &batch.kv {
-            kv.execute(params![
-                row.key,
-                row.value,
-                to_i64(row.stamp.hlc.as_u64()),
-                &row.stamp.author.as_bytes()[..]
-            ])
-            .map_err(storage_error)?;
-        }
-    }
-    tx.commit().map_err(storage_error)
-}
-
-/// A record row as read, before its columns are checked.
-struct RawRecord {
-    row: RecordRow,
-    hlc: i64,
-    author: Vec<u8>,
-}
-
-fn record_row(collection: String, row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
-    Ok(RawRecord {
-        row: RecordRow {
-            collection,
-            id: row.get("id")?,
-            value: row.get("value")?,
-            stamp: crate::change::Stamp {
-                hlc: Hlc::ZERO,
-                author: DeviceId::from_bytes([0; 32]),
-            },
-            fields: row.get("fields")?,
-        },
-        hlc: row.get("hlc")?,
-        author: row.get("author")?,
-    })
-}
-
-fn finish_record(raw: RawRecord) -> StorageResult<RecordRow> {
-    let mut row = raw.row;
-    row.stamp.hlc = Hlc::from_u64(from_i64(raw.hlc)?);
-    row.stamp.author = device_id(raw.author)?;
-    Ok(row)
-}
-
-fn kv_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Option<String>, i64, Vec<u8>)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-}
-
-fn finish_kv(
-    (key, value, hlc, author): (String, Option<String>, i64, Vec<u8>),
-) -> StorageResult<KvRow> {
-    let hlc = Hlc::from_u64(from_i64(hlc)?);
-    Ok(KvRow {
-        key,
-        value,
-        stamp: crate::change::Stamp {
-            hlc,
-            author: device_id(author)?,
-        },
-    })
-}
-
-/// Start of the id range for `query` and the SQL limit (-1: none).
+/// Start of the id range for `query`, whether it is inclusive, and the SQL
+/// limit (-1: none).
 fn range(query: &RecordQuery) -> (String, bool, i64) {
     let (start, inclusive) = match (&query.prefix, &query.after) {
         (Some(p), Some(a)) if a.as_str() >= p.as_str() => (a.clone(), false),
@@ -473,61 +268,51 @@ fn range(query: &RecordQuery) -> (String, bool, i64) {
     (start, inclusive, limit)
 }
 
+fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {
+    Box::pin(std::future::ready(value))
+}
+
 impl StorageBackend for SqliteStore {
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
     }
 
     fn load_meta(&self) -> BoxFuture<'_, StorageResult<StoredMeta>> {
-        let result = (|| {
-            let rows: Vec<(String, rusqlite::types::Value)> = self.read(|c| {
-                let mut stmt = c.prepare_cached("SELECT key, value FROM meta")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows.collect()
-            })?;
-            let mut meta = StoredMeta::default();
-            for (key, value) in rows {
-                match (key.as_str(), value) {
-                    ("store_id", rusqlite::types::Value::Blob(bytes)) => {
-                        let bytes: [u8; 16] = bytes.try_into().map_err(|_| {
-                            StorageError::Corrupt("store id is not 16 bytes".into())
-                        })?;
-                        meta.store_id = Some(StoreId::from_bytes(bytes));
-                    }
-                    ("clock", rusqlite::types::Value::Integer(v)) => {
-                        meta.clock = Hlc::from_u64(from_i64(v)?)
-                    }
-                    ("store_id" | "clock", _) => {
-                        return Err(StorageError::Corrupt(format!(
-                            "meta entry {key} has the wrong type"
-                        )))
-                    }
-                    _ => {}
-                }
+        ready(self.read(|c| {
+            let store_id: Option<Vec<u8>> = c
+                .prepare_cached("SELECT value FROM meta WHERE key = 'store_id'")
+                .sql()?
+                .query_row([], |r| r.get(0))
+                .optional()
+                .sql()?;
+            let store_id = store_id
+                .map(|bytes| {
+                    let bytes: [u8; 16] = bytes
+                        .try_into()
+                        .map_err(|_| StorageError::Corrupt("store id is not 16 bytes".into()))?;
+                    Ok::<_, StorageError>(StoreId::from_bytes(bytes))
+                })
+                .transpose()?;
+            let mut clock = Hlc::ZERO;
+            for (_, _, hlc) in self.heads(c)? {
+                clock = clock.max(Hlc::from_u64(from_i64(hlc)?));
             }
-            Ok(meta)
-        })();
-        Box::pin(std::future::ready(result))
+            Ok(StoredMeta { store_id, clock })
+        }))
     }
 
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
-        self.on_writer(move |conn| write_batch(conn, batch))
+        let authors = self.authors.clone();
+        self.on_writer(move |conn| write::write_batch(conn, &authors, batch))
     }
 
     fn version_vector(&self) -> BoxFuture<'_, StorageResult<Vec<(DeviceId, u64)>>> {
-        let result = self
-            .read(|c| {
-                let mut stmt = c.prepare_cached("SELECT author, seq FROM heads ORDER BY author")?;
-                let rows =
-                    stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .and_then(|rows| {
-                rows.into_iter()
-                    .map(|(a, s)| Ok((device_id(a)?, from_i64(s)?)))
-                    .collect()
-            });
-        Box::pin(std::future::ready(result))
+        ready(self.read(|c| {
+            self.heads(c)?
+                .into_iter()
+                .map(|(device, id, _)| Ok((device, from_i64(id & SEQ_MASK)?)))
+                .collect()
+        }))
     }
 
     fn get_commit(
@@ -535,26 +320,26 @@ impl StorageBackend for SqliteStore {
         author: DeviceId,
         seq: u64,
     ) -> BoxFuture<'_, StorageResult<Option<SignedCommit>>> {
-        let result = self
-            .read(|c| {
-                c.prepare_cached(
-                    "SELECT body, signature FROM change_log WHERE author = ?1 AND seq = ?2",
-                )?
-                .query_row(params![&author.as_bytes()[..], to_i64(seq)], |r| {
-                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+        ready(self.read(|c| {
+            let Some(author) = self.authors.lookup(c, author)? else {
+                return Ok(None);
+            };
+            let row: Option<(Vec<u8>, Vec<u8>)> = c
+                .prepare_cached("SELECT body, signature FROM change_log WHERE id = ?1")
+                .sql()?
+                .query_row(params![log_key(author, seq)?], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
                 })
                 .optional()
-            })
-            .and_then(|row| {
-                row.map(|(body, sig)| {
-                    Ok(SignedCommit {
-                        body,
-                        signature: signature(sig)?,
-                    })
+                .sql()?;
+            row.map(|(body, sig)| {
+                Ok(SignedCommit {
+                    body,
+                    signature: signature(sig)?,
                 })
-                .transpose()
-            });
-        Box::pin(std::future::ready(result))
+            })
+            .transpose()
+        }))
     }
 
     fn commits_after(
@@ -564,20 +349,26 @@ impl StorageBackend for SqliteStore {
         limit: usize,
     ) -> BoxFuture<'_, StorageResult<Vec<SignedCommit>>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let result = self
-            .read(|c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT body, signature FROM change_log WHERE author = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                )?;
-                let rows = stmt.query_map(params![&author.as_bytes()[..], to_i64(after_seq), limit], |r| {
-                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
-                })?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
+        ready(self.read(|c| {
+            let Some(author) = self.authors.lookup(c, author)? else {
+                return Ok(Vec::new());
+            };
+            let from = (author << SEQ_BITS) | (to_i64(after_seq).min(SEQ_MASK));
+            let to = (author << SEQ_BITS) | SEQ_MASK;
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT body, signature FROM change_log WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+                )
+                .sql()?;
+            let rows = stmt
+                .query_map(params![from, to, limit], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))
+                .sql()?;
+            rows.map(|row| {
+                let (body, sig) = row.sql()?;
+                Ok(SignedCommit { body, signature: signature(sig)? })
             })
-            .and_then(|rows| {
-                rows.into_iter().map(|(body, sig)| Ok(SignedCommit { body, signature: signature(sig)? })).collect()
-            });
-        Box::pin(std::future::ready(result))
+            .collect()
+        }))
     }
 
     fn get_record<'a>(
@@ -585,16 +376,18 @@ impl StorageBackend for SqliteStore {
         collection: &'a str,
         id: &'a str,
     ) -> BoxFuture<'a, StorageResult<Option<RecordRow>>> {
-        let result = self
-            .read(|c| {
-                c.prepare_cached(
-                    "SELECT id, value, hlc, author, fields FROM records WHERE collection = ?1 AND id = ?2",
-                )?
-                .query_row(params![collection, id], |r| record_row(collection.to_owned(), r))
-                .optional()
-            })
-            .and_then(|row| row.map(finish_record).transpose());
-        Box::pin(std::future::ready(result))
+        ready(self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records WHERE collection = ?1 AND id = ?2"
+                ))
+                .sql()?;
+            let mut rows = stmt.query(params![collection, id]).sql()?;
+            match rows.next().sql()? {
+                Some(row) => Ok(Some(self.record(c, collection, row)?)),
+                None => Ok(None),
+            }
+        }))
     }
 
     fn list_records<'a>(
@@ -603,30 +396,26 @@ impl StorageBackend for SqliteStore {
         query: &'a RecordQuery,
     ) -> BoxFuture<'a, StorageResult<Vec<RecordRow>>> {
         let (start, inclusive, limit) = range(query);
-        let sql = if inclusive {
-            "SELECT id, value, hlc, author, fields FROM records
-             WHERE collection = ?1 AND id >= ?2 AND value IS NOT NULL ORDER BY id LIMIT ?3"
-        } else {
-            "SELECT id, value, hlc, author, fields FROM records
-             WHERE collection = ?1 AND id > ?2 AND value IS NOT NULL ORDER BY id LIMIT ?3"
-        };
-        let result = self
-            .read(|c| {
-                let mut stmt = c.prepare_cached(sql)?;
-                let mut rows = stmt.query(params![collection, start, limit])?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next()? {
-                    let id: String = row.get("id")?;
-                    // Ids with the prefix are contiguous: the first one without it ends the list.
-                    if !query_admits(query, &id) {
-                        break;
-                    }
-                    out.push(record_row(collection.to_owned(), row)?);
+        let op = if inclusive { ">=" } else { ">" };
+        ready(self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records
+                     WHERE collection = ?1 AND id {op} ?2 AND value IS NOT NULL ORDER BY id LIMIT ?3"
+                ))
+                .sql()?;
+            let mut rows = stmt.query(params![collection, start, limit]).sql()?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().sql()? {
+                let record = self.record(c, collection, row)?;
+                // Ids with the prefix are contiguous: the first one without it ends the list.
+                if !query_admits(query, &record.id) {
+                    break;
                 }
-                Ok(out)
-            })
-            .and_then(|rows| rows.into_iter().map(finish_record).collect());
-        Box::pin(std::future::ready(result))
+                out.push(record);
+            }
+            Ok(out)
+        }))
     }
 
     fn list_events<'a>(
@@ -640,72 +429,61 @@ impl StorageBackend for SqliteStore {
             .unwrap_or(-1);
         let from = query.from.clone().unwrap_or_default();
         let after = query.after.clone().unwrap_or_default();
-        let result = self
-            .read(|c| {
-                let mut stmt = c.prepare_cached(
+        ready(self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
                     "SELECT id, at, author, value FROM events
                      WHERE log = ?1 AND id >= ?2 AND id > ?3 ORDER BY id LIMIT ?4",
-                )?;
-                let rows = stmt.query_map(params![log, from, after, limit], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                })?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .and_then(|rows| {
-                rows.into_iter()
-                    .map(|(id, at, author, value)| {
-                        Ok(EventRow {
-                            log: log.to_owned(),
-                            id,
-                            at: from_i64(at)?,
-                            author: device_id(author)?,
-                            value,
-                        })
-                    })
-                    .collect()
-            });
-        Box::pin(std::future::ready(result))
+                )
+                .sql()?;
+            let mut rows = stmt.query(params![log, from, after, limit]).sql()?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().sql()? {
+                out.push(EventRow {
+                    log: log.to_owned(),
+                    id: row.get(0).sql()?,
+                    at: from_i64(row.get(1).sql()?)?,
+                    author: self.authors.device(c, row.get(2).sql()?)?,
+                    value: row.get(3).sql()?,
+                });
+            }
+            Ok(out)
+        }))
     }
 
     fn get_kv<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StorageResult<Option<KvRow>>> {
-        let result = self
-            .read(|c| {
-                c.prepare_cached("SELECT key, value, hlc, author FROM kv WHERE key = ?1")?
-                    .query_row(params![key], kv_row)
-                    .optional()
-            })
-            .and_then(|row| row.map(finish_kv).transpose());
-        Box::pin(std::future::ready(result))
+        ready(self.read(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT key, value, hlc, author FROM kv WHERE key = ?1")
+                .sql()?;
+            let mut rows = stmt.query(params![key]).sql()?;
+            match rows.next().sql()? {
+                Some(row) => Ok(Some(self.kv_row(c, row)?)),
+                None => Ok(None),
+            }
+        }))
     }
 
     fn list_kv<'a>(&'a self, query: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>> {
         let (start, inclusive, limit) = range(query);
-        let sql = if inclusive {
-            "SELECT key, value, hlc, author FROM kv WHERE key >= ?1 AND value IS NOT NULL ORDER BY key LIMIT ?2"
-        } else {
-            "SELECT key, value, hlc, author FROM kv WHERE key > ?1 AND value IS NOT NULL ORDER BY key LIMIT ?2"
-        };
-        let result = self
-            .read(|c| {
-                let mut stmt = c.prepare_cached(sql)?;
-                let mut rows = stmt.query(params![start, limit])?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next()? {
-                    let parts = kv_row(row)?;
-                    if !query_admits(query, &parts.0) {
-                        break;
-                    }
-                    out.push(parts);
+        let op = if inclusive { ">=" } else { ">" };
+        ready(self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT key, value, hlc, author FROM kv WHERE key {op} ?1 AND value IS NOT NULL ORDER BY key LIMIT ?2"
+                ))
+                .sql()?;
+            let mut rows = stmt.query(params![start, limit]).sql()?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().sql()? {
+                let kv = self.kv_row(c, row)?;
+                if !query_admits(query, &kv.key) {
+                    break;
                 }
-                Ok(out)
-            })
-            .and_then(|rows| rows.into_iter().map(finish_kv).collect());
-        Box::pin(std::future::ready(result))
+                out.push(kv);
+            }
+            Ok(out)
+        }))
     }
 
     fn close(&self) -> BoxFuture<'_, StorageResult<()>> {

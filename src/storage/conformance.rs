@@ -77,17 +77,15 @@ pub async fn meta_starts_empty(factory: &impl BackendFactory) {
     assert_eq!(meta.store_id, None);
     assert!(backend.version_vector().await.unwrap().is_empty());
     let id = crate::StoreId::from_bytes([5; 16]);
-    let clock = crate::hlc::Hlc::from_millis(42);
     backend
         .write(WriteBatch {
             store_id: Some(id),
-            clock: Some(clock),
             ..WriteBatch::default()
         })
         .await
         .unwrap();
     let meta = backend.load_meta().await.unwrap();
-    assert_eq!((meta.store_id, meta.clock), (Some(id), clock));
+    assert_eq!(meta.store_id, Some(id));
     // The store id never changes once set.
     let other = crate::StoreId::from_bytes([6; 16]);
     backend
@@ -329,17 +327,29 @@ pub async fn change_log_and_version_vector(factory: &impl BackendFactory) {
     }
     let me = store.device_id();
     assert_eq!(store.version_vector().await.unwrap(), vec![(me, 10)]);
+    // The persisted clock covers every stamp in the log.
+    let last = store.kv().set("last", 0).await.unwrap().hlc;
+    assert!(
+        store
+            .inner_backend_for_tests()
+            .load_meta()
+            .await
+            .unwrap()
+            .clock
+            >= last
+    );
+    assert_eq!(store.version_vector().await.unwrap(), vec![(me, 11)]);
     assert_eq!(
         store
             .commits_missing_from(&[(me, 7)], 100)
             .await
             .unwrap()
             .len(),
-        3
+        4
     );
     assert_eq!(
         store
-            .commits_missing_from(&[(me, 10)], 100)
+            .commits_missing_from(&[(me, 11)], 100)
             .await
             .unwrap()
             .len(),
@@ -358,7 +368,7 @@ pub async fn change_log_and_version_vector(factory: &impl BackendFactory) {
                 .seq
         })
         .collect();
-    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
     store.close().await.unwrap();
 }
 
@@ -487,12 +497,19 @@ pub async fn concurrent_writers_group_commit(factory: &impl BackendFactory) {
                 .put(&format!("r{i:02}"), json!({ "i": i }))
                 .await
                 .unwrap()
-                .seq
         }
     });
-    let mut seqs = futures::future::join_all(writes).await;
-    seqs.sort_unstable();
-    assert_eq!(seqs, (1..=64).collect::<Vec<_>>());
+    let receipts = futures::future::join_all(writes).await;
+    // Writes queued together may share a commit, but each has its own stamp,
+    // and commits are numbered without gaps.
+    let mut stamps: Vec<_> = receipts.iter().map(|r| r.hlc).collect();
+    stamps.sort_unstable();
+    stamps.dedup();
+    assert_eq!(stamps.len(), 64);
+    let commits = receipts.iter().map(|r| r.seq).max().unwrap();
+    let mut seqs: Vec<u64> = receipts.iter().map(|r| r.seq).collect();
+    seqs.dedup();
+    assert!(seqs.iter().all(|s| (1..=commits).contains(s)));
     let listed = store
         .records("load")
         .list(ListOptions::default())
@@ -501,8 +518,20 @@ pub async fn concurrent_writers_group_commit(factory: &impl BackendFactory) {
     assert_eq!(listed.len(), 64);
     assert_eq!(
         store.version_vector().await.unwrap(),
-        vec![(store.device_id(), 64)]
+        vec![(store.device_id(), commits)]
     );
+    let log = store.commits_missing_from(&[], usize::MAX).await.unwrap();
+    let ops: usize = log
+        .into_iter()
+        .map(|c| {
+            crate::Commit::verify(c, store.store_id(), &crate::Limits::default())
+                .unwrap()
+                .body
+                .ops
+                .len()
+        })
+        .sum();
+    assert_eq!(ops, 64, "every write is in the change log exactly once");
     store.close().await.unwrap();
 }
 
@@ -644,6 +673,21 @@ pub async fn merge_fields_and_custom_resolvers(factory: &impl BackendFactory) {
             Some(json!({ "n": 5 }))
         );
     }
+    // Later writes of one transaction see the earlier ones.
+    let mut tx = a.transaction();
+    tx.put("docs", "t", json!({ "a": 1, "b": 2 })).unwrap();
+    tx.put("docs", "t", json!({ "a": 1 })).unwrap();
+    tx.put("counters", "k", json!({ "n": 1 })).unwrap();
+    tx.put("counters", "k", json!({ "n": 7 })).unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        a.records("docs").get("t").await.unwrap(),
+        Some(json!({ "a": 1 }))
+    );
+    assert_eq!(
+        a.records("counters").get("k").await.unwrap(),
+        Some(json!({ "n": 7 }))
+    );
     // Merge-fields collections hold objects.
     assert_eq!(
         a.records("docs")

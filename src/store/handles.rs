@@ -13,11 +13,27 @@ use crate::hlc::Hlc;
 use crate::names;
 use crate::storage::{EventQuery, RecordQuery};
 
-fn encode_value(store: &Store, value: impl Serialize) -> Result<(Value, String)> {
-    let value = serde_json::to_value(value).map_err(|e| Error::InvalidValue(e.to_string()))?;
+/// JSON text of `value`, checked against the size limit.
+fn encode_value(store: &Store, value: impl Serialize) -> Result<String> {
     let text = serde_json::to_string(&value).map_err(|e| Error::InvalidValue(e.to_string()))?;
     names::check_size(text.len(), store.inner.limits.max_value_bytes)?;
-    Ok((value, text))
+    Ok(text)
+}
+
+/// JSON text of a record document for `collection`: merge-fields
+/// collections hold objects (checked here, before anything is queued).
+fn encode_document(store: &Store, collection: &str, value: impl Serialize) -> Result<String> {
+    let text = encode_value(store, value)?;
+    let merges = matches!(
+        store.strategy_for(collection),
+        crate::ConflictStrategy::MergeFields
+    );
+    if merges && !text.starts_with('{') {
+        return Err(Error::InvalidValue(format!(
+            "collection {collection:?} merges fields, so its records must be JSON objects"
+        )));
+    }
+    Ok(text)
 }
 
 fn decode(text: &str) -> Result<Value> {
@@ -107,12 +123,11 @@ impl Records {
     /// Stores `value` (anything serializable to JSON) under `id`.
     pub async fn put(&self, id: &str, value: impl Serialize) -> Result<WriteReceipt> {
         self.check(Some(id))?;
-        let (value, text) = encode_value(&self.store, value)?;
+        let text = encode_document(&self.store, &self.collection, value)?;
         self.store
             .write(vec![Intent::Put {
                 collection: self.collection.clone(),
                 id: id.to_owned(),
-                value,
                 text,
             }])
             .await
@@ -130,11 +145,10 @@ impl Records {
         for (id, value) in items {
             let id = id.into();
             names::check_id(NameKind::RecordId, &id)?;
-            let (value, text) = encode_value(&self.store, value)?;
+            let text = encode_document(&self.store, &self.collection, value)?;
             intents.push(Intent::Put {
                 collection: self.collection.clone(),
                 id,
-                value,
                 text,
             });
         }
@@ -269,7 +283,7 @@ impl Events {
     pub async fn append(&self, value: impl Serialize) -> Result<AppendedEvent> {
         names::check_name(NameKind::EventLog, &self.log)?;
         self.store.check_open()?;
-        let (_, text) = encode_value(&self.store, value)?;
+        let text = encode_value(&self.store, value)?;
         let receipt = self
             .store
             .write(vec![Intent::Append {
@@ -346,7 +360,7 @@ impl Kv {
     /// Sets `key` to `value`.
     pub async fn set(&self, key: &str, value: impl Serialize) -> Result<WriteReceipt> {
         self.check(key)?;
-        let (_, text) = encode_value(&self.store, value)?;
+        let text = encode_value(&self.store, value)?;
         self.store
             .write(vec![Intent::Set {
                 key: key.to_owned(),
@@ -416,11 +430,10 @@ impl Transaction {
     pub fn put(&mut self, collection: &str, id: &str, value: impl Serialize) -> Result<&mut Self> {
         names::check_name(NameKind::Collection, collection)?;
         names::check_id(NameKind::RecordId, id)?;
-        let (value, text) = encode_value(&self.store, value)?;
+        let text = encode_document(&self.store, collection, value)?;
         self.intents.push(Intent::Put {
             collection: collection.to_owned(),
             id: id.to_owned(),
-            value,
             text,
         });
         Ok(self)
@@ -440,7 +453,7 @@ impl Transaction {
     /// Appends an event.
     pub fn append(&mut self, log: &str, value: impl Serialize) -> Result<&mut Self> {
         names::check_name(NameKind::EventLog, log)?;
-        let (_, text) = encode_value(&self.store, value)?;
+        let text = encode_value(&self.store, value)?;
         self.intents.push(Intent::Append {
             log: log.to_owned(),
             text,
@@ -451,7 +464,7 @@ impl Transaction {
     /// Sets a key.
     pub fn set(&mut self, key: &str, value: impl Serialize) -> Result<&mut Self> {
         names::check_id(NameKind::Key, key)?;
-        let (_, text) = encode_value(&self.store, value)?;
+        let text = encode_value(&self.store, value)?;
         self.intents.push(Intent::Set {
             key: key.to_owned(),
             text,

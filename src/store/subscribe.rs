@@ -96,13 +96,16 @@ impl Store {
         }
     }
 
-    pub(super) fn has_subscribers(&self, collection: &str) -> bool {
+    /// Collections with at least one subscriber (read once per batch).
+    pub(super) fn subscribed_collections(&self) -> Vec<String> {
         let subs = self
             .inner
             .subscribers
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        subs.entries.iter().any(|(_, c, _)| c == collection)
+        let mut names: Vec<String> = subs.entries.iter().map(|(_, c, _)| c.clone()).collect();
+        names.dedup();
+        names
     }
 
     /// Calls each subscriber once with its collection's changes. The lock is

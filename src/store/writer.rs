@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::handles::AppendedEvent;
 use super::subscribe::{Origin, RecordChange};
 use super::Store;
-use crate::change::{Commit, CommitBody, Op, COMMIT_FORMAT};
+use crate::change::{Commit, CommitBody, Op, Stamp, COMMIT_FORMAT};
 use crate::error::{Error, RejectReason, Result};
 use crate::hlc::{Hlc, HybridClock};
 use crate::identity::DeviceId;
@@ -34,7 +34,6 @@ pub(crate) enum Intent {
     Put {
         collection: String,
         id: String,
-        value: Value,
         text: String,
     },
     Delete {
@@ -143,12 +142,22 @@ impl Writer {
 
     /// Queues `request` and returns once it is durable (or failed).
     pub(crate) async fn submit(&self, store: &Store, request: Request) -> Result<Outcome> {
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
         self.queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((request, reply));
-        let mut state = self.state.lock().await;
+        // Wait for the lock or for a leader to answer us, whichever comes
+        // first: a writer already answered must not queue for the lock, or
+        // the waiters form a convoy of one-write batches.
+        let lock = self.state.lock();
+        futures::pin_mut!(lock);
+        let mut state = match futures::future::select(&mut answer, lock).await {
+            futures::future::Either::Left((outcome, _)) => {
+                return outcome.map_err(|_| Error::Closed)?
+            }
+            futures::future::Either::Right((state, _)) => state,
+        };
         let batch = self.take_queue();
         if !batch.is_empty() {
             if store.is_closed() {
@@ -176,45 +185,84 @@ impl Writer {
     }
 }
 
-/// Reads through the rows already written by this batch.
+/// Everything one group commit accumulates, and reads through it: a read
+/// sees the rows this batch already wrote, then what storage holds. The index
+/// of written rows is built only when something reads, so a batch of local
+/// last-write-wins writes never pays for it.
 #[derive(Default)]
-struct Overlay {
-    records: HashMap<(String, String), Option<RecordRow>>,
-    kv: HashMap<String, Option<KvRow>>,
+struct Batch {
+    write: WriteBatch,
+    changes: Vec<RecordChange>,
+    subscribed: Vec<String>,
     commits: HashSet<(DeviceId, u64)>,
+    read_records: HashMap<(String, String), Option<RecordRow>>,
+    read_kv: HashMap<String, Option<KvRow>>,
+    record_index: HashMap<(String, String), usize>,
+    indexed_records: usize,
+    kv_index: HashMap<String, usize>,
+    indexed_kv: usize,
 }
 
-impl Overlay {
+impl Batch {
     async fn record(
         &mut self,
         store: &Store,
         collection: &str,
         id: &str,
     ) -> Result<Option<RecordRow>> {
+        for (i, row) in self
+            .write
+            .records
+            .iter()
+            .enumerate()
+            .skip(self.indexed_records)
+        {
+            self.record_index
+                .insert((row.collection.clone(), row.id.clone()), i);
+        }
+        self.indexed_records = self.write.records.len();
         let key = (collection.to_owned(), id.to_owned());
-        if let Some(row) = self.records.get(&key) {
+        if let Some(&i) = self.record_index.get(&key) {
+            return Ok(self.write.records.get(i).cloned());
+        }
+        if let Some(row) = self.read_records.get(&key) {
             return Ok(row.clone());
         }
         let row = store.inner.backend.get_record(collection, id).await?;
-        self.records.insert(key, row.clone());
+        self.read_records.insert(key, row.clone());
         Ok(row)
     }
 
     async fn kv(&mut self, store: &Store, key: &str) -> Result<Option<KvRow>> {
-        if let Some(row) = self.kv.get(key) {
+        for (i, row) in self.write.kv.iter().enumerate().skip(self.indexed_kv) {
+            self.kv_index.insert(row.key.clone(), i);
+        }
+        self.indexed_kv = self.write.kv.len();
+        if let Some(&i) = self.kv_index.get(key) {
+            return Ok(self.write.kv.get(i).cloned());
+        }
+        if let Some(row) = self.read_kv.get(key) {
             return Ok(row.clone());
         }
         let row = store.inner.backend.get_kv(key).await?;
-        self.kv.insert(key.to_owned(), row.clone());
+        self.read_kv.insert(key.to_owned(), row.clone());
         Ok(row)
     }
-}
 
-/// Everything one group commit accumulates.
-struct Batch {
-    write: WriteBatch,
-    overlay: Overlay,
-    changes: Vec<RecordChange>,
+    fn notify(&mut self, row: &RecordRow, origin: Origin) {
+        if self.subscribed.contains(&row.collection) {
+            self.changes.push(RecordChange {
+                collection: row.collection.clone(),
+                id: row.id.clone(),
+                value: row
+                    .value
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str(t).ok()),
+                stamp: row.stamp,
+                origin,
+            });
+        }
+    }
 }
 
 async fn run_batch(
@@ -224,32 +272,50 @@ async fn run_batch(
 ) -> Vec<RecordChange> {
     let heads_before = state.heads.clone();
     let mut batch = Batch {
-        write: WriteBatch::default(),
-        overlay: Overlay::default(),
-        changes: Vec::new(),
+        subscribed: store.subscribed_collections(),
+        ..Batch::default()
     };
     let mut answers: Vec<(Reply, Result<Outcome>)> = Vec::with_capacity(requests.len());
+    let mut group = LocalGroup::default();
     let mut fatal: Option<Error> = None;
     for (request, reply) in requests {
         if fatal.is_some() {
             answers.push((reply, Err(Error::Closed)));
             continue;
         }
-        let outcome = match request {
-            Request::Local(intents) => local_commit(store, state, &mut batch, intents)
-                .await
-                .map(Outcome::Local),
-            Request::Remote(commits) => remote_commits(store, state, &mut batch, commits)
-                .await
-                .map(Outcome::Remote),
-        };
-        match outcome {
-            Ok(outcome) => answers.push((reply, Ok(outcome))),
-            Err(Failure::Request(e)) => answers.push((reply, Err(e))),
-            Err(Failure::Batch(e)) => {
-                answers.push((reply, Err(e.clone())));
-                fatal = Some(e);
+        let step = match request {
+            Request::Local(intents) => {
+                group
+                    .add(store, state, &mut batch, &mut answers, intents, reply)
+                    .await
             }
+            Request::Remote(commits) => {
+                // Received commits apply after the local writes queued before them.
+                match group.flush(store, state, &mut batch, &mut answers).await {
+                    Ok(()) => match remote_commits(store, state, &mut batch, commits).await {
+                        Ok(report) => {
+                            answers.push((reply, Ok(Outcome::Remote(report))));
+                            Ok(())
+                        }
+                        Err(e) => {
+                            answers.push((reply, Err(e.clone())));
+                            Err(e)
+                        }
+                    },
+                    Err(e) => {
+                        answers.push((reply, Err(e.clone())));
+                        Err(e)
+                    }
+                }
+            }
+        };
+        if let Err(e) = step {
+            fatal = Some(e);
+        }
+    }
+    if fatal.is_none() {
+        if let Err(e) = group.flush(store, state, &mut batch, &mut answers).await {
+            fatal = Some(e);
         }
     }
     let result = match fatal {
@@ -284,10 +350,202 @@ async fn run_batch(
     }
 }
 
-/// Whether a failure concerns one request or the whole batch.
-enum Failure {
-    Request(Error),
-    Batch(Error),
+/// Local writes queued together become one commit: one signature and one
+/// change-log entry for the whole group (each write or transaction stays
+/// atomic, inside a larger atomic unit). Operations are stamped as they are
+/// lowered, so a write that reads (merge-fields, custom resolvers) sees the
+/// writes queued before it; last-write-wins writes, which never read, are
+/// materialized after signing by moving their strings into rows.
+#[derive(Default)]
+struct LocalGroup {
+    first: Option<Hlc>,
+    ops: Vec<Op>,
+    /// Whether `ops[i]` was already materialized when it was lowered.
+    applied: Vec<bool>,
+    requests: Vec<(Reply, std::ops::Range<usize>)>,
+    bytes: usize,
+}
+
+/// An upper bound of the encoded size of one operation.
+fn op_size_bound(intent: &Intent) -> usize {
+    let strings = match intent {
+        Intent::Put {
+            collection,
+            id,
+            text,
+        } => collection.len() + id.len() + text.len(),
+        Intent::Delete { collection, id } => collection.len() + id.len(),
+        Intent::Append { log, text } => log.len() + text.len(),
+        Intent::Set { key, text } => key.len() + text.len(),
+        Intent::Unset { key } => key.len(),
+    };
+    // A merge-fields patch re-encodes field names and values: at most twice
+    // the document; tags, lengths and a base stamp take under 64 bytes.
+    2 * strings + 64
+}
+
+impl LocalGroup {
+    async fn add(
+        &mut self,
+        store: &Store,
+        state: &mut WriterState,
+        batch: &mut Batch,
+        answers: &mut Vec<(Reply, Result<Outcome>)>,
+        intents: Vec<Intent>,
+        reply: Reply,
+    ) -> Result<()> {
+        let limits = &store.inner.limits;
+        let bytes: usize = intents.iter().map(op_size_bound).sum();
+        if bytes + 256 > limits.max_commit_bytes {
+            let size = bytes;
+            answers.push((
+                reply,
+                Err(Error::ValueTooLarge {
+                    size,
+                    limit: limits.max_commit_bytes,
+                }),
+            ));
+            return Ok(());
+        }
+        if !self.ops.is_empty()
+            && (self.bytes + bytes + 256 > limits.max_commit_bytes
+                || self.ops.len() + intents.len() > limits.max_commit_ops)
+        {
+            self.flush(store, state, batch, answers).await?;
+        }
+        let n = intents.len() as u64;
+        let first = match self.first {
+            // Later writes of the group continue its stamps without a gap.
+            Some(_) => state.clock.tick(0, n),
+            None => {
+                let first = state.clock.tick((store.inner.wall_clock)(), n);
+                self.first = Some(first);
+                first
+            }
+        };
+        let start = self.ops.len();
+        if let Err(e) = self.lower_all(store, state, batch, first, intents).await {
+            answers.push((reply, Err(e.clone())));
+            return Err(e);
+        }
+        self.bytes += bytes;
+        self.requests.push((reply, start..self.ops.len()));
+        Ok(())
+    }
+
+    /// Lowers and stamps one request's writes, materializing at once those
+    /// that read (so later writes of the group see them).
+    async fn lower_all(
+        &mut self,
+        store: &Store,
+        state: &WriterState,
+        batch: &mut Batch,
+        first: Hlc,
+        intents: Vec<Intent>,
+    ) -> Result<()> {
+        for (i, intent) in intents.into_iter().enumerate() {
+            let stamp = Stamp {
+                hlc: first.plus(i as u64),
+                author: state.me,
+            };
+            // Values were checked before queueing, so only storage can fail
+            // here, and that fails the whole batch (nothing is written).
+            let op = lower(store, batch, intent).await?;
+            let reads = match &op {
+                Op::RecordPut { collection, .. }
+                | Op::RecordPatch { collection, .. }
+                | Op::RecordDelete { collection, .. } => !matches!(
+                    store.strategy_for(collection),
+                    ConflictStrategy::LastWriteWins
+                ),
+                _ => false,
+            };
+            if reads {
+                apply_op(
+                    store,
+                    batch,
+                    op.clone(),
+                    stamp,
+                    Origin::Local,
+                    &mut Vec::new(),
+                )
+                .await?;
+            }
+            self.ops.push(op);
+            self.applied.push(reads);
+        }
+        Ok(())
+    }
+
+    /// Signs the group as one commit and materializes what is left.
+    async fn flush(
+        &mut self,
+        store: &Store,
+        state: &mut WriterState,
+        batch: &mut Batch,
+        answers: &mut Vec<(Reply, Result<Outcome>)>,
+    ) -> Result<()> {
+        let Some(hlc) = self.first.take() else {
+            return Ok(());
+        };
+        let ops = std::mem::take(&mut self.ops);
+        let applied = std::mem::take(&mut self.applied);
+        let requests = std::mem::take(&mut self.requests);
+        self.bytes = 0;
+        let seq = state.heads.get(&state.me).copied().unwrap_or(0) + 1;
+        let body = CommitBody {
+            format: COMMIT_FORMAT,
+            store: store.inner.store_id,
+            author: state.me,
+            seq,
+            hlc,
+            ops,
+        };
+        let commit = Commit::sign(body, &store.inner.device)?;
+        let size = commit.signed.body.len();
+        if size > store.inner.limits.max_commit_bytes {
+            // The size bound above makes this unreachable; refuse rather than store it.
+            return Err(Error::ValueTooLarge {
+                size,
+                limit: store.inner.limits.max_commit_bytes,
+            });
+        }
+        state.heads.insert(state.me, seq);
+        let last_hlc = hlc.plus(commit.body.ops.len().saturating_sub(1) as u64);
+        batch.commits.insert((state.me, seq));
+        batch.write.log.push(LogEntry {
+            author: state.me,
+            seq,
+            last_hlc,
+            commit: commit.signed,
+        });
+        let mut events = Vec::new();
+        for (index, (op, done)) in commit.body.ops.into_iter().zip(applied).enumerate() {
+            if !done {
+                let stamp = Stamp {
+                    hlc: hlc.plus(index as u64),
+                    author: state.me,
+                };
+                apply_op(store, batch, op, stamp, Origin::Local, &mut events).await?;
+            }
+        }
+        for (reply, range) in requests {
+            let mine = events
+                .iter()
+                .filter(|(at, _)| {
+                    range.contains(&(at.as_u64().saturating_sub(hlc.as_u64()) as usize))
+                })
+                .map(|(_, e)| e.clone())
+                .collect();
+            let receipt = WriteReceipt {
+                seq,
+                hlc: hlc.plus(range.start as u64),
+                events: mine,
+            };
+            answers.push((reply, Ok(Outcome::Local(receipt))));
+        }
+        Ok(())
+    }
 }
 
 async fn lower(store: &Store, batch: &mut Batch, intent: Intent) -> Result<Op> {
@@ -295,7 +553,6 @@ async fn lower(store: &Store, batch: &mut Batch, intent: Intent) -> Result<Op> {
         Intent::Put {
             collection,
             id,
-            value,
             text,
         } => match store.strategy_for(&collection) {
             ConflictStrategy::LastWriteWins => Op::RecordPut {
@@ -305,12 +562,12 @@ async fn lower(store: &Store, batch: &mut Batch, intent: Intent) -> Result<Op> {
                 base: None,
             },
             ConflictStrategy::MergeFields => {
-                let Value::Object(fields) = value else {
+                let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(&text) else {
                     return Err(Error::InvalidValue(format!(
                         "collection {collection:?} merges fields, so its records must be JSON objects"
                     )));
                 };
-                let current = batch.overlay.record(store, &collection, &id).await?;
+                let current = batch.record(store, &collection, &id).await?;
                 let visible: Option<Value> = current
                     .and_then(|row| row.value)
                     .and_then(|text| serde_json::from_str(&text).ok());
@@ -324,7 +581,6 @@ async fn lower(store: &Store, batch: &mut Batch, intent: Intent) -> Result<Op> {
             }
             ConflictStrategy::Custom(_) => {
                 let base = batch
-                    .overlay
                     .record(store, &collection, &id)
                     .await?
                     .map(|row| row.stamp);
@@ -339,7 +595,6 @@ async fn lower(store: &Store, batch: &mut Batch, intent: Intent) -> Result<Op> {
         Intent::Delete { collection, id } => {
             let base = match store.strategy_for(&collection) {
                 ConflictStrategy::Custom(_) => batch
-                    .overlay
                     .record(store, &collection, &id)
                     .await?
                     .map(|r| r.stamp),
@@ -357,75 +612,22 @@ async fn lower(store: &Store, batch: &mut Batch, intent: Intent) -> Result<Op> {
     })
 }
 
-async fn local_commit(
-    store: &Store,
-    state: &mut WriterState,
-    batch: &mut Batch,
-    intents: Vec<Intent>,
-) -> Result<WriteReceipt, Failure> {
-    let mut ops = Vec::with_capacity(intents.len());
-    for intent in intents {
-        ops.push(
-            lower(store, batch, intent)
-                .await
-                .map_err(Failure::Request)?,
-        );
-    }
-    let now = (store.inner.wall_clock)();
-    let hlc = state.clock.tick(now, ops.len() as u64);
-    let seq = state.heads.get(&state.me).copied().unwrap_or(0) + 1;
-    let body = CommitBody {
-        format: COMMIT_FORMAT,
-        store: store.inner.store_id,
-        author: state.me,
-        seq,
-        hlc,
-        ops,
-    };
-    let commit = Commit::sign(body, &store.inner.device).map_err(Failure::Request)?;
-    let limit = store.inner.limits.max_commit_bytes;
-    if commit.signed.body.len() > limit {
-        return Err(Failure::Request(Error::ValueTooLarge {
-            size: commit.signed.body.len(),
-            limit,
-        }));
-    }
-    state.heads.insert(state.me, seq);
-    let events = materialize(store, batch, &commit.body, Origin::Local)
-        .await
-        .map_err(Failure::Batch)?;
-    batch.overlay.commits.insert((state.me, seq));
-    batch.write.log.push(LogEntry {
-        author: state.me,
-        seq,
-        hlc,
-        commit: commit.signed,
-    });
-    Ok(WriteReceipt { seq, hlc, events })
-}
-
 async fn remote_commits(
     store: &Store,
     state: &mut WriterState,
     batch: &mut Batch,
     commits: Vec<(usize, Commit)>,
-) -> Result<IngestReport, Failure> {
+) -> Result<IngestReport> {
     let mut report = IngestReport::default();
     for (index, commit) in commits {
         let (author, seq) = (commit.body.author, commit.body.seq);
-        if batch.overlay.commits.contains(&(author, seq)) {
+        if batch.commits.contains(&(author, seq)) {
             report.duplicates += 1;
             continue;
         }
         let head = state.heads.get(&author).copied().unwrap_or(0);
         if seq <= head {
-            match store
-                .inner
-                .backend
-                .get_commit(author, seq)
-                .await
-                .map_err(|e| Failure::Batch(e.into()))?
-            {
+            match store.inner.backend.get_commit(author, seq).await? {
                 Some(stored) if stored == commit.signed => report.duplicates += 1,
                 _ => report.rejected.push((index, RejectReason::Equivocation)),
             }
@@ -447,16 +649,21 @@ async fn remote_commits(
             .plus(commit.body.ops.len().saturating_sub(1) as u64);
         state.clock.observe(last);
         state.heads.insert(author, seq);
-        materialize(store, batch, &commit.body, Origin::Remote)
-            .await
-            .map_err(Failure::Batch)?;
-        batch.overlay.commits.insert((author, seq));
+        batch.commits.insert((author, seq));
         batch.write.log.push(LogEntry {
             author,
             seq,
-            hlc: commit.body.hlc,
+            last_hlc: last,
             commit: commit.signed,
         });
+        let (first, ops) = (commit.body.hlc, commit.body.ops);
+        for (index, op) in ops.into_iter().enumerate() {
+            let stamp = Stamp {
+                hlc: first.plus(index as u64),
+                author,
+            };
+            apply_op(store, batch, op, stamp, Origin::Remote, &mut Vec::new()).await?;
+        }
         report.applied += 1;
     }
     Ok(report)
@@ -467,71 +674,88 @@ pub(crate) fn event_id(hlc: Hlc, author: &DeviceId) -> String {
     format!("{:016x}-{}", hlc.as_u64(), author.short())
 }
 
-async fn materialize(
+/// Applies one operation stamped `stamp` to the batch's state. The op is
+/// taken by value: its strings move into the row. Appended events are
+/// reported in `events` with their stamp.
+async fn apply_op(
     store: &Store,
     batch: &mut Batch,
-    body: &CommitBody,
+    op: Op,
+    stamp: Stamp,
     origin: Origin,
-) -> Result<Vec<AppendedEvent>> {
-    let mut events = Vec::new();
-    for (index, op) in body.ops.iter().enumerate() {
-        let stamp = body.stamp(index);
-        match op {
-            Op::RecordPut { collection, id, .. }
-            | Op::RecordPatch { collection, id, .. }
-            | Op::RecordDelete { collection, id, .. } => {
-                let strategy = store.strategy_for(collection);
-                // A local last-write-wins write always wins: its stamp is newer
-                // than anything this replica has seen, so no read is needed.
-                let current = match (origin, strategy) {
-                    (Origin::Local, ConflictStrategy::LastWriteWins) => None,
-                    _ => batch.overlay.record(store, collection, id).await?,
-                };
-                let merged = merge::apply_record_op(strategy, current.as_ref(), op, stamp)
-                    .map_err(|e| crate::error::StorageError::Corrupt(e.0))?;
-                if let Some(row) = merged {
-                    if store.has_subscribers(collection) {
-                        batch.changes.push(RecordChange {
-                            collection: row.collection.clone(),
-                            id: row.id.clone(),
-                            value: row
-                                .value
-                                .as_deref()
-                                .and_then(|t| serde_json::from_str(t).ok()),
-                            stamp: row.stamp,
-                            origin,
-                        });
-                    }
-                    batch
-                        .overlay
-                        .records
-                        .insert((row.collection.clone(), row.id.clone()), Some(row.clone()));
-                    batch.write.records.push(row);
-                }
-            }
-            Op::EventAppend { log, value } => {
-                let id = event_id(stamp.hlc, &stamp.author);
-                let at = stamp.hlc.millis();
-                events.push(AppendedEvent { id: id.clone(), at });
-                batch.write.events.push(EventRow {
-                    log: log.clone(),
+    events: &mut Vec<(Hlc, AppendedEvent)>,
+) -> Result<()> {
+    match op {
+        Op::RecordPut { .. } | Op::RecordPatch { .. } | Op::RecordDelete { .. } => {
+            let strategy = store.strategy_for(op_key(&op).0);
+            // A local last-write-wins write always wins: its stamp is newer
+            // than anything this replica has seen, so nothing is read.
+            let fast =
+                origin == Origin::Local && matches!(strategy, ConflictStrategy::LastWriteWins);
+            let row = match op {
+                Op::RecordPut {
+                    collection,
                     id,
-                    at,
-                    author: stamp.author,
-                    value: value.clone(),
-                });
-            }
-            Op::KvSet { key, .. } | Op::KvDelete { key } => {
-                let current = match origin {
-                    Origin::Local => None,
-                    Origin::Remote => batch.overlay.kv(store, key).await?,
-                };
-                if let Some(row) = merge::apply_kv_op(current.as_ref(), op, stamp) {
-                    batch.overlay.kv.insert(key.clone(), Some(row.clone()));
-                    batch.write.kv.push(row);
+                    value,
+                    ..
+                } if fast => Some(RecordRow {
+                    collection,
+                    id,
+                    value: Some(value),
+                    stamp,
+                    fields: None,
+                }),
+                Op::RecordDelete { collection, id, .. } if fast => Some(RecordRow {
+                    collection,
+                    id,
+                    value: None,
+                    stamp,
+                    fields: None,
+                }),
+                op => {
+                    let (collection, id) = op_key(&op);
+                    let current = batch.record(store, collection, id).await?;
+                    merge::apply_record_op(strategy, current.as_ref(), &op, stamp)
+                        .map_err(|e| crate::error::StorageError::Corrupt(e.0))?
                 }
+            };
+            if let Some(row) = row {
+                batch.notify(&row, origin);
+                batch.write.records.push(row);
+            }
+        }
+        Op::EventAppend { log, value } => {
+            let id = event_id(stamp.hlc, &stamp.author);
+            let at = stamp.hlc.millis();
+            events.push((stamp.hlc, AppendedEvent { id: id.clone(), at }));
+            batch.write.events.push(EventRow {
+                log,
+                id,
+                at,
+                author: stamp.author,
+                value,
+            });
+        }
+        Op::KvSet { .. } | Op::KvDelete { .. } => {
+            let current = match (&origin, &op) {
+                (Origin::Remote, Op::KvSet { key, .. } | Op::KvDelete { key }) => {
+                    batch.kv(store, key).await?
+                }
+                _ => None,
+            };
+            if let Some(row) = merge::apply_kv_op(current.as_ref(), &op, stamp) {
+                batch.write.kv.push(row);
             }
         }
     }
-    Ok(events)
+    Ok(())
+}
+
+fn op_key(op: &Op) -> (&str, &str) {
+    match op {
+        Op::RecordPut { collection, id, .. }
+        | Op::RecordPatch { collection, id, .. }
+        | Op::RecordDelete { collection, id, .. } => (collection, id),
+        _ => ("", ""),
+    }
 }

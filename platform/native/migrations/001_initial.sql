@@ -1,37 +1,37 @@
 -- Persist schema, version 1.
--- Store metadata: store id, persisted clock.
+-- Store metadata (the store id).
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
 ) WITHOUT ROWID;
 
--- The change log: every signed commit, local or received, in arrival order
--- (rowid), unique per (author, seq). Bodies can be large, so the table is a
--- rowid table and (author, seq) an index.
-CREATE TABLE change_log (
-    rowid     INTEGER PRIMARY KEY,
-    author    BLOB    NOT NULL,
-    seq       INTEGER NOT NULL,
-    hlc       INTEGER NOT NULL,
-    body      BLOB    NOT NULL,
-    signature BLOB    NOT NULL,
-    UNIQUE (author, seq)
+-- Devices that authored commits, numbered locally so rows carry a small
+-- integer instead of a 32-byte public key.
+CREATE TABLE authors (
+    id     INTEGER PRIMARY KEY,
+    device BLOB NOT NULL UNIQUE
 );
 
--- Highest sequence number per author (the version vector).
-CREATE TABLE heads (
-    author BLOB PRIMARY KEY,
-    seq    INTEGER NOT NULL
-) WITHOUT ROWID;
+-- The change log: every signed commit, local or received. The rowid packs
+-- (author, seq) as author << 40 | seq, so the log is clustered by author and
+-- sequence with no second index, a local commit appends at the end of its
+-- author's range, and an author's head is one descending probe.
+-- hlc_last is the stamp of the commit's last operation (the clock on open).
+CREATE TABLE change_log (
+    id        INTEGER PRIMARY KEY,
+    hlc_last  INTEGER NOT NULL,
+    body      BLOB    NOT NULL,
+    signature BLOB    NOT NULL
+);
 
--- Materialized records, clustered by (collection, id) so listings are range scans.
--- value NULL is a tombstone. fields holds per-field state for merge-fields.
+-- Materialized records, clustered by (collection, id) so listings are range
+-- scans. value NULL is a tombstone; fields holds merge-fields state.
 CREATE TABLE records (
     collection TEXT    NOT NULL,
     id         TEXT    NOT NULL,
     value      TEXT,
     hlc        INTEGER NOT NULL,
-    author     BLOB    NOT NULL,
+    author     INTEGER NOT NULL,
     fields     TEXT,
     PRIMARY KEY (collection, id)
 ) WITHOUT ROWID;
@@ -41,7 +41,7 @@ CREATE TABLE events (
     log    TEXT    NOT NULL,
     id     TEXT    NOT NULL,
     at     INTEGER NOT NULL,
-    author BLOB    NOT NULL,
+    author INTEGER NOT NULL,
     value  TEXT    NOT NULL,
     PRIMARY KEY (log, id)
 ) WITHOUT ROWID;
@@ -51,5 +51,5 @@ CREATE TABLE kv (
     key    TEXT    PRIMARY KEY,
     value  TEXT,
     hlc    INTEGER NOT NULL,
-    author BLOB    NOT NULL
+    author INTEGER NOT NULL
 ) WITHOUT ROWID;

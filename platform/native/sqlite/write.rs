@@ -1,0 +1,91 @@
+//! Applying one group commit as one SQLite transaction.
+
+use rusqlite::{params, Connection};
+
+use super::authors::Authors;
+use super::{log_key, to_i64, Sql};
+use crate::storage::{StorageResult, WriteBatch};
+
+pub(super) fn write_batch(
+    conn: &mut Connection,
+    authors: &Authors,
+    batch: WriteBatch,
+) -> StorageResult<()> {
+    let tx = conn.transaction().sql()?;
+    let mut created = Vec::new();
+    if let Some(id) = batch.store_id {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('store_id', ?1) ON CONFLICT (key) DO NOTHING",
+            params![&id.as_bytes()[..]],
+        )
+        .sql()?;
+    }
+    // The clock is derived from the change log (`hlc_last`), not stored.
+    {
+        let mut log = tx
+            .prepare_cached(
+                "INSERT INTO change_log (id, hlc_last, body, signature) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .sql()?;
+        for entry in &batch.log {
+            let author = authors.number(&tx, &mut created, entry.author)?;
+            log.execute(params![
+                log_key(author, entry.seq)?,
+                to_i64(entry.last_hlc.as_u64()),
+                entry.commit.body,
+                &entry.commit.signature[..]
+            ])
+            .sql()?;
+        }
+        let mut records = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO records (collection, id, value, hlc, author, fields)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .sql()?;
+        for row in &batch.records {
+            let author = authors.number(&tx, &mut created, row.stamp.author)?;
+            records
+                .execute(params![
+                    row.collection,
+                    row.id,
+                    row.value,
+                    to_i64(row.stamp.hlc.as_u64()),
+                    author,
+                    row.fields
+                ])
+                .sql()?;
+        }
+        let mut events = tx
+            .prepare_cached(
+                "INSERT INTO events (log, id, at, author, value) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (log, id) DO NOTHING",
+            )
+            .sql()?;
+        for row in &batch.events {
+            let author = authors.number(&tx, &mut created, row.author)?;
+            events
+                .execute(params![row.log, row.id, to_i64(row.at), author, row.value])
+                .sql()?;
+        }
+        let mut kv = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO kv (key, value, hlc, author) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .sql()?;
+        for row in &batch.kv {
+            let author = authors.number(&tx, &mut created, row.stamp.author)?;
+            kv.execute(params![
+                row.key,
+                row.value,
+                to_i64(row.stamp.hlc.as_u64()),
+                author
+            ])
+            .sql()?;
+        }
+    }
+    tx.commit().sql()?;
+    authors.commit(created);
+    Ok(())
+}
