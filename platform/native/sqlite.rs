@@ -195,10 +195,26 @@ impl SqliteStore {
         Ok(first.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn stamp(&self, conn: &Connection, hlc: i64, author: i64) -> StorageResult<Stamp> {
+    /// A stamp from its columns; `memo` remembers the last author looked up,
+    /// since consecutive rows of a listing usually share one.
+    fn stamp(
+        &self,
+        conn: &Connection,
+        memo: &mut Option<(i64, DeviceId)>,
+        hlc: i64,
+        author: i64,
+    ) -> StorageResult<Stamp> {
+        let device = match *memo {
+            Some((id, device)) if id == author => device,
+            _ => {
+                let device = self.authors.device(conn, author)?;
+                *memo = Some((author, device));
+                device
+            }
+        };
         Ok(Stamp {
             hlc: Hlc::from_u64(from_i64(hlc)?),
-            author: self.authors.device(conn, author)?,
+            author: device,
         })
     }
 
@@ -231,6 +247,7 @@ impl SqliteStore {
     fn record(
         &self,
         conn: &Connection,
+        memo: &mut Option<(i64, DeviceId)>,
         collection: &str,
         row: &rusqlite::Row<'_>,
     ) -> StorageResult<RecordRow> {
@@ -238,16 +255,21 @@ impl SqliteStore {
             collection: collection.to_owned(),
             id: row.get(0).sql()?,
             value: row.get(1).sql()?,
-            stamp: self.stamp(conn, row.get(2).sql()?, row.get(3).sql()?)?,
+            stamp: self.stamp(conn, memo, row.get(2).sql()?, row.get(3).sql()?)?,
             fields: row.get(4).sql()?,
         })
     }
 
-    fn kv_row(&self, conn: &Connection, row: &rusqlite::Row<'_>) -> StorageResult<KvRow> {
+    fn kv_row(
+        &self,
+        conn: &Connection,
+        memo: &mut Option<(i64, DeviceId)>,
+        row: &rusqlite::Row<'_>,
+    ) -> StorageResult<KvRow> {
         Ok(KvRow {
             key: row.get(0).sql()?,
             value: row.get(1).sql()?,
-            stamp: self.stamp(conn, row.get(2).sql()?, row.get(3).sql()?)?,
+            stamp: self.stamp(conn, memo, row.get(2).sql()?, row.get(3).sql()?)?,
         })
     }
 }
@@ -384,7 +406,7 @@ impl StorageBackend for SqliteStore {
                 .sql()?;
             let mut rows = stmt.query(params![collection, id]).sql()?;
             match rows.next().sql()? {
-                Some(row) => Ok(Some(self.record(c, collection, row)?)),
+                Some(row) => Ok(Some(self.record(c, &mut None, collection, row)?)),
                 None => Ok(None),
             }
         }))
@@ -405,9 +427,9 @@ impl StorageBackend for SqliteStore {
                 ))
                 .sql()?;
             let mut rows = stmt.query(params![collection, start, limit]).sql()?;
-            let mut out = Vec::new();
+            let (mut out, mut memo) = (Vec::new(), None);
             while let Some(row) = rows.next().sql()? {
-                let record = self.record(c, collection, row)?;
+                let record = self.record(c, &mut memo, collection, row)?;
                 // Ids with the prefix are contiguous: the first one without it ends the list.
                 if !query_admits(query, &record.id) {
                     break;
@@ -458,7 +480,7 @@ impl StorageBackend for SqliteStore {
                 .sql()?;
             let mut rows = stmt.query(params![key]).sql()?;
             match rows.next().sql()? {
-                Some(row) => Ok(Some(self.kv_row(c, row)?)),
+                Some(row) => Ok(Some(self.kv_row(c, &mut None, row)?)),
                 None => Ok(None),
             }
         }))
@@ -474,9 +496,9 @@ impl StorageBackend for SqliteStore {
                 ))
                 .sql()?;
             let mut rows = stmt.query(params![start, limit]).sql()?;
-            let mut out = Vec::new();
+            let (mut out, mut memo) = (Vec::new(), None);
             while let Some(row) = rows.next().sql()? {
-                let kv = self.kv_row(c, row)?;
+                let kv = self.kv_row(c, &mut memo, row)?;
                 if !query_admits(query, &kv.key) {
                     break;
                 }
