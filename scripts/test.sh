@@ -24,8 +24,9 @@ cargo clippy --lib --locked --target wasm32-unknown-unknown -- -D warnings
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 
-step "wasm32 build of the library"
+step "wasm32 build of the library (and no native imports in it)"
 cargo build --lib --locked --target wasm32-unknown-unknown
+python3 scripts/check-wasm-imports.py "$CARGO_TARGET_DIR/wasm32-unknown-unknown/debug/persist.wasm"
 
 step "native tests"
 if command -v cargo-nextest >/dev/null 2>&1; then

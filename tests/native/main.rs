@@ -2,6 +2,7 @@
 //! `persist` command, and crash durability under SIGKILL.
 
 mod cli;
+mod disk_full;
 mod durability;
 mod sqlite;
 
