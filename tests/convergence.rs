@@ -294,3 +294,131 @@ fn equal_wall_clocks_pick_the_same_winner_everywhere() {
         );
     }
 }
+
+/// A backend whose writes wait for a gate: lets a test drop a writer in
+/// the middle of a group commit.
+mod cancelled_writer {
+    use std::sync::{Arc, Mutex};
+
+    use futures::channel::oneshot;
+    use futures::FutureExt;
+    use persist::change::SignedCommit;
+    use persist::keys::MemoryKeyStore;
+    use persist::platform::BoxFuture;
+    use persist::storage::{
+        EventQuery, EventRow, KvRow, MemoryStore, RecordQuery, RecordRow, StorageBackend,
+        StorageResult, StoredMeta, WriteBatch,
+    };
+    use persist::{DeviceId, Store, StoreOptions};
+    use serde_json::json;
+
+    #[derive(Default)]
+    struct Gated {
+        inner: MemoryStore,
+        gate: Mutex<Option<oneshot::Receiver<()>>>,
+    }
+
+    impl StorageBackend for Gated {
+        fn describe(&self) -> String {
+            "gated".into()
+        }
+        fn load_meta(&self) -> BoxFuture<'_, StorageResult<StoredMeta>> {
+            self.inner.load_meta()
+        }
+        fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
+            let gate = self.gate.lock().unwrap().take();
+            Box::pin(async move {
+                if let Some(gate) = gate {
+                    let _ = gate.await;
+                }
+                self.inner.write(batch).await
+            })
+        }
+        fn version_vector(&self) -> BoxFuture<'_, StorageResult<Vec<(DeviceId, u64)>>> {
+            self.inner.version_vector()
+        }
+        fn get_commit(
+            &self,
+            a: DeviceId,
+            s: u64,
+        ) -> BoxFuture<'_, StorageResult<Option<SignedCommit>>> {
+            self.inner.get_commit(a, s)
+        }
+        fn commits_after(
+            &self,
+            a: DeviceId,
+            s: u64,
+            l: usize,
+        ) -> BoxFuture<'_, StorageResult<Vec<SignedCommit>>> {
+            self.inner.commits_after(a, s, l)
+        }
+        fn get_record<'a>(
+            &'a self,
+            c: &'a str,
+            i: &'a str,
+        ) -> BoxFuture<'a, StorageResult<Option<RecordRow>>> {
+            self.inner.get_record(c, i)
+        }
+        fn list_records<'a>(
+            &'a self,
+            c: &'a str,
+            q: &'a RecordQuery,
+        ) -> BoxFuture<'a, StorageResult<Vec<RecordRow>>> {
+            self.inner.list_records(c, q)
+        }
+        fn list_events<'a>(
+            &'a self,
+            l: &'a str,
+            q: &'a EventQuery,
+        ) -> BoxFuture<'a, StorageResult<Vec<EventRow>>> {
+            self.inner.list_events(l, q)
+        }
+        fn get_kv<'a>(&'a self, k: &'a str) -> BoxFuture<'a, StorageResult<Option<KvRow>>> {
+            self.inner.get_kv(k)
+        }
+        fn list_kv<'a>(&'a self, q: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>> {
+            self.inner.list_kv(q)
+        }
+        fn close(&self) -> BoxFuture<'_, StorageResult<()>> {
+            self.inner.close()
+        }
+    }
+
+    #[test]
+    fn a_writer_dropped_mid_commit_leaves_no_sequence_gap() {
+        futures::executor::block_on(async {
+            let backend = Arc::new(Gated::default());
+            let keys = Arc::new(MemoryKeyStore::generate().unwrap());
+            let store = Store::open(
+                StoreOptions::new("gated")
+                    .backend(backend.clone())
+                    .key_store(keys),
+            )
+            .await
+            .unwrap();
+            let (open_gate, gate) = oneshot::channel::<()>();
+            *backend.gate.lock().unwrap() = Some(gate);
+            {
+                // Start a write, let it reach storage, then drop it (cancelled).
+                let notes = store.records("notes");
+                let mut write = Box::pin(notes.put("lost", json!(1)));
+                assert!(
+                    (&mut write).now_or_never().is_none(),
+                    "the write waits at the gate"
+                );
+            }
+            drop(open_gate);
+            let receipt = store.records("notes").put("kept", json!(2)).await.unwrap();
+            assert_eq!(
+                receipt.seq, 1,
+                "the cancelled commit's sequence number is reused, not skipped"
+            );
+            assert_eq!(store.records("notes").get("lost").await.unwrap(), None);
+            assert_eq!(
+                store.version_vector().await.unwrap(),
+                vec![(store.device_id(), 1)]
+            );
+            store.close().await.unwrap();
+        });
+    }
+}

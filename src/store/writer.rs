@@ -119,6 +119,10 @@ struct WriterState {
     clock: HybridClock,
     heads: BTreeMap<DeviceId, u64>,
     me: DeviceId,
+    /// Set while a batch is in flight: if the leader's future is dropped
+    /// mid-batch, the next batch reloads `heads` from storage instead of
+    /// trusting sequence numbers that may never have been written.
+    in_flight: bool,
 }
 
 pub(crate) struct Writer {
@@ -131,7 +135,12 @@ impl Writer {
     pub(crate) fn new(clock: HybridClock, heads: BTreeMap<DeviceId, u64>, me: DeviceId) -> Writer {
         Writer {
             queue: Mutex::new(Vec::new()),
-            state: futures::lock::Mutex::new(WriterState { clock, heads, me }),
+            state: futures::lock::Mutex::new(WriterState {
+                clock,
+                heads,
+                me,
+                in_flight: false,
+            }),
             delivery: futures::lock::Mutex::new(()),
         }
     }
@@ -270,6 +279,19 @@ async fn run_batch(
     state: &mut WriterState,
     requests: Vec<(Request, Reply)>,
 ) -> Vec<RecordChange> {
+    if state.in_flight {
+        match store.inner.backend.version_vector().await {
+            Ok(heads) => state.heads = heads.into_iter().collect(),
+            Err(e) => {
+                let e = Error::from(e);
+                for (_, reply) in requests {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return Vec::new();
+            }
+        }
+    }
+    state.in_flight = true;
     let heads_before = state.heads.clone();
     let mut batch = Batch {
         subscribed: store.subscribed_collections(),
@@ -331,6 +353,7 @@ async fn run_batch(
                 .map_err(Error::from)
         }
     };
+    state.in_flight = false;
     match result {
         Ok(()) => {
             for (reply, outcome) in answers {

@@ -37,7 +37,9 @@ impl Drop for Mount {
 #[tokio::test]
 async fn full_disk_fails_cleanly_and_recovers() {
     let Some(mount) = Mount::tmpfs("4m") else {
-        eprintln!("SKIPPED full_disk_fails_cleanly_and_recovers: cannot mount a tmpfs (needs root)");
+        eprintln!(
+            "SKIPPED full_disk_fails_cleanly_and_recovers: cannot mount a tmpfs (needs root)"
+        );
         return;
     };
     let db = mount.path().join("full.db");
@@ -45,7 +47,9 @@ async fn full_disk_fails_cleanly_and_recovers() {
     let filler = mount.path().join("filler");
     std::fs::write(&filler, vec![0u8; 512 * 1024]).expect("filler");
 
-    let store = Store::open(StoreOptions::new("full").path(&db)).await.expect("opens");
+    let store = Store::open(StoreOptions::new("full").path(&db))
+        .await
+        .expect("opens");
     let records = store.records("fill");
     let body = "y".repeat(4000);
     let mut acknowledged = Vec::new();
@@ -62,25 +66,47 @@ async fn full_disk_fails_cleanly_and_recovers() {
     }
     let (failed_id, err) = failure.expect("the disk fills up within 10,000 writes of 4 KB");
     assert_eq!(err.code(), "STORAGE_IO", "{err}");
-    assert!(acknowledged.len() > 20, "only {} writes fit", acknowledged.len());
-    assert_eq!(records.get(&failed_id).await.expect("reads"), None, "a failed write is not visible");
+    assert!(
+        acknowledged.len() > 20,
+        "only {} writes fit",
+        acknowledged.len()
+    );
+    assert_eq!(
+        records.get(&failed_id).await.expect("reads"),
+        None,
+        "a failed write is not visible"
+    );
     for id in acknowledged.iter().step_by(37) {
         assert!(records.get(id).await.expect("reads").is_some(), "{id} lost");
     }
 
     // Free space: the store writes again, and sequence numbers continue.
     std::fs::remove_file(&filler).expect("frees space");
-    let receipt = records.put("after", json!({ "ok": true })).await.expect("writes after space is freed");
+    let receipt = records
+        .put("after", json!({ "ok": true }))
+        .await
+        .expect("writes after space is freed");
     assert!(receipt.seq as usize >= acknowledged.len());
     store.close().await.expect("closes");
 
-    let store = Store::open(StoreOptions::new("full").path(&db)).await.expect("reopens");
-    let all = store.records("fill").list(ListOptions::default()).await.expect("lists");
+    let store = Store::open(StoreOptions::new("full").path(&db))
+        .await
+        .expect("reopens");
+    let all = store
+        .records("fill")
+        .list(ListOptions::default())
+        .await
+        .expect("lists");
     assert_eq!(all.len(), acknowledged.len() + 1);
     let vv = store.version_vector().await.expect("version vector");
-    assert_eq!(vv[0].1, receipt.seq, "no sequence number was lost or reused");
+    assert_eq!(
+        vv[0].1, receipt.seq,
+        "no sequence number was lost or reused"
+    );
     store.close().await.expect("closes");
     let conn = rusqlite::Connection::open(&db).expect("opens");
-    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("checks");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("checks");
     assert_eq!(check, "ok");
 }
