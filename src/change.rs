@@ -358,6 +358,32 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+        /// Arbitrary bytes never pass as a commit, and never panic the decoder.
+        #[test]
+        fn arbitrary_bytes_are_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+                                       sig in proptest::collection::vec(proptest::prelude::any::<u8>(), 64)) {
+            let signature: [u8; 64] = sig.try_into().expect("64 bytes");
+            let store = StoreId::from_bytes([1u8; 16]);
+            let signed = SignedCommit { body, signature };
+            let verdict = Commit::verify(signed, store, &Limits::default());
+            proptest::prop_assert!(verdict.is_err());
+        }
+
+        /// Random edits of a valid commit (splices, insertions) are refused.
+        #[test]
+        fn edited_commits_are_refused(at in 0usize..200, insert in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..8)) {
+            let identity = DeviceIdentity::from_secret(&[9u8; 32]);
+            let store = StoreId::from_bytes([1u8; 16]);
+            let mut signed = sample(&identity, store).signed;
+            let at = at.min(signed.body.len());
+            signed.body.splice(at..at, insert);
+            proptest::prop_assert!(Commit::verify(signed, store, &Limits::default()).is_err());
+        }
+    }
+
     #[test]
     fn rejects_forged_author() {
         let real = DeviceIdentity::from_secret(&[9u8; 32]);

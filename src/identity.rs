@@ -158,6 +158,34 @@ mod tests {
     }
 
     #[test]
+    fn small_order_and_malformed_keys_never_verify() {
+        // The identity point, a small-order point (order 8), and bytes that
+        // are not a point: strict verification refuses them all, whatever
+        // the signature (an all-zero one included, which a lax verifier may
+        // accept for the identity key).
+        let identity_point = {
+            let mut b = [0u8; 32];
+            b[0] = 1;
+            b
+        };
+        let order_8 = hex_array("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a");
+        let not_a_point = [0xFFu8; 32];
+        for key in [identity_point, order_8, not_a_point] {
+            let id = DeviceId::from_bytes(key);
+            assert!(!id.verify(b"msg", &[0u8; 64]));
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(&identity_point);
+            assert!(!id.verify(b"msg", &sig));
+        }
+    }
+
+    fn hex_array(text: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text, &mut out).expect("hex");
+        out
+    }
+
+    #[test]
     fn device_id_round_trips_through_text() {
         let id = DeviceIdentity::from_secret(&[3u8; 32]).device_id();
         let parsed: DeviceId = id.to_string().parse().expect("parses");

@@ -36,7 +36,7 @@ pub use handles::{
     AppendedEvent, Event, EventListOptions, Events, Kv, ListOptions, Record, Records, Since,
     Transaction,
 };
-pub use subscribe::{Origin, RecordChange, Subscription};
+pub use subscribe::{ChangeStream, Lagged, Origin, RecordChange, Subscription};
 pub use writer::{IngestReport, WriteReceipt};
 
 /// Where a store keeps its data.

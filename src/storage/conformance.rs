@@ -485,6 +485,44 @@ pub async fn subscribers_see_committed_changes(factory: &impl BackendFactory) {
     drop(sub);
     store.records("notes").put("n2", json!({})).await.unwrap();
     assert_eq!(seen.lock().unwrap().len(), 2);
+    // The same as a stream.
+    use futures::StreamExt;
+    let mut stream = store.records("notes").changes().unwrap();
+    store
+        .records("notes")
+        .put("n3", json!({ "s": 1 }))
+        .await
+        .unwrap();
+    store.records("notes").delete("n3").await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    let second = stream.next().await.unwrap().unwrap();
+    assert_eq!(
+        (first[0].id.as_str(), first[0].value.clone()),
+        ("n3", Some(json!({ "s": 1 })))
+    );
+    assert_eq!(
+        (second[0].id.as_str(), second[0].value.clone()),
+        ("n3", None)
+    );
+    // A consumer that falls behind is told how much it missed.
+    let mut slow = store.records("notes").changes_buffered(2).unwrap();
+    for i in 0..6 {
+        store
+            .records("notes")
+            .put("n4", json!({ "i": i }))
+            .await
+            .unwrap();
+    }
+    drop(stream);
+    let (mut delivered, mut missed) = (0, 0);
+    while let Some(Some(item)) = futures::FutureExt::now_or_never(slow.next()) {
+        match item {
+            Ok(changes) => delivered += changes.len() as u64,
+            Err(crate::store::Lagged(n)) => missed += n,
+        }
+    }
+    assert!(missed >= 1, "the slow consumer was told it lagged");
+    assert_eq!(delivered + missed, 6);
     store.close().await.unwrap();
 }
 

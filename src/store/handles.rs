@@ -224,6 +224,20 @@ impl Records {
     }
 }
 
+impl Records {
+    /// The changes of this collection as an async stream (buffering up to
+    /// 1,024 commits' worth; see [`crate::store::ChangeStream`]).
+    pub fn changes(&self) -> Result<super::subscribe::ChangeStream> {
+        self.changes_buffered(1024)
+    }
+
+    /// [`Records::changes`] with a buffer of about `capacity` commits.
+    pub fn changes_buffered(&self, capacity: usize) -> Result<super::subscribe::ChangeStream> {
+        self.check(None)?;
+        Ok(self.store.stream_collection(&self.collection, capacity))
+    }
+}
+
 /// Id and time of an appended event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendedEvent {

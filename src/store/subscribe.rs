@@ -1,7 +1,7 @@
 //! Change subscriptions: callbacks called after each durable commit with the
 //! records it changed, local or received.
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde_json::Value;
 
@@ -134,6 +134,67 @@ impl Store {
             if !mine.is_empty() {
                 callback(&mine);
             }
+        }
+    }
+}
+
+/// Changes as an async [`futures::Stream`], from
+/// [`crate::Records::changes`]. It buffers up to a bound; a consumer that
+/// falls further behind gets [`Lagged`] (with the number of batches it
+/// missed) and then the changes that follow, so it knows to re-read.
+#[must_use = "streams do nothing unless polled"]
+pub struct ChangeStream {
+    receiver: futures::channel::mpsc::Receiver<Vec<RecordChange>>,
+    lagged: Arc<std::sync::atomic::AtomicU64>,
+    _subscription: Subscription,
+}
+
+/// A [`ChangeStream`] consumer fell behind and this many batches were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lagged(pub u64);
+
+impl futures::Stream for ChangeStream {
+    type Item = Result<Vec<RecordChange>, Lagged>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let missed = self.lagged.swap(0, std::sync::atomic::Ordering::SeqCst);
+        if missed > 0 {
+            return std::task::Poll::Ready(Some(Err(Lagged(missed))));
+        }
+        std::pin::Pin::new(&mut self.receiver)
+            .poll_next(cx)
+            .map(|item| item.map(Ok))
+    }
+}
+
+impl std::fmt::Debug for ChangeStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeStream").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    pub(super) fn stream_collection(&self, collection: &str, capacity: usize) -> ChangeStream {
+        let (sender, receiver) = futures::channel::mpsc::channel(capacity);
+        let sender = Mutex::new(sender);
+        let lagged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = lagged.clone();
+        let subscription = self.subscribe_collection(
+            collection,
+            Arc::new(move |changes: &[RecordChange]| {
+                let mut sender = sender.lock().unwrap_or_else(|p| p.into_inner());
+                if sender.try_send(changes.to_vec()).is_err() {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }),
+        );
+        ChangeStream {
+            receiver,
+            lagged,
+            _subscription: subscription,
         }
     }
 }
