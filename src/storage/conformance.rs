@@ -382,25 +382,26 @@ pub async fn sync_into(from: &Store, to: &Store) -> crate::IngestReport {
     to.ingest(missing).await.unwrap()
 }
 
-pub async fn replicas_converge_by_ingest(factory: &impl BackendFactory) {
-    let a = store(factory).await;
-    let b_backend = factory.make().await;
-    // B joins A's store: it adopts A's store id before its first write.
-    b_backend
+/// A second replica of `of`'s store on a fresh backend, with its own device
+/// key: it adopts the store id before its first write, as pairing will.
+async fn replica(factory: &impl BackendFactory, of: &Store, options: StoreOptions) -> Store {
+    let backend = factory.make().await;
+    backend
         .write(WriteBatch {
-            store_id: Some(a.store_id()),
+            store_id: Some(of.store_id()),
             ..WriteBatch::default()
         })
         .await
         .unwrap();
     let keys = Arc::new(MemoryKeyStore::generate().unwrap());
-    let b = Store::open(
-        StoreOptions::new("conformance")
-            .backend(b_backend)
-            .key_store(keys),
-    )
-    .await
-    .unwrap();
+    Store::open(options.backend(backend).key_store(keys))
+        .await
+        .unwrap()
+}
+
+pub async fn replicas_converge_by_ingest(factory: &impl BackendFactory) {
+    let a = store(factory).await;
+    let b = replica(factory, &a, StoreOptions::new("conformance")).await;
     a.records("notes")
         .put("n1", json!({ "by": "a" }))
         .await
@@ -576,6 +577,7 @@ pub async fn concurrent_writers_group_commit(factory: &impl BackendFactory) {
 pub async fn refused_input_loses_nothing(factory: &impl BackendFactory) {
     let limits = crate::Limits {
         max_value_bytes: 1024,
+        max_commit_bytes: 4096,
         ..crate::Limits::default()
     };
     let store = open(factory, StoreOptions::new("conformance").limits(limits)).await;
@@ -642,6 +644,31 @@ pub async fn refused_input_loses_nothing(factory: &impl BackendFactory) {
         store.version_vector().await.unwrap(),
         vec![(store.device_id(), 1)]
     );
+    // A transaction over the commit limit is refused whole...
+    let mut tx = store.transaction();
+    for i in 0..5 {
+        tx.put("notes", &format!("big{i}"), json!("z".repeat(900)))
+            .unwrap();
+    }
+    assert_eq!(tx.commit().await.unwrap_err().code(), "VALUE_TOO_LARGE");
+    assert_eq!(notes.get("big0").await.unwrap(), None);
+    // ...while concurrent writes that only together exceed it are split
+    // into several commits, all acknowledged.
+    let writes = (0..5).map(|i| {
+        let notes = notes.clone();
+        async move {
+            notes
+                .put(&format!("big{i}"), json!("z".repeat(900)))
+                .await
+                .unwrap()
+        }
+    });
+    futures::future::join_all(writes).await;
+    for i in 0..5 {
+        assert!(notes.get(&format!("big{i}")).await.unwrap().is_some());
+    }
+    let commits = store.version_vector().await.unwrap()[0].1;
+    assert!(commits >= 3, "1 + at least 2 commits, got {commits}");
     // Forged and foreign commits are refused and never stored.
     let mut forged = store.commits_missing_from(&[], 1).await.unwrap();
     forged[0].signature[0] ^= 1;
@@ -652,7 +679,6 @@ pub async fn refused_input_loses_nothing(factory: &impl BackendFactory) {
 
 pub async fn merge_fields_and_custom_resolvers(factory: &impl BackendFactory) {
     let keys_a = Arc::new(MemoryKeyStore::generate().unwrap());
-    let keys_b = Arc::new(MemoryKeyStore::generate().unwrap());
     let sum = ConflictStrategy::custom(|c| {
         let n = |v: Option<&serde_json::Value>| v.and_then(|v| v["n"].as_i64()).unwrap_or(0);
         Some(json!({ "n": n(c.earlier.value) + n(c.later.value) }))
@@ -665,17 +691,7 @@ pub async fn merge_fields_and_custom_resolvers(factory: &impl BackendFactory) {
     let a = Store::open(options().backend(factory.make().await).key_store(keys_a))
         .await
         .unwrap();
-    let b_backend = factory.make().await;
-    b_backend
-        .write(WriteBatch {
-            store_id: Some(a.store_id()),
-            ..WriteBatch::default()
-        })
-        .await
-        .unwrap();
-    let b = Store::open(options().backend(b_backend).key_store(keys_b))
-        .await
-        .unwrap();
+    let b = replica(factory, &a, options()).await;
 
     a.records("docs")
         .put("d", json!({ "title": "A", "body": "old" }))

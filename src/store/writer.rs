@@ -390,21 +390,28 @@ struct LocalGroup {
 }
 
 /// An upper bound of the encoded size of one operation.
-fn op_size_bound(intent: &Intent) -> usize {
-    let strings = match intent {
+fn op_size_bound(store: &Store, intent: &Intent) -> usize {
+    // Tags, length prefixes and a base stamp take under 64 bytes.
+    let overhead = 64;
+    match intent {
         Intent::Put {
             collection,
             id,
             text,
-        } => collection.len() + id.len() + text.len(),
-        Intent::Delete { collection, id } => collection.len() + id.len(),
-        Intent::Append { log, text } => log.len() + text.len(),
-        Intent::Set { key, text } => key.len() + text.len(),
-        Intent::Unset { key } => key.len(),
-    };
-    // A merge-fields patch re-encodes field names and values: at most twice
-    // the document; tags, lengths and a base stamp take under 64 bytes.
-    2 * strings + 64
+        } => {
+            let fields_removed = match store.strategy_for(collection) {
+                // A patch lists the removed fields of the previous version,
+                // which is at most one value long.
+                ConflictStrategy::MergeFields => store.inner.limits.max_value_bytes,
+                _ => 0,
+            };
+            collection.len() + id.len() + text.len() + fields_removed + overhead
+        }
+        Intent::Delete { collection, id } => collection.len() + id.len() + overhead,
+        Intent::Append { log, text } => log.len() + text.len() + overhead,
+        Intent::Set { key, text } => key.len() + text.len() + overhead,
+        Intent::Unset { key } => key.len() + overhead,
+    }
 }
 
 impl LocalGroup {
@@ -418,7 +425,7 @@ impl LocalGroup {
         reply: Reply,
     ) -> Result<()> {
         let limits = &store.inner.limits;
-        let bytes: usize = intents.iter().map(op_size_bound).sum();
+        let bytes: usize = intents.iter().map(|i| op_size_bound(store, i)).sum();
         if bytes + 256 > limits.max_commit_bytes {
             let size = bytes;
             answers.push((
