@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs what the build and tests need, idempotently: the wasm32 target,
-# clippy and rustfmt, and the Debian packages the tests use.
+# Installs what the build and tests need, idempotently: the Debian packages
+# named as arguments, the wasm32 target, clippy and rustfmt, and
+# wasm-bindgen-cli at exactly the wasm-bindgen version in Cargo.lock (built
+# from crates.io: no binary downloads).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need_apt=()
 for pkg in "$@"; do
@@ -23,3 +26,10 @@ for component in clippy rustfmt; do
     rustup component add "$component"
   fi
 done
+
+want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3 }' Cargo.lock)
+have=$(wasm-bindgen --version 2>/dev/null | awk '{ print $2 }' || true)
+if [ -n "$want" ] && [ "$have" != "$want" ]; then
+  echo "setup: building wasm-bindgen-cli $want (have: ${have:-none}); a few minutes on 2 cores"
+  cargo install wasm-bindgen-cli --version "$want" --locked
+fi

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/persist-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-bash scripts/setup.sh
+bash scripts/setup.sh chromium chromium-driver
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -19,7 +19,7 @@ step "clippy (native)"
 cargo clippy --all-targets --locked -- -D warnings
 
 step "clippy (wasm32)"
-cargo clippy --lib --locked --target wasm32-unknown-unknown -- -D warnings
+cargo clippy --lib --test browser --locked --target wasm32-unknown-unknown -- -D warnings
 
 step "docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
@@ -35,3 +35,9 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --locked --no-fail-fast
 fi
+
+step "browser tests (headless Chromium: IndexedDB and memory conformance)"
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+CHROMEDRIVER=/usr/bin/chromedriver \
+WASM_BINDGEN_TEST_TIMEOUT=120 \
+  cargo test --locked --no-default-features --target wasm32-unknown-unknown --test browser

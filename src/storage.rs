@@ -182,6 +182,17 @@ pub trait StorageBackend: MaybeSend + MaybeSync {
     fn close(&self) -> BoxFuture<'_, StorageResult<()>>;
 }
 
+/// Where a listing for `query` starts in id order, and whether that id is
+/// included (the later of the prefix and the cursor).
+pub fn query_start(query: &RecordQuery) -> (String, bool) {
+    match (&query.prefix, &query.after) {
+        (Some(p), Some(a)) if a.as_str() >= p.as_str() => (a.clone(), false),
+        (Some(p), _) => (p.clone(), true),
+        (None, Some(a)) => (a.clone(), false),
+        (None, None) => (String::new(), true),
+    }
+}
+
 /// True when `id` passes the prefix and cursor of `query`.
 pub fn query_admits(query: &RecordQuery, id: &str) -> bool {
     query.prefix.as_deref().is_none_or(|p| id.starts_with(p))

@@ -208,7 +208,7 @@ impl Store {
         names::check_name(NameKind::Store, &options.name)?;
         let backend = match &options.backend {
             Some(backend) => backend.clone(),
-            None => crate::platform::open_backend(&options)?,
+            None => crate::platform::open_backend(&options).await?,
         };
         match Store::open_on(backend.clone(), &options).await {
             Ok(store) => Ok(store),

@@ -1,5 +1,7 @@
 //! The shared storage conformance suite, run against every native backend.
 
+#![cfg(not(all(target_family = "wasm", target_os = "unknown")))]
+
 mod memory {
     use std::sync::Arc;
 

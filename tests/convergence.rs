@@ -2,6 +2,8 @@
 //! state, whatever the interleaving of writes, partial and reordered syncs,
 //! duplicates and clock skew. A property test over in-memory replicas.
 
+#![cfg(not(all(target_family = "wasm", target_os = "unknown")))]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

@@ -58,7 +58,7 @@ pub fn database_path(options: &StoreOptions) -> PathBuf {
 }
 
 /// The storage backend for `options` natively.
-pub fn open_backend(options: &StoreOptions) -> Result<Arc<dyn StorageBackend>> {
+pub async fn open_backend(options: &StoreOptions) -> Result<Arc<dyn StorageBackend>> {
     match options.adapter {
         Adapter::Sqlite => Ok(Arc::new(SqliteStore::open(&database_path(options))?)),
         Adapter::Memory => Ok(Arc::new(MemoryStore::new())),

@@ -30,7 +30,7 @@ use crate::hlc::Hlc;
 use crate::identity::DeviceId;
 use crate::platform::BoxFuture;
 use crate::storage::{
-    query_admits, EventQuery, EventRow, KvRow, RecordQuery, RecordRow, StorageBackend,
+    query_admits, query_start, EventQuery, EventRow, KvRow, RecordQuery, RecordRow, StorageBackend,
     StorageResult, StoredMeta, WriteBatch,
 };
 
@@ -277,12 +277,7 @@ impl SqliteStore {
 /// Start of the id range for `query`, whether it is inclusive, and the SQL
 /// limit (-1: none).
 fn range(query: &RecordQuery) -> (String, bool, i64) {
-    let (start, inclusive) = match (&query.prefix, &query.after) {
-        (Some(p), Some(a)) if a.as_str() >= p.as_str() => (a.clone(), false),
-        (Some(p), _) => (p.clone(), true),
-        (None, Some(a)) => (a.clone(), false),
-        (None, None) => (String::new(), true),
-    };
+    let (start, inclusive) = query_start(query);
     let limit = query
         .limit
         .map(|l| i64::try_from(l).unwrap_or(i64::MAX))

@@ -1,7 +1,7 @@
 //! Browser platform: randomness from WebCrypto (via `getrandom`), time from
-//! `Date.now()`, tasks on the JavaScript event loop. The IndexedDB backend
-//! (`IdbStore`) and the WebCrypto-wrapped key store join here in the
-//! browser-package issue; until then the browser offers the memory adapter.
+//! `Date.now()`, tasks on the JavaScript event loop, and IndexedDB storage
+//! ([`IdbStore`]). The device key is kept in memory until the
+//! WebCrypto-wrapped key store lands.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,6 +10,10 @@ use crate::error::{Error, Result};
 use crate::keys::{KeyStore, MemoryKeyStore};
 use crate::storage::{MemoryStore, StorageBackend};
 use crate::store::{Adapter, StoreOptions};
+
+mod idb;
+
+pub use idb::IdbStore;
 
 /// The adapter used when none is named.
 pub const DEFAULT_ADAPTER: Adapter = Adapter::IndexedDb;
@@ -36,17 +40,17 @@ pub fn spawn<F: Future<Output = ()> + 'static>(future: F) {
     wasm_bindgen_futures::spawn_local(future);
 }
 
-/// The storage backend for `options` in the browser.
-pub fn open_backend(options: &StoreOptions) -> Result<Arc<dyn StorageBackend>> {
+/// The storage backend for `options` in the browser. (`Arc` rather than
+/// `Rc` because the trait object is shared with native code; in the browser
+/// everything lives on one thread.)
+#[allow(clippy::arc_with_non_send_sync)]
+pub async fn open_backend(options: &StoreOptions) -> Result<Arc<dyn StorageBackend>> {
     match options.adapter {
         Adapter::Memory => Ok(Arc::new(MemoryStore::new())),
+        Adapter::IndexedDb => Ok(Arc::new(IdbStore::open(&options.name).await?)),
         Adapter::Sqlite => Err(Error::AdapterUnavailable {
             requested: "sqlite".into(),
             available: "indexeddb",
-        }),
-        Adapter::IndexedDb => Err(Error::AdapterUnavailable {
-            requested: "indexeddb".into(),
-            available: "memory (the IndexedDB backend is not built into this version)",
         }),
     }
 }

@@ -1,6 +1,8 @@
 //! Native-only integration tests: SQLite files on disk, the keyfile, the
 //! `persist` command, and crash durability under SIGKILL.
 
+#![cfg(not(all(target_family = "wasm", target_os = "unknown")))]
+
 mod cli;
 mod disk_full;
 mod durability;

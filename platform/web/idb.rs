@@ -1,0 +1,616 @@
+//! IndexedDB storage (`IdbStore`), through `rexie`.
+//!
+//! One database per store, named `persist:<name>`, schema version 1:
+//!
+//! | object store | key | value |
+//! |---|---|---|
+//! | `meta` | `"store_id"` | hex string |
+//! | `change_log` | `[author hex, seq]` | `{ hlc_last, body: Uint8Array, signature: Uint8Array }` |
+//! | `heads` | author hex | `{ seq, hlc_last }` (the version vector) |
+//! | `records` | `[collection, id]` | `{ value: string \| null, hlc, author, fields: string \| null }` |
+//! | `events` | `[log, id]` | `{ at, author, value }` |
+//! | `kv` | key | `{ value: string \| null, hlc, author }` |
+//!
+//! Stamps are 16 hex digits (a `u64` does not fit a JS number); sequence
+//! numbers and milliseconds are numbers (below 2^53). Array keys order by
+//! element, so `[collection, id]` ranges are listings. A write batch is one
+//! `readwrite` transaction, and it is acknowledged only when the transaction
+//! completes. Opening a database that exists under the name but lacks these
+//! stores is `STORAGE_CORRUPT`; a newer version is
+//! `STORAGE_VERSION_UNSUPPORTED`.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use js_sys::{Array, Object, Reflect, Uint8Array};
+use rexie::{KeyRange, ObjectStore, Rexie, Store, TransactionMode};
+use wasm_bindgen::{JsCast, JsValue};
+
+use crate::change::{SignedCommit, Stamp, StoreId};
+use crate::error::StorageError;
+use crate::hlc::Hlc;
+use crate::identity::DeviceId;
+use crate::platform::BoxFuture;
+use crate::storage::{
+    query_admits, query_start, EventQuery, EventRow, KvRow, RecordQuery, RecordRow, StorageBackend,
+    StorageResult, StoredMeta, WriteBatch,
+};
+
+const SCHEMA_VERSION: u32 = 1;
+const STORES: [&str; 6] = ["meta", "change_log", "heads", "records", "events", "kv"];
+/// Rows fetched per request while listing.
+const SCAN_CHUNK: u32 = 128;
+
+/// A Persist store in one IndexedDB database.
+pub struct IdbStore {
+    name: String,
+    db: RefCell<Option<Rexie>>,
+}
+
+fn backend_error(e: rexie::Error) -> StorageError {
+    let text = format!("{e}: {e:?}");
+    if text.contains("QuotaExceeded") {
+        StorageError::Io(text)
+    } else if text.contains("VersionError") {
+        StorageError::VersionUnsupported {
+            found: 0,
+            supported: SCHEMA_VERSION,
+        }
+    } else {
+        StorageError::Backend(text)
+    }
+}
+
+fn corrupt(what: &str) -> StorageError {
+    StorageError::Corrupt(format!("IndexedDB row has no valid {what}"))
+}
+
+fn set(object: &Object, key: &str, value: &JsValue) {
+    // Setting a plain property of a fresh object cannot throw.
+    let _ = Reflect::set(object, &JsValue::from_str(key), value);
+}
+
+fn get(object: &JsValue, key: &str) -> JsValue {
+    Reflect::get(object, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn text_field(object: &JsValue, key: &str) -> StorageResult<String> {
+    get(object, key).as_string().ok_or_else(|| corrupt(key))
+}
+
+fn optional_text(object: &JsValue, key: &str) -> StorageResult<Option<String>> {
+    let value = get(object, key);
+    if value.is_null() || value.is_undefined() {
+        return Ok(None);
+    }
+    value.as_string().map(Some).ok_or_else(|| corrupt(key))
+}
+
+fn number_field(object: &JsValue, key: &str) -> StorageResult<u64> {
+    match get(object, key).as_f64() {
+        Some(n) if n >= 0.0 && n.fract() == 0.0 && n < 9_007_199_254_740_992.0 => Ok(n as u64),
+        _ => Err(corrupt(key)),
+    }
+}
+
+fn bytes_field(object: &JsValue, key: &str) -> StorageResult<Vec<u8>> {
+    get(object, key)
+        .dyn_into::<Uint8Array>()
+        .map(|a| a.to_vec())
+        .map_err(|_| corrupt(key))
+}
+
+fn hlc_text(hlc: Hlc) -> JsValue {
+    JsValue::from_str(&format!("{:016x}", hlc.as_u64()))
+}
+
+fn hlc_field(object: &JsValue, key: &str) -> StorageResult<Hlc> {
+    let text = text_field(object, key)?;
+    u64::from_str_radix(&text, 16)
+        .map(Hlc::from_u64)
+        .map_err(|_| corrupt(key))
+}
+
+fn author_field(object: &JsValue, key: &str) -> StorageResult<DeviceId> {
+    text_field(object, key)?.parse().map_err(|_| corrupt(key))
+}
+
+fn key2(a: &str, b: &JsValue) -> JsValue {
+    Array::of2(&JsValue::from_str(a), b).into()
+}
+
+fn optional_js(text: &Option<String>) -> JsValue {
+    text.as_deref().map_or(JsValue::NULL, JsValue::from_str)
+}
+
+fn record_from(collection: &str, id: String, object: &JsValue) -> StorageResult<RecordRow> {
+    Ok(RecordRow {
+        collection: collection.to_owned(),
+        id,
+        value: optional_text(object, "value")?,
+        stamp: Stamp {
+            hlc: hlc_field(object, "hlc")?,
+            author: author_field(object, "author")?,
+        },
+        fields: optional_text(object, "fields")?,
+    })
+}
+
+fn kv_from(key: String, object: &JsValue) -> StorageResult<KvRow> {
+    Ok(KvRow {
+        key,
+        value: optional_text(object, "value")?,
+        stamp: Stamp {
+            hlc: hlc_field(object, "hlc")?,
+            author: author_field(object, "author")?,
+        },
+    })
+}
+
+fn seq_number(seq: u64) -> StorageResult<JsValue> {
+    if seq >= 1 << 53 {
+        return Err(StorageError::Backend("sequence number beyond 2^53".into()));
+    }
+    Ok(JsValue::from_f64(seq as f64))
+}
+
+impl IdbStore {
+    /// Opens (creating or upgrading) the database for store `name`.
+    pub async fn open(name: &str) -> StorageResult<IdbStore> {
+        let db_name = format!("persist:{name}");
+        let mut builder = Rexie::builder(&db_name).version(SCHEMA_VERSION);
+        for store in STORES {
+            builder = builder.add_object_store(ObjectStore::new(store));
+        }
+        let db = builder.build().await.map_err(backend_error)?;
+        let names = db.store_names();
+        if let Some(missing) = STORES.iter().find(|s| !names.iter().any(|n| n == *s)) {
+            db.close();
+            return Err(StorageError::Corrupt(format!(
+                "IndexedDB database {db_name} is not a Persist store (no {missing} object store)"
+            )));
+        }
+        Ok(IdbStore {
+            name: db_name,
+            db: RefCell::new(Some(db)),
+        })
+    }
+
+    /// Deletes the database of store `name` (it must be closed everywhere).
+    pub async fn delete(name: &str) -> StorageResult<()> {
+        Rexie::delete(&format!("persist:{name}"))
+            .await
+            .map_err(backend_error)
+    }
+
+    fn transaction(
+        &self,
+        stores: &[&str],
+        mode: TransactionMode,
+    ) -> StorageResult<rexie::Transaction> {
+        let db = self.db.borrow();
+        let db = db.as_ref().ok_or(StorageError::Closed)?;
+        db.transaction(stores, mode).map_err(backend_error)
+    }
+
+    fn store(transaction: &rexie::Transaction, name: &str) -> StorageResult<Store> {
+        transaction.store(name).map_err(backend_error)
+    }
+
+    /// Values of `store` in key order within `range`, fetched in chunks,
+    /// until `keep` says stop.
+    async fn scan(
+        store: &Store,
+        lower: JsValue,
+        lower_open: bool,
+        upper: JsValue,
+        mut keep: impl FnMut(JsValue, JsValue) -> StorageResult<bool>,
+    ) -> StorageResult<()> {
+        let (mut lower, mut lower_open) = (lower, lower_open);
+        loop {
+            let range = KeyRange::bound(&lower, &upper, Some(lower_open), Some(false))
+                .map_err(|e| StorageError::Backend(e.to_string()))?;
+            let rows = store
+                .scan(Some(range), Some(SCAN_CHUNK), None, None)
+                .await
+                .map_err(backend_error)?;
+            let full = rows.len() as u32 == SCAN_CHUNK;
+            let mut last = None;
+            for (key, value) in rows {
+                last = Some(key.clone());
+                if !keep(key, value)? {
+                    return Ok(());
+                }
+            }
+            match last {
+                Some(key) if full => {
+                    lower = key;
+                    lower_open = true;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+async fn write_batch(store: &IdbStore, batch: WriteBatch) -> StorageResult<()> {
+    let tx = store.transaction(&STORES, TransactionMode::ReadWrite)?;
+    if let Some(id) = batch.store_id {
+        let meta = IdbStore::store(&tx, "meta")?;
+        let key = JsValue::from_str("store_id");
+        if meta
+            .get(key.clone())
+            .await
+            .map_err(backend_error)?
+            .is_none()
+        {
+            meta.put(&JsValue::from_str(&id.to_string()), Some(&key))
+                .await
+                .map_err(backend_error)?;
+        }
+    }
+    let mut heads: BTreeMap<DeviceId, (u64, Hlc)> = BTreeMap::new();
+    let mut log = Vec::with_capacity(batch.log.len());
+    for entry in &batch.log {
+        let object = Object::new();
+        set(&object, "hlc_last", &hlc_text(entry.last_hlc));
+        set(
+            &object,
+            "body",
+            &Uint8Array::from(&entry.commit.body[..]).into(),
+        );
+        set(
+            &object,
+            "signature",
+            &Uint8Array::from(&entry.commit.signature[..]).into(),
+        );
+        log.push((
+            object.into(),
+            Some(key2(&entry.author.to_string(), &seq_number(entry.seq)?)),
+        ));
+        heads.insert(entry.author, (entry.seq, entry.last_hlc));
+    }
+    IdbStore::store(&tx, "change_log")?
+        .put_all(log.into_iter())
+        .await
+        .map_err(backend_error)?;
+    let mut head_rows = Vec::with_capacity(heads.len());
+    for (author, (seq, hlc)) in heads {
+        let object = Object::new();
+        set(&object, "seq", &seq_number(seq)?);
+        set(&object, "hlc_last", &hlc_text(hlc));
+        head_rows.push((object.into(), Some(JsValue::from_str(&author.to_string()))));
+    }
+    IdbStore::store(&tx, "heads")?
+        .put_all(head_rows.into_iter())
+        .await
+        .map_err(backend_error)?;
+    let records = batch.records.iter().map(|row| {
+        let object = Object::new();
+        set(&object, "value", &optional_js(&row.value));
+        set(&object, "hlc", &hlc_text(row.stamp.hlc));
+        set(
+            &object,
+            "author",
+            &JsValue::from_str(&row.stamp.author.to_string()),
+        );
+        set(&object, "fields", &optional_js(&row.fields));
+        (
+            object.into(),
+            Some(key2(&row.collection, &JsValue::from_str(&row.id))),
+        )
+    });
+    IdbStore::store(&tx, "records")?
+        .put_all(records)
+        .await
+        .map_err(backend_error)?;
+    let events = IdbStore::store(&tx, "events")?;
+    for row in &batch.events {
+        let key = key2(&row.log, &JsValue::from_str(&row.id));
+        // Events are immutable: an id already stored stays as it is.
+        if events
+            .get(key.clone())
+            .await
+            .map_err(backend_error)?
+            .is_none()
+        {
+            let object = Object::new();
+            set(&object, "at", &JsValue::from_f64(row.at as f64));
+            set(
+                &object,
+                "author",
+                &JsValue::from_str(&row.author.to_string()),
+            );
+            set(&object, "value", &JsValue::from_str(&row.value));
+            events
+                .put(&object.into(), Some(&key))
+                .await
+                .map_err(backend_error)?;
+        }
+    }
+    let kv = batch.kv.iter().map(|row| {
+        let object = Object::new();
+        set(&object, "value", &optional_js(&row.value));
+        set(&object, "hlc", &hlc_text(row.stamp.hlc));
+        set(
+            &object,
+            "author",
+            &JsValue::from_str(&row.stamp.author.to_string()),
+        );
+        (object.into(), Some(JsValue::from_str(&row.key)))
+    });
+    IdbStore::store(&tx, "kv")?
+        .put_all(kv)
+        .await
+        .map_err(backend_error)?;
+    // Acknowledged only once the transaction has completed.
+    let result = tx.done().await.map_err(backend_error)?;
+    if result.is_committed() {
+        Ok(())
+    } else {
+        Err(StorageError::Backend(
+            "IndexedDB transaction was aborted".into(),
+        ))
+    }
+}
+
+impl StorageBackend for IdbStore {
+    fn describe(&self) -> String {
+        format!("indexeddb:{}", self.name)
+    }
+
+    fn load_meta(&self) -> BoxFuture<'_, StorageResult<StoredMeta>> {
+        Box::pin(async move {
+            let tx = self.transaction(&["meta", "heads"], TransactionMode::ReadOnly)?;
+            let id = Self::store(&tx, "meta")?
+                .get(JsValue::from_str("store_id"))
+                .await
+                .map_err(backend_error)?;
+            let store_id = match id {
+                None => None,
+                Some(value) => {
+                    let text = value.as_string().ok_or_else(|| corrupt("store id"))?;
+                    let mut bytes = [0u8; 16];
+                    hex::decode_to_slice(&text, &mut bytes).map_err(|_| corrupt("store id"))?;
+                    Some(StoreId::from_bytes(bytes))
+                }
+            };
+            let mut clock = Hlc::ZERO;
+            for head in Self::store(&tx, "heads")?
+                .get_all(None, None)
+                .await
+                .map_err(backend_error)?
+            {
+                clock = clock.max(hlc_field(&head, "hlc_last")?);
+            }
+            Ok(StoredMeta { store_id, clock })
+        })
+    }
+
+    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
+        Box::pin(write_batch(self, batch))
+    }
+
+    fn version_vector(&self) -> BoxFuture<'_, StorageResult<Vec<(DeviceId, u64)>>> {
+        Box::pin(async move {
+            let tx = self.transaction(&["heads"], TransactionMode::ReadOnly)?;
+            let rows = Self::store(&tx, "heads")?
+                .scan(None, None, None, None)
+                .await
+                .map_err(backend_error)?;
+            rows.into_iter()
+                .map(|(key, value)| {
+                    let author: DeviceId = key
+                        .as_string()
+                        .ok_or_else(|| corrupt("author"))?
+                        .parse()
+                        .map_err(|_| corrupt("author"))?;
+                    Ok((author, number_field(&value, "seq")?))
+                })
+                .collect()
+        })
+    }
+
+    fn get_commit(
+        &self,
+        author: DeviceId,
+        seq: u64,
+    ) -> BoxFuture<'_, StorageResult<Option<SignedCommit>>> {
+        Box::pin(async move {
+            let tx = self.transaction(&["change_log"], TransactionMode::ReadOnly)?;
+            let key = key2(&author.to_string(), &seq_number(seq)?);
+            match Self::store(&tx, "change_log")?
+                .get(key)
+                .await
+                .map_err(backend_error)?
+            {
+                None => Ok(None),
+                Some(row) => Ok(Some(commit_from(&row)?)),
+            }
+        })
+    }
+
+    fn commits_after(
+        &self,
+        author: DeviceId,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, StorageResult<Vec<SignedCommit>>> {
+        Box::pin(async move {
+            let tx = self.transaction(&["change_log"], TransactionMode::ReadOnly)?;
+            let store = Self::store(&tx, "change_log")?;
+            let author = author.to_string();
+            let lower = key2(&author, &seq_number(after_seq.min((1 << 53) - 1))?);
+            let upper = key2(&author, &Array::new().into());
+            let mut out = Vec::new();
+            Self::scan(&store, lower, true, upper, |_, value| {
+                if out.len() >= limit {
+                    return Ok(false);
+                }
+                out.push(commit_from(&value)?);
+                Ok(out.len() < limit)
+            })
+            .await?;
+            Ok(out)
+        })
+    }
+
+    fn get_record<'a>(
+        &'a self,
+        collection: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<RecordRow>>> {
+        Box::pin(async move {
+            let tx = self.transaction(&["records"], TransactionMode::ReadOnly)?;
+            let key = key2(collection, &JsValue::from_str(id));
+            match Self::store(&tx, "records")?
+                .get(key)
+                .await
+                .map_err(backend_error)?
+            {
+                None => Ok(None),
+                Some(row) => Ok(Some(record_from(collection, id.to_owned(), &row)?)),
+            }
+        })
+    }
+
+    fn list_records<'a>(
+        &'a self,
+        collection: &'a str,
+        query: &'a RecordQuery,
+    ) -> BoxFuture<'a, StorageResult<Vec<RecordRow>>> {
+        Box::pin(async move {
+            let tx = self.transaction(&["records"], TransactionMode::ReadOnly)?;
+            let store = Self::store(&tx, "records")?;
+            let (start, inclusive) = query_start(query);
+            let lower = key2(collection, &JsValue::from_str(&start));
+            let upper = key2(collection, &Array::new().into());
+            let limit = query.limit.unwrap_or(usize::MAX);
+            let mut out = Vec::new();
+            if limit == 0 {
+                return Ok(out);
+            }
+            Self::scan(&store, lower, !inclusive, upper, |key, value| {
+                let id = Array::from(&key)
+                    .get(1)
+                    .as_string()
+                    .ok_or_else(|| corrupt("record key"))?;
+                // Ids with the prefix are contiguous: the first one without it ends the list.
+                if !query_admits(query, &id) {
+                    return Ok(false);
+                }
+                let row = record_from(collection, id, &value)?;
+                if row.value.is_some() {
+                    out.push(row);
+                }
+                Ok(out.len() < limit)
+            })
+            .await?;
+            Ok(out)
+        })
+    }
+
+    fn list_events<'a>(
+        &'a self,
+        log: &'a str,
+        query: &'a EventQuery,
+    ) -> BoxFuture<'a, StorageResult<Vec<EventRow>>> {
+        Box::pin(async move {
+            let tx = self.transaction(&["events"], TransactionMode::ReadOnly)?;
+            let store = Self::store(&tx, "events")?;
+            let from = query.from.clone().unwrap_or_default();
+            let (start, open) = match &query.after {
+                Some(after) if *after >= from => (after.clone(), true),
+                _ => (from, false),
+            };
+            let lower = key2(log, &JsValue::from_str(&start));
+            let upper = key2(log, &Array::new().into());
+            let limit = query.limit.unwrap_or(usize::MAX);
+            let mut out = Vec::new();
+            if limit == 0 {
+                return Ok(out);
+            }
+            Self::scan(&store, lower, open, upper, |key, value| {
+                let id = Array::from(&key)
+                    .get(1)
+                    .as_string()
+                    .ok_or_else(|| corrupt("event key"))?;
+                out.push(EventRow {
+                    log: log.to_owned(),
+                    id,
+                    at: number_field(&value, "at")?,
+                    author: author_field(&value, "author")?,
+                    value: text_field(&value, "value")?,
+                });
+                Ok(out.len() < limit)
+            })
+            .await?;
+            Ok(out)
+        })
+    }
+
+    fn get_kv<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StorageResult<Option<KvRow>>> {
+        Box::pin(async move {
+            let tx = self.transaction(&["kv"], TransactionMode::ReadOnly)?;
+            match Self::store(&tx, "kv")?
+                .get(JsValue::from_str(key))
+                .await
+                .map_err(backend_error)?
+            {
+                None => Ok(None),
+                Some(row) => Ok(Some(kv_from(key.to_owned(), &row)?)),
+            }
+        })
+    }
+
+    fn list_kv<'a>(&'a self, query: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>> {
+        Box::pin(async move {
+            let tx = self.transaction(&["kv"], TransactionMode::ReadOnly)?;
+            let store = Self::store(&tx, "kv")?;
+            let (start, inclusive) = query_start(query);
+            // Every string sorts before an empty array.
+            let upper: JsValue = Array::new().into();
+            let limit = query.limit.unwrap_or(usize::MAX);
+            let mut out = Vec::new();
+            if limit == 0 {
+                return Ok(out);
+            }
+            Self::scan(
+                &store,
+                JsValue::from_str(&start),
+                !inclusive,
+                upper,
+                |key, value| {
+                    let key = key.as_string().ok_or_else(|| corrupt("key"))?;
+                    if !query_admits(query, &key) {
+                        return Ok(false);
+                    }
+                    let row = kv_from(key, &value)?;
+                    if row.value.is_some() {
+                        out.push(row);
+                    }
+                    Ok(out.len() < limit)
+                },
+            )
+            .await?;
+            Ok(out)
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, StorageResult<()>> {
+        if let Some(db) = self.db.borrow_mut().take() {
+            db.close();
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+fn commit_from(row: &JsValue) -> StorageResult<SignedCommit> {
+    let signature: [u8; 64] = bytes_field(row, "signature")?
+        .try_into()
+        .map_err(|_| corrupt("signature"))?;
+    Ok(SignedCommit {
+        body: bytes_field(row, "body")?,
+        signature,
+    })
+}
