@@ -41,3 +41,9 @@ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 CHROMEDRIVER=/usr/bin/chromedriver \
 WASM_BINDGEN_TEST_TIMEOUT=120 \
   cargo test --locked --no-default-features --target wasm32-unknown-unknown --test browser
+
+step "npm package @cuitty/persist (release wasm + wasm-bindgen)"
+bash scripts/build-pkg.sh
+
+step "end-to-end tests (playwright-core + headless Chromium, node --test)"
+(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error && npm test)

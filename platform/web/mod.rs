@@ -12,6 +12,7 @@ use crate::storage::{MemoryStore, StorageBackend};
 use crate::store::{Adapter, StoreOptions};
 
 mod idb;
+pub mod js;
 
 pub use idb::IdbStore;
 

@@ -1,0 +1,124 @@
+// Type declarations for @cuitty/persist (hand-written; checked by tsc in the tests).
+
+/** A JSON value: what records, events and keys hold. */
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+
+/** Error codes every Persist error carries in `code`. */
+export type PersistErrorCode =
+  | "ADAPTER_UNAVAILABLE"
+  | "INVALID_OPTIONS"
+  | "INVALID_NAME"
+  | "INVALID_VALUE"
+  | "VALUE_TOO_LARGE"
+  | "CLOSED"
+  | "KEY_INVALID"
+  | "ENCRYPTION_UNAVAILABLE"
+  | "STORAGE_CORRUPT"
+  | "STORAGE_VERSION_UNSUPPORTED"
+  | "STORAGE_IO"
+  | "STORAGE_LOCKED"
+  | "STORAGE_FAILED"
+  | "SIGNATURE_INVALID"
+  | "WRONG_STORE"
+  | "CHANGE_MALFORMED"
+  | "CHANGE_CONFLICT"
+  | "CHANGE_OUT_OF_ORDER";
+
+/** Every rejected promise rejects with an Error of this shape. */
+export interface PersistError extends Error {
+  code: PersistErrorCode;
+}
+
+export type Adapter = "indexeddb" | "memory" | "sqlite";
+export type Strategy = "last-write-wins" | "merge-fields";
+
+export interface StoreOptions {
+  name?: string;
+  /** Browser default "indexeddb"; "sqlite" is not available in the browser. */
+  adapter?: Adapter;
+  /** Ignored in the browser (SQLite file path natively). */
+  path?: string;
+  strategy?: Strategy;
+  /** Not available in this version: `true` rejects with ENCRYPTION_UNAVAILABLE. */
+  encrypt?: boolean;
+  sync?: { remote?: string; strategy?: Strategy };
+}
+
+export interface ListOptions {
+  prefix?: string;
+  limit?: number;
+  /** The last id of the previous page (exclusive). */
+  after?: string;
+}
+
+export interface RecordEntry<T extends JsonValue = JsonValue> {
+  id: string;
+  value: T;
+}
+
+export interface RecordChange<T extends JsonValue = JsonValue> {
+  id: string;
+  /** `undefined` when the record was deleted. */
+  value?: T;
+  origin: "local" | "remote";
+}
+
+export declare class Records {
+  private constructor();
+  put(id: string, value: JsonValue): Promise<void>;
+  get<T extends JsonValue = JsonValue>(id: string): Promise<T | undefined>;
+  delete(id: string): Promise<void>;
+  list<T extends JsonValue = JsonValue>(options?: ListOptions): Promise<RecordEntry<T>[]>;
+  /** Returns a function that unsubscribes. */
+  subscribe(callback: (changes: RecordChange[]) => void): () => void;
+  free(): void;
+}
+
+export interface AppendedEvent {
+  /** Sorts in log order (hybrid logical clock, then author). */
+  id: string;
+  /** Wall-clock milliseconds. */
+  at: number;
+}
+
+export interface EventEntry<T extends JsonValue = JsonValue> extends AppendedEvent {
+  value: T;
+}
+
+export interface EventListOptions {
+  /** An event id (exclusive) or milliseconds since the epoch (exclusive). */
+  since?: string | number;
+  limit?: number;
+}
+
+export declare class Events {
+  private constructor();
+  append(value: JsonValue): Promise<AppendedEvent>;
+  list<T extends JsonValue = JsonValue>(options?: EventListOptions): Promise<EventEntry<T>[]>;
+  free(): void;
+}
+
+export declare class Kv {
+  private constructor();
+  set(key: string, value: JsonValue): Promise<void>;
+  get<T extends JsonValue = JsonValue>(key: string): Promise<T | undefined>;
+  delete(key: string): Promise<void>;
+  free(): void;
+}
+
+export declare class Store {
+  private constructor();
+  readonly name: string;
+  /** Random id fixed at creation (hex). */
+  readonly storeId: string;
+  /** This device's Ed25519 public key (hex). */
+  readonly deviceId: string;
+  records(collection: string): Records;
+  events(log: string): Events;
+  readonly kv: Kv;
+  close(): Promise<void>;
+  free(): void;
+}
+
+export declare function createStore(name: string, options?: StoreOptions): Promise<Store>;
+export declare function createStore(options: StoreOptions & { name: string }): Promise<Store>;

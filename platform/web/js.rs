@@ -1,0 +1,16 @@
+//! The JavaScript API (`@cuitty/persist`): thin `wasm-bindgen` wrappers over
+//! cloneable Rust handles, one exported class per file. Values cross the
+//! boundary as JSON-compatible plain objects (never `Map`); every error is a
+//! JavaScript `Error` with a stable `code`.
+
+mod error;
+mod events;
+mod kv;
+mod records;
+mod store;
+mod value;
+
+pub use events::JsEvents;
+pub use kv::JsKv;
+pub use records::JsRecords;
+pub use store::{create_store, JsStore};

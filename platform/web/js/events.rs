@@ -1,0 +1,71 @@
+//! The `Events` class: an append-only log.
+
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use super::error::{js_error, JsResult};
+use super::value::{from_js, option, option_count, to_js};
+use crate::store::{EventListOptions, Events, Since};
+
+/// An append-only event log.
+#[wasm_bindgen(js_name = Events)]
+pub struct JsEvents {
+    events: Events,
+}
+
+impl JsEvents {
+    pub(super) fn new(events: Events) -> JsEvents {
+        JsEvents { events }
+    }
+}
+
+#[wasm_bindgen(js_class = Events)]
+impl JsEvents {
+    /// Appends a value; resolves to `{ id, at }`.
+    pub fn append(&self, value: JsValue) -> js_sys::Promise {
+        let events = self.events.clone();
+        let value = from_js(&value);
+        future_to_promise(async move {
+            let event = events.append(value?).await?;
+            to_js(&serde_json::json!({ "id": event.id, "at": event.at }))
+        })
+    }
+
+    /// `[{ id, at, value }]` in log order; options `{ since?, limit? }` where
+    /// `since` is an event id (exclusive) or milliseconds.
+    pub fn list(&self, options: JsValue) -> js_sys::Promise {
+        let events = self.events.clone();
+        let options = list_options(&options);
+        future_to_promise(async move {
+            let list = events.list(options?).await?;
+            let rows: Vec<serde_json::Value> = list
+                .into_iter()
+                .map(|e| serde_json::json!({ "id": e.id, "at": e.at, "value": e.value }))
+                .collect();
+            to_js(&rows)
+        })
+    }
+}
+
+fn list_options(options: &JsValue) -> JsResult<EventListOptions> {
+    let since = option(options, "since");
+    let since = if since.is_undefined() || since.is_null() {
+        None
+    } else if let Some(id) = since.as_string() {
+        Some(Since::Id(id))
+    } else {
+        match since.as_f64() {
+            Some(ms) if ms >= 0.0 && ms.is_finite() => Some(Since::Millis(ms as u64)),
+            _ => {
+                return Err(js_error(
+                    "INVALID_OPTIONS",
+                    "since must be an event id or milliseconds",
+                ))
+            }
+        }
+    };
+    Ok(EventListOptions {
+        since,
+        limit: option_count(options, "limit")?.map(|n| n as usize),
+    })
+}

@@ -1,0 +1,108 @@
+//! The `Records` class: one collection.
+
+use futures::StreamExt;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use super::error::JsResult;
+use super::value::{from_js, option_count, option_string, to_js};
+use crate::store::{ListOptions, Records};
+
+/// The records of one collection.
+#[wasm_bindgen(js_name = Records)]
+pub struct JsRecords {
+    records: Records,
+}
+
+impl JsRecords {
+    pub(super) fn new(records: Records) -> JsRecords {
+        JsRecords { records }
+    }
+}
+
+#[wasm_bindgen(js_class = Records)]
+impl JsRecords {
+    /// Stores a plain object (any JSON value) under `id`.
+    pub fn put(&self, id: String, value: JsValue) -> js_sys::Promise {
+        let records = self.records.clone();
+        let value = from_js(&value);
+        future_to_promise(async move {
+            records.put(&id, value?).await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// The value stored under `id`, or `undefined`.
+    pub fn get(&self, id: String) -> js_sys::Promise {
+        let records = self.records.clone();
+        future_to_promise(async move {
+            match records.get(&id).await? {
+                Some(value) => to_js(&value),
+                None => Ok(JsValue::UNDEFINED),
+            }
+        })
+    }
+
+    /// Deletes `id`.
+    pub fn delete(&self, id: String) -> js_sys::Promise {
+        let records = self.records.clone();
+        future_to_promise(async move {
+            records.delete(&id).await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// `[{ id, value }]` in id order; options `{ prefix?, limit?, after? }`.
+    pub fn list(&self, options: JsValue) -> js_sys::Promise {
+        let records = self.records.clone();
+        let options = list_options(&options);
+        future_to_promise(async move {
+            let list = records.list(options?).await?;
+            let rows: Vec<serde_json::Value> = list
+                .into_iter()
+                .map(|r| serde_json::json!({ "id": r.id, "value": r.value }))
+                .collect();
+            to_js(&rows)
+        })
+    }
+
+    /// Calls `callback(changes)` after each commit that changed this
+    /// collection (`changes`: `[{ id, value, origin }]`, `value` undefined
+    /// for a deletion). Returns a function that unsubscribes.
+    pub fn subscribe(&self, callback: js_sys::Function) -> JsResult<js_sys::Function> {
+        let mut stream = self.records.changes()?;
+        let (abort, registration) = futures::future::AbortHandle::new_pair();
+        let deliver = async move {
+            while let Some(item) = stream.next().await {
+                let Ok(changes) = item else { continue };
+                let batch: Vec<serde_json::Value> = changes
+                    .iter()
+                    .map(|c| {
+                        let origin = match c.origin {
+                            crate::store::Origin::Local => "local",
+                            crate::store::Origin::Remote => "remote",
+                        };
+                        serde_json::json!({ "id": c.id, "value": c.value, "origin": origin })
+                    })
+                    .collect();
+                if let Ok(batch) = to_js(&batch) {
+                    // A throwing callback must not stop later deliveries.
+                    let _ = callback.call1(&JsValue::NULL, &batch);
+                }
+            }
+        };
+        wasm_bindgen_futures::spawn_local(async move {
+            let _ = futures::future::Abortable::new(deliver, registration).await;
+        });
+        let off = Closure::once_into_js(move || abort.abort());
+        Ok(off.unchecked_into())
+    }
+}
+
+fn list_options(options: &JsValue) -> JsResult<ListOptions> {
+    Ok(ListOptions {
+        prefix: option_string(options, "prefix")?,
+        after: option_string(options, "after")?,
+        limit: option_count(options, "limit")?.map(|n| n as usize),
+    })
+}

@@ -1,0 +1,99 @@
+//! `createStore` and the `Store` class.
+
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use super::error::{js_error, JsResult};
+use super::value::{option, option_string};
+use super::{JsEvents, JsKv, JsRecords};
+use crate::merge::ConflictStrategy;
+use crate::store::{Adapter, Store, StoreOptions};
+
+/// Opens a store: `createStore("name", { adapter })` or
+/// `createStore({ name, adapter, strategy })`.
+#[wasm_bindgen(js_name = createStore)]
+pub async fn create_store(name_or_options: JsValue, options: JsValue) -> JsResult<JsStore> {
+    let (name, options) = match name_or_options.as_string() {
+        Some(name) => (name, options),
+        None => {
+            let name = option_string(&name_or_options, "name")?
+                .ok_or_else(|| js_error("INVALID_OPTIONS", "createStore needs a name"))?;
+            (name, name_or_options)
+        }
+    };
+    let mut store_options = StoreOptions::new(name);
+    if let Some(adapter) = option_string(&options, "adapter")? {
+        store_options = store_options.adapter(Adapter::from_name(&adapter)?);
+    }
+    if option(&options, "encrypt").is_truthy() {
+        return Err(js_error(
+            "ENCRYPTION_UNAVAILABLE",
+            "encrypt: true is not available in this version of @cuitty/persist",
+        ));
+    }
+    let strategy = option_string(&options, "strategy")?
+        .or(option_string(&option(&options, "sync"), "strategy")?);
+    if let Some(strategy) = strategy {
+        let strategy = ConflictStrategy::from_name(&strategy).ok_or_else(|| {
+            js_error(
+                "INVALID_OPTIONS",
+                "strategy must be \"last-write-wins\" or \"merge-fields\"",
+            )
+        })?;
+        store_options = store_options.strategy(strategy);
+    }
+    let store = Store::open(store_options).await?;
+    Ok(JsStore { store })
+}
+
+/// An open store.
+#[wasm_bindgen(js_name = Store)]
+pub struct JsStore {
+    store: Store,
+}
+
+#[wasm_bindgen(js_class = Store)]
+impl JsStore {
+    /// The records of a collection.
+    pub fn records(&self, collection: String) -> JsRecords {
+        JsRecords::new(self.store.records(&collection))
+    }
+
+    /// An event log.
+    pub fn events(&self, log: String) -> JsEvents {
+        JsEvents::new(self.store.events(&log))
+    }
+
+    /// The key-value space.
+    #[wasm_bindgen(getter)]
+    pub fn kv(&self) -> JsKv {
+        JsKv::new(self.store.kv())
+    }
+
+    /// The store's name.
+    #[wasm_bindgen(getter)]
+    pub fn name(&self) -> String {
+        self.store.name().to_owned()
+    }
+
+    /// The store's id (hex).
+    #[wasm_bindgen(getter, js_name = storeId)]
+    pub fn store_id(&self) -> String {
+        self.store.store_id().to_string()
+    }
+
+    /// This device's id (hex of its Ed25519 public key).
+    #[wasm_bindgen(getter, js_name = deviceId)]
+    pub fn device_id(&self) -> String {
+        self.store.device_id().to_string()
+    }
+
+    /// Closes the store; later calls fail with `CLOSED`.
+    pub fn close(&self) -> js_sys::Promise {
+        let store = self.store.clone();
+        future_to_promise(async move {
+            store.close().await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+}

@@ -1,0 +1,186 @@
+// End-to-end tests of the npm package in headless Chromium (Debian's
+// /usr/bin/chromium, driven by playwright-core): the package is imported by
+// a page as a plain ES module, with no init() call, and exercised the way
+// the product pages show. Run by scripts/test.sh after scripts/build-pkg.sh.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { serve } from "./serve.mjs";
+
+const root = fileURLToPath(new URL("../..", import.meta.url));
+const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-dev-shm-usage",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+];
+
+let server;
+let browser;
+
+before(async () => {
+  server = await serve(root);
+  browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: CHROMIUM_ARGS });
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+/** A fresh page (its own browser context: its own IndexedDB) on the test page. */
+async function newPage(context) {
+  const ctx = context ?? (await browser.newContext());
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e));
+  await page.goto(`${server.url}/www/e2e.html`);
+  return { page, ctx, errors };
+}
+
+test("the package imports without init() and runs the P2P page's store calls on IndexedDB", async () => {
+  const { page, ctx } = await newPage();
+  const result = await page.evaluate(async () => {
+    const { createStore } = await import("/pkg/index.js");
+    // Seed page "P2P Adapter", with the browser's adapter:
+    const store = await createStore("shared-notes", { adapter: "indexeddb", path: "./notes.db" });
+    const notes = store.records("notes");
+    await notes.put("n1", { title: "hi", body: "..." });
+    const got = await notes.get("n1");
+    await notes.put("n2", { title: "two", tags: ["a", "b"], n: 1.5, nested: { ok: true } });
+    const listed = await notes.list({ prefix: "n", limit: 10 });
+    const page2 = await notes.list({ after: "n1" });
+    await notes.delete("n1");
+    const gone = await notes.get("n1");
+    const event = await store.events("audit").append({ action: "login" });
+    const events = await store.events("audit").list();
+    const sinceNone = await store.events("audit").list({ since: event.id });
+    await store.kv.set("theme", "dark");
+    const theme = await store.kv.get("theme");
+    await store.kv.delete("theme");
+    const themeGone = await store.kv.get("theme");
+    const second = await createStore({ name: "my-app", adapter: "indexeddb" });
+    const defaults = await createStore("defaults");
+    const ids = [store.storeId.length, store.deviceId.length, second.name];
+    await store.close();
+    await second.close();
+    await defaults.close();
+    return {
+      got, listed, page2, gone, event, events, sinceNone, theme, themeGone, ids,
+      isPlain: Object.getPrototypeOf(got) === Object.prototype && Array.isArray(listed[1].value.tags),
+    };
+  });
+  assert.deepEqual(result.got, { title: "hi", body: "..." });
+  assert.equal(result.isPlain, true, "values come back as plain objects and arrays");
+  assert.deepEqual(result.listed.map((r) => r.id), ["n1", "n2"]);
+  assert.deepEqual(result.listed[1].value, { title: "two", tags: ["a", "b"], n: 1.5, nested: { ok: true } });
+  assert.deepEqual(result.page2.map((r) => r.id), ["n2"]);
+  assert.equal(result.gone, undefined);
+  assert.equal(typeof result.event.id, "string");
+  assert.equal(typeof result.event.at, "number");
+  assert.equal(result.events.length, 1);
+  assert.deepEqual(result.events[0].value, { action: "login" });
+  assert.equal(result.sinceNone.length, 0);
+  assert.equal(result.theme, "dark");
+  assert.equal(result.themeGone, undefined);
+  assert.deepEqual(result.ids, [32, 64, "my-app"]);
+  await ctx.close();
+});
+
+test("data survives a page reload", async () => {
+  const { page, ctx } = await newPage();
+  await page.evaluate(async () => {
+    const { createStore } = await import("/pkg/index.js");
+    const store = await createStore("reloaded", { adapter: "indexeddb" });
+    await store.records("notes").put("kept", { v: 1 });
+    await store.kv.set("k", [1, 2, 3]);
+    await store.close();
+  });
+  await page.reload();
+  const after = await page.evaluate(async () => {
+    const { createStore } = await import("/pkg/index.js");
+    const store = await createStore("reloaded");
+    const out = { note: await store.records("notes").get("kept"), k: await store.kv.get("k") };
+    await store.close();
+    return out;
+  });
+  assert.deepEqual(after, { note: { v: 1 }, k: [1, 2, 3] });
+  await ctx.close();
+});
+
+test("subscribe sees local changes and unsubscribes", async () => {
+  const { page, ctx } = await newPage();
+  const seen = await page.evaluate(async () => {
+    const { createStore } = await import("/pkg/index.js");
+    const store = await createStore("subscribed");
+    const notes = store.records("notes");
+    const seen = [];
+    const off = notes.subscribe((changes) => seen.push(...changes.map((c) => [c.id, c.value ?? null, c.origin])));
+    await notes.put("a", { v: 1 });
+    await notes.delete("a");
+    await new Promise((r) => setTimeout(r, 20));
+    off();
+    await notes.put("b", { v: 2 });
+    await new Promise((r) => setTimeout(r, 20));
+    await store.close();
+    return seen;
+  });
+  assert.deepEqual(seen, [["a", { v: 1 }, "local"], ["a", null, "local"]]);
+  await ctx.close();
+});
+
+test("bad input gets its error code and loses nothing", async () => {
+  const { page, ctx } = await newPage();
+  const codes = await page.evaluate(async () => {
+    const { createStore } = await import("/pkg/index.js");
+    const code = (promise) => promise.then(() => "ok", (e) => (e instanceof Error ? e.code + (e.message.includes('"indexeddb"') ? "+names-indexeddb" : "") : "not-an-Error"));
+    const out = {};
+    out.sqlite = await code(createStore("x", { adapter: "sqlite", path: "./data/x.db" }));
+    out.encrypt = await code(createStore({ name: "enc", adapter: "indexeddb", encrypt: true }));
+    out.badStoreName = await code(createStore("bad name"));
+    const store = await createStore("bad-input");
+    const notes = store.records("notes");
+    await notes.put("keep", { v: "original" });
+    out.func = await code(notes.put("keep", () => 1));
+    out.undef = await code(notes.put("keep", undefined));
+    // BigInts that fit 64 bits become numbers; larger ones have no JSON form.
+    out.bigint = await code(notes.put("keep", { n: 2n ** 70n }));
+    out.big = await code(notes.put("keep", { v: "x".repeat(2 * 1024 * 1024) }));
+    out.badCollection = await code(store.records("no/slash").put("x", 1));
+    out.badId = await code(notes.put("", 1));
+    out.badLimit = await code(notes.list({ limit: -1 }));
+    out.kept = await notes.get("keep");
+    await store.close();
+    out.closed = await code(notes.put("keep", { v: "after close" }));
+    out.closedGet = await code(notes.get("keep"));
+    return out;
+  });
+  assert.deepEqual(codes, {
+    sqlite: "ADAPTER_UNAVAILABLE+names-indexeddb",
+    encrypt: "ENCRYPTION_UNAVAILABLE",
+    badStoreName: "INVALID_NAME",
+    func: "INVALID_VALUE",
+    undef: "INVALID_VALUE",
+    bigint: "INVALID_VALUE",
+    big: "VALUE_TOO_LARGE",
+    badCollection: "INVALID_NAME",
+    badId: "INVALID_NAME",
+    badLimit: "INVALID_OPTIONS",
+    kept: { v: "original" },
+    closed: "CLOSED",
+    closedGet: "CLOSED",
+  });
+  await ctx.close();
+});
+
+test("the TypeScript declarations type-check a client", () => {
+  execFileSync(process.execPath, [fileURLToPath(new URL("./node_modules/typescript/bin/tsc", import.meta.url)), "-p", fileURLToPath(new URL("./tsconfig.json", import.meta.url))], {
+    stdio: "inherit",
+  });
+});

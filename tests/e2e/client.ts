@@ -1,0 +1,35 @@
+// Compiled by tsc (no emit) against the package's declarations: the API as
+// DESIGN.md shows it must type-check, and misuse must not.
+import { createStore, type PersistError, type Store } from "@cuitty/persist";
+
+export async function sample(): Promise<Store> {
+  const store = await createStore("shared-notes", { adapter: "indexeddb" });
+  const store2 = await createStore({ name: "my-app", adapter: "indexeddb", strategy: "merge-fields" });
+  await store.records("notes").put("n1", { title: "hi", body: "..." });
+  const note = await store.records("notes").get<{ title: string; body: string }>("n1");
+  const title: string | undefined = note?.title;
+  await store.records("notes").delete("n1");
+  const page = await store.records("notes").list({ prefix: "n", limit: 10, after: "n0" });
+  const ids: string[] = page.map((r) => r.id);
+  const off: () => void = store.records("notes").subscribe((changes) => changes.forEach((c) => c.origin));
+  off();
+  const event = await store.events("audit").append({ action: "login" });
+  const at: number = event.at;
+  await store.events("audit").list({ since: event.id });
+  await store.events("audit").list({ since: at, limit: 5 });
+  await store.kv.set("theme", "dark");
+  const theme = await store.kv.get<string>("theme");
+  await store.kv.delete("theme");
+  try {
+    await createStore("x", { adapter: "sqlite" });
+  } catch (e) {
+    const code: string = (e as PersistError).code;
+    void code;
+  }
+  // @ts-expect-error: values must be JSON
+  await store.records("notes").put("bad", () => 1);
+  // @ts-expect-error: unknown adapter
+  await createStore("y", { adapter: "postgres" });
+  void [title, ids, theme, store2];
+  return store;
+}
