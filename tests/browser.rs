@@ -59,7 +59,7 @@ mod idb_only {
         let name = unique_name("reopen");
         let store = Store::open(StoreOptions::new(&name)).await.expect("opens");
         assert!(store.describe().starts_with("indexeddb:"));
-        let id = store.store_id();
+        let (id, device) = (store.store_id(), store.device_id());
         store
             .records("notes")
             .put("n1", json!({ "title": "hi" }))
@@ -77,6 +77,16 @@ mod idb_only {
             .await
             .expect("reopens");
         assert_eq!(store.store_id(), id);
+        assert_eq!(
+            store.device_id(),
+            device,
+            "the device identity is kept beside the data"
+        );
+        let receipt = store.kv().set("again", 1).await.expect("set");
+        assert_eq!(
+            receipt.seq, 4,
+            "this device's commits continue its sequence"
+        );
         assert_eq!(
             store.records("notes").get("n1").await.expect("get"),
             Some(json!({ "title": "hi" }))

@@ -614,3 +614,67 @@ fn commit_from(row: &JsValue) -> StorageResult<SignedCommit> {
         signature,
     })
 }
+
+/// The device identity kept in the store's own IndexedDB database (entry
+/// `device_key` of `meta`), as the native keyfile sits beside the SQLite
+/// file. Created atomically on first use: a `readwrite` transaction reads
+/// and writes it, so two tabs opening at once agree on one identity. The
+/// encryption issue moves it under a non-extractable WebCrypto key.
+pub struct IdbKeyStore {
+    name: String,
+}
+
+impl IdbKeyStore {
+    /// The key store of store `name`.
+    pub fn new(name: &str) -> IdbKeyStore {
+        IdbKeyStore {
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl crate::keys::KeyStore for IdbKeyStore {
+    fn describe(&self) -> String {
+        format!("indexeddb:persist:{}#device_key", self.name)
+    }
+
+    fn load_or_create(&self) -> BoxFuture<'_, crate::Result<crate::identity::DeviceIdentity>> {
+        Box::pin(async move {
+            let db = IdbStore::open(&self.name).await?;
+            let result = device_identity(&db).await;
+            let _ = db.close().await;
+            result
+        })
+    }
+}
+
+async fn device_identity(db: &IdbStore) -> crate::Result<crate::identity::DeviceIdentity> {
+    use crate::identity::DeviceIdentity;
+    use zeroize::Zeroizing;
+
+    let tx = db.transaction(&["meta"], TransactionMode::ReadWrite)?;
+    let meta = IdbStore::store(&tx, "meta")?;
+    let key = JsValue::from_str("device_key");
+    let identity = match meta.get(key.clone()).await.map_err(backend_error)? {
+        Some(stored) => {
+            let text = Zeroizing::new(stored.as_string().unwrap_or_default());
+            let mut seed = Zeroizing::new([0u8; 32]);
+            hex::decode_to_slice(text.as_bytes(), seed.as_mut())
+                .map_err(|_| crate::Error::KeyInvalid("the stored device key is damaged".into()))?;
+            DeviceIdentity::from_secret(&seed)
+        }
+        None => {
+            let identity = DeviceIdentity::generate()?;
+            let text = Zeroizing::new(hex::encode(identity.secret().as_ref()));
+            meta.put(&JsValue::from_str(&text), Some(&key))
+                .await
+                .map_err(backend_error)?;
+            identity
+        }
+    };
+    let result = tx.done().await.map_err(backend_error)?;
+    if !result.is_committed() {
+        return Err(StorageError::Backend("IndexedDB transaction was aborted".into()).into());
+    }
+    Ok(identity)
+}

@@ -1,7 +1,6 @@
 //! Browser platform: randomness from WebCrypto (via `getrandom`), time from
 //! `Date.now()`, tasks on the JavaScript event loop, and IndexedDB storage
-//! ([`IdbStore`]). The device key is kept in memory until the
-//! WebCrypto-wrapped key store lands.
+//! ([`IdbStore`], with the device key beside it: [`IdbKeyStore`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use crate::store::{Adapter, StoreOptions};
 mod idb;
 pub mod js;
 
-pub use idb::IdbStore;
+pub use idb::{IdbKeyStore, IdbStore};
 
 /// The adapter used when none is named.
 pub const DEFAULT_ADAPTER: Adapter = Adapter::IndexedDb;
@@ -56,8 +55,12 @@ pub async fn open_backend(options: &StoreOptions) -> Result<Arc<dyn StorageBacke
     }
 }
 
-/// The device key store for `options` in the browser (memory until the
-/// WebCrypto-wrapped store lands).
-pub fn open_key_store(_options: &StoreOptions) -> Result<Arc<dyn KeyStore>> {
-    Ok(Arc::new(MemoryKeyStore::generate()?))
+/// The device key store for `options` in the browser: beside the data in
+/// IndexedDB (memory for memory stores).
+#[allow(clippy::arc_with_non_send_sync)]
+pub fn open_key_store(options: &StoreOptions) -> Result<Arc<dyn KeyStore>> {
+    match options.adapter {
+        Adapter::IndexedDb => Ok(Arc::new(IdbKeyStore::new(&options.name))),
+        _ => Ok(Arc::new(MemoryKeyStore::generate()?)),
+    }
 }

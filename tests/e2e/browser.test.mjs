@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { serve } from "./serve.mjs";
+import { serve } from "../../scripts/serve.mjs";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 const CHROMIUM_ARGS = [
@@ -95,22 +95,24 @@ test("the package imports without init() and runs the P2P page's store calls on 
 
 test("data survives a page reload", async () => {
   const { page, ctx } = await newPage();
-  await page.evaluate(async () => {
+  const device = await page.evaluate(async () => {
     const { createStore } = await import("/pkg/index.js");
     const store = await createStore("reloaded", { adapter: "indexeddb" });
     await store.records("notes").put("kept", { v: 1 });
     await store.kv.set("k", [1, 2, 3]);
+    const device = store.deviceId;
     await store.close();
+    return device;
   });
   await page.reload();
   const after = await page.evaluate(async () => {
     const { createStore } = await import("/pkg/index.js");
     const store = await createStore("reloaded");
-    const out = { note: await store.records("notes").get("kept"), k: await store.kv.get("k") };
+    const out = { note: await store.records("notes").get("kept"), k: await store.kv.get("k"), device: store.deviceId };
     await store.close();
     return out;
   });
-  assert.deepEqual(after, { note: { v: 1 }, k: [1, 2, 3] });
+  assert.deepEqual(after, { note: { v: 1 }, k: [1, 2, 3], device });
   await ctx.close();
 });
 

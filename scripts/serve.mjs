@@ -38,3 +38,10 @@ export function serve(root, port = 0) {
     });
   });
 }
+
+// `node scripts/serve.mjs [port]`: serve the repository (the demo at /www/).
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const root = new URL("..", import.meta.url).pathname;
+  const { url } = await serve(root, Number(process.argv[2] ?? 8080));
+  console.log(`Browser demo: open ${url}/www/ (notes in IndexedDB through @cuitty/persist). Ctrl-C stops it.`);
+}
