@@ -51,6 +51,14 @@ impl<T: ?Sized> MaybeSync for T {}
 #[cfg(not(wasm_browser))]
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A boxed stream that is `Send` natively.
+#[cfg(not(wasm_browser))]
+pub type BoxStream<'a, T> = Pin<Box<dyn futures::Stream<Item = T> + Send + 'a>>;
+
+/// A boxed stream (not `Send` in the browser).
+#[cfg(wasm_browser)]
+pub type BoxStream<'a, T> = Pin<Box<dyn futures::Stream<Item = T> + 'a>>;
+
 /// A boxed future (not `Send` in the browser).
 #[cfg(wasm_browser)]
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;

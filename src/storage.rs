@@ -14,7 +14,7 @@ use crate::change::{SignedCommit, StoreId};
 use crate::error::StorageError;
 use crate::hlc::Hlc;
 use crate::identity::DeviceId;
-use crate::platform::{BoxFuture, MaybeSend, MaybeSync};
+use crate::platform::{BoxFuture, BoxStream, MaybeSend, MaybeSync};
 
 pub use crate::merge::{KvRow, RecordRow};
 
@@ -180,6 +180,32 @@ pub trait StorageBackend: MaybeSend + MaybeSync {
 
     /// Flushes and releases the backend.
     fn close(&self) -> BoxFuture<'_, StorageResult<()>>;
+
+    /// For storage that other writers share (IndexedDB in other tabs of the
+    /// origin): waits for the exclusive right to write and returns it; the
+    /// writer holds it for one batch and re-reads its head and clock first.
+    /// `None` (the default) when no one else can write.
+    fn lock_writer(&self) -> BoxFuture<'_, StorageResult<Option<WriterLease>>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Record keys (`collection`, `id`) changed by those other writers, as
+    /// they commit. `None` (the default) when there are none.
+    fn external_changes(&self) -> Option<BoxStream<'static, Vec<(String, String)>>> {
+        None
+    }
+}
+
+/// Something held while a lease lasts (dropping it releases the lease).
+pub trait LeaseHolder: MaybeSend {}
+
+/// The exclusive right to write shared storage, released on drop.
+pub struct WriterLease(pub Box<dyn LeaseHolder>);
+
+impl std::fmt::Debug for WriterLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriterLease")
+    }
 }
 
 /// Where a listing for `query` starts in id order, and whether that id is

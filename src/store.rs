@@ -269,6 +269,9 @@ impl Store {
             device,
             subscribers: Mutex::new(subscribe::Subscribers::default()),
         });
+        if let Some(changes) = inner.backend.external_changes() {
+            crate::platform::spawn(subscribe::deliver_external(Arc::downgrade(&inner), changes));
+        }
         Ok(Store { inner })
     }
 

@@ -108,6 +108,83 @@ mod idb_only {
         IdbStore::delete(&name).await.expect("deletes");
     }
 
+    /// Two handles on one store behave like two tabs of the origin: one
+    /// device identity, one database, writes serialized by a Web Lock.
+    #[wasm_bindgen_test]
+    async fn two_tabs_share_one_device_without_forking_its_log() {
+        let name = unique_name("tabs");
+        let a = Store::open(StoreOptions::new(&name)).await.expect("tab a");
+        let b = Store::open(StoreOptions::new(&name)).await.expect("tab b");
+        assert_eq!(a.device_id(), b.device_id());
+        let writes = (0..20).flat_map(|i| {
+            let (ra, rb) = (a.records("notes"), b.records("notes"));
+            [
+                Box::pin(async move {
+                    ra.put(&format!("a{i:02}"), json!({ "i": i }))
+                        .await
+                        .map(|_| ())
+                })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = persist::Result<()>>>>,
+                Box::pin(async move {
+                    rb.put(&format!("b{i:02}"), json!({ "i": i }))
+                        .await
+                        .map(|_| ())
+                }),
+            ]
+        });
+        for result in futures::future::join_all(writes).await {
+            result.expect("every write of both tabs is acknowledged");
+        }
+        let vv = a.version_vector().await.expect("version vector");
+        assert_eq!(vv.len(), 1);
+        let commits = a.commits_missing_from(&[], usize::MAX).await.expect("log");
+        let mut ops = 0;
+        for (i, signed) in commits.iter().enumerate() {
+            let commit =
+                persist::Commit::verify(signed.clone(), a.store_id(), &persist::Limits::default())
+                    .expect("verifies");
+            assert_eq!(
+                commit.body.seq,
+                i as u64 + 1,
+                "sequence numbers without gaps or forks"
+            );
+            ops += commit.body.ops.len();
+        }
+        assert_eq!(vv[0].1 as usize, commits.len());
+        assert_eq!(ops, 40, "all 40 writes are in the change log exactly once");
+        assert_eq!(
+            b.records("notes")
+                .list(ListOptions::default())
+                .await
+                .expect("list")
+                .len(),
+            40
+        );
+        a.close().await.expect("closes");
+        b.close().await.expect("closes");
+    }
+
+    #[wasm_bindgen_test]
+    async fn a_tab_hears_of_another_tabs_writes() {
+        use futures::StreamExt;
+        let name = unique_name("hear");
+        let a = Store::open(StoreOptions::new(&name)).await.expect("tab a");
+        let b = Store::open(StoreOptions::new(&name)).await.expect("tab b");
+        let mut changes = a.records("notes").changes().expect("stream");
+        let started = persist::platform::now_ms();
+        b.records("notes")
+            .put("from-b", json!({ "hello": "a" }))
+            .await
+            .expect("put");
+        let heard = changes.next().await.expect("an item").expect("no lag");
+        let elapsed = persist::platform::now_ms() - started;
+        assert_eq!(heard[0].id, "from-b");
+        assert_eq!(heard[0].value, Some(json!({ "hello": "a" })));
+        assert!(elapsed < 100, "heard after {elapsed} ms");
+        a.close().await.expect("closes");
+        b.close().await.expect("closes");
+    }
+
     #[wasm_bindgen_test]
     async fn sqlite_adapter_names_indexeddb() {
         let err = Store::open(StoreOptions::new("x").adapter(Adapter::Sqlite))

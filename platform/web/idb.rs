@@ -45,6 +45,8 @@ const SCAN_CHUNK: u32 = 128;
 pub struct IdbStore {
     name: String,
     db: RefCell<Option<Rexie>>,
+    /// The store's channel to the other tabs of the origin.
+    tabs: Option<super::tabs::Announcer>,
 }
 
 fn backend_error(e: rexie::Error) -> StorageError {
@@ -170,9 +172,11 @@ impl IdbStore {
                 "IndexedDB database {db_name} is not a Persist store (no {missing} object store)"
             )));
         }
+        let tabs = super::tabs::Announcer::join(&db_name);
         Ok(IdbStore {
             name: db_name,
             db: RefCell::new(Some(db)),
+            tabs,
         })
     }
 
@@ -388,7 +392,30 @@ impl StorageBackend for IdbStore {
     }
 
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
-        Box::pin(write_batch(self, batch))
+        Box::pin(async move {
+            let keys: Vec<(String, String)> = batch
+                .records
+                .iter()
+                .map(|r| (r.collection.clone(), r.id.clone()))
+                .collect();
+            write_batch(self, batch).await?;
+            if let Some(tabs) = &self.tabs {
+                tabs.announce(&keys);
+            }
+            Ok(())
+        })
+    }
+
+    fn lock_writer(&self) -> BoxFuture<'_, StorageResult<Option<crate::storage::WriterLease>>> {
+        let name = format!("{}:writer", self.name);
+        Box::pin(async move { super::tabs::lock(&name).await })
+    }
+
+    fn external_changes(
+        &self,
+    ) -> Option<crate::platform::BoxStream<'static, Vec<(String, String)>>> {
+        let receiver = self.tabs.as_ref()?.take_receiver()?;
+        Some(Box::pin(receiver))
     }
 
     fn version_vector(&self) -> BoxFuture<'_, StorageResult<Vec<(DeviceId, u64)>>> {
@@ -600,6 +627,9 @@ impl StorageBackend for IdbStore {
     fn close(&self) -> BoxFuture<'_, StorageResult<()>> {
         if let Some(db) = self.db.borrow_mut().take() {
             db.close();
+        }
+        if let Some(tabs) = &self.tabs {
+            tabs.close();
         }
         Box::pin(std::future::ready(Ok(())))
     }

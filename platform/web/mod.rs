@@ -12,6 +12,7 @@ use crate::store::{Adapter, StoreOptions};
 
 mod idb;
 pub mod js;
+mod tabs;
 
 pub use idb::{IdbKeyStore, IdbStore};
 

@@ -198,3 +198,39 @@ impl Store {
         }
     }
 }
+
+/// Delivers to this store's subscribers the records that other writers of
+/// the same storage (other tabs) changed, until the store closes.
+pub(super) async fn deliver_external(
+    store: Weak<Inner>,
+    mut changes: crate::platform::BoxStream<'static, Vec<(String, String)>>,
+) {
+    use futures::StreamExt;
+    while let Some(keys) = changes.next().await {
+        let Some(inner) = store.upgrade() else { break };
+        let store = Store { inner };
+        if store.is_closed() {
+            break;
+        }
+        let subscribed = store.subscribed_collections();
+        let mut out = Vec::new();
+        for (collection, id) in keys {
+            if !subscribed.contains(&collection) {
+                continue;
+            }
+            if let Ok(Some(row)) = store.inner.backend.get_record(&collection, &id).await {
+                out.push(RecordChange {
+                    value: row
+                        .value
+                        .as_deref()
+                        .and_then(|t| serde_json::from_str(t).ok()),
+                    collection: row.collection,
+                    id: row.id,
+                    stamp: row.stamp,
+                    origin: Origin::Local,
+                });
+            }
+        }
+        store.deliver(out);
+    }
+}

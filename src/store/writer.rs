@@ -279,18 +279,17 @@ async fn run_batch(
     state: &mut WriterState,
     requests: Vec<(Request, Reply)>,
 ) -> Vec<RecordChange> {
-    if state.in_flight {
-        match store.inner.backend.version_vector().await {
-            Ok(heads) => state.heads = heads.into_iter().collect(),
-            Err(e) => {
-                let e = Error::from(e);
-                for (_, reply) in requests {
-                    let _ = reply.send(Err(e.clone()));
-                }
-                return Vec::new();
+    // Storage shared with other writers (tabs): take the lease, then learn
+    // what they wrote (this device's head, the clock) before stamping.
+    let lease = match prepare(store, state).await {
+        Ok(lease) => lease,
+        Err(e) => {
+            for (_, reply) in requests {
+                let _ = reply.send(Err(e.clone()));
             }
+            return Vec::new();
         }
-    }
+    };
     state.in_flight = true;
     let heads_before = state.heads.clone();
     let mut batch = Batch {
@@ -354,6 +353,7 @@ async fn run_batch(
         }
     };
     state.in_flight = false;
+    drop(lease);
     match result {
         Ok(()) => {
             for (reply, outcome) in answers {
@@ -371,6 +371,23 @@ async fn run_batch(
             Vec::new()
         }
     }
+}
+
+/// Takes the writer lease of shared storage and reloads what other writers
+/// (or a cancelled batch) may have changed.
+async fn prepare(
+    store: &Store,
+    state: &mut WriterState,
+) -> Result<Option<crate::storage::WriterLease>> {
+    let backend = &store.inner.backend;
+    let lease = backend.lock_writer().await?;
+    if lease.is_some() || state.in_flight {
+        state.heads = backend.version_vector().await?.into_iter().collect();
+    }
+    if lease.is_some() {
+        state.clock.observe(backend.load_meta().await?.clock);
+    }
+    Ok(lease)
 }
 
 /// Local writes queued together become one commit: one signature and one

@@ -137,6 +137,42 @@ test("subscribe sees local changes and unsubscribes", async () => {
   await ctx.close();
 });
 
+test("two tabs of one origin see each other's writes within 100 ms", async () => {
+  const ctx = await browser.newContext();
+  const { page: tabA } = await newPage(ctx);
+  const { page: tabB } = await newPage(ctx);
+  const open = (page) =>
+    page.evaluate(async () => {
+      const { createStore } = await import("/pkg/index.js");
+      window.store = await createStore("two-tabs");
+      window.heard = [];
+      window.store.records("notes").subscribe((changes) => {
+        for (const c of changes) window.heard.push({ id: c.id, value: c.value ?? null, at: performance.timeOrigin + performance.now() });
+      });
+      return window.store.deviceId;
+    });
+  const [deviceA, deviceB] = [await open(tabA), await open(tabB)];
+  assert.equal(deviceA, deviceB, "tabs of one origin are one device");
+  const sentAt = await tabB.evaluate(async () => {
+    const at = performance.timeOrigin + performance.now();
+    await window.store.records("notes").put("from-b", { text: "hello from tab B" });
+    return at;
+  });
+  await tabA.waitForFunction(() => window.heard.some((h) => h.id === "from-b"), null, { timeout: 2000 });
+  const heard = await tabA.evaluate(() => window.heard.find((h) => h.id === "from-b"));
+  assert.deepEqual(heard.value, { text: "hello from tab B" });
+  const latency = heard.at - sentAt;
+  assert.ok(latency < 100, `tab A heard tab B's write after ${latency.toFixed(1)} ms`);
+  // And the other way, with both tabs writing at once.
+  await Promise.all([
+    tabA.evaluate(() => Promise.all(Array.from({ length: 25 }, (_, i) => window.store.records("notes").put(`a${i}`, { i })))),
+    tabB.evaluate(() => Promise.all(Array.from({ length: 25 }, (_, i) => window.store.records("notes").put(`b${i}`, { i })))),
+  ]);
+  const count = await tabA.evaluate(async () => (await window.store.records("notes").list()).length);
+  assert.equal(count, 51);
+  await ctx.close();
+});
+
 test("bad input gets its error code and loses nothing", async () => {
   const { page, ctx } = await newPage();
   const codes = await page.evaluate(async () => {
