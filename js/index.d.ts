@@ -66,6 +66,8 @@ export interface RecordChange<T extends JsonValue = JsonValue> {
 export declare class Records {
   private constructor();
   put(id: string, value: JsonValue): Promise<void>;
+  /** Many records in one commit and one IndexedDB transaction. */
+  putMany(entries: [string, JsonValue][]): Promise<void>;
   get<T extends JsonValue = JsonValue>(id: string): Promise<T | undefined>;
   delete(id: string): Promise<void>;
   list<T extends JsonValue = JsonValue>(options?: ListOptions): Promise<RecordEntry<T>[]>;

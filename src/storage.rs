@@ -189,6 +189,23 @@ pub trait StorageBackend: MaybeSend + MaybeSync {
         Box::pin(std::future::ready(Ok(None)))
     }
 
+    /// What a writer holding the lease re-reads: the highest sequence number
+    /// of `author` and the newest stamp stored. One round trip where the
+    /// backend can (the default reads the version vector and metadata).
+    fn writer_state(&self, author: DeviceId) -> BoxFuture<'_, StorageResult<(u64, Hlc)>> {
+        Box::pin(async move {
+            let head = self
+                .version_vector()
+                .await?
+                .into_iter()
+                .find(|(a, _)| *a == author);
+            Ok((
+                head.map_or(0, |(_, seq)| seq),
+                self.load_meta().await?.clock,
+            ))
+        })
+    }
+
     /// Record keys (`collection`, `id`) changed by those other writers, as
     /// they commit. `None` (the default) when there are none.
     fn external_changes(&self) -> Option<BoxStream<'static, Vec<(String, String)>>> {

@@ -237,22 +237,14 @@ impl IdbStore {
     }
 }
 
-async fn write_batch(store: &IdbStore, batch: WriteBatch) -> StorageResult<()> {
-    let tx = store.transaction(&STORES, TransactionMode::ReadWrite)?;
-    if let Some(id) = batch.store_id {
-        let meta = IdbStore::store(&tx, "meta")?;
-        let key = JsValue::from_str("store_id");
-        if meta
-            .get(key.clone())
-            .await
-            .map_err(backend_error)?
-            .is_none()
-        {
-            meta.put(&JsValue::from_str(&id.to_string()), Some(&key))
-                .await
-                .map_err(backend_error)?;
-        }
-    }
+fn author_text(author: &DeviceId) -> JsValue {
+    JsValue::from_str(&author.to_string())
+}
+
+type Row = (JsValue, Option<JsValue>);
+
+/// The `(value, key)` pairs of one batch, per object store.
+fn batch_rows(batch: &WriteBatch) -> StorageResult<[Vec<Row>; 5]> {
     let mut heads: BTreeMap<DeviceId, (u64, Hlc)> = BTreeMap::new();
     let mut log = Vec::with_capacity(batch.log.len());
     for entry in &batch.log {
@@ -274,79 +266,102 @@ async fn write_batch(store: &IdbStore, batch: WriteBatch) -> StorageResult<()> {
         ));
         heads.insert(entry.author, (entry.seq, entry.last_hlc));
     }
-    IdbStore::store(&tx, "change_log")?
-        .put_all(log.into_iter())
-        .await
-        .map_err(backend_error)?;
     let mut head_rows = Vec::with_capacity(heads.len());
     for (author, (seq, hlc)) in heads {
         let object = Object::new();
         set(&object, "seq", &seq_number(seq)?);
         set(&object, "hlc_last", &hlc_text(hlc));
-        head_rows.push((object.into(), Some(JsValue::from_str(&author.to_string()))));
+        head_rows.push((object.into(), Some(author_text(&author))));
     }
-    IdbStore::store(&tx, "heads")?
-        .put_all(head_rows.into_iter())
-        .await
-        .map_err(backend_error)?;
-    let records = batch.records.iter().map(|row| {
-        let object = Object::new();
-        set(&object, "value", &optional_js(&row.value));
-        set(&object, "hlc", &hlc_text(row.stamp.hlc));
-        set(
-            &object,
-            "author",
-            &JsValue::from_str(&row.stamp.author.to_string()),
-        );
-        set(&object, "fields", &optional_js(&row.fields));
-        (
-            object.into(),
-            Some(key2(&row.collection, &JsValue::from_str(&row.id))),
-        )
-    });
-    IdbStore::store(&tx, "records")?
-        .put_all(records)
-        .await
-        .map_err(backend_error)?;
-    let events = IdbStore::store(&tx, "events")?;
-    for row in &batch.events {
-        let key = key2(&row.log, &JsValue::from_str(&row.id));
-        // Events are immutable: an id already stored stays as it is.
-        if events
+    let records = batch
+        .records
+        .iter()
+        .map(|row| {
+            let object = Object::new();
+            set(&object, "value", &optional_js(&row.value));
+            set(&object, "hlc", &hlc_text(row.stamp.hlc));
+            set(&object, "author", &author_text(&row.stamp.author));
+            set(&object, "fields", &optional_js(&row.fields));
+            (
+                object.into(),
+                Some(key2(&row.collection, &JsValue::from_str(&row.id))),
+            )
+        })
+        .collect();
+    // Events are immutable and their ids unique per stamp, so writing one
+    // again (a duplicate commit) rewrites the same content.
+    let events = batch
+        .events
+        .iter()
+        .map(|row| {
+            let object = Object::new();
+            set(&object, "at", &JsValue::from_f64(row.at as f64));
+            set(&object, "author", &author_text(&row.author));
+            set(&object, "value", &JsValue::from_str(&row.value));
+            (
+                object.into(),
+                Some(key2(&row.log, &JsValue::from_str(&row.id))),
+            )
+        })
+        .collect();
+    let kv = batch
+        .kv
+        .iter()
+        .map(|row| {
+            let object = Object::new();
+            set(&object, "value", &optional_js(&row.value));
+            set(&object, "hlc", &hlc_text(row.stamp.hlc));
+            set(&object, "author", &author_text(&row.stamp.author));
+            (object.into(), Some(JsValue::from_str(&row.key)))
+        })
+        .collect();
+    Ok([log, head_rows, records, events, kv])
+}
+
+async fn write_batch(store: &IdbStore, batch: WriteBatch) -> StorageResult<()> {
+    let names = ["change_log", "heads", "records", "events", "kv"];
+    let rows = batch_rows(&batch)?;
+    // Only the object stores this batch touches: a narrower scope is a
+    // cheaper transaction and lets readers of the others proceed.
+    let mut scope: Vec<&str> = names
+        .iter()
+        .zip(&rows)
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(n, _)| *n)
+        .collect();
+    if batch.store_id.is_some() {
+        scope.push("meta");
+    }
+    if scope.is_empty() {
+        return Ok(());
+    }
+    let tx = store.transaction(&scope, TransactionMode::ReadWrite)?;
+    if let Some(id) = batch.store_id {
+        let meta = IdbStore::store(&tx, "meta")?;
+        let key = JsValue::from_str("store_id");
+        if meta
             .get(key.clone())
             .await
             .map_err(backend_error)?
             .is_none()
         {
-            let object = Object::new();
-            set(&object, "at", &JsValue::from_f64(row.at as f64));
-            set(
-                &object,
-                "author",
-                &JsValue::from_str(&row.author.to_string()),
-            );
-            set(&object, "value", &JsValue::from_str(&row.value));
-            events
-                .put(&object.into(), Some(&key))
+            meta.put(&JsValue::from_str(&id.to_string()), Some(&key))
                 .await
                 .map_err(backend_error)?;
         }
     }
-    let kv = batch.kv.iter().map(|row| {
-        let object = Object::new();
-        set(&object, "value", &optional_js(&row.value));
-        set(&object, "hlc", &hlc_text(row.stamp.hlc));
-        set(
-            &object,
-            "author",
-            &JsValue::from_str(&row.stamp.author.to_string()),
-        );
-        (object.into(), Some(JsValue::from_str(&row.key)))
-    });
-    IdbStore::store(&tx, "kv")?
-        .put_all(kv)
-        .await
-        .map_err(backend_error)?;
+    // Issue every request at once and wait once: the IndexedDB backend runs
+    // in another process, so each awaited request would be a round trip.
+    let mut writes = Vec::new();
+    for (name, rows) in names.iter().zip(rows) {
+        if !rows.is_empty() {
+            let object_store = IdbStore::store(&tx, name)?;
+            writes.push(async move { object_store.put_all(rows.into_iter()).await });
+        }
+    }
+    for result in futures::future::join_all(writes).await {
+        result.map_err(backend_error)?;
+    }
     // Acknowledged only once the transaction has completed.
     let result = tx.done().await.map_err(backend_error)?;
     if result.is_committed() {

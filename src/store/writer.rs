@@ -381,11 +381,13 @@ async fn prepare(
 ) -> Result<Option<crate::storage::WriterLease>> {
     let backend = &store.inner.backend;
     let lease = backend.lock_writer().await?;
-    if lease.is_some() || state.in_flight {
+    if state.in_flight {
         state.heads = backend.version_vector().await?.into_iter().collect();
     }
     if lease.is_some() {
-        state.clock.observe(backend.load_meta().await?.clock);
+        let (head, clock) = backend.writer_state(state.me).await?;
+        state.heads.insert(state.me, head);
+        state.clock.observe(clock);
     }
     Ok(lease)
 }

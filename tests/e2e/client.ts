@@ -8,6 +8,7 @@ export async function sample(): Promise<Store> {
   await store.records("notes").put("n1", { title: "hi", body: "..." });
   const note = await store.records("notes").get<{ title: string; body: string }>("n1");
   const title: string | undefined = note?.title;
+  await store.records("notes").putMany([["a", 1], ["b", { c: [true, null] }]]);
   await store.records("notes").delete("n1");
   const page = await store.records("notes").list({ prefix: "n", limit: 10, after: "n0" });
   const ids: string[] = page.map((r) => r.id);

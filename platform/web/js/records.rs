@@ -32,6 +32,18 @@ impl JsRecords {
         })
     }
 
+    /// Stores many records in one commit and one IndexedDB transaction:
+    /// `putMany([[id, value], ...])`.
+    #[wasm_bindgen(js_name = putMany)]
+    pub fn put_many(&self, entries: JsValue) -> js_sys::Promise {
+        let records = self.records.clone();
+        let entries = many(&entries);
+        future_to_promise(async move {
+            records.put_many(entries?).await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
     /// The value stored under `id`, or `undefined`.
     pub fn get(&self, id: String) -> js_sys::Promise {
         let records = self.records.clone();
@@ -97,6 +109,24 @@ impl JsRecords {
         let off = Closure::once_into_js(move || abort.abort());
         Ok(off.unchecked_into())
     }
+}
+
+fn many(entries: &JsValue) -> JsResult<Vec<(String, serde_json::Value)>> {
+    let bad = || {
+        super::error::js_error(
+            "INVALID_VALUE",
+            "putMany takes an array of [id, value] pairs",
+        )
+    };
+    let array = entries.dyn_ref::<js_sys::Array>().ok_or_else(bad)?;
+    array
+        .iter()
+        .map(|pair| {
+            let pair = pair.dyn_into::<js_sys::Array>().map_err(|_| bad())?;
+            let id = pair.get(0).as_string().ok_or_else(bad)?;
+            Ok((id, from_js(&pair.get(1))?))
+        })
+        .collect()
 }
 
 fn list_options(options: &JsValue) -> JsResult<ListOptions> {
