@@ -29,6 +29,10 @@ pub enum StorageError {
     /// Another process holds a lock on the database for too long.
     #[error("storage is locked by another connection: {0}")]
     Locked(String),
+    /// Another writer of shared storage (another tab) committed first; the
+    /// writer retries with fresh state.
+    #[error("storage was changed by another writer: {0}")]
+    Conflict(String),
     /// The backend has been closed.
     #[error("storage is closed")]
     Closed,
@@ -45,6 +49,7 @@ impl StorageError {
             StorageError::VersionUnsupported { .. } => "STORAGE_VERSION_UNSUPPORTED",
             StorageError::Io(_) => "STORAGE_IO",
             StorageError::Locked(_) => "STORAGE_LOCKED",
+            StorageError::Conflict(_) => "STORAGE_CONFLICT",
             StorageError::Closed => "CLOSED",
             StorageError::Backend(_) => "STORAGE_FAILED",
         }

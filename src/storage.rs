@@ -181,16 +181,17 @@ pub trait StorageBackend: MaybeSend + MaybeSync {
     /// Flushes and releases the backend.
     fn close(&self) -> BoxFuture<'_, StorageResult<()>>;
 
-    /// For storage that other writers share (IndexedDB in other tabs of the
-    /// origin): waits for the exclusive right to write and returns it; the
-    /// writer holds it for one batch and re-reads its head and clock first.
-    /// `None` (the default) when no one else can write.
-    fn lock_writer(&self) -> BoxFuture<'_, StorageResult<Option<WriterLease>>> {
-        Box::pin(std::future::ready(Ok(None)))
+    /// True for storage that other writers share (IndexedDB, which every
+    /// tab of the origin opens as the same device). Such a backend must
+    /// refuse, with [`StorageError::Conflict`] and without writing anything,
+    /// a batch whose change-log entries already exist; the writer then
+    /// re-reads [`StorageBackend::writer_state`] and retries.
+    fn shared(&self) -> bool {
+        false
     }
 
-    /// What a writer holding the lease re-reads: the highest sequence number
-    /// of `author` and the newest stamp stored. One round trip where the
+    /// What a writer of shared storage re-reads after a conflict: the highest
+    /// sequence number of `author` and the newest stamp stored. One round trip where the
     /// backend can (the default reads the version vector and metadata).
     fn writer_state(&self, author: DeviceId) -> BoxFuture<'_, StorageResult<(u64, Hlc)>> {
         Box::pin(async move {
@@ -210,18 +211,6 @@ pub trait StorageBackend: MaybeSend + MaybeSync {
     /// they commit. `None` (the default) when there are none.
     fn external_changes(&self) -> Option<BoxStream<'static, Vec<(String, String)>>> {
         None
-    }
-}
-
-/// Something held while a lease lasts (dropping it releases the lease).
-pub trait LeaseHolder: MaybeSend {}
-
-/// The exclusive right to write shared storage, released on drop.
-pub struct WriterLease(pub Box<dyn LeaseHolder>);
-
-impl std::fmt::Debug for WriterLease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WriterLease")
     }
 }
 

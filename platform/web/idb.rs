@@ -352,14 +352,37 @@ async fn write_batch(store: &IdbStore, batch: WriteBatch) -> StorageResult<()> {
     }
     // Issue every request at once and wait once: the IndexedDB backend runs
     // in another process, so each awaited request would be a round trip.
-    let mut writes = Vec::new();
-    for (name, rows) in names.iter().zip(rows) {
+    let [log, rest @ ..] = rows;
+    let log_store = (!log.is_empty())
+        .then(|| IdbStore::store(&tx, "change_log"))
+        .transpose()?;
+    // `add` fails if another tab already wrote this (author, seq): the
+    // transaction then aborts, nothing is stored, and the writer retries.
+    let adds = log.into_iter().filter_map(|(value, key)| {
+        let log_store = log_store.as_ref()?;
+        Some(async move { log_store.add(&value, key.as_ref()).await.map(|_| ()) })
+    });
+    let mut puts = Vec::new();
+    for (name, rows) in names[1..].iter().zip(rest) {
         if !rows.is_empty() {
             let object_store = IdbStore::store(&tx, name)?;
-            writes.push(async move { object_store.put_all(rows.into_iter()).await });
+            puts.push(async move { object_store.put_all(rows.into_iter()).await });
         }
     }
-    for result in futures::future::join_all(writes).await {
+    let (added, put) = futures::join!(
+        futures::future::join_all(adds),
+        futures::future::join_all(puts)
+    );
+    for result in added {
+        result.map_err(|e| {
+            if format!("{e:?}").contains("ConstraintError") {
+                StorageError::Conflict("another tab committed with the same sequence number".into())
+            } else {
+                backend_error(e)
+            }
+        })?;
+    }
+    for result in put {
         result.map_err(backend_error)?;
     }
     // Acknowledged only once the transaction has completed.
@@ -421,9 +444,31 @@ impl StorageBackend for IdbStore {
         })
     }
 
-    fn lock_writer(&self) -> BoxFuture<'_, StorageResult<Option<crate::storage::WriterLease>>> {
-        let name = format!("{}:writer", self.name);
-        Box::pin(async move { super::tabs::lock(&name).await })
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn writer_state(&self, author: DeviceId) -> BoxFuture<'_, StorageResult<(u64, Hlc)>> {
+        Box::pin(async move {
+            let tx = self.transaction(&["heads"], TransactionMode::ReadOnly)?;
+            let rows = Self::store(&tx, "heads")?
+                .get_all(None, None)
+                .await
+                .map_err(backend_error)?;
+            let keys = Self::store(&tx, "heads")?
+                .get_all_keys(None, None)
+                .await
+                .map_err(backend_error)?;
+            let (mut head, mut clock) = (0, Hlc::ZERO);
+            let me = JsValue::from_str(&author.to_string());
+            for (key, value) in keys.iter().zip(&rows) {
+                clock = clock.max(hlc_field(value, "hlc_last")?);
+                if *key == me {
+                    head = number_field(value, "seq")?;
+                }
+            }
+            Ok((head, clock))
+        })
     }
 
     fn external_changes(

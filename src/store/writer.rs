@@ -53,6 +53,7 @@ pub(crate) enum Intent {
     },
 }
 
+#[derive(Clone)]
 pub(crate) enum Request {
     Local(Vec<Intent>),
     Remote(Vec<(usize, Commit)>),
@@ -123,6 +124,9 @@ struct WriterState {
     /// mid-batch, the next batch reloads `heads` from storage instead of
     /// trusting sequence numbers that may never have been written.
     in_flight: bool,
+    /// Set after a conflict on shared storage: reload this device's head
+    /// and the clock before the next batch.
+    stale: bool,
 }
 
 pub(crate) struct Writer {
@@ -140,6 +144,7 @@ impl Writer {
                 heads,
                 me,
                 in_flight: false,
+                stale: false,
             }),
             delivery: futures::lock::Mutex::new(()),
         }
@@ -174,7 +179,14 @@ impl Writer {
                     let _ = reply.send(Err(Error::Closed));
                 }
             } else {
-                let changes = run_batch(store, &mut state, batch).await;
+                let (requests, replies): (Vec<Request>, Vec<Reply>) = batch.into_iter().unzip();
+                let (answers, changes) = run_with_retries(store, &mut state, requests).await;
+                let mut replies: Vec<Option<Reply>> = replies.into_iter().map(Some).collect();
+                for (slot, outcome) in answers {
+                    if let Some(reply) = replies.get_mut(slot).and_then(Option::take) {
+                        let _ = reply.send(outcome);
+                    }
+                }
                 // Deliver in commit order, but without holding the writer lock,
                 // so callbacks may start new writes.
                 let _delivery = self.delivery.lock().await;
@@ -274,32 +286,70 @@ impl Batch {
     }
 }
 
-async fn run_batch(
+/// How many times a batch is rebuilt after another writer of shared storage
+/// (another tab) committed first.
+const MAX_CONFLICT_RETRIES: usize = 8;
+
+type Answers = Vec<(usize, Result<Outcome>)>;
+
+/// Runs a batch, rebuilding it with fresh state when shared storage reports
+/// that another writer got there first.
+async fn run_with_retries(
     store: &Store,
     state: &mut WriterState,
-    requests: Vec<(Request, Reply)>,
-) -> Vec<RecordChange> {
-    // Storage shared with other writers (tabs): take the lease, then learn
-    // what they wrote (this device's head, the clock) before stamping.
-    let lease = match prepare(store, state).await {
-        Ok(lease) => lease,
-        Err(e) => {
-            for (_, reply) in requests {
-                let _ = reply.send(Err(e.clone()));
+    requests: Vec<Request>,
+) -> (Answers, Vec<RecordChange>) {
+    let count = requests.len();
+    if !store.inner.backend.shared() {
+        return match run_batch(store, state, requests).await {
+            BatchEnd::Done(answers, changes) => (answers, changes),
+            BatchEnd::Conflict(e) => (fail_all(0..count, &e), Vec::new()),
+        };
+    }
+    let mut last = None;
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        match run_batch(store, state, requests.clone()).await {
+            BatchEnd::Done(answers, changes) => return (answers, changes),
+            BatchEnd::Conflict(e) => {
+                tracing::debug!("another writer committed first; rebuilding the batch");
+                state.stale = true;
+                last = Some(e);
             }
-            return Vec::new();
         }
-    };
+    }
+    let e = last.unwrap_or_else(|| {
+        Error::Storage(crate::error::StorageError::Conflict(
+            "retries exhausted".into(),
+        ))
+    });
+    (fail_all(0..count, &e), Vec::new())
+}
+
+fn fail_all(slots: std::ops::Range<usize>, e: &Error) -> Answers {
+    slots.map(|slot| (slot, Err(e.clone()))).collect()
+}
+
+enum BatchEnd {
+    Done(Answers, Vec<RecordChange>),
+    /// Nothing was written: shared storage had commits this state did not know.
+    Conflict(Error),
+}
+
+async fn run_batch(store: &Store, state: &mut WriterState, requests: Vec<Request>) -> BatchEnd {
+    let count = requests.len();
+    if let Err(e) = prepare(store, state).await {
+        return BatchEnd::Done(fail_all(0..count, &e), Vec::new());
+    }
     state.in_flight = true;
     let heads_before = state.heads.clone();
     let mut batch = Batch {
         subscribed: store.subscribed_collections(),
         ..Batch::default()
     };
-    let mut answers: Vec<(Reply, Result<Outcome>)> = Vec::with_capacity(requests.len());
+    let mut answers: Answers = Vec::with_capacity(count);
     let mut group = LocalGroup::default();
     let mut fatal: Option<Error> = None;
-    for (request, reply) in requests {
+    for (reply, request) in requests.into_iter().enumerate() {
         if fatal.is_some() {
             answers.push((reply, Err(Error::Closed)));
             continue;
@@ -353,43 +403,38 @@ async fn run_batch(
         }
     };
     state.in_flight = false;
-    drop(lease);
     match result {
-        Ok(()) => {
-            for (reply, outcome) in answers {
-                let _ = reply.send(outcome);
-            }
-            batch.changes
-        }
+        Ok(()) => BatchEnd::Done(answers, batch.changes),
         Err(e) => {
             // Nothing was stored: sequence numbers are not consumed.
             state.heads = heads_before;
-            tracing::warn!(code = e.code(), error = %e, "group commit failed");
-            for (reply, outcome) in answers {
-                let _ = reply.send(outcome.and(Err(e.clone())));
+            if matches!(e, Error::Storage(crate::error::StorageError::Conflict(_))) {
+                return BatchEnd::Conflict(e);
             }
-            Vec::new()
+            tracing::warn!(code = e.code(), error = %e, "group commit failed");
+            let answers = answers
+                .into_iter()
+                .map(|(slot, outcome)| (slot, outcome.and(Err(e.clone()))))
+                .collect();
+            BatchEnd::Done(answers, Vec::new())
         }
     }
 }
 
-/// Takes the writer lease of shared storage and reloads what other writers
-/// (or a cancelled batch) may have changed.
-async fn prepare(
-    store: &Store,
-    state: &mut WriterState,
-) -> Result<Option<crate::storage::WriterLease>> {
+/// Reloads what a cancelled batch, or another writer of shared storage
+/// (after a conflict), may have changed.
+async fn prepare(store: &Store, state: &mut WriterState) -> Result<()> {
     let backend = &store.inner.backend;
-    let lease = backend.lock_writer().await?;
-    if state.in_flight {
+    if state.in_flight || state.stale {
         state.heads = backend.version_vector().await?.into_iter().collect();
     }
-    if lease.is_some() {
+    if state.stale {
         let (head, clock) = backend.writer_state(state.me).await?;
         state.heads.insert(state.me, head);
         state.clock.observe(clock);
+        state.stale = false;
     }
-    Ok(lease)
+    Ok(())
 }
 
 /// Local writes queued together become one commit: one signature and one
@@ -404,7 +449,7 @@ struct LocalGroup {
     ops: Vec<Op>,
     /// Whether `ops[i]` was already materialized when it was lowered.
     applied: Vec<bool>,
-    requests: Vec<(Reply, std::ops::Range<usize>)>,
+    requests: Vec<(usize, std::ops::Range<usize>)>,
     bytes: usize,
 }
 
@@ -439,9 +484,9 @@ impl LocalGroup {
         store: &Store,
         state: &mut WriterState,
         batch: &mut Batch,
-        answers: &mut Vec<(Reply, Result<Outcome>)>,
+        answers: &mut Answers,
         intents: Vec<Intent>,
-        reply: Reply,
+        reply: usize,
     ) -> Result<()> {
         let limits = &store.inner.limits;
         let bytes: usize = intents.iter().map(|i| op_size_bound(store, i)).sum();
@@ -532,7 +577,7 @@ impl LocalGroup {
         store: &Store,
         state: &mut WriterState,
         batch: &mut Batch,
-        answers: &mut Vec<(Reply, Result<Outcome>)>,
+        answers: &mut Answers,
     ) -> Result<()> {
         let Some(hlc) = self.first.take() else {
             return Ok(());
