@@ -217,6 +217,22 @@ test("bad input gets its error code and loses nothing", async () => {
   await ctx.close();
 });
 
+test("a Vite build of an app that imports the package works", async () => {
+  const here = (path) => fileURLToPath(new URL(path, import.meta.url));
+  execFileSync(process.execPath, [here("./node_modules/vite/bin/vite.js"), "build", "--config", here("./vite-app/vite.config.mjs")], { stdio: "inherit" });
+  const app = await serve(here("./vite-dist"));
+  try {
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    await page.goto(`${app.url}/index.html`);
+    await page.waitForFunction(() => window.done === true, null, { timeout: 10000 });
+    assert.equal(await page.textContent("#out"), "ok bundled");
+    await ctx.close();
+  } finally {
+    await app.close();
+  }
+});
+
 test("the TypeScript declarations type-check a client", () => {
   execFileSync(process.execPath, [fileURLToPath(new URL("./node_modules/typescript/bin/tsc", import.meta.url)), "-p", fileURLToPath(new URL("./tsconfig.json", import.meta.url))], {
     stdio: "inherit",
