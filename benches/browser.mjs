@@ -1,6 +1,6 @@
 // Persist vs raw IndexedDB vs Dexie in one headless Chromium run, plus the
 // package size and the time from import to the first acknowledged write.
-// Run: bash scripts/build-pkg.sh && (cd tests/e2e && npm ci) && node benches/browser.mjs [--quick]
+// Run: bash scripts/build-pkg.sh && (cd tests/e2e && npm install) && node benches/browser.mjs [--quick]
 import { readFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { fileURLToPath } from "node:url";

@@ -33,3 +33,8 @@ if [ -n "$want" ] && [ "$have" != "$want" ]; then
   echo "setup: building wasm-bindgen-cli $want (have: ${have:-none}); a few minutes on 2 cores"
   cargo install wasm-bindgen-cli --version "$want" --locked
 fi
+
+if ! command -v wasm-pack >/dev/null 2>&1; then
+  echo "setup: building wasm-pack from crates.io; a few minutes on 2 cores"
+  cargo install wasm-pack --locked
+fi

@@ -46,4 +46,4 @@ step "npm package @cuitty/persist (release wasm + wasm-bindgen)"
 bash scripts/build-pkg.sh
 
 step "end-to-end tests (playwright-core + headless Chromium, node --test)"
-(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error && npm test)
+(cd tests/e2e && npm install --no-audit --no-fund --loglevel=error && npm test)
