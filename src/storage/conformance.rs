@@ -2,11 +2,12 @@
 //!
 //! Each check is an async function that takes a fresh, empty backend and
 //! panics on a violation. [`crate::storage_conformance_tests!`] turns the
-//! whole list into test functions for one backend, natively (`tokio::test`)
-//! or in a browser (`wasm_bindgen_test`):
+//! whole list into test functions for one backend, with any async test
+//! attribute: tokio's natively (`tests/conformance.rs`), wasm-bindgen-test's
+//! in a browser (`tests/browser.rs`):
 //!
 //! ```ignore
-//! persist::storage_conformance_tests!(tokio::test, || async {
+//! persist::storage_conformance_tests!(wasm_bindgen_test::wasm_bindgen_test, || async {
 //!     std::sync::Arc::new(persist::storage::MemoryStore::new()) as std::sync::Arc<dyn persist::storage::StorageBackend>
 //! });
 //! ```
