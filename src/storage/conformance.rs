@@ -129,6 +129,44 @@ pub async fn records_round_trip(factory: &impl BackendFactory) {
     );
     notes.delete("n1").await.unwrap();
     assert_eq!(notes.get("n1").await.unwrap(), None);
+    // JSON text in and out, as bindings use it: checked, stored as is.
+    notes
+        .put_json("j", r#"{"b":1,"a":[true,null]}"#.to_owned())
+        .await
+        .unwrap();
+    assert_eq!(
+        notes.get_json("j").await.unwrap().as_deref(),
+        Some(r#"{"b":1,"a":[true,null]}"#)
+    );
+    assert_eq!(
+        notes.get("j").await.unwrap(),
+        Some(json!({ "a": [true, null], "b": 1 }))
+    );
+    assert_eq!(
+        notes
+            .put_json("j", "{not json".to_owned())
+            .await
+            .unwrap_err()
+            .code(),
+        "INVALID_VALUE"
+    );
+    assert_eq!(
+        notes.get_json("j").await.unwrap().as_deref(),
+        Some(r#"{"b":1,"a":[true,null]}"#)
+    );
+    store.kv().set_json("jk", "[1,2]".to_owned()).await.unwrap();
+    assert_eq!(
+        store.kv().get_json("jk").await.unwrap().as_deref(),
+        Some("[1,2]")
+    );
+    notes
+        .put_many_json(vec![
+            ("j1".into(), "1".into()),
+            ("j2".into(), "\"two\"".into()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(notes.get("j2").await.unwrap(), Some(json!("two")));
     // Collections are separate namespaces.
     assert_eq!(
         store.records("other").get("ünï/cödé 🙂").await.unwrap(),

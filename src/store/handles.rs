@@ -36,6 +36,26 @@ fn encode_document(store: &Store, collection: &str, value: impl Serialize) -> Re
     Ok(text)
 }
 
+/// Checks JSON text given as is (size, syntax, merge-fields objects) without
+/// re-encoding it.
+fn check_json(store: &Store, collection: Option<&str>, text: String) -> Result<String> {
+    names::check_size(text.len(), store.inner.limits.max_value_bytes)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        .map_err(|e| Error::InvalidValue(format!("not JSON text: {e}")))?;
+    if let Some(collection) = collection {
+        let merges = matches!(
+            store.strategy_for(collection),
+            crate::ConflictStrategy::MergeFields
+        );
+        if merges && !text.trim_start().starts_with('{') {
+            return Err(Error::InvalidValue(format!(
+                "collection {collection:?} merges fields, so its records must be JSON objects"
+            )));
+        }
+    }
+    Ok(text)
+}
+
 fn decode(text: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|e| {
         Error::Storage(crate::error::StorageError::Corrupt(format!(
@@ -177,6 +197,70 @@ impl Records {
     /// The document under `id`, deserialized into `T`.
     pub async fn get_as<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
         self.get(id).await?.map(decode_as).transpose()
+    }
+
+    /// Stores a document given as JSON text (checked, stored as is): for
+    /// bindings that already hold JSON, such as the JavaScript API.
+    pub async fn put_json(&self, id: &str, json: String) -> Result<WriteReceipt> {
+        self.check(Some(id))?;
+        let text = check_json(&self.store, Some(&self.collection), json)?;
+        let (collection, id) = (self.collection.clone(), id.to_owned());
+        self.store
+            .write(vec![Intent::Put {
+                collection,
+                id,
+                text,
+            }])
+            .await
+    }
+
+    /// Stores many documents given as JSON text, in one commit.
+    pub async fn put_many_json(&self, items: Vec<(String, String)>) -> Result<WriteReceipt> {
+        self.check(None)?;
+        if items.is_empty() {
+            return Err(Error::InvalidValue(
+                "put_many needs at least one record".into(),
+            ));
+        }
+        let mut intents = Vec::with_capacity(items.len());
+        for (id, json) in items {
+            names::check_id(NameKind::RecordId, &id)?;
+            let text = check_json(&self.store, Some(&self.collection), json)?;
+            intents.push(Intent::Put {
+                collection: self.collection.clone(),
+                id,
+                text,
+            });
+        }
+        self.store.write(intents).await
+    }
+
+    /// The JSON text stored under `id`, if any.
+    pub async fn get_json(&self, id: &str) -> Result<Option<String>> {
+        self.check(Some(id))?;
+        let row = self
+            .store
+            .inner
+            .backend
+            .get_record(&self.collection, id)
+            .await?;
+        Ok(row.and_then(|r| r.value))
+    }
+
+    /// Live records as `(id, JSON text)`, in id order.
+    pub async fn list_json(&self, options: ListOptions) -> Result<Vec<(String, String)>> {
+        self.check(None)?;
+        let query = options.query();
+        let rows = self
+            .store
+            .inner
+            .backend
+            .list_records(&self.collection, &query)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| row.value.map(|text| (row.id, text)))
+            .collect())
     }
 
     /// Deletes `id` (a tombstone replicates the deletion).
@@ -395,6 +479,30 @@ impl Kv {
     /// The value of `key`, deserialized into `T`.
     pub async fn get_as<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         self.get(key).await?.map(decode_as).transpose()
+    }
+
+    /// Sets `key` to a value given as JSON text (checked, stored as is).
+    pub async fn set_json(&self, key: &str, json: String) -> Result<WriteReceipt> {
+        self.check(key)?;
+        let text = check_json(&self.store, None, json)?;
+        self.store
+            .write(vec![Intent::Set {
+                key: key.to_owned(),
+                text,
+            }])
+            .await
+    }
+
+    /// The JSON text of `key`, if set.
+    pub async fn get_json(&self, key: &str) -> Result<Option<String>> {
+        self.check(key)?;
+        Ok(self
+            .store
+            .inner
+            .backend
+            .get_kv(key)
+            .await?
+            .and_then(|r| r.value))
     }
 
     /// Deletes `key`.

@@ -3,7 +3,7 @@
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use super::value::{from_js, to_js};
+use super::value::{json_text, parse_json};
 use crate::store::Kv;
 
 /// The key-value space of a store.
@@ -23,9 +23,9 @@ impl JsKv {
     /// Sets `key` to a JSON value.
     pub fn set(&self, key: String, value: JsValue) -> js_sys::Promise {
         let kv = self.kv.clone();
-        let value = from_js(&value);
+        let text = json_text(&value);
         future_to_promise(async move {
-            kv.set(&key, value?).await?;
+            kv.set_json(&key, text?).await?;
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -34,8 +34,8 @@ impl JsKv {
     pub fn get(&self, key: String) -> js_sys::Promise {
         let kv = self.kv.clone();
         future_to_promise(async move {
-            match kv.get(&key).await? {
-                Some(value) => to_js(&value),
+            match kv.get_json(&key).await? {
+                Some(text) => parse_json(&text),
                 None => Ok(JsValue::UNDEFINED),
             }
         })

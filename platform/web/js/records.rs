@@ -5,7 +5,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use super::error::JsResult;
-use super::value::{from_js, option_count, option_string, to_js};
+use super::value::{json_text, option_count, option_string, parse_json, to_js};
 use crate::store::{ListOptions, Records};
 
 /// The records of one collection.
@@ -25,9 +25,9 @@ impl JsRecords {
     /// Stores a plain object (any JSON value) under `id`.
     pub fn put(&self, id: String, value: JsValue) -> js_sys::Promise {
         let records = self.records.clone();
-        let value = from_js(&value);
+        let text = json_text(&value);
         future_to_promise(async move {
-            records.put(&id, value?).await?;
+            records.put_json(&id, text?).await?;
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -39,7 +39,7 @@ impl JsRecords {
         let records = self.records.clone();
         let entries = many(&entries);
         future_to_promise(async move {
-            records.put_many(entries?).await?;
+            records.put_many_json(entries?).await?;
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -48,8 +48,8 @@ impl JsRecords {
     pub fn get(&self, id: String) -> js_sys::Promise {
         let records = self.records.clone();
         future_to_promise(async move {
-            match records.get(&id).await? {
-                Some(value) => to_js(&value),
+            match records.get_json(&id).await? {
+                Some(text) => parse_json(&text),
                 None => Ok(JsValue::UNDEFINED),
             }
         })
@@ -69,12 +69,14 @@ impl JsRecords {
         let records = self.records.clone();
         let options = list_options(&options);
         future_to_promise(async move {
-            let list = records.list(options?).await?;
-            let rows: Vec<serde_json::Value> = list
-                .into_iter()
-                .map(|r| serde_json::json!({ "id": r.id, "value": r.value }))
-                .collect();
-            to_js(&rows)
+            let rows = js_sys::Array::new();
+            for (id, text) in records.list_json(options?).await? {
+                let row = js_sys::Object::new();
+                let _ = js_sys::Reflect::set(&row, &"id".into(), &JsValue::from_str(&id));
+                let _ = js_sys::Reflect::set(&row, &"value".into(), &parse_json(&text)?);
+                rows.push(&row);
+            }
+            Ok(rows.into())
         })
     }
 
@@ -111,7 +113,7 @@ impl JsRecords {
     }
 }
 
-fn many(entries: &JsValue) -> JsResult<Vec<(String, serde_json::Value)>> {
+fn many(entries: &JsValue) -> JsResult<Vec<(String, String)>> {
     let bad = || {
         super::error::js_error(
             "INVALID_VALUE",
@@ -124,7 +126,7 @@ fn many(entries: &JsValue) -> JsResult<Vec<(String, serde_json::Value)>> {
         .map(|pair| {
             let pair = pair.dyn_into::<js_sys::Array>().map_err(|_| bad())?;
             let id = pair.get(0).as_string().ok_or_else(bad)?;
-            Ok((id, from_js(&pair.get(1))?))
+            Ok((id, json_text(&pair.get(1))?))
         })
         .collect()
 }

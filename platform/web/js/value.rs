@@ -16,6 +16,33 @@ pub(crate) fn from_js(value: &JsValue) -> JsResult<Value> {
         .map_err(|e| js_error("INVALID_VALUE", &format!("not a JSON value: {e}")))
 }
 
+/// JSON text of a JavaScript value, by the engine's `JSON.stringify` (fast,
+/// and JSON's own rules: nested functions and `undefined` are left out).
+/// Values with no JSON form (`undefined`, a function, a symbol, a `BigInt`,
+/// a cycle) are refused with `INVALID_VALUE`.
+pub(crate) fn json_text(value: &JsValue) -> JsResult<String> {
+    let text = js_sys::JSON::stringify(value).map_err(|e| {
+        js_error(
+            "INVALID_VALUE",
+            &format!("not a JSON value: {}", describe(&e)),
+        )
+    })?;
+    text.as_string()
+        .ok_or_else(|| js_error("INVALID_VALUE", "this value has no JSON form"))
+}
+
+/// A stored JSON text as a JavaScript value, by the engine's `JSON.parse`.
+pub(crate) fn parse_json(text: &str) -> JsResult<JsValue> {
+    js_sys::JSON::parse(text).map_err(|_| js_error("STORAGE_CORRUPT", "stored JSON does not parse"))
+}
+
+fn describe(error: &JsValue) -> String {
+    js_sys::Reflect::get(error, &JsValue::from_str("message"))
+        .ok()
+        .and_then(|m| m.as_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// A Rust value as a plain JavaScript value (objects, not `Map`s).
 pub(crate) fn to_js(value: &impl Serialize) -> JsResult<JsValue> {
     value
