@@ -144,13 +144,7 @@ impl Records {
     pub async fn put(&self, id: &str, value: impl Serialize) -> Result<WriteReceipt> {
         self.check(Some(id))?;
         let text = encode_document(&self.store, &self.collection, value)?;
-        self.store
-            .write(vec![Intent::Put {
-                collection: self.collection.clone(),
-                id: id.to_owned(),
-                text,
-            }])
-            .await
+        self.write_texts(vec![(id.to_owned(), text)]).await
     }
 
     /// Stores many records in one commit (one signature, one transaction).
@@ -161,35 +155,57 @@ impl Records {
         V: Serialize,
     {
         self.check(None)?;
-        let mut intents = Vec::new();
-        for (id, value) in items {
-            let id = id.into();
+        let texts = items
+            .into_iter()
+            .map(|(id, value)| {
+                Ok((
+                    id.into(),
+                    encode_document(&self.store, &self.collection, value)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.write_texts(texts).await
+    }
+
+    /// Stores a document given as JSON text (checked, stored as is): for
+    /// bindings that already hold JSON, such as the JavaScript API.
+    pub async fn put_json(&self, id: &str, json: String) -> Result<WriteReceipt> {
+        self.put_many_json(vec![(id.to_owned(), json)]).await
+    }
+
+    /// Stores many documents given as JSON text, in one commit.
+    pub async fn put_many_json(&self, items: Vec<(String, String)>) -> Result<WriteReceipt> {
+        self.check(None)?;
+        let texts = items
+            .into_iter()
+            .map(|(id, json)| Ok((id, check_json(&self.store, Some(&self.collection), json)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.write_texts(texts).await
+    }
+
+    /// One commit of checked JSON texts.
+    async fn write_texts(&self, texts: Vec<(String, String)>) -> Result<WriteReceipt> {
+        if texts.is_empty() {
+            return Err(Error::InvalidValue(
+                "put_many needs at least one record".into(),
+            ));
+        }
+        let mut intents = Vec::with_capacity(texts.len());
+        for (id, text) in texts {
             names::check_id(NameKind::RecordId, &id)?;
-            let text = encode_document(&self.store, &self.collection, value)?;
             intents.push(Intent::Put {
                 collection: self.collection.clone(),
                 id,
                 text,
             });
         }
-        if intents.is_empty() {
-            return Err(Error::InvalidValue(
-                "put_many needs at least one record".into(),
-            ));
-        }
         self.store.write(intents).await
     }
 
     /// The document stored under `id`, if any.
     pub async fn get(&self, id: &str) -> Result<Option<Value>> {
-        self.check(Some(id))?;
-        let row = self
-            .store
-            .inner
-            .backend
-            .get_record(&self.collection, id)
-            .await?;
-        row.and_then(|r| r.value)
+        self.get_json(id)
+            .await?
             .map(|text| decode(&text))
             .transpose()
     }
@@ -197,42 +213,6 @@ impl Records {
     /// The document under `id`, deserialized into `T`.
     pub async fn get_as<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
         self.get(id).await?.map(decode_as).transpose()
-    }
-
-    /// Stores a document given as JSON text (checked, stored as is): for
-    /// bindings that already hold JSON, such as the JavaScript API.
-    pub async fn put_json(&self, id: &str, json: String) -> Result<WriteReceipt> {
-        self.check(Some(id))?;
-        let text = check_json(&self.store, Some(&self.collection), json)?;
-        let (collection, id) = (self.collection.clone(), id.to_owned());
-        self.store
-            .write(vec![Intent::Put {
-                collection,
-                id,
-                text,
-            }])
-            .await
-    }
-
-    /// Stores many documents given as JSON text, in one commit.
-    pub async fn put_many_json(&self, items: Vec<(String, String)>) -> Result<WriteReceipt> {
-        self.check(None)?;
-        if items.is_empty() {
-            return Err(Error::InvalidValue(
-                "put_many needs at least one record".into(),
-            ));
-        }
-        let mut intents = Vec::with_capacity(items.len());
-        for (id, json) in items {
-            names::check_id(NameKind::RecordId, &id)?;
-            let text = check_json(&self.store, Some(&self.collection), json)?;
-            intents.push(Intent::Put {
-                collection: self.collection.clone(),
-                id,
-                text,
-            });
-        }
-        self.store.write(intents).await
     }
 
     /// The JSON text stored under `id`, if any.
@@ -276,16 +256,9 @@ impl Records {
 
     /// Live records in id order.
     pub async fn list(&self, options: ListOptions) -> Result<Vec<Record>> {
-        self.check(None)?;
-        let query = options.query();
-        let rows = self
-            .store
-            .inner
-            .backend
-            .list_records(&self.collection, &query)
-            .await?;
-        rows.into_iter()
-            .filter_map(|row| row.value.map(|text| (row.id, text)))
+        self.list_json(options)
+            .await?
+            .into_iter()
             .map(|(id, text)| {
                 Ok(Record {
                     id,
@@ -469,9 +442,8 @@ impl Kv {
 
     /// The value of `key`, if set.
     pub async fn get(&self, key: &str) -> Result<Option<Value>> {
-        self.check(key)?;
-        let row = self.store.inner.backend.get_kv(key).await?;
-        row.and_then(|r| r.value)
+        self.get_json(key)
+            .await?
             .map(|text| decode(&text))
             .transpose()
     }
