@@ -1,13 +1,17 @@
 //! The single writer: group commit of local writes and received commits.
 //!
 //! Every mutation goes through [`Writer::submit`]. A caller queues its
-//! request, then waits for the writer lock; whoever gets the lock takes the
-//! whole queue and turns it into one [`WriteBatch`]: each local request
-//! becomes one signed commit, each received commit is deduplicated and
-//! checked for order, every operation is materialized through the conflict
-//! strategy, and the batch is written with one durable transaction. Then
-//! every request in it is answered. With 64 concurrent writers this costs one
-//! fsync instead of 64, and no write is acknowledged before it is durable.
+//! request, then waits for the writer lock or its answer, whichever comes
+//! first; whoever gets the lock takes the whole queue and turns it into one
+//! [`WriteBatch`]: the local writes queued together are stamped in order and
+//! coalesced into one signed commit (split at the commit size limit), each
+//! received commit is deduplicated and checked for order, every operation is
+//! materialized through the conflict strategy, and the batch is written with
+//! one durable transaction. Then every request in it is answered. With 64
+//! concurrent writers this costs one fsync and one signature instead of 64,
+//! and no write is acknowledged before it is durable. On storage shared with
+//! other writers (IndexedDB tabs) a conflicting batch is rebuilt with fresh
+//! state.
 //!
 //! No task is spawned: the caller that holds the lock does the work, so the
 //! same code runs on tokio, on a thread and on the browser's event loop.
