@@ -3,7 +3,7 @@
 //! names tokio, rusqlite, web-sys or wasm-bindgen.
 //!
 //! Each platform provides: `fill_random`, `now_ms`, the executor (`spawn`),
-//! `open_backend` (adapter name -> storage backend) and `open_key_store`.
+//! `open_storage` (adapter -> storage backend and the device's key store).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,16 +11,12 @@ use std::pin::Pin;
 #[cfg(not(wasm_browser))]
 pub mod native;
 #[cfg(not(wasm_browser))]
-pub use native::{
-    fill_random, now_ms, open_backend, open_key_store, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER,
-};
+pub use native::{fill_random, now_ms, open_storage, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER};
 
 #[cfg(wasm_browser)]
 pub mod web;
 #[cfg(wasm_browser)]
-pub use web::{
-    fill_random, now_ms, open_backend, open_key_store, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER,
-};
+pub use web::{fill_random, now_ms, open_storage, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER};
 
 /// `Send` natively; nothing in the browser, where JavaScript values and
 /// futures live on one thread.

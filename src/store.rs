@@ -206,11 +206,14 @@ impl Store {
     /// Opens (creating on first use) the store described by `options`.
     pub async fn open(options: StoreOptions) -> Result<Store> {
         names::check_name(NameKind::Store, &options.name)?;
-        let backend = match &options.backend {
-            Some(backend) => backend.clone(),
-            None => crate::platform::open_backend(&options).await?,
+        let (backend, platform_keys) = match &options.backend {
+            Some(backend) => (backend.clone(), None),
+            None => {
+                let (backend, keys) = crate::platform::open_storage(&options).await?;
+                (backend, Some(keys))
+            }
         };
-        match Store::open_on(backend.clone(), &options).await {
+        match Store::open_on(backend.clone(), platform_keys, &options).await {
             Ok(store) => Ok(store),
             Err(e) => {
                 // Release the files of a store that failed to open.
@@ -220,11 +223,18 @@ impl Store {
         }
     }
 
-    async fn open_on(backend: Arc<dyn StorageBackend>, options: &StoreOptions) -> Result<Store> {
+    async fn open_on(
+        backend: Arc<dyn StorageBackend>,
+        platform_keys: Option<Arc<dyn KeyStore>>,
+        options: &StoreOptions,
+    ) -> Result<Store> {
         let meta = backend.load_meta().await?;
-        let key_store = match &options.key_store {
-            Some(keys) => keys.clone(),
-            None => crate::platform::open_key_store(options)?,
+        // A given key store wins; then the adapter's (beside the data); a
+        // caller's own backend without one gets an in-memory identity.
+        let key_store = match (&options.key_store, platform_keys) {
+            (Some(keys), _) => keys.clone(),
+            (None, Some(keys)) => keys,
+            (None, None) => Arc::new(crate::keys::MemoryKeyStore::generate()?) as Arc<dyn KeyStore>,
         };
         let device = key_store.load_or_create().await?;
         let store_id = match meta.store_id {

@@ -57,26 +57,26 @@ pub fn database_path(options: &StoreOptions) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("data").join(format!("{}.db", options.name)))
 }
 
-/// The storage backend for `options` natively.
-pub async fn open_backend(options: &StoreOptions) -> Result<Arc<dyn StorageBackend>> {
+/// The storage backend for `options` natively, and where the device key
+/// lives: a keyfile beside the SQLite database (memory for memory stores).
+pub async fn open_storage(
+    options: &StoreOptions,
+) -> Result<(Arc<dyn StorageBackend>, Arc<dyn KeyStore>)> {
     match options.adapter {
-        Adapter::Sqlite => Ok(Arc::new(SqliteStore::open(&database_path(options))?)),
-        Adapter::Memory => Ok(Arc::new(MemoryStore::new())),
+        Adapter::Sqlite => {
+            let path = database_path(options);
+            let backend = Arc::new(SqliteStore::open(&path)?);
+            let mut keyfile = path.into_os_string();
+            keyfile.push(".device-key");
+            Ok((backend, Arc::new(FileKeyStore::new(PathBuf::from(keyfile)))))
+        }
+        Adapter::Memory => Ok((
+            Arc::new(MemoryStore::new()),
+            Arc::new(MemoryKeyStore::generate()?),
+        )),
         Adapter::IndexedDb => Err(Error::AdapterUnavailable {
             requested: "indexeddb".into(),
             available: "sqlite",
         }),
-    }
-}
-
-/// The device key store for `options`: a keyfile beside the SQLite database.
-pub fn open_key_store(options: &StoreOptions) -> Result<Arc<dyn KeyStore>> {
-    match options.adapter {
-        Adapter::Sqlite => {
-            let mut path = database_path(options).into_os_string();
-            path.push(".device-key");
-            Ok(Arc::new(FileKeyStore::new(PathBuf::from(path))))
-        }
-        _ => Ok(Arc::new(MemoryKeyStore::generate()?)),
     }
 }

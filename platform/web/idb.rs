@@ -705,36 +705,18 @@ fn commit_from(row: &JsValue) -> StorageResult<SignedCommit> {
     })
 }
 
-/// The device identity kept in the store's own IndexedDB database (entry
+/// The device identity is kept in the store's own IndexedDB database (entry
 /// `device_key` of `meta`), as the native keyfile sits beside the SQLite
 /// file. Created atomically on first use: a `readwrite` transaction reads
 /// and writes it, so two tabs opening at once agree on one identity. The
 /// encryption issue moves it under a non-extractable WebCrypto key.
-pub struct IdbKeyStore {
-    name: String,
-}
-
-impl IdbKeyStore {
-    /// The key store of store `name`.
-    pub fn new(name: &str) -> IdbKeyStore {
-        IdbKeyStore {
-            name: name.to_owned(),
-        }
-    }
-}
-
-impl crate::keys::KeyStore for IdbKeyStore {
+impl crate::keys::KeyStore for IdbStore {
     fn describe(&self) -> String {
-        format!("indexeddb:persist:{}#device_key", self.name)
+        format!("indexeddb:{}#device_key", self.name)
     }
 
     fn load_or_create(&self) -> BoxFuture<'_, crate::Result<crate::identity::DeviceIdentity>> {
-        Box::pin(async move {
-            let db = IdbStore::open(&self.name).await?;
-            let result = device_identity(&db).await;
-            let _ = db.close().await;
-            result
-        })
+        Box::pin(device_identity(self))
     }
 }
 

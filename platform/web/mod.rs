@@ -1,6 +1,6 @@
 //! Browser platform: randomness from WebCrypto (via `getrandom`), time from
 //! `Date.now()`, tasks on the JavaScript event loop, and IndexedDB storage
-//! ([`IdbStore`], with the device key beside it: [`IdbKeyStore`]).
+//! ([`IdbStore`], which also keeps the device key beside the data).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ mod idb;
 pub mod js;
 mod tabs;
 
-pub use idb::{IdbKeyStore, IdbStore};
+pub use idb::IdbStore;
 
 /// The adapter used when none is named.
 pub const DEFAULT_ADAPTER: Adapter = Adapter::IndexedDb;
@@ -41,27 +41,26 @@ pub fn spawn<F: Future<Output = ()> + 'static>(future: F) {
     wasm_bindgen_futures::spawn_local(future);
 }
 
-/// The storage backend for `options` in the browser. (`Arc` rather than
-/// `Rc` because the trait object is shared with native code; in the browser
-/// everything lives on one thread.)
+/// The storage backend for `options` in the browser, and where the device
+/// key lives: in the store's own IndexedDB database, through the same
+/// connection (memory for memory stores). (`Arc` rather than `Rc` because the
+/// trait objects are shared with native code; here all is one thread.)
 #[allow(clippy::arc_with_non_send_sync)]
-pub async fn open_backend(options: &StoreOptions) -> Result<Arc<dyn StorageBackend>> {
+pub async fn open_storage(
+    options: &StoreOptions,
+) -> Result<(Arc<dyn StorageBackend>, Arc<dyn KeyStore>)> {
     match options.adapter {
-        Adapter::Memory => Ok(Arc::new(MemoryStore::new())),
-        Adapter::IndexedDb => Ok(Arc::new(IdbStore::open(&options.name).await?)),
+        Adapter::Memory => Ok((
+            Arc::new(MemoryStore::new()),
+            Arc::new(MemoryKeyStore::generate()?),
+        )),
+        Adapter::IndexedDb => {
+            let store = Arc::new(IdbStore::open(&options.name).await?);
+            Ok((store.clone(), store))
+        }
         Adapter::Sqlite => Err(Error::AdapterUnavailable {
             requested: "sqlite".into(),
             available: "indexeddb",
         }),
-    }
-}
-
-/// The device key store for `options` in the browser: beside the data in
-/// IndexedDB (memory for memory stores).
-#[allow(clippy::arc_with_non_send_sync)]
-pub fn open_key_store(options: &StoreOptions) -> Result<Arc<dyn KeyStore>> {
-    match options.adapter {
-        Adapter::IndexedDb => Ok(Arc::new(IdbKeyStore::new(&options.name))),
-        _ => Ok(Arc::new(MemoryKeyStore::generate()?)),
     }
 }
