@@ -20,15 +20,18 @@ fn encode_value(store: &Store, value: impl Serialize) -> Result<String> {
     Ok(text)
 }
 
-/// JSON text of a record document for `collection`: merge-fields
-/// collections hold objects (checked here, before anything is queued).
+/// JSON text of a record document for `collection`.
 fn encode_document(store: &Store, collection: &str, value: impl Serialize) -> Result<String> {
-    let text = encode_value(store, value)?;
+    check_document(store, collection, encode_value(store, value)?)
+}
+
+/// Merge-fields collections hold objects (checked before anything is queued).
+fn check_document(store: &Store, collection: &str, text: String) -> Result<String> {
     let merges = matches!(
         store.strategy_for(collection),
         crate::ConflictStrategy::MergeFields
     );
-    if merges && !text.starts_with('{') {
+    if merges && !text.trim_start().starts_with('{') {
         return Err(Error::InvalidValue(format!(
             "collection {collection:?} merges fields, so its records must be JSON objects"
         )));
@@ -36,23 +39,11 @@ fn encode_document(store: &Store, collection: &str, value: impl Serialize) -> Re
     Ok(text)
 }
 
-/// Checks JSON text given as is (size, syntax, merge-fields objects) without
-/// re-encoding it.
-fn check_json(store: &Store, collection: Option<&str>, text: String) -> Result<String> {
+/// Checks JSON text given as is (size, syntax) without re-encoding it.
+fn check_json(store: &Store, text: String) -> Result<String> {
     names::check_size(text.len(), store.inner.limits.max_value_bytes)?;
     serde_json::from_str::<serde::de::IgnoredAny>(&text)
         .map_err(|e| Error::InvalidValue(format!("not JSON text: {e}")))?;
-    if let Some(collection) = collection {
-        let merges = matches!(
-            store.strategy_for(collection),
-            crate::ConflictStrategy::MergeFields
-        );
-        if merges && !text.trim_start().starts_with('{') {
-            return Err(Error::InvalidValue(format!(
-                "collection {collection:?} merges fields, so its records must be JSON objects"
-            )));
-        }
-    }
     Ok(text)
 }
 
@@ -178,7 +169,16 @@ impl Records {
         self.check(None)?;
         let texts = items
             .into_iter()
-            .map(|(id, json)| Ok((id, check_json(&self.store, Some(&self.collection), json)?)))
+            .map(|(id, json)| {
+                Ok((
+                    id,
+                    check_document(
+                        &self.store,
+                        &self.collection,
+                        check_json(&self.store, json)?,
+                    )?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         self.write_texts(texts).await
     }
@@ -352,9 +352,17 @@ impl Events {
 
     /// Appends `value`; returns the event's id and time.
     pub async fn append(&self, value: impl Serialize) -> Result<AppendedEvent> {
+        self.append_text(encode_value(&self.store, value)?).await
+    }
+
+    /// Appends an event given as JSON text (checked, stored as is).
+    pub async fn append_json(&self, json: String) -> Result<AppendedEvent> {
+        self.append_text(check_json(&self.store, json)?).await
+    }
+
+    async fn append_text(&self, text: String) -> Result<AppendedEvent> {
         names::check_name(NameKind::EventLog, &self.log)?;
         self.store.check_open()?;
-        let text = encode_value(&self.store, value)?;
         let receipt = self
             .store
             .write(vec![Intent::Append {
@@ -430,14 +438,7 @@ impl Kv {
 
     /// Sets `key` to `value`.
     pub async fn set(&self, key: &str, value: impl Serialize) -> Result<WriteReceipt> {
-        self.check(key)?;
-        let text = encode_value(&self.store, value)?;
-        self.store
-            .write(vec![Intent::Set {
-                key: key.to_owned(),
-                text,
-            }])
-            .await
+        self.set_text(key, encode_value(&self.store, value)?).await
     }
 
     /// The value of `key`, if set.
@@ -455,8 +456,11 @@ impl Kv {
 
     /// Sets `key` to a value given as JSON text (checked, stored as is).
     pub async fn set_json(&self, key: &str, json: String) -> Result<WriteReceipt> {
+        self.set_text(key, check_json(&self.store, json)?).await
+    }
+
+    async fn set_text(&self, key: &str, text: String) -> Result<WriteReceipt> {
         self.check(key)?;
-        let text = check_json(&self.store, None, json)?;
         self.store
             .write(vec![Intent::Set {
                 key: key.to_owned(),

@@ -4,7 +4,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use super::error::{js_error, JsResult};
-use super::value::{from_js, option, option_count, to_js};
+use super::value::{json_text, option, option_count, to_js};
 use crate::store::{EventListOptions, Events, Since};
 
 /// An append-only event log.
@@ -24,9 +24,9 @@ impl JsEvents {
     /// Appends a value; resolves to `{ id, at }`.
     pub fn append(&self, value: JsValue) -> js_sys::Promise {
         let events = self.events.clone();
-        let value = from_js(&value);
+        let text = json_text(&value);
         future_to_promise(async move {
-            let event = events.append(value?).await?;
+            let event = events.append_json(text?).await?;
             to_js(&serde_json::json!({ "id": event.id, "at": event.at }))
         })
     }

@@ -1,20 +1,9 @@
 //! JSON values across the boundary: plain objects and arrays in and out.
 
 use serde::Serialize;
-use serde_json::Value;
 use wasm_bindgen::JsValue;
 
 use super::error::{js_error, JsResult};
-
-/// A JavaScript value as JSON; functions, symbols, `undefined`, `BigInt`,
-/// non-finite numbers and cycles are refused with `INVALID_VALUE`.
-pub(crate) fn from_js(value: &JsValue) -> JsResult<Value> {
-    if value.is_undefined() {
-        return Err(js_error("INVALID_VALUE", "undefined is not a JSON value"));
-    }
-    serde_wasm_bindgen::from_value::<Value>(value.clone())
-        .map_err(|e| js_error("INVALID_VALUE", &format!("not a JSON value: {e}")))
-}
 
 /// JSON text of a JavaScript value, by the engine's `JSON.stringify` (fast,
 /// and JSON's own rules: nested functions and `undefined` are left out).
