@@ -264,6 +264,23 @@ pub async fn events_in_log_order(factory: &impl BackendFactory) {
         .append(json!("elsewhere"))
         .await
         .unwrap();
+    let other = store.events("other");
+    other
+        .append_json(r#"{"as":"text"}"#.to_owned())
+        .await
+        .unwrap();
+    assert_eq!(
+        other
+            .append_json("{oops".to_owned())
+            .await
+            .unwrap_err()
+            .code(),
+        "INVALID_VALUE"
+    );
+    assert_eq!(
+        other.list(EventListOptions::default()).await.unwrap().len(),
+        2
+    );
     let all = audit.list(EventListOptions::default()).await.unwrap();
     assert_eq!(all.len(), 5);
     let mut sorted_ids: Vec<_> = appended.iter().map(|e| e.id.clone()).collect();
