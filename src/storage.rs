@@ -185,26 +185,9 @@ pub trait StorageBackend: MaybeSend + MaybeSync {
     /// tab of the origin opens as the same device). Such a backend must
     /// refuse, with [`StorageError::Conflict`] and without writing anything,
     /// a batch whose change-log entries already exist; the writer then
-    /// re-reads [`StorageBackend::writer_state`] and retries.
+    /// re-reads the version vector and the clock and retries.
     fn shared(&self) -> bool {
         false
-    }
-
-    /// What a writer of shared storage re-reads after a conflict: the highest
-    /// sequence number of `author` and the newest stamp stored. One round trip where the
-    /// backend can (the default reads the version vector and metadata).
-    fn writer_state(&self, author: DeviceId) -> BoxFuture<'_, StorageResult<(u64, Hlc)>> {
-        Box::pin(async move {
-            let head = self
-                .version_vector()
-                .await?
-                .into_iter()
-                .find(|(a, _)| *a == author);
-            Ok((
-                head.map_or(0, |(_, seq)| seq),
-                self.load_meta().await?.clock,
-            ))
-        })
     }
 
     /// Record keys (`collection`, `id`) changed by those other writers, as

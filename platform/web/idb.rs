@@ -448,29 +448,6 @@ impl StorageBackend for IdbStore {
         true
     }
 
-    fn writer_state(&self, author: DeviceId) -> BoxFuture<'_, StorageResult<(u64, Hlc)>> {
-        Box::pin(async move {
-            let tx = self.transaction(&["heads"], TransactionMode::ReadOnly)?;
-            let rows = Self::store(&tx, "heads")?
-                .get_all(None, None)
-                .await
-                .map_err(backend_error)?;
-            let keys = Self::store(&tx, "heads")?
-                .get_all_keys(None, None)
-                .await
-                .map_err(backend_error)?;
-            let (mut head, mut clock) = (0, Hlc::ZERO);
-            let me = JsValue::from_str(&author.to_string());
-            for (key, value) in keys.iter().zip(&rows) {
-                clock = clock.max(hlc_field(value, "hlc_last")?);
-                if *key == me {
-                    head = number_field(value, "seq")?;
-                }
-            }
-            Ok((head, clock))
-        })
-    }
-
     fn external_changes(
         &self,
     ) -> Option<crate::platform::BoxStream<'static, Vec<(String, String)>>> {

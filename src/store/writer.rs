@@ -433,9 +433,7 @@ async fn prepare(store: &Store, state: &mut WriterState) -> Result<()> {
         state.heads = backend.version_vector().await?.into_iter().collect();
     }
     if state.stale {
-        let (head, clock) = backend.writer_state(state.me).await?;
-        state.heads.insert(state.me, head);
-        state.clock.observe(clock);
+        state.clock.observe(backend.load_meta().await?.clock);
         state.stale = false;
     }
     Ok(())
