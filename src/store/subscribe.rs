@@ -32,6 +32,22 @@ pub struct RecordChange {
     pub origin: Origin,
 }
 
+impl RecordChange {
+    /// The change a stored row represents.
+    pub(super) fn from_row(row: &crate::merge::RecordRow, origin: Origin) -> RecordChange {
+        RecordChange {
+            collection: row.collection.clone(),
+            id: row.id.clone(),
+            value: row
+                .value
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok()),
+            stamp: row.stamp,
+            origin,
+        }
+    }
+}
+
 pub(super) type Callback = Arc<dyn Fn(&[RecordChange]) + Send + Sync>;
 
 #[derive(Default)]
@@ -219,16 +235,7 @@ pub(super) async fn deliver_external(
                 continue;
             }
             if let Ok(Some(row)) = store.inner.backend.get_record(&collection, &id).await {
-                out.push(RecordChange {
-                    value: row
-                        .value
-                        .as_deref()
-                        .and_then(|t| serde_json::from_str(t).ok()),
-                    collection: row.collection,
-                    id: row.id,
-                    stamp: row.stamp,
-                    origin: Origin::Local,
-                });
+                out.push(RecordChange::from_row(&row, Origin::Local));
             }
         }
         store.deliver(out);

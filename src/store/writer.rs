@@ -276,16 +276,7 @@ impl Batch {
 
     fn notify(&mut self, row: &RecordRow, origin: Origin) {
         if self.subscribed.contains(&row.collection) {
-            self.changes.push(RecordChange {
-                collection: row.collection.clone(),
-                id: row.id.clone(),
-                value: row
-                    .value
-                    .as_deref()
-                    .and_then(|t| serde_json::from_str(t).ok()),
-                stamp: row.stamp,
-                origin,
-            });
+            self.changes.push(RecordChange::from_row(row, origin));
         }
     }
 }
