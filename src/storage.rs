@@ -84,13 +84,16 @@ impl WriteBatch {
     }
 }
 
-/// Metadata read when a store opens.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a writer needs to start: read in one go when a store opens (and
+/// after a conflict on shared storage).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredMeta {
     /// The store id, once created.
     pub store_id: Option<StoreId>,
     /// The newest clock reading persisted: at least every stamp in the log.
     pub clock: Hlc,
+    /// The version vector (as [`StorageBackend::version_vector`]).
+    pub heads: Vec<(DeviceId, u64)>,
 }
 
 /// Which live records to list, in id order.

@@ -250,7 +250,7 @@ impl Store {
                 id
             }
         };
-        let heads: BTreeMap<DeviceId, u64> = backend.version_vector().await?.into_iter().collect();
+        let heads: BTreeMap<DeviceId, u64> = meta.heads.iter().copied().collect();
         let wall_clock = options
             .clock
             .clone()

@@ -310,11 +310,16 @@ impl StorageBackend for SqliteStore {
                     Ok::<_, StorageError>(StoreId::from_bytes(bytes))
                 })
                 .transpose()?;
-            let mut clock = Hlc::ZERO;
-            for (_, _, hlc) in self.heads(c)? {
+            let (mut clock, mut heads) = (Hlc::ZERO, Vec::new());
+            for (device, id, hlc) in self.heads(c)? {
                 clock = clock.max(Hlc::from_u64(from_i64(hlc)?));
+                heads.push((device, from_i64(id & SEQ_MASK)?));
             }
-            Ok(StoredMeta { store_id, clock })
+            Ok(StoredMeta {
+                store_id,
+                clock,
+                heads,
+            })
         }))
     }
 

@@ -417,15 +417,20 @@ impl StorageBackend for IdbStore {
                     Some(StoreId::from_bytes(bytes))
                 }
             };
-            let mut clock = Hlc::ZERO;
-            for head in Self::store(&tx, "heads")?
-                .get_all(None, None)
+            let (mut clock, mut heads) = (Hlc::ZERO, Vec::new());
+            let rows = Self::store(&tx, "heads")?
+                .scan(None, None, None, None)
                 .await
-                .map_err(backend_error)?
-            {
-                clock = clock.max(hlc_field(&head, "hlc_last")?);
+                .map_err(backend_error)?;
+            for (key, value) in rows {
+                clock = clock.max(hlc_field(&value, "hlc_last")?);
+                heads.push((head_author(&key)?, number_field(&value, "seq")?));
             }
-            Ok(StoredMeta { store_id, clock })
+            Ok(StoredMeta {
+                store_id,
+                clock,
+                heads,
+            })
         })
     }
 
@@ -463,14 +468,7 @@ impl StorageBackend for IdbStore {
                 .await
                 .map_err(backend_error)?;
             rows.into_iter()
-                .map(|(key, value)| {
-                    let author: DeviceId = key
-                        .as_string()
-                        .ok_or_else(|| corrupt("author"))?
-                        .parse()
-                        .map_err(|_| corrupt("author"))?;
-                    Ok((author, number_field(&value, "seq")?))
-                })
+                .map(|(key, value)| Ok((head_author(&key)?, number_field(&value, "seq")?)))
                 .collect()
         })
     }
@@ -670,6 +668,14 @@ impl StorageBackend for IdbStore {
         }
         Box::pin(std::future::ready(Ok(())))
     }
+}
+
+/// The author a `heads` key names.
+fn head_author(key: &JsValue) -> StorageResult<DeviceId> {
+    key.as_string()
+        .ok_or_else(|| corrupt("author"))?
+        .parse()
+        .map_err(|_| corrupt("author"))
 }
 
 fn commit_from(row: &JsValue) -> StorageResult<SignedCommit> {

@@ -383,6 +383,9 @@ pub async fn change_log_and_version_vector(factory: &impl BackendFactory) {
     }
     let me = store.device_id();
     assert_eq!(store.version_vector().await.unwrap(), vec![(me, 10)]);
+    // Metadata carries the version vector, so a writer starts with one read.
+    let meta = store.inner_backend_for_tests().load_meta().await.unwrap();
+    assert_eq!(meta.heads, store.version_vector().await.unwrap());
     // The persisted clock covers every stamp in the log.
     let last = store.kv().set("last", 0).await.unwrap().hlc;
     assert!(

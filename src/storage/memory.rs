@@ -54,6 +54,15 @@ fn ready<'a, T: 'a + crate::platform::MaybeSend>(value: T) -> BoxFuture<'a, T> {
     Box::pin(std::future::ready(value))
 }
 
+/// The highest sequence number per author.
+fn heads(t: &Tables) -> Vec<(DeviceId, u64)> {
+    let mut heads: BTreeMap<DeviceId, u64> = BTreeMap::new();
+    for (author, seq) in t.log.keys() {
+        heads.insert(*author, *seq);
+    }
+    heads.into_iter().collect()
+}
+
 fn range_start(collection: &str, query: &RecordQuery) -> (String, String) {
     let start = match (&query.prefix, &query.after) {
         (Some(p), Some(a)) if a.as_str() > p.as_str() => a.clone(),
@@ -70,7 +79,10 @@ impl StorageBackend for MemoryStore {
     }
 
     fn load_meta(&self) -> BoxFuture<'_, StorageResult<StoredMeta>> {
-        ready(self.tables().map(|t| t.meta))
+        ready(self.tables().map(|t| StoredMeta {
+            heads: heads(&t),
+            ..t.meta.clone()
+        }))
     }
 
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
@@ -103,14 +115,7 @@ impl StorageBackend for MemoryStore {
     }
 
     fn version_vector(&self) -> BoxFuture<'_, StorageResult<Vec<(DeviceId, u64)>>> {
-        let result = self.tables().map(|t| {
-            let mut heads: BTreeMap<DeviceId, u64> = BTreeMap::new();
-            for (author, seq) in t.log.keys() {
-                heads.insert(*author, *seq);
-            }
-            heads.into_iter().collect()
-        });
-        ready(result)
+        ready(self.tables().map(|t| heads(&t)))
     }
 
     fn get_commit(

@@ -421,10 +421,9 @@ async fn run_batch(store: &Store, state: &mut WriterState, requests: Vec<Request
 async fn prepare(store: &Store, state: &mut WriterState) -> Result<()> {
     let backend = &store.inner.backend;
     if state.in_flight || state.stale {
-        state.heads = backend.version_vector().await?.into_iter().collect();
-    }
-    if state.stale {
-        state.clock.observe(backend.load_meta().await?.clock);
+        let meta = backend.load_meta().await?;
+        state.heads = meta.heads.into_iter().collect();
+        state.clock.observe(meta.clock);
         state.stale = false;
     }
     Ok(())
