@@ -201,6 +201,15 @@ impl IdbStore {
         transaction.store(name).map_err(backend_error)
     }
 
+    /// The value under `key` in `store`, in a read-only transaction of its own.
+    async fn get_one(&self, store: &str, key: JsValue) -> StorageResult<Option<JsValue>> {
+        let tx = self.transaction(&[store], TransactionMode::ReadOnly)?;
+        Self::store(&tx, store)?
+            .get(key)
+            .await
+            .map_err(backend_error)
+    }
+
     /// Values of `store` in key order within `range`, fetched in chunks,
     /// until `keep` says stop.
     async fn scan(
@@ -479,16 +488,11 @@ impl StorageBackend for IdbStore {
         seq: u64,
     ) -> BoxFuture<'_, StorageResult<Option<SignedCommit>>> {
         Box::pin(async move {
-            let tx = self.transaction(&["change_log"], TransactionMode::ReadOnly)?;
             let key = key2(&author.to_string(), &seq_number(seq)?);
-            match Self::store(&tx, "change_log")?
-                .get(key)
-                .await
-                .map_err(backend_error)?
-            {
-                None => Ok(None),
-                Some(row) => Ok(Some(commit_from(&row)?)),
-            }
+            self.get_one("change_log", key)
+                .await?
+                .map(|row| commit_from(&row))
+                .transpose()
         })
     }
 
@@ -505,10 +509,10 @@ impl StorageBackend for IdbStore {
             let lower = key2(&author, &seq_number(after_seq.min((1 << 53) - 1))?);
             let upper = key2(&author, &Array::new().into());
             let mut out = Vec::new();
+            if limit == 0 {
+                return Ok(out);
+            }
             Self::scan(&store, lower, true, upper, |_, value| {
-                if out.len() >= limit {
-                    return Ok(false);
-                }
                 out.push(commit_from(&value)?);
                 Ok(out.len() < limit)
             })
@@ -523,16 +527,10 @@ impl StorageBackend for IdbStore {
         id: &'a str,
     ) -> BoxFuture<'a, StorageResult<Option<RecordRow>>> {
         Box::pin(async move {
-            let tx = self.transaction(&["records"], TransactionMode::ReadOnly)?;
             let key = key2(collection, &JsValue::from_str(id));
-            match Self::store(&tx, "records")?
-                .get(key)
-                .await
-                .map_err(backend_error)?
-            {
-                None => Ok(None),
-                Some(row) => Ok(Some(record_from(collection, id.to_owned(), &row)?)),
-            }
+            let row = self.get_one("records", key).await?;
+            row.map(|row| record_from(collection, id.to_owned(), &row))
+                .transpose()
         })
     }
 
@@ -613,15 +611,8 @@ impl StorageBackend for IdbStore {
 
     fn get_kv<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StorageResult<Option<KvRow>>> {
         Box::pin(async move {
-            let tx = self.transaction(&["kv"], TransactionMode::ReadOnly)?;
-            match Self::store(&tx, "kv")?
-                .get(JsValue::from_str(key))
-                .await
-                .map_err(backend_error)?
-            {
-                None => Ok(None),
-                Some(row) => Ok(Some(kv_from(key.to_owned(), &row)?)),
-            }
+            let row = self.get_one("kv", JsValue::from_str(key)).await?;
+            row.map(|row| kv_from(key.to_owned(), &row)).transpose()
         })
     }
 
