@@ -378,31 +378,29 @@ async fn write_batch(store: &IdbStore, batch: WriteBatch) -> StorageResult<()> {
             puts.push(async move { object_store.put_all(rows.into_iter()).await });
         }
     }
-    let (added, put) = futures::join!(
+    // `join!` polls in order: every request is issued before `commit()`
+    // tells IndexedDB that no more will come, which saves it waiting for
+    // this tab to see the last result (a round trip between processes).
+    let (added, put, committed) = futures::join!(
         futures::future::join_all(adds),
-        futures::future::join_all(puts)
+        futures::future::join_all(puts),
+        tx.commit()
     );
+    let constraint = |e: rexie::Error| {
+        if format!("{e:?}").contains("ConstraintError") {
+            StorageError::Conflict("another tab committed with the same sequence number".into())
+        } else {
+            backend_error(e)
+        }
+    };
     for result in added {
-        result.map_err(|e| {
-            if format!("{e:?}").contains("ConstraintError") {
-                StorageError::Conflict("another tab committed with the same sequence number".into())
-            } else {
-                backend_error(e)
-            }
-        })?;
+        result.map_err(constraint)?;
     }
     for result in put {
         result.map_err(backend_error)?;
     }
     // Acknowledged only once the transaction has completed.
-    let result = tx.done().await.map_err(backend_error)?;
-    if result.is_committed() {
-        Ok(())
-    } else {
-        Err(StorageError::Backend(
-            "IndexedDB transaction was aborted".into(),
-        ))
-    }
+    committed.map_err(constraint)
 }
 
 impl StorageBackend for IdbStore {
@@ -452,7 +450,7 @@ impl StorageBackend for IdbStore {
                 .collect();
             write_batch(self, batch).await?;
             if let Some(tabs) = &self.tabs {
-                tabs.announce(&keys);
+                tabs.announce(keys);
             }
             Ok(())
         })

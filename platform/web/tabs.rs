@@ -5,7 +5,9 @@
 //! rebuilds its batch with fresh state (see `StorageBackend::shared`). This
 //! module is the other half: a `BroadcastChannel` (`persist:<name>`) on
 //! which every tab announces the records it committed, so subscribers in the
-//! other tabs hear of them.
+//! other tabs hear of them. Announcements leave in a task of their own
+//! (`setTimeout(0)`), after the writer has answered: the next write does not
+//! wait for them, and commits made meanwhile share one message.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -23,9 +25,32 @@ const ANNOUNCE_BUFFER: usize = 256;
 
 /// One tab's end of the store's `BroadcastChannel`.
 pub(super) struct Announcer {
-    channel: JsValue,
+    outbox: Rc<Outbox>,
     _listener: Closure<dyn FnMut(JsValue)>,
     receiver: RefCell<Option<mpsc::Receiver<Keys>>>,
+}
+
+/// Keys committed since the last announcement, and the channel they go to.
+struct Outbox {
+    channel: JsValue,
+    pending: RefCell<Keys>,
+}
+
+impl Outbox {
+    fn send(&self) {
+        let keys = std::mem::take(&mut *self.pending.borrow_mut());
+        if keys.is_empty() {
+            return;
+        }
+        let Ok(text) = serde_json::to_string(&keys) else {
+            return;
+        };
+        if let Ok(post) = Reflect::get(&self.channel, &"postMessage".into())
+            .and_then(|f| f.dyn_into::<Function>())
+        {
+            let _ = post.call1(&self.channel, &JsValue::from_str(&text));
+        }
+    }
 }
 
 impl Announcer {
@@ -52,26 +77,45 @@ impl Announcer {
             }
         });
         let _ = Reflect::set(&channel, &"onmessage".into(), listener.as_ref());
-        Some(Announcer {
+        let outbox = Rc::new(Outbox {
             channel,
+            pending: RefCell::new(Vec::new()),
+        });
+        Some(Announcer {
+            outbox,
             _listener: listener,
             receiver: RefCell::new(Some(receiver)),
         })
     }
 
-    /// Tells the other tabs which records this tab just committed.
-    pub(super) fn announce(&self, keys: &[(String, String)]) {
+    /// Tells the other tabs, in a task of its own, which records this tab
+    /// just committed.
+    pub(super) fn announce(&self, keys: Keys) {
         if keys.is_empty() {
             return;
         }
-        let Ok(text) = serde_json::to_string(keys) else {
-            return;
-        };
-        if let Ok(post) = Reflect::get(&self.channel, &"postMessage".into())
-            .and_then(|f| f.dyn_into::<Function>())
-        {
-            let _ = post.call1(&self.channel, &JsValue::from_str(&text));
+        let mut pending = self.outbox.pending.borrow_mut();
+        let idle = pending.is_empty();
+        pending.extend(keys);
+        drop(pending);
+        if idle && !self.schedule_flush() {
+            self.outbox.send();
         }
+    }
+
+    /// Schedules `Outbox::send` with `setTimeout(0)`; false if impossible.
+    fn schedule_flush(&self) -> bool {
+        let Ok(set_timeout) = Reflect::get(&js_sys::global(), &"setTimeout".into())
+            .and_then(|f| f.dyn_into::<Function>())
+        else {
+            return false;
+        };
+        // Owned by the timer, so it outlives a store closed meanwhile.
+        let outbox = self.outbox.clone();
+        let flush = Closure::once_into_js(move || outbox.send());
+        set_timeout
+            .call2(&JsValue::UNDEFINED, &flush, &JsValue::from_f64(0.0))
+            .is_ok()
     }
 
     /// What the other tabs announce (once; later calls get `None`).
@@ -81,10 +125,12 @@ impl Announcer {
 
     /// Leaves the channel.
     pub(super) fn close(&self) {
+        self.outbox.send();
+        let channel = &self.outbox.channel;
         if let Ok(close) =
-            Reflect::get(&self.channel, &"close".into()).and_then(|f| f.dyn_into::<Function>())
+            Reflect::get(channel, &"close".into()).and_then(|f| f.dyn_into::<Function>())
         {
-            let _ = close.call0(&self.channel);
+            let _ = close.call0(channel);
         }
     }
 }
