@@ -57,7 +57,9 @@ pub struct LogEntry {
 /// Everything one group commit changes, applied atomically.
 #[derive(Debug, Clone, Default)]
 pub struct WriteBatch {
-    /// Set the store id (only on creation).
+    /// Set the store id (only on creation). If storage already holds a
+    /// different one (another tab created the store first), the write fails
+    /// with [`StorageError::Conflict`] and changes nothing.
     pub store_id: Option<StoreId>,
     /// The newest clock reading to persist (backends that derive the clock
     /// from the change log may ignore it).

@@ -241,13 +241,25 @@ impl Store {
             Some(id) => id,
             None => {
                 let id = StoreId::generate()?;
-                backend
+                let created = backend
                     .write(WriteBatch {
                         store_id: Some(id),
                         ..WriteBatch::default()
                     })
-                    .await?;
-                id
+                    .await;
+                match created {
+                    Ok(()) => id,
+                    // Shared storage (another tab) was created meanwhile:
+                    // adopt the id it stored.
+                    Err(crate::error::StorageError::Conflict(_)) => {
+                        backend.load_meta().await?.store_id.ok_or_else(|| {
+                            crate::error::StorageError::Corrupt(
+                                "the store id vanished while opening".into(),
+                            )
+                        })?
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         };
         let heads: BTreeMap<DeviceId, u64> = meta.heads.iter().copied().collect();

@@ -165,6 +165,24 @@ mod idb_only {
     }
 
     #[wasm_bindgen_test]
+    async fn tabs_creating_one_store_together_agree_on_its_id() {
+        let name = unique_name("create");
+        let (a, b) = futures::join!(
+            Store::open(StoreOptions::new(&name)),
+            Store::open(StoreOptions::new(&name))
+        );
+        let (a, b) = (a.expect("tab a"), b.expect("tab b"));
+        assert_eq!(a.store_id(), b.store_id());
+        assert_eq!(a.device_id(), b.device_id());
+        b.records("notes")
+            .put("n1", json!({ "from": "b" }))
+            .await
+            .expect("b writes");
+        let seen = a.records("notes").get("n1").await.expect("a reads");
+        assert_eq!(seen, Some(json!({ "from": "b" })));
+    }
+
+    #[wasm_bindgen_test]
     async fn a_tab_hears_of_another_tabs_writes() {
         use futures::StreamExt;
         let name = unique_name("hear");
@@ -206,6 +224,150 @@ mod idb_only {
         foreign.close();
         let err = IdbStore::open(&name).await.err().expect("refused");
         assert_eq!(err.code(), "STORAGE_CORRUPT", "{err}");
+        // Refused before any upgrade: still version 1, still its own stores.
+        let after = Rexie::builder(&format!("persist:{name}"))
+            .build()
+            .await
+            .expect("reopens");
+        assert_eq!(after.store_names(), vec!["customers".to_owned()]);
+        after.close();
+    }
+
+    /// A database written by schema version 1 (which kept the version vector
+    /// in a `heads` store) opens under version 2 with its data, its device
+    /// and its log intact, and the device's next commit follows its last.
+    #[wasm_bindgen_test]
+    async fn version_1_database_is_upgraded() {
+        use js_sys::{Array, Object, Reflect, Uint8Array};
+        use persist::keys::MemoryKeyStore;
+        use persist::DeviceIdentity;
+        use std::sync::Arc;
+        use wasm_bindgen::JsValue;
+
+        // The same history a version-1 tab would have stored.
+        let identity = DeviceIdentity::generate().expect("identity");
+        let source = Store::open(
+            StoreOptions::new("v1-source")
+                .adapter(Adapter::Memory)
+                .key_store(Arc::new(MemoryKeyStore::from_identity(&identity))),
+        )
+        .await
+        .expect("memory store");
+        source
+            .records("notes")
+            .put("n1", json!({ "title": "from v1" }))
+            .await
+            .expect("put");
+        let signed = source.commits_missing_from(&[], 10).await.expect("log");
+        let commit = persist::Commit::verify(
+            signed[0].clone(),
+            source.store_id(),
+            &persist::Limits::default(),
+        )
+        .expect("valid");
+        let author = commit.body.author.to_string();
+        let hlc = format!("{:016x}", commit.body.hlc.as_u64());
+
+        let name = unique_name("v1");
+        let db = Rexie::builder(&format!("persist:{name}"))
+            .version(1)
+            .add_object_store(ObjectStore::new("meta"))
+            .add_object_store(ObjectStore::new("change_log"))
+            .add_object_store(ObjectStore::new("heads"))
+            .add_object_store(ObjectStore::new("records"))
+            .add_object_store(ObjectStore::new("events"))
+            .add_object_store(ObjectStore::new("kv"))
+            .build()
+            .await
+            .expect("creates a version-1 database");
+        let object = |fields: &[(&str, JsValue)]| {
+            let o = Object::new();
+            for (k, v) in fields {
+                Reflect::set(&o, &JsValue::from_str(k), v).expect("set");
+            }
+            JsValue::from(o)
+        };
+        let tx = db
+            .transaction(
+                &["meta", "change_log", "heads", "records"],
+                rexie::TransactionMode::ReadWrite,
+            )
+            .expect("tx");
+        let put = |store: &str, value: JsValue, key: JsValue| {
+            let store = tx.store(store).expect("store");
+            async move { store.put(&value, Some(&key)).await.expect("put") }
+        };
+        put(
+            "meta",
+            source.store_id().to_string().into(),
+            "store_id".into(),
+        )
+        .await;
+        put(
+            "meta",
+            hex::encode(identity.secret().as_ref()).into(),
+            "device_key".into(),
+        )
+        .await;
+        put(
+            "change_log",
+            object(&[
+                ("hlc_last", hlc.clone().into()),
+                ("body", Uint8Array::from(&signed[0].body[..]).into()),
+                (
+                    "signature",
+                    Uint8Array::from(&signed[0].signature[..]).into(),
+                ),
+            ]),
+            Array::of2(&author.clone().into(), &JsValue::from_f64(1.0)).into(),
+        )
+        .await;
+        put(
+            "heads",
+            object(&[("seq", 1.0.into()), ("hlc_last", hlc.clone().into())]),
+            author.clone().into(),
+        )
+        .await;
+        put(
+            "records",
+            object(&[
+                ("value", r#"{"title":"from v1"}"#.into()),
+                ("hlc", hlc.into()),
+                ("author", author.into()),
+                ("fields", JsValue::NULL),
+            ]),
+            Array::of2(&"notes".into(), &"n1".into()).into(),
+        )
+        .await;
+        tx.done().await.expect("committed");
+        db.close();
+
+        let store = Store::open(StoreOptions::new(&name))
+            .await
+            .expect("opens and upgrades");
+        assert_eq!(store.store_id(), source.store_id());
+        assert_eq!(store.device_id(), identity.device_id());
+        assert_eq!(
+            store.records("notes").get("n1").await.expect("get"),
+            Some(json!({ "title": "from v1" }))
+        );
+        assert_eq!(
+            store.version_vector().await.expect("vv"),
+            vec![(identity.device_id(), 1)]
+        );
+        let receipt = store
+            .records("notes")
+            .put("n2", json!({ "title": "after" }))
+            .await
+            .expect("writes after the upgrade");
+        assert_eq!(receipt.seq, 2);
+        store.close().await.expect("close");
+        let upgraded = Rexie::builder(&format!("persist:{name}"))
+            .build()
+            .await
+            .expect("reopens");
+        assert!(!upgraded.store_names().iter().any(|n| n == "heads"));
+        upgraded.close();
     }
 
     #[wasm_bindgen_test]

@@ -1,26 +1,31 @@
 //! IndexedDB storage (`IdbStore`), through `rexie`.
 //!
-//! One database per store, named `persist:<name>`, schema version 1:
+//! One database per store, named `persist:<name>`, schema version 2:
 //!
 //! | object store | key | value |
 //! |---|---|---|
-//! | `meta` | `"store_id"` | hex string |
+//! | `meta` | `"store_id"`, `"device_key"` | hex strings |
 //! | `change_log` | `[author hex, seq]` | `{ hlc_last, body: Uint8Array, signature: Uint8Array }` |
-//! | `heads` | author hex | `{ seq, hlc_last }` (the version vector) |
 //! | `records` | `[collection, id]` | `{ value: string \| null, hlc, author, fields: string \| null }` |
 //! | `events` | `[log, id]` | `{ at, author, value }` |
 //! | `kv` | key | `{ value: string \| null, hlc, author }` |
 //!
 //! Stamps are 16 hex digits (a `u64` does not fit a JS number); sequence
 //! numbers and milliseconds are numbers (below 2^53). Array keys order by
-//! element, so `[collection, id]` ranges are listings. A write batch is one
-//! `readwrite` transaction, and it is acknowledged only when the transaction
-//! completes. Opening a database that exists under the name but lacks these
-//! stores is `STORAGE_CORRUPT`; a newer version is
+//! element, so `[collection, id]` ranges are listings, and the version vector
+//! is the last key of each author's range in `change_log` (one reverse step
+//! per author). A write batch is one `readwrite` transaction, and it is
+//! acknowledged only when the transaction completes.
+//!
+//! Schema history (`SCHEMAS`): version 1 also kept the version vector in a
+//! `heads` store, written with every commit; version 2 derives it, and the
+//! upgrade drops `heads` (derived data: nothing to move). Before upgrading,
+//! the database's current stores are checked against the schema of its
+//! version, so a foreign database under the name is refused
+//! (`STORAGE_CORRUPT`) and never altered; a newer version is
 //! `STORAGE_VERSION_UNSUPPORTED`.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 
 use js_sys::{Array, Object, Reflect, Uint8Array};
 use rexie::{KeyRange, ObjectStore, Rexie, Store, TransactionMode};
@@ -36,8 +41,13 @@ use crate::storage::{
     StorageResult, StoredMeta, WriteBatch,
 };
 
-const SCHEMA_VERSION: u32 = 1;
-const STORES: [&str; 6] = ["meta", "change_log", "heads", "records", "events", "kv"];
+/// The object stores of each schema version, oldest first.
+const SCHEMAS: [&[&str]; 2] = [
+    &["meta", "change_log", "heads", "records", "events", "kv"],
+    &["meta", "change_log", "records", "events", "kv"],
+];
+const SCHEMA_VERSION: u32 = SCHEMAS.len() as u32;
+const STORES: &[&str] = SCHEMAS[SCHEMAS.len() - 1];
 /// Rows fetched per request while listing.
 const SCAN_CHUNK: u32 = 128;
 
@@ -160,17 +170,31 @@ impl IdbStore {
     /// Opens (creating or upgrading) the database for store `name`.
     pub async fn open(name: &str) -> StorageResult<IdbStore> {
         let db_name = format!("persist:{name}");
-        let mut builder = Rexie::builder(&db_name).version(SCHEMA_VERSION);
-        for store in STORES {
-            builder = builder.add_object_store(ObjectStore::new(store));
+        match existing_version(&db_name).await? {
+            Some(found) if found > SCHEMA_VERSION => {
+                return Err(StorageError::VersionUnsupported {
+                    found,
+                    supported: SCHEMA_VERSION,
+                })
+            }
+            // An older Persist database is upgraded; anything else under the
+            // name is left as it is.
+            Some(found) if (1..SCHEMA_VERSION).contains(&found) => {
+                let old = open_at(&db_name, found).await?;
+                let checked = check_stores(&old, &db_name, SCHEMAS[found as usize - 1]);
+                old.close();
+                checked?;
+                tracing::info!(
+                    database = %db_name, from = found, to = SCHEMA_VERSION,
+                    "upgrading the IndexedDB schema"
+                );
+            }
+            _ => {}
         }
-        let db = builder.build().await.map_err(backend_error)?;
-        let names = db.store_names();
-        if let Some(missing) = STORES.iter().find(|s| !names.iter().any(|n| n == *s)) {
+        let db = open_at(&db_name, SCHEMA_VERSION).await?;
+        if let Err(e) = check_stores(&db, &db_name, STORES) {
             db.close();
-            return Err(StorageError::Corrupt(format!(
-                "IndexedDB database {db_name} is not a Persist store (no {missing} object store)"
-            )));
+            return Err(e);
         }
         let tabs = super::tabs::Announcer::join(&db_name);
         Ok(IdbStore {
@@ -252,9 +276,100 @@ fn author_text(author: &DeviceId) -> JsValue {
 
 type Row = (JsValue, Option<JsValue>);
 
+/// The version of database `name`, if it exists (where the browser can
+/// list databases without opening them).
+async fn existing_version(name: &str) -> StorageResult<Option<u32>> {
+    let factory = Reflect::get(&js_sys::global(), &"indexedDB".into())
+        .map_err(|_| StorageError::Backend("IndexedDB is not available here".into()))?;
+    let Ok(databases) =
+        Reflect::get(&factory, &"databases".into()).and_then(|f| f.dyn_into::<js_sys::Function>())
+    else {
+        return Ok(None);
+    };
+    let promise = databases
+        .call0(&factory)
+        .ok()
+        .and_then(|p| p.dyn_into::<js_sys::Promise>().ok());
+    let Some(promise) = promise else {
+        return Ok(None);
+    };
+    let list = wasm_bindgen_futures::JsFuture::from(promise)
+        .await
+        .map_err(|e| StorageError::Backend(format!("indexedDB.databases(): {e:?}")))?;
+    Ok(Array::from(&list).iter().find_map(|info| {
+        (get(&info, "name").as_string().as_deref() == Some(name))
+            .then(|| get(&info, "version").as_f64())
+            .flatten()
+            .map(|v| v as u32)
+    }))
+}
+
+/// Opens database `name` at `version` with that version's object stores
+/// (creating missing ones and dropping those the schema no longer has, if
+/// this is an upgrade).
+async fn open_at(name: &str, version: u32) -> StorageResult<Rexie> {
+    let mut builder = Rexie::builder(name).version(version);
+    for store in SCHEMAS[version as usize - 1] {
+        builder = builder.add_object_store(ObjectStore::new(store));
+    }
+    builder.build().await.map_err(backend_error)
+}
+
+/// `STORAGE_CORRUPT` unless `db` has exactly the object stores `schema` names.
+fn check_stores(db: &Rexie, name: &str, schema: &[&str]) -> StorageResult<()> {
+    let names = db.store_names();
+    if let Some(missing) = schema.iter().find(|s| !names.iter().any(|n| n == *s)) {
+        return Err(StorageError::Corrupt(format!(
+            "IndexedDB database {name} is not a Persist store (no {missing} object store)"
+        )));
+    }
+    if let Some(extra) = names.iter().find(|n| !schema.contains(&n.as_str())) {
+        return Err(StorageError::Corrupt(format!(
+            "IndexedDB database {name} is not a Persist store (unknown object store {extra})"
+        )));
+    }
+    Ok(())
+}
+
+/// The version vector and the newest clock reading, from the last
+/// `change_log` key of each author: one reverse step per author, from the
+/// highest author down (`[author]` sorts before every `[author, seq]`).
+async fn read_heads(store: &Store) -> StorageResult<(Hlc, Vec<(DeviceId, u64)>)> {
+    let (mut clock, mut heads) = (Hlc::ZERO, Vec::new());
+    let mut below: Option<JsValue> = None;
+    loop {
+        let range = below
+            .as_ref()
+            .map(|key| KeyRange::upper_bound(key, Some(true)))
+            .transpose()
+            .map_err(|e| StorageError::Backend(e.to_string()))?;
+        let rows = store
+            .scan(range, Some(1), None, Some(rexie::Direction::Prev))
+            .await
+            .map_err(backend_error)?;
+        let Some((key, value)) = rows.into_iter().next() else {
+            break;
+        };
+        let key = Array::from(&key);
+        let author_key = key.get(0);
+        let author: DeviceId = author_key
+            .as_string()
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| corrupt("change_log author"))?;
+        let seq = match key.get(1).as_f64() {
+            Some(n) if n >= 1.0 && n.fract() == 0.0 && n < 9_007_199_254_740_992.0 => n as u64,
+            _ => return Err(corrupt("change_log sequence number")),
+        };
+        clock = clock.max(hlc_field(&value, "hlc_last")?);
+        heads.push((author, seq));
+        below = Some(Array::of1(&author_key).into());
+    }
+    heads.reverse();
+    Ok((clock, heads))
+}
+
 /// The `(value, key)` pairs of one batch, per object store.
-fn batch_rows(batch: &WriteBatch) -> StorageResult<[Vec<Row>; 5]> {
-    let mut heads: BTreeMap<DeviceId, (u64, Hlc)> = BTreeMap::new();
+fn batch_rows(batch: &WriteBatch) -> StorageResult<[Vec<Row>; 4]> {
     let mut log = Vec::with_capacity(batch.log.len());
     for entry in &batch.log {
         let object = Object::new();
@@ -273,14 +388,6 @@ fn batch_rows(batch: &WriteBatch) -> StorageResult<[Vec<Row>; 5]> {
             object.into(),
             Some(key2(&entry.author.to_string(), &seq_number(entry.seq)?)),
         ));
-        heads.insert(entry.author, (entry.seq, entry.last_hlc));
-    }
-    let mut head_rows = Vec::with_capacity(heads.len());
-    for (author, (seq, hlc)) in heads {
-        let object = Object::new();
-        set(&object, "seq", &seq_number(seq)?);
-        set(&object, "hlc_last", &hlc_text(hlc));
-        head_rows.push((object.into(), Some(author_text(&author))));
     }
     let records = batch
         .records
@@ -324,11 +431,11 @@ fn batch_rows(batch: &WriteBatch) -> StorageResult<[Vec<Row>; 5]> {
             (object.into(), Some(JsValue::from_str(&row.key)))
         })
         .collect();
-    Ok([log, head_rows, records, events, kv])
+    Ok([log, records, events, kv])
 }
 
 async fn write_batch(store: &IdbStore, batch: WriteBatch) -> StorageResult<()> {
-    let names = ["change_log", "heads", "records", "events", "kv"];
+    let names = ["change_log", "records", "events", "kv"];
     let rows = batch_rows(&batch)?;
     // Only the object stores this batch touches: a narrower scope is a
     // cheaper transaction and lets readers of the others proceed.
@@ -348,15 +455,21 @@ async fn write_batch(store: &IdbStore, batch: WriteBatch) -> StorageResult<()> {
     if let Some(id) = batch.store_id {
         let meta = IdbStore::store(&tx, "meta")?;
         let key = JsValue::from_str("store_id");
-        if meta
-            .get(key.clone())
-            .await
-            .map_err(backend_error)?
-            .is_none()
-        {
-            meta.put(&JsValue::from_str(&id.to_string()), Some(&key))
-                .await
-                .map_err(backend_error)?;
+        let text = id.to_string();
+        match meta.get(key.clone()).await.map_err(backend_error)? {
+            None => {
+                meta.put(&JsValue::from_str(&text), Some(&key))
+                    .await
+                    .map_err(backend_error)?;
+            }
+            // Another tab created the store first: its id stands.
+            Some(stored) if stored.as_string().as_deref() != Some(text.as_str()) => {
+                tx.abort().await.map_err(backend_error)?;
+                return Err(StorageError::Conflict(
+                    "another tab created this store with another id".into(),
+                ));
+            }
+            Some(_) => {}
         }
     }
     // Issue every request at once and wait once: the IndexedDB backend runs
@@ -410,12 +523,12 @@ impl StorageBackend for IdbStore {
 
     fn load_meta(&self) -> BoxFuture<'_, StorageResult<StoredMeta>> {
         Box::pin(async move {
-            let tx = self.transaction(&["meta", "heads"], TransactionMode::ReadOnly)?;
-            let id = Self::store(&tx, "meta")?
-                .get(JsValue::from_str("store_id"))
-                .await
-                .map_err(backend_error)?;
-            let store_id = match id {
+            let tx = self.transaction(&["meta", "change_log"], TransactionMode::ReadOnly)?;
+            let meta = Self::store(&tx, "meta")?;
+            let log = Self::store(&tx, "change_log")?;
+            let (id, heads) =
+                futures::join!(meta.get(JsValue::from_str("store_id")), read_heads(&log));
+            let store_id = match id.map_err(backend_error)? {
                 None => None,
                 Some(value) => {
                     let text = value.as_string().ok_or_else(|| corrupt("store id"))?;
@@ -424,15 +537,7 @@ impl StorageBackend for IdbStore {
                     Some(StoreId::from_bytes(bytes))
                 }
             };
-            let (mut clock, mut heads) = (Hlc::ZERO, Vec::new());
-            let rows = Self::store(&tx, "heads")?
-                .scan(None, None, None, None)
-                .await
-                .map_err(backend_error)?;
-            for (key, value) in rows {
-                clock = clock.max(hlc_field(&value, "hlc_last")?);
-                heads.push((head_author(&key)?, number_field(&value, "seq")?));
-            }
+            let (clock, heads) = heads?;
             Ok(StoredMeta {
                 store_id,
                 clock,
@@ -469,14 +574,8 @@ impl StorageBackend for IdbStore {
 
     fn version_vector(&self) -> BoxFuture<'_, StorageResult<Vec<(DeviceId, u64)>>> {
         Box::pin(async move {
-            let tx = self.transaction(&["heads"], TransactionMode::ReadOnly)?;
-            let rows = Self::store(&tx, "heads")?
-                .scan(None, None, None, None)
-                .await
-                .map_err(backend_error)?;
-            rows.into_iter()
-                .map(|(key, value)| Ok((head_author(&key)?, number_field(&value, "seq")?)))
-                .collect()
+            let tx = self.transaction(&["change_log"], TransactionMode::ReadOnly)?;
+            Ok(read_heads(&Self::store(&tx, "change_log")?).await?.1)
         })
     }
 
@@ -657,14 +756,6 @@ impl StorageBackend for IdbStore {
         }
         Box::pin(std::future::ready(Ok(())))
     }
-}
-
-/// The author a `heads` key names.
-fn head_author(key: &JsValue) -> StorageResult<DeviceId> {
-    key.as_string()
-        .ok_or_else(|| corrupt("author"))?
-        .parse()
-        .map_err(|_| corrupt("author"))
 }
 
 fn commit_from(row: &JsValue) -> StorageResult<SignedCommit> {

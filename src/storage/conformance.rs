@@ -17,9 +17,11 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
-use super::{RecordQuery, StorageBackend, WriteBatch};
+use super::{KvRow, RecordQuery, StorageBackend, WriteBatch};
+use crate::hlc::Hlc;
 use crate::keys::MemoryKeyStore;
 use crate::{ConflictStrategy, EventListOptions, ListOptions, Since, Store, StoreOptions};
+use crate::{DeviceIdentity, Stamp, StorageError};
 
 /// Generates one test per conformance check for a backend factory.
 #[macro_export]
@@ -87,16 +89,38 @@ pub async fn meta_starts_empty(factory: &impl BackendFactory) {
         .unwrap();
     let meta = backend.load_meta().await.unwrap();
     assert_eq!(meta.store_id, Some(id));
-    // The store id never changes once set.
-    let other = crate::StoreId::from_bytes([6; 16]);
+    // The store id never changes once set: setting the same one again is
+    // harmless, another one is a conflict that writes nothing of its batch
+    // (two tabs creating one store: the loser adopts the winner's id).
     backend
         .write(WriteBatch {
-            store_id: Some(other),
+            store_id: Some(id),
             ..WriteBatch::default()
         })
         .await
         .unwrap();
+    let other = crate::StoreId::from_bytes([6; 16]);
+    let author = DeviceIdentity::generate().unwrap();
+    let result = backend
+        .write(WriteBatch {
+            store_id: Some(other),
+            kv: vec![KvRow {
+                key: "lost".into(),
+                value: Some("1".into()),
+                stamp: Stamp {
+                    hlc: Hlc::from_u64(1 << 20),
+                    author: author.device_id(),
+                },
+            }],
+            ..WriteBatch::default()
+        })
+        .await;
+    assert!(
+        matches!(result, Err(StorageError::Conflict(_))),
+        "{result:?}"
+    );
     assert_eq!(backend.load_meta().await.unwrap().store_id, Some(id));
+    assert_eq!(backend.get_kv("lost").await.unwrap(), None);
 }
 
 pub async fn records_round_trip(factory: &impl BackendFactory) {

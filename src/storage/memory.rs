@@ -86,9 +86,15 @@ impl StorageBackend for MemoryStore {
     }
 
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
-        let result = self.tables().map(|mut t| {
-            if t.meta.store_id.is_none() {
-                t.meta.store_id = batch.store_id;
+        let result = self.tables().and_then(|mut t| {
+            match (t.meta.store_id, batch.store_id) {
+                (None, id) => t.meta.store_id = id,
+                (Some(stored), Some(id)) if stored != id => {
+                    return Err(StorageError::Conflict(
+                        "the store already has another id".into(),
+                    ))
+                }
+                _ => {}
             }
             if let Some(clock) = batch.clock {
                 t.meta.clock = t.meta.clock.max(clock);
@@ -110,6 +116,7 @@ impl StorageBackend for MemoryStore {
             for row in batch.kv {
                 t.kv.insert(row.key.clone(), row);
             }
+            Ok(())
         });
         ready(result)
     }

@@ -4,6 +4,7 @@ use rusqlite::{params, Connection};
 
 use super::authors::Authors;
 use super::{log_key, to_i64, Sql};
+use crate::error::StorageError;
 use crate::storage::{StorageResult, WriteBatch};
 
 pub(super) fn write_batch(
@@ -19,6 +20,16 @@ pub(super) fn write_batch(
             params![&id.as_bytes()[..]],
         )
         .sql()?;
+        let stored: Vec<u8> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+                r.get(0)
+            })
+            .sql()?;
+        if stored != id.as_bytes() {
+            return Err(StorageError::Conflict(
+                "the store already has another id".into(),
+            ));
+        }
     }
     // The clock is derived from the change log (`hlc_last`), not stored.
     {
