@@ -37,6 +37,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod change;
+pub mod crypto;
 pub mod error;
 pub mod hlc;
 pub mod identity;

@@ -46,6 +46,13 @@ mod memory {
     });
 }
 
+/// The encryption layer's known-answer vectors give the same bytes in wasm
+/// as natively (and as the independent implementation that made them).
+#[wasm_bindgen_test]
+fn crypto_known_answer_vectors() {
+    persist::crypto::test_vectors::check().expect("vectors reproduce in wasm");
+}
+
 mod idb_only {
     use persist::platform::web::IdbStore;
     use persist::{Adapter, ListOptions, Store, StoreOptions};
