@@ -33,6 +33,10 @@ pub enum StorageError {
     /// writer retries with fresh state.
     #[error("storage was changed by another writer: {0}")]
     Conflict(String),
+    /// A stored row does not decrypt or authenticate under the store's keys
+    /// (wrong key, or altered / moved ciphertext). Nothing was changed.
+    #[error("stored data does not decrypt: {0}")]
+    Decrypt(String),
     /// The backend has been closed.
     #[error("storage is closed")]
     Closed,
@@ -50,6 +54,7 @@ impl StorageError {
             StorageError::Io(_) => "STORAGE_IO",
             StorageError::Locked(_) => "STORAGE_LOCKED",
             StorageError::Conflict(_) => "STORAGE_CONFLICT",
+            StorageError::Decrypt(_) => "DECRYPT_FAILED",
             StorageError::Closed => "CLOSED",
             StorageError::Backend(_) => "STORAGE_FAILED",
         }

@@ -21,6 +21,9 @@ pub use crate::merge::{KvRow, RecordRow};
 mod memory;
 pub use memory::MemoryStore;
 
+mod sealed;
+pub use sealed::SealedStorage;
+
 pub mod conformance;
 
 /// Result alias for backends.

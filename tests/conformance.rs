@@ -26,3 +26,34 @@ mod sqlite {
 
     persist::storage_conformance_tests!(tokio::test, || async { fresh() });
 }
+
+/// The encrypting decorator keeps the contract on both backends.
+mod sealed_memory {
+    use std::sync::Arc;
+
+    use persist::crypto::Keyring;
+    use persist::storage::{MemoryStore, SealedStorage, StorageBackend};
+    use persist::StoreId;
+
+    persist::storage_conformance_tests!(tokio::test, || async {
+        let keyring = Keyring::create(StoreId::generate().expect("id")).expect("keyring");
+        Arc::new(SealedStorage::new(Arc::new(MemoryStore::new()), keyring).expect("sealed"))
+            as Arc<dyn StorageBackend>
+    });
+}
+
+mod sealed_sqlite {
+    use std::sync::Arc;
+
+    use persist::crypto::Keyring;
+    use persist::platform::native::SqliteStore;
+    use persist::storage::{SealedStorage, StorageBackend};
+    use persist::StoreId;
+
+    persist::storage_conformance_tests!(tokio::test, || async {
+        let dir = tempfile::tempdir().expect("temp dir").keep();
+        let inner = Arc::new(SqliteStore::open(&dir.join("store.db")).expect("opens"));
+        let keyring = Keyring::create(StoreId::generate().expect("id")).expect("keyring");
+        Arc::new(SealedStorage::new(inner, keyring).expect("sealed")) as Arc<dyn StorageBackend>
+    });
+}

@@ -6,6 +6,7 @@
 mod cli;
 mod disk_full;
 mod durability;
+mod sealed;
 mod sqlite;
 
 /// A small deterministic generator for test schedules (seed printed by callers).

@@ -1,0 +1,409 @@
+//! `SealedStorage`: encryption at rest for the materialized state, as a
+//! decorator over any [`StorageBackend`].
+//!
+//! What the inner backend stores for an encrypted store:
+//!
+//! | row | key (inner) | value (inner) |
+//! |---|---|---|
+//! | record | `(H(collection), H(collection, id))` | envelope of `{ id, value, fields }` in `value` when live; in `fields` (with `value` NULL) for a tombstone |
+//! | event | `(H(log), event id)` | envelope of the JSON text |
+//! | kv | `H(key)` | envelope of `{ key, value }`, as for records |
+//!
+//! `H` is the store's keyed name hash ([`crate::crypto::NameKey`]): `~` and
+//! 32 hex digits. Envelopes are base64 text (the backends store text) and
+//! are bound (associated data) to the store, the row kind, the hashed names
+//! and, for records and keys, the row's stamp; a row moved to another key,
+//! record or store does not open. Stamps, event ids and times, authors, sizes
+//! and liveness (a tombstone's `value` is NULL) stay visible: the metadata
+//! storage needs to merge and order, as DESIGN.md allows.
+//!
+//! Listing with a prefix or cursor cannot use the inner order (hashes do not
+//! keep it): the collection's live rows are read and decrypted, then filtered
+//! and sorted here. That costs one decryption per live row of the collection
+//! per page and leaks nothing more than the row count. Events keep their
+//! order (their ids are clear), so event listings stay range scans.
+//!
+//! Change-log entries pass through unchanged: their operations are sealed
+//! when the commit is built, before it is signed.
+
+use std::sync::Arc;
+
+use data_encoding::BASE64_NOPAD;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    query_admits, EventQuery, EventRow, KvRow, RecordQuery, RecordRow, StorageBackend,
+    StorageResult, StoredMeta, WriteBatch,
+};
+use crate::change::{SignedCommit, Stamp};
+use crate::crypto::envelope::{context, epoch_of};
+use crate::crypto::{CryptoError, Keyring, NameKey, NameKind, Opener, Sealer};
+use crate::error::StorageError;
+use crate::identity::DeviceId;
+use crate::platform::{BoxFuture, BoxStream};
+
+/// What a sealed record or key row holds.
+#[derive(Serialize, Deserialize)]
+struct RowSecret {
+    name: String,
+    value: Option<String>,
+    fields: Option<String>,
+}
+
+/// A backend whose rows are encrypted under a store keyring.
+pub struct SealedStorage {
+    inner: Arc<dyn StorageBackend>,
+    keyring: Keyring,
+    names: NameKey,
+}
+
+fn crypto_error(e: CryptoError) -> StorageError {
+    StorageError::Decrypt(e.to_string())
+}
+
+impl SealedStorage {
+    /// Encrypts what `inner` stores under `keyring` (which must hold epoch
+    /// 0, the root of the store's name key).
+    pub fn new(inner: Arc<dyn StorageBackend>, keyring: Keyring) -> StorageResult<SealedStorage> {
+        let names = keyring.name_key().map_err(crypto_error)?;
+        Ok(SealedStorage {
+            inner,
+            keyring,
+            names,
+        })
+    }
+
+    fn collection(&self, collection: &str) -> String {
+        self.names.hash(NameKind::Collection, "", collection)
+    }
+
+    fn record(&self, collection: &str, id: &str) -> String {
+        self.names.hash(NameKind::Record, collection, id)
+    }
+
+    fn log(&self, log: &str) -> String {
+        self.names.hash(NameKind::Log, "", log)
+    }
+
+    fn key(&self, key: &str) -> String {
+        self.names.hash(NameKind::Key, "", key)
+    }
+
+    fn row_context(&self, kind: &[u8], first: &str, second: &str, stamp: &Stamp) -> Vec<u8> {
+        context(&[
+            self.keyring.store().as_bytes(),
+            kind,
+            first.as_bytes(),
+            second.as_bytes(),
+            stamp.author.as_bytes(),
+            &stamp.hlc.as_u64().to_be_bytes(),
+        ])
+    }
+
+    fn event_context(&self, log: &str, id: &str, author: &DeviceId, at: u64) -> Vec<u8> {
+        context(&[
+            self.keyring.store().as_bytes(),
+            b"event",
+            log.as_bytes(),
+            id.as_bytes(),
+            author.as_bytes(),
+            &at.to_be_bytes(),
+        ])
+    }
+
+    fn open(&self, opener: &mut Opener, context: &[u8], text: &str) -> StorageResult<Vec<u8>> {
+        let envelope = BASE64_NOPAD
+            .decode(text.as_bytes())
+            .map_err(|_| StorageError::Decrypt("a sealed row is not base64".into()))?;
+        let key = self
+            .keyring
+            .key(epoch_of(&envelope).map_err(crypto_error)?)
+            .map_err(crypto_error)?;
+        opener.open(key, context, &envelope).map_err(crypto_error)
+    }
+
+    fn seal_secret(
+        &self,
+        sealer: &mut Sealer,
+        context: &[u8],
+        secret: &RowSecret,
+    ) -> StorageResult<String> {
+        let plain = zeroize::Zeroizing::new(
+            postcard::to_stdvec(secret).map_err(|e| StorageError::Backend(e.to_string()))?,
+        );
+        let sealed = sealer.seal(context, &plain).map_err(crypto_error)?;
+        Ok(BASE64_NOPAD.encode(&sealed))
+    }
+
+    fn open_secret(
+        &self,
+        opener: &mut Opener,
+        context: &[u8],
+        value: &Option<String>,
+        fields: &Option<String>,
+    ) -> StorageResult<RowSecret> {
+        let text = value
+            .as_deref()
+            .or(fields.as_deref())
+            .ok_or_else(|| StorageError::Decrypt("a sealed row has no envelope".into()))?;
+        let plain = zeroize::Zeroizing::new(self.open(opener, context, text)?);
+        postcard::from_bytes(&plain)
+            .map_err(|e| StorageError::Decrypt(format!("a sealed row does not decode: {e}")))
+    }
+
+    fn seal_batch(&self, batch: WriteBatch) -> StorageResult<WriteBatch> {
+        let (epoch, key) = self.keyring.current();
+        let mut sealer = Sealer::new(key, epoch).map_err(crypto_error)?;
+        let mut records = Vec::with_capacity(batch.records.len());
+        for row in batch.records {
+            let (collection, id) = (
+                self.collection(&row.collection),
+                self.record(&row.collection, &row.id),
+            );
+            let context = self.row_context(b"record", &collection, &id, &row.stamp);
+            let live = row.value.is_some();
+            let secret = RowSecret {
+                name: row.id,
+                value: row.value,
+                fields: row.fields,
+            };
+            let sealed = Some(self.seal_secret(&mut sealer, &context, &secret)?);
+            records.push(RecordRow {
+                collection,
+                id,
+                value: if live { sealed.clone() } else { None },
+                stamp: row.stamp,
+                fields: if live { None } else { sealed },
+            });
+        }
+        let mut events = Vec::with_capacity(batch.events.len());
+        for row in batch.events {
+            let log = self.log(&row.log);
+            let context = self.event_context(&log, &row.id, &row.author, row.at);
+            let sealed = sealer
+                .seal(&context, row.value.as_bytes())
+                .map_err(crypto_error)?;
+            events.push(EventRow {
+                log,
+                value: BASE64_NOPAD.encode(&sealed),
+                ..row
+            });
+        }
+        let mut kv = Vec::with_capacity(batch.kv.len());
+        for row in batch.kv {
+            let key = self.key(&row.key);
+            let context = self.row_context(b"kv", &key, "", &row.stamp);
+            let live = row.value.is_some();
+            let secret = RowSecret {
+                name: row.key,
+                value: row.value,
+                fields: None,
+            };
+            let sealed = self.seal_secret(&mut sealer, &context, &secret)?;
+            // A KV tombstone keeps its envelope in `value`'s place only
+            // when live: the inner row has no `fields` column, so a deleted
+            // key stores no name (it is never listed, and reads know it).
+            kv.push(KvRow {
+                key,
+                value: live.then_some(sealed),
+                stamp: row.stamp,
+            });
+        }
+        Ok(WriteBatch {
+            records,
+            events,
+            kv,
+            ..batch
+        })
+    }
+
+    fn open_record(
+        &self,
+        opener: &mut Opener,
+        collection: &str,
+        row: RecordRow,
+    ) -> StorageResult<RecordRow> {
+        let context = self.row_context(b"record", &row.collection, &row.id, &row.stamp);
+        let secret = self.open_secret(opener, &context, &row.value, &row.fields)?;
+        Ok(RecordRow {
+            collection: collection.to_owned(),
+            id: secret.name,
+            value: secret.value,
+            stamp: row.stamp,
+            fields: secret.fields,
+        })
+    }
+
+    fn open_kv(&self, opener: &mut Opener, key: Option<&str>, row: KvRow) -> StorageResult<KvRow> {
+        match (&row.value, key) {
+            // A tombstone: nothing sealed, and the caller knows its name.
+            (None, Some(key)) => Ok(KvRow {
+                key: key.to_owned(),
+                value: None,
+                stamp: row.stamp,
+            }),
+            _ => {
+                let context = self.row_context(b"kv", &row.key, "", &row.stamp);
+                let secret = self.open_secret(opener, &context, &row.value, &None)?;
+                Ok(KvRow {
+                    key: secret.name,
+                    value: secret.value,
+                    stamp: row.stamp,
+                })
+            }
+        }
+    }
+}
+
+/// Applies `query` (prefix, cursor, limit, id order) to decrypted rows.
+fn page<T>(mut rows: Vec<T>, query: &RecordQuery, id: impl Fn(&T) -> &str) -> Vec<T> {
+    rows.retain(|row| query_admits(query, id(row)));
+    rows.sort_by(|a, b| id(a).cmp(id(b)));
+    rows.truncate(query.limit.unwrap_or(usize::MAX));
+    rows
+}
+
+impl StorageBackend for SealedStorage {
+    fn describe(&self) -> String {
+        format!("sealed:{}", self.inner.describe())
+    }
+
+    fn load_meta(&self) -> BoxFuture<'_, StorageResult<StoredMeta>> {
+        self.inner.load_meta()
+    }
+
+    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
+        Box::pin(async move {
+            let sealed = self.seal_batch(batch)?;
+            self.inner.write(sealed).await
+        })
+    }
+
+    fn version_vector(&self) -> BoxFuture<'_, StorageResult<Vec<(DeviceId, u64)>>> {
+        self.inner.version_vector()
+    }
+
+    fn get_commit(
+        &self,
+        author: DeviceId,
+        seq: u64,
+    ) -> BoxFuture<'_, StorageResult<Option<SignedCommit>>> {
+        self.inner.get_commit(author, seq)
+    }
+
+    fn commits_after(
+        &self,
+        author: DeviceId,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, StorageResult<Vec<SignedCommit>>> {
+        self.inner.commits_after(author, after_seq, limit)
+    }
+
+    fn get_record<'a>(
+        &'a self,
+        collection: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<RecordRow>>> {
+        Box::pin(async move {
+            let (hashed, hashed_id) = (self.collection(collection), self.record(collection, id));
+            let Some(row) = self.inner.get_record(&hashed, &hashed_id).await? else {
+                return Ok(None);
+            };
+            let row = self.open_record(&mut Opener::new(), collection, row)?;
+            if row.id != id {
+                return Err(StorageError::Decrypt(
+                    "a sealed record names another id".into(),
+                ));
+            }
+            Ok(Some(row))
+        })
+    }
+
+    fn list_records<'a>(
+        &'a self,
+        collection: &'a str,
+        query: &'a RecordQuery,
+    ) -> BoxFuture<'a, StorageResult<Vec<RecordRow>>> {
+        Box::pin(async move {
+            let hashed = self.collection(collection);
+            let rows = self
+                .inner
+                .list_records(&hashed, &RecordQuery::default())
+                .await?;
+            let mut opener = Opener::new();
+            let rows = rows
+                .into_iter()
+                .map(|row| self.open_record(&mut opener, collection, row))
+                .collect::<StorageResult<Vec<_>>>()?;
+            Ok(page(rows, query, |row| &row.id))
+        })
+    }
+
+    fn list_events<'a>(
+        &'a self,
+        log: &'a str,
+        query: &'a EventQuery,
+    ) -> BoxFuture<'a, StorageResult<Vec<EventRow>>> {
+        Box::pin(async move {
+            let hashed = self.log(log);
+            let rows = self.inner.list_events(&hashed, query).await?;
+            let mut opener = Opener::new();
+            rows.into_iter()
+                .map(|row| {
+                    let context = self.event_context(&hashed, &row.id, &row.author, row.at);
+                    let plain = self.open(&mut opener, &context, &row.value)?;
+                    let value = String::from_utf8(plain)
+                        .map_err(|_| StorageError::Decrypt("a sealed event is not text".into()))?;
+                    Ok(EventRow {
+                        log: log.to_owned(),
+                        value,
+                        ..row
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn get_kv<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StorageResult<Option<KvRow>>> {
+        Box::pin(async move {
+            let Some(row) = self.inner.get_kv(&self.key(key)).await? else {
+                return Ok(None);
+            };
+            let row = self.open_kv(&mut Opener::new(), Some(key), row)?;
+            if row.key != key {
+                return Err(StorageError::Decrypt(
+                    "a sealed key names another key".into(),
+                ));
+            }
+            Ok(Some(row))
+        })
+    }
+
+    fn list_kv<'a>(&'a self, query: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>> {
+        Box::pin(async move {
+            let rows = self.inner.list_kv(&RecordQuery::default()).await?;
+            let mut opener = Opener::new();
+            let rows = rows
+                .into_iter()
+                .map(|row| self.open_kv(&mut opener, None, row))
+                .collect::<StorageResult<Vec<_>>>()?;
+            Ok(page(rows, query, |row| &row.key))
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, StorageResult<()>> {
+        self.inner.close()
+    }
+
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+
+    fn external_changes(&self) -> Option<BoxStream<'static, Vec<(String, String)>>> {
+        // Other tabs announce hashed keys, which cannot be turned back into
+        // names here; the announcement of plain keys comes with encryption
+        // in the browser.
+        None
+    }
+}
