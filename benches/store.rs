@@ -438,8 +438,12 @@ fn envelope_rows(sizes: &Sizes, rows: &mut Vec<Row>) {
     use persist::crypto::{DataKey, Opener, Sealer};
 
     let count = sizes.batched_rows.min(100_000);
-    let values: Vec<Vec<u8>> = (0..count).map(|i| value(i).to_string().into_bytes()).collect();
-    let aad = context(&[&[7u8; 16], b"record", &[1u8; 33], &[2u8; 33], &[3u8; 32], &[0u8; 8]]);
+    let values: Vec<Vec<u8>> = (0..count)
+        .map(|i| value(i).to_string().into_bytes())
+        .collect();
+    let aad = context(&[
+        &[7u8; 16], b"record", &[1u8; 33], &[2u8; 33], &[3u8; 32], &[0u8; 8],
+    ]);
     let key = DataKey::generate().expect("key");
     let raw = Aes256Gcm::new(&(*key.as_bytes()).into());
     let (mut seal_batch, mut seal_single, mut open_batch, mut raw_seal, mut raw_open) =
