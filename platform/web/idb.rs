@@ -98,11 +98,24 @@ fn optional_text(object: &JsValue, key: &str) -> StorageResult<Option<String>> {
     value.as_string().map(Some).ok_or_else(|| corrupt(key))
 }
 
+/// A non-negative integer a JS number holds exactly (below 2^53).
+fn safe_integer(value: &JsValue) -> Option<u64> {
+    value
+        .as_f64()
+        .filter(|n| *n >= 0.0 && n.fract() == 0.0 && *n < 9_007_199_254_740_992.0)
+        .map(|n| n as u64)
+}
+
 fn number_field(object: &JsValue, key: &str) -> StorageResult<u64> {
-    match get(object, key).as_f64() {
-        Some(n) if n >= 0.0 && n.fract() == 0.0 && n < 9_007_199_254_740_992.0 => Ok(n as u64),
-        _ => Err(corrupt(key)),
-    }
+    safe_integer(&get(object, key)).ok_or_else(|| corrupt(key))
+}
+
+/// Element `index` of an array key, as a string.
+fn key_text(key: &JsValue, index: u32, what: &str) -> StorageResult<String> {
+    Array::from(key)
+        .get(index)
+        .as_string()
+        .ok_or_else(|| corrupt(what))
 }
 
 fn bytes_field(object: &JsValue, key: &str) -> StorageResult<Vec<u8>> {
@@ -234,16 +247,23 @@ impl IdbStore {
             .map_err(backend_error)
     }
 
-    /// Values of `store` in key order within `range`, fetched in chunks,
-    /// until `keep` says stop.
-    async fn scan(
-        store: &Store,
-        lower: JsValue,
-        lower_open: bool,
+    /// Up to `limit` items made by `take` from the rows of object store
+    /// `name` between `lower` and `upper` (inclusive) in key order, read in
+    /// chunks of `SCAN_CHUNK` in one read-only transaction.
+    async fn collect<T>(
+        &self,
+        name: &str,
+        (mut lower, mut lower_open): (JsValue, bool),
         upper: JsValue,
-        mut keep: impl FnMut(JsValue, JsValue) -> StorageResult<bool>,
-    ) -> StorageResult<()> {
-        let (mut lower, mut lower_open) = (lower, lower_open);
+        limit: usize,
+        mut take: impl FnMut(JsValue, JsValue) -> StorageResult<Take<T>>,
+    ) -> StorageResult<Vec<T>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let tx = self.transaction(&[name], TransactionMode::ReadOnly)?;
+        let store = Self::store(&tx, name)?;
         loop {
             let range = KeyRange::bound(&lower, &upper, Some(lower_open), Some(false))
                 .map_err(|e| StorageError::Backend(e.to_string()))?;
@@ -255,19 +275,28 @@ impl IdbStore {
             let mut last = None;
             for (key, value) in rows {
                 last = Some(key.clone());
-                if !keep(key, value)? {
-                    return Ok(());
+                match take(key, value)? {
+                    Take::Item(item) => out.push(item),
+                    Take::Skip => {}
+                    Take::Stop => return Ok(out),
+                }
+                if out.len() >= limit {
+                    return Ok(out);
                 }
             }
             match last {
-                Some(key) if full => {
-                    lower = key;
-                    lower_open = true;
-                }
-                _ => return Ok(()),
+                Some(key) if full => (lower, lower_open) = (key, true),
+                _ => return Ok(out),
             }
         }
     }
+}
+
+/// What a listing does with one row.
+enum Take<T> {
+    Item(T),
+    Skip,
+    Stop,
 }
 
 fn author_text(author: &DeviceId) -> JsValue {
@@ -356,10 +385,9 @@ async fn read_heads(store: &Store) -> StorageResult<(Hlc, Vec<(DeviceId, u64)>)>
             .as_string()
             .and_then(|text| text.parse().ok())
             .ok_or_else(|| corrupt("change_log author"))?;
-        let seq = match key.get(1).as_f64() {
-            Some(n) if n >= 1.0 && n.fract() == 0.0 && n < 9_007_199_254_740_992.0 => n as u64,
-            _ => return Err(corrupt("change_log sequence number")),
-        };
+        let seq = safe_integer(&key.get(1))
+            .filter(|seq| *seq >= 1)
+            .ok_or_else(|| corrupt("change_log sequence number"))?;
         clock = clock.max(hlc_field(&value, "hlc_last")?);
         heads.push((author, seq));
         below = Some(Array::of1(&author_key).into());
@@ -548,13 +576,16 @@ impl StorageBackend for IdbStore {
 
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
         Box::pin(async move {
-            let keys: Vec<(String, String)> = batch
-                .records
-                .iter()
-                .map(|r| (r.collection.clone(), r.id.clone()))
-                .collect();
+            // Record keys for the other tabs, gathered before the batch is consumed.
+            let keys: Option<Vec<(String, String)>> = self.tabs.as_ref().map(|_| {
+                batch
+                    .records
+                    .iter()
+                    .map(|r| (r.collection.clone(), r.id.clone()))
+                    .collect()
+            });
             write_batch(self, batch).await?;
-            if let Some(tabs) = &self.tabs {
+            if let (Some(tabs), Some(keys)) = (&self.tabs, keys) {
                 tabs.announce(keys);
             }
             Ok(())
@@ -600,21 +631,13 @@ impl StorageBackend for IdbStore {
         limit: usize,
     ) -> BoxFuture<'_, StorageResult<Vec<SignedCommit>>> {
         Box::pin(async move {
-            let tx = self.transaction(&["change_log"], TransactionMode::ReadOnly)?;
-            let store = Self::store(&tx, "change_log")?;
             let author = author.to_string();
             let lower = key2(&author, &seq_number(after_seq.min((1 << 53) - 1))?);
             let upper = key2(&author, &Array::new().into());
-            let mut out = Vec::new();
-            if limit == 0 {
-                return Ok(out);
-            }
-            Self::scan(&store, lower, true, upper, |_, value| {
-                out.push(commit_from(&value)?);
-                Ok(out.len() < limit)
+            self.collect("change_log", (lower, true), upper, limit, |_, value| {
+                Ok(Take::Item(commit_from(&value)?))
             })
-            .await?;
-            Ok(out)
+            .await
         })
     }
 
@@ -637,33 +660,31 @@ impl StorageBackend for IdbStore {
         query: &'a RecordQuery,
     ) -> BoxFuture<'a, StorageResult<Vec<RecordRow>>> {
         Box::pin(async move {
-            let tx = self.transaction(&["records"], TransactionMode::ReadOnly)?;
-            let store = Self::store(&tx, "records")?;
             let (start, inclusive) = query_start(query);
             let lower = key2(collection, &JsValue::from_str(&start));
             let upper = key2(collection, &Array::new().into());
             let limit = query.limit.unwrap_or(usize::MAX);
-            let mut out = Vec::new();
-            if limit == 0 {
-                return Ok(out);
-            }
-            Self::scan(&store, lower, !inclusive, upper, |key, value| {
-                let id = Array::from(&key)
-                    .get(1)
-                    .as_string()
-                    .ok_or_else(|| corrupt("record key"))?;
-                // Ids with the prefix are contiguous: the first one without it ends the list.
-                if !query_admits(query, &id) {
-                    return Ok(false);
-                }
-                let row = record_from(collection, id, &value)?;
-                if row.value.is_some() {
-                    out.push(row);
-                }
-                Ok(out.len() < limit)
-            })
-            .await?;
-            Ok(out)
+            self.collect(
+                "records",
+                (lower, !inclusive),
+                upper,
+                limit,
+                |key, value| {
+                    let id = key_text(&key, 1, "record key")?;
+                    // Ids with the prefix are contiguous: the first one without it ends the list.
+                    if !query_admits(query, &id) {
+                        return Ok(Take::Stop);
+                    }
+                    let row = record_from(collection, id, &value)?;
+                    // Tombstones are not listed.
+                    Ok(if row.value.is_some() {
+                        Take::Item(row)
+                    } else {
+                        Take::Skip
+                    })
+                },
+            )
+            .await
         })
     }
 
@@ -673,8 +694,6 @@ impl StorageBackend for IdbStore {
         query: &'a EventQuery,
     ) -> BoxFuture<'a, StorageResult<Vec<EventRow>>> {
         Box::pin(async move {
-            let tx = self.transaction(&["events"], TransactionMode::ReadOnly)?;
-            let store = Self::store(&tx, "events")?;
             let from = query.from.clone().unwrap_or_default();
             let (start, open) = match &query.after {
                 Some(after) if *after >= from => (after.clone(), true),
@@ -683,26 +702,16 @@ impl StorageBackend for IdbStore {
             let lower = key2(log, &JsValue::from_str(&start));
             let upper = key2(log, &Array::new().into());
             let limit = query.limit.unwrap_or(usize::MAX);
-            let mut out = Vec::new();
-            if limit == 0 {
-                return Ok(out);
-            }
-            Self::scan(&store, lower, open, upper, |key, value| {
-                let id = Array::from(&key)
-                    .get(1)
-                    .as_string()
-                    .ok_or_else(|| corrupt("event key"))?;
-                out.push(EventRow {
+            self.collect("events", (lower, open), upper, limit, |key, value| {
+                Ok(Take::Item(EventRow {
                     log: log.to_owned(),
-                    id,
+                    id: key_text(&key, 1, "event key")?,
                     at: number_field(&value, "at")?,
                     author: author_field(&value, "author")?,
                     value: text_field(&value, "value")?,
-                });
-                Ok(out.len() < limit)
+                }))
             })
-            .await?;
-            Ok(out)
+            .await
         })
     }
 
@@ -715,35 +724,25 @@ impl StorageBackend for IdbStore {
 
     fn list_kv<'a>(&'a self, query: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>> {
         Box::pin(async move {
-            let tx = self.transaction(&["kv"], TransactionMode::ReadOnly)?;
-            let store = Self::store(&tx, "kv")?;
             let (start, inclusive) = query_start(query);
+            let lower = JsValue::from_str(&start);
             // Every string sorts before an empty array.
             let upper: JsValue = Array::new().into();
             let limit = query.limit.unwrap_or(usize::MAX);
-            let mut out = Vec::new();
-            if limit == 0 {
-                return Ok(out);
-            }
-            Self::scan(
-                &store,
-                JsValue::from_str(&start),
-                !inclusive,
-                upper,
-                |key, value| {
-                    let key = key.as_string().ok_or_else(|| corrupt("key"))?;
-                    if !query_admits(query, &key) {
-                        return Ok(false);
-                    }
-                    let row = kv_from(key, &value)?;
-                    if row.value.is_some() {
-                        out.push(row);
-                    }
-                    Ok(out.len() < limit)
-                },
-            )
-            .await?;
-            Ok(out)
+            self.collect("kv", (lower, !inclusive), upper, limit, |key, value| {
+                let key = key.as_string().ok_or_else(|| corrupt("key"))?;
+                if !query_admits(query, &key) {
+                    return Ok(Take::Stop);
+                }
+                let row = kv_from(key, &value)?;
+                // Tombstones are not listed.
+                Ok(if row.value.is_some() {
+                    Take::Item(row)
+                } else {
+                    Take::Skip
+                })
+            })
+            .await
         })
     }
 
