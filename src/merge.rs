@@ -49,6 +49,12 @@ impl ConflictStrategy {
         ConflictStrategy::Custom(Arc::new(resolver))
     }
 
+    /// Whether a write is merged with the stored version of its record
+    /// (every strategy but last-write-wins reads it first).
+    pub fn reads_stored(&self) -> bool {
+        !matches!(self, ConflictStrategy::LastWriteWins)
+    }
+
     /// The strategy's name as the JavaScript API spells it.
     pub fn name(&self) -> &'static str {
         match self {

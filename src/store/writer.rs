@@ -26,7 +26,7 @@ use super::handles::AppendedEvent;
 use super::subscribe::{Origin, RecordChange};
 use super::Store;
 use crate::change::{Commit, CommitBody, Op, Stamp, COMMIT_FORMAT};
-use crate::error::{Error, RejectReason, Result};
+use crate::error::{Error, RejectReason, Result, StorageError};
 use crate::hlc::{Hlc, HybridClock};
 use crate::identity::DeviceId;
 use crate::merge::{self, ConflictStrategy, KvRow, RecordRow};
@@ -124,13 +124,12 @@ struct WriterState {
     clock: HybridClock,
     heads: BTreeMap<DeviceId, u64>,
     me: DeviceId,
-    /// Set while a batch is in flight: if the leader's future is dropped
-    /// mid-batch, the next batch reloads `heads` from storage instead of
-    /// trusting sequence numbers that may never have been written.
-    in_flight: bool,
-    /// Set after a conflict on shared storage: reload this device's head
-    /// and the clock before the next batch.
-    stale: bool,
+    /// Reload `heads` and the clock from storage before the next batch. Set
+    /// when a batch starts and cleared when it ends without a conflict, so it
+    /// stays set if the leader's future is dropped mid-batch (sequence
+    /// numbers that may never have been written) and after a conflict on
+    /// shared storage (another tab committed first).
+    reload: bool,
 }
 
 pub(crate) struct Writer {
@@ -147,8 +146,7 @@ impl Writer {
                 clock,
                 heads,
                 me,
-                in_flight: false,
-                stale: false,
+                reload: false,
             }),
             delivery: futures::lock::Mutex::new(()),
         }
@@ -307,16 +305,12 @@ async fn run_with_retries(
             BatchEnd::Done(answers, changes) => return (answers, changes),
             BatchEnd::Conflict(e) => {
                 tracing::debug!("another writer committed first; rebuilding the batch");
-                state.stale = true;
                 last = Some(e);
             }
         }
     }
-    let e = last.unwrap_or_else(|| {
-        Error::Storage(crate::error::StorageError::Conflict(
-            "retries exhausted".into(),
-        ))
-    });
+    let e =
+        last.unwrap_or_else(|| Error::Storage(StorageError::Conflict("retries exhausted".into())));
     (fail_all(0..count, &e), Vec::new())
 }
 
@@ -335,7 +329,7 @@ async fn run_batch(store: &Store, state: &mut WriterState, requests: Vec<Request
     if let Err(e) = prepare(store, state).await {
         return BatchEnd::Done(fail_all(0..count, &e), Vec::new());
     }
-    state.in_flight = true;
+    state.reload = true;
     let heads_before = state.heads.clone();
     let mut batch = Batch {
         subscribed: store.subscribed_collections(),
@@ -397,13 +391,14 @@ async fn run_batch(store: &Store, state: &mut WriterState, requests: Vec<Request
                 .map_err(Error::from)
         }
     };
-    state.in_flight = false;
+    let conflict = matches!(result, Err(Error::Storage(StorageError::Conflict(_))));
+    state.reload = conflict;
     match result {
         Ok(()) => BatchEnd::Done(answers, batch.changes),
         Err(e) => {
             // Nothing was stored: sequence numbers are not consumed.
             state.heads = heads_before;
-            if matches!(e, Error::Storage(crate::error::StorageError::Conflict(_))) {
+            if conflict {
                 return BatchEnd::Conflict(e);
             }
             tracing::warn!(code = e.code(), error = %e, "group commit failed");
@@ -420,11 +415,11 @@ async fn run_batch(store: &Store, state: &mut WriterState, requests: Vec<Request
 /// (after a conflict), may have changed.
 async fn prepare(store: &Store, state: &mut WriterState) -> Result<()> {
     let backend = &store.inner.backend;
-    if state.in_flight || state.stale {
+    if state.reload {
         let meta = backend.load_meta().await?;
         state.heads = meta.heads.into_iter().collect();
         state.clock.observe(meta.clock);
-        state.stale = false;
+        state.reload = false;
     }
     Ok(())
 }
@@ -537,15 +532,7 @@ impl LocalGroup {
             // Values were checked before queueing, so only storage can fail
             // here, and that fails the whole batch (nothing is written).
             let op = lower(store, batch, intent).await?;
-            let reads = match &op {
-                Op::RecordPut { collection, .. }
-                | Op::RecordPatch { collection, .. }
-                | Op::RecordDelete { collection, .. } => !matches!(
-                    store.strategy_for(collection),
-                    ConflictStrategy::LastWriteWins
-                ),
-                _ => false,
-            };
+            let reads = op_record(&op).is_some_and(|(c, _)| store.strategy_for(c).reads_stored());
             if reads {
                 apply_op(
                     store,
@@ -776,8 +763,7 @@ async fn apply_op(
             let strategy = store.strategy_for(op_key(&op).0);
             // A local last-write-wins write always wins: its stamp is newer
             // than anything this replica has seen, so nothing is read.
-            let fast =
-                origin == Origin::Local && matches!(strategy, ConflictStrategy::LastWriteWins);
+            let fast = origin == Origin::Local && !strategy.reads_stored();
             let row = match op {
                 Op::RecordPut {
                     collection,
@@ -802,7 +788,7 @@ async fn apply_op(
                     let (collection, id) = op_key(&op);
                     let current = batch.record(store, collection, id).await?;
                     merge::apply_record_op(strategy, current.as_ref(), &op, stamp)
-                        .map_err(|e| crate::error::StorageError::Corrupt(e.0))?
+                        .map_err(|e| StorageError::Corrupt(e.0))?
                 }
             };
             if let Some(row) = row {
@@ -837,11 +823,17 @@ async fn apply_op(
     Ok(())
 }
 
-fn op_key(op: &Op) -> (&str, &str) {
+/// `(collection, id)` of a record operation.
+fn op_record(op: &Op) -> Option<(&str, &str)> {
     match op {
         Op::RecordPut { collection, id, .. }
         | Op::RecordPatch { collection, id, .. }
-        | Op::RecordDelete { collection, id, .. } => (collection, id),
-        _ => ("", ""),
+        | Op::RecordDelete { collection, id, .. } => Some((collection, id)),
+        _ => None,
     }
+}
+
+/// `(collection, id)` of an operation the caller knows is a record's.
+fn op_key(op: &Op) -> (&str, &str) {
+    op_record(op).unwrap_or(("", ""))
 }
