@@ -225,13 +225,12 @@ impl Opener {
         let mut index = [0u8; 4];
         index.copy_from_slice(&envelope[5 + SALT_LEN..9 + SALT_LEN]);
         let commitment = &envelope[9 + SALT_LEN..HEADER_LEN];
-        let cached = matches!(&self.last, Some((k, d)) if d.salt == salt && k == key);
-        if !cached {
-            self.last = Some((key.clone(), Derived::new(key, salt)));
+        if !matches!(&self.last, Some((k, d)) if d.salt == salt && k == key) {
+            self.last = None;
         }
-        let Some((_, derived)) = &self.last else {
-            return Err(CryptoError::WrongKey);
-        };
+        let (_, derived) = self
+            .last
+            .get_or_insert_with(|| (key.clone(), Derived::new(key, salt)));
         if !bool::from(derived.commitment.ct_eq(commitment)) {
             return Err(CryptoError::WrongKey);
         }

@@ -314,14 +314,14 @@ impl ExportedKey {
         payload.extend_from_slice(self.key.as_bytes());
         let checksum = export_checksum(&payload);
         payload.extend_from_slice(&checksum);
-        let body = Zeroizing::new(data_encoding::BASE32_NOPAD.encode(&payload).to_lowercase());
+        let body = Zeroizing::new(data_encoding::BASE32_NOPAD.encode(&payload));
         let mut text = Zeroizing::new(String::with_capacity(EXPORTED_KEY_PREFIX.len() + 110));
         text.push_str(EXPORTED_KEY_PREFIX);
-        for (i, chunk) in body.as_bytes().chunks(8).enumerate() {
-            if i > 0 {
+        for (i, c) in body.chars().enumerate() {
+            if i > 0 && i % 8 == 0 {
                 text.push('-');
             }
-            text.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+            text.push(c.to_ascii_lowercase());
         }
         text
     }

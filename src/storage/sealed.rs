@@ -5,9 +5,9 @@
 //!
 //! | row | key (inner) | value (inner) |
 //! |---|---|---|
-//! | record | `(H(collection), H(collection, id))` | envelope of `{ id, value, fields }` in `value` when live; in `fields` (with `value` NULL) for a tombstone |
+//! | record | `(H(collection), H(collection, id))` | envelope of `{ id, value, fields }` in `value` when live; in `fields` (with `value` NULL) for a tombstone with merge state; nothing for a plain tombstone |
 //! | event | `(H(log), event id)` | envelope of the JSON text |
-//! | kv | `H(key)` | envelope of `{ key, value }`, as for records |
+//! | kv | `H(key)` | envelope of `{ key, value }` when set; nothing for a tombstone |
 //!
 //! `H` is the store's keyed name hash ([`crate::crypto::NameKey`]): `~` and
 //! 32 hex digits. Envelopes are base64 text (the backends store text) and
@@ -122,30 +122,50 @@ impl SealedStorage {
         opener.open(key, context, &envelope).map_err(crypto_error)
     }
 
-    fn seal_secret(
+    /// The inner `(value, fields)` of a row: its secret sealed, in `value`
+    /// when the row is live, in `fields` when a tombstone keeps merge state;
+    /// nothing for a plain tombstone (a read knows its name, a listing skips
+    /// it).
+    fn seal_row(
         &self,
         sealer: &mut Sealer,
         context: &[u8],
-        secret: &RowSecret,
-    ) -> StorageResult<String> {
+        secret: RowSecret,
+    ) -> StorageResult<(Option<String>, Option<String>)> {
+        let live = secret.value.is_some();
+        if !live && secret.fields.is_none() {
+            return Ok((None, None));
+        }
         let plain = zeroize::Zeroizing::new(
-            postcard::to_stdvec(secret).map_err(|e| StorageError::Backend(e.to_string()))?,
+            postcard::to_stdvec(&secret).map_err(|e| StorageError::Backend(e.to_string()))?,
         );
-        let sealed = sealer.seal(context, &plain).map_err(crypto_error)?;
-        Ok(BASE64_NOPAD.encode(&sealed))
+        let sealed = BASE64_NOPAD.encode(&sealer.seal(context, &plain).map_err(crypto_error)?);
+        Ok(if live {
+            (Some(sealed), None)
+        } else {
+            (None, Some(sealed))
+        })
     }
 
-    fn open_secret(
+    /// Reads [`SealedStorage::seal_row`]; `name` is the row's name when the
+    /// caller knows it (reads of one row), which a plain tombstone needs.
+    fn open_row(
         &self,
         opener: &mut Opener,
         context: &[u8],
-        value: &Option<String>,
-        fields: &Option<String>,
+        name: Option<&str>,
+        value: Option<&str>,
+        fields: Option<&str>,
     ) -> StorageResult<RowSecret> {
-        let text = value
-            .as_deref()
-            .or(fields.as_deref())
-            .ok_or_else(|| StorageError::Decrypt("a sealed row has no envelope".into()))?;
+        let Some(text) = value.or(fields) else {
+            return name
+                .map(|name| RowSecret {
+                    name: name.to_owned(),
+                    value: None,
+                    fields: None,
+                })
+                .ok_or_else(|| StorageError::Decrypt("a sealed row has no envelope".into()));
+        };
         let plain = zeroize::Zeroizing::new(self.open(opener, context, text)?);
         postcard::from_bytes(&plain)
             .map_err(|e| StorageError::Decrypt(format!("a sealed row does not decode: {e}")))
@@ -161,19 +181,18 @@ impl SealedStorage {
                 self.record(&row.collection, &row.id),
             );
             let context = self.row_context(b"record", &collection, &id, &row.stamp);
-            let live = row.value.is_some();
             let secret = RowSecret {
                 name: row.id,
                 value: row.value,
                 fields: row.fields,
             };
-            let sealed = Some(self.seal_secret(&mut sealer, &context, &secret)?);
+            let (value, fields) = self.seal_row(&mut sealer, &context, secret)?;
             records.push(RecordRow {
                 collection,
                 id,
-                value: if live { sealed.clone() } else { None },
+                value,
                 stamp: row.stamp,
-                fields: if live { None } else { sealed },
+                fields,
             });
         }
         let mut events = Vec::with_capacity(batch.events.len());
@@ -193,19 +212,16 @@ impl SealedStorage {
         for row in batch.kv {
             let key = self.key(&row.key);
             let context = self.row_context(b"kv", &key, "", &row.stamp);
-            let live = row.value.is_some();
             let secret = RowSecret {
                 name: row.key,
                 value: row.value,
                 fields: None,
             };
-            let sealed = self.seal_secret(&mut sealer, &context, &secret)?;
-            // A KV tombstone keeps its envelope in `value`'s place only
-            // when live: the inner row has no `fields` column, so a deleted
-            // key stores no name (it is never listed, and reads know it).
+            // Keys have no merge state, so a deleted key stores nothing sealed.
+            let (value, _) = self.seal_row(&mut sealer, &context, secret)?;
             kv.push(KvRow {
                 key,
-                value: live.then_some(sealed),
+                value,
                 stamp: row.stamp,
             });
         }
@@ -221,10 +237,17 @@ impl SealedStorage {
         &self,
         opener: &mut Opener,
         collection: &str,
+        id: Option<&str>,
         row: RecordRow,
     ) -> StorageResult<RecordRow> {
         let context = self.row_context(b"record", &row.collection, &row.id, &row.stamp);
-        let secret = self.open_secret(opener, &context, &row.value, &row.fields)?;
+        let secret = self.open_row(
+            opener,
+            &context,
+            id,
+            row.value.as_deref(),
+            row.fields.as_deref(),
+        )?;
         Ok(RecordRow {
             collection: collection.to_owned(),
             id: secret.name,
@@ -235,23 +258,13 @@ impl SealedStorage {
     }
 
     fn open_kv(&self, opener: &mut Opener, key: Option<&str>, row: KvRow) -> StorageResult<KvRow> {
-        match (&row.value, key) {
-            // A tombstone: nothing sealed, and the caller knows its name.
-            (None, Some(key)) => Ok(KvRow {
-                key: key.to_owned(),
-                value: None,
-                stamp: row.stamp,
-            }),
-            _ => {
-                let context = self.row_context(b"kv", &row.key, "", &row.stamp);
-                let secret = self.open_secret(opener, &context, &row.value, &None)?;
-                Ok(KvRow {
-                    key: secret.name,
-                    value: secret.value,
-                    stamp: row.stamp,
-                })
-            }
-        }
+        let context = self.row_context(b"kv", &row.key, "", &row.stamp);
+        let secret = self.open_row(opener, &context, key, row.value.as_deref(), None)?;
+        Ok(KvRow {
+            key: secret.name,
+            value: secret.value,
+            stamp: row.stamp,
+        })
     }
 }
 
@@ -310,7 +323,7 @@ impl StorageBackend for SealedStorage {
             let Some(row) = self.inner.get_record(&hashed, &hashed_id).await? else {
                 return Ok(None);
             };
-            let row = self.open_record(&mut Opener::new(), collection, row)?;
+            let row = self.open_record(&mut Opener::new(), collection, Some(id), row)?;
             if row.id != id {
                 return Err(StorageError::Decrypt(
                     "a sealed record names another id".into(),
@@ -334,7 +347,7 @@ impl StorageBackend for SealedStorage {
             let mut opener = Opener::new();
             let rows = rows
                 .into_iter()
-                .map(|row| self.open_record(&mut opener, collection, row))
+                .map(|row| self.open_record(&mut opener, collection, None, row))
                 .collect::<StorageResult<Vec<_>>>()?;
             Ok(page(rows, query, |row| &row.id))
         })
