@@ -17,6 +17,16 @@ async fn open(path: &Path) -> persist::Result<Store> {
     Store::open(StoreOptions::new("app").path(path)).await
 }
 
+/// Creates the store at `path` (database and keyfile) and closes it.
+async fn create(path: &Path) {
+    open(path)
+        .await
+        .expect("opens")
+        .close()
+        .await
+        .expect("closes");
+}
+
 fn digest(path: &Path) -> Vec<u8> {
     Sha256::digest(std::fs::read(path).expect("reads")).to_vec()
 }
@@ -85,12 +95,7 @@ async fn data_identity_and_sequence_survive_reopen() {
 #[tokio::test]
 async fn keyfile_is_private_and_damage_is_reported_not_repaired() {
     let (_dir, path) = temp();
-    open(&path)
-        .await
-        .expect("opens")
-        .close()
-        .await
-        .expect("closes");
+    create(&path).await;
     let keyfile = PathBuf::from(format!("{}.device-key", path.display()));
     #[cfg(unix)]
     {
@@ -148,12 +153,7 @@ async fn foreign_sqlite_database_is_refused_untouched() {
 #[tokio::test]
 async fn newer_schema_is_refused() {
     let (_dir, path) = temp();
-    open(&path)
-        .await
-        .expect("opens")
-        .close()
-        .await
-        .expect("closes");
+    create(&path).await;
     {
         let conn = rusqlite::Connection::open(&path).expect("opens");
         conn.pragma_update(None, "user_version", 99).expect("bumps");
