@@ -12,7 +12,11 @@ export type PersistErrorCode =
   | "VALUE_TOO_LARGE"
   | "CLOSED"
   | "KEY_INVALID"
-  | "ENCRYPTION_UNAVAILABLE"
+  | "KEY_REQUIRED"
+  | "NOT_ENCRYPTED"
+  | "DECRYPT_FAILED"
+  | "CRYPTO_UNAVAILABLE"
+  | "ENCRYPTION_MISMATCH"
   | "STORAGE_CORRUPT"
   | "STORAGE_VERSION_UNSUPPORTED"
   | "STORAGE_IO"
@@ -39,8 +43,19 @@ export interface StoreOptions {
   /** Ignored in the browser (SQLite file path natively). */
   path?: string;
   strategy?: Strategy;
-  /** Not available in this version: `true` rejects with ENCRYPTION_UNAVAILABLE. */
+  /**
+   * Create the store encrypted: values, names, ids and keys are sealed on the
+   * device before they reach IndexedDB (AES-256-GCM). An existing store keeps
+   * what it was created with; `true` on an unencrypted one is INVALID_OPTIONS.
+   */
   encrypt?: boolean;
+  /**
+   * A key from `store.crypto.exportKey()` (`persist-key-v1-...`): opens an
+   * encrypted store this device has no key for. A mistyped key is
+   * KEY_INVALID, a key that does not open the store DECRYPT_FAILED; neither
+   * changes anything stored.
+   */
+  key?: string;
   sync?: { remote?: string; strategy?: Strategy };
 }
 
@@ -108,8 +123,39 @@ export declare class Kv {
   free(): void;
 }
 
+export interface RotationProgress {
+  /** The epoch the store rotated to. */
+  epoch: number;
+  /** The table being re-encrypted; `null` once done. */
+  table: "records" | "events" | "kv" | null;
+  scanned: number;
+  resealed: number;
+  done: boolean;
+}
+
+export declare class StoreCrypto {
+  private constructor();
+  /** True for an encrypted store (the other methods reject with NOT_ENCRYPTED otherwise). */
+  readonly encrypted: boolean;
+  /** The key epoch new data is sealed under. */
+  epoch(): number;
+  /** The current key as checksummed text: whoever holds it can read the store. */
+  exportKey(): Promise<string>;
+  /**
+   * Starts a new key epoch (new writes use it at once) and re-encrypts the
+   * stored data in batches, reporting progress; writes continue meanwhile.
+   * Interrupted (tab closed), it resumes when the store next opens.
+   */
+  rotateKey(options?: { onProgress?: (progress: RotationProgress) => void }): Promise<RotationProgress>;
+  /** Finishes an interrupted rotation; `null` when there is none. */
+  resumeRotation(options?: { onProgress?: (progress: RotationProgress) => void }): Promise<RotationProgress | null>;
+  free(): void;
+}
+
 export declare class Store {
   private constructor();
+  /** Key export and rotation of an encrypted store. */
+  readonly crypto: StoreCrypto;
   readonly name: string;
   /** Random id fixed at creation (hex). */
   readonly storeId: string;

@@ -20,13 +20,19 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::crypto::envelope::epoch_of;
+use crate::crypto::{Keyring, Opener, Sealer};
 use crate::error::{NameKind, RejectReason};
 use crate::hlc::Hlc;
 use crate::identity::{DeviceId, DeviceIdentity};
 use crate::names;
 
-/// Encoding version of [`CommitBody`].
+/// Encoding version of a [`CommitBody`] whose operations are in the clear.
 pub const COMMIT_FORMAT: u8 = 1;
+/// Encoding version of a commit of an encrypted store: the operations are
+/// one envelope ([`crate::crypto::envelope`]) sealed before signing, bound to
+/// the store, author, sequence number, stamp and operation count.
+pub const SEALED_COMMIT_FORMAT: u8 = 2;
 const SIGNING_DOMAIN: &[u8] = b"persist/commit/v1\0";
 
 /// Random identifier of a store, fixed at creation and shared by every
@@ -185,6 +191,38 @@ impl CommitBody {
     }
 }
 
+/// The encoded form of a [`SEALED_COMMIT_FORMAT`] body: what a relay or a
+/// replica without the key can still check (store, author, sequence, stamps,
+/// signature) and the sealed operations.
+#[derive(Serialize, Deserialize)]
+struct SealedBodyWire {
+    format: u8,
+    store: StoreId,
+    author: DeviceId,
+    seq: u64,
+    hlc: Hlc,
+    op_count: u32,
+    sealed: Vec<u8>,
+}
+
+/// Associated data of a commit's sealed operations.
+fn sealed_ops_context(
+    store: StoreId,
+    author: &DeviceId,
+    seq: u64,
+    hlc: Hlc,
+    count: u32,
+) -> Vec<u8> {
+    crate::crypto::envelope::context(&[
+        store.as_bytes(),
+        b"commit",
+        author.as_bytes(),
+        &seq.to_be_bytes(),
+        &hlc.as_u64().to_be_bytes(),
+        &count.to_be_bytes(),
+    ])
+}
+
 /// A commit as stored and transmitted: the encoded body and its signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedCommit {
@@ -228,11 +266,45 @@ pub struct Commit {
 }
 
 impl Commit {
-    /// Encodes and signs `body` with `identity` (which must be the body's author).
-    pub fn sign(body: CommitBody, identity: &DeviceIdentity) -> crate::Result<Commit> {
+    /// Encodes and signs `body` with `identity` (which must be the body's
+    /// author). With a `sealer` (an encrypted store) the operations are
+    /// sealed first, and the body is of [`SEALED_COMMIT_FORMAT`].
+    pub fn sign(
+        mut body: CommitBody,
+        identity: &DeviceIdentity,
+        sealer: Option<&mut Sealer>,
+    ) -> crate::Result<Commit> {
         debug_assert_eq!(body.author, identity.device_id());
-        let bytes = postcard::to_stdvec(&body)
-            .map_err(|e| crate::Error::InvalidValue(format!("cannot encode commit: {e}")))?;
+        let encode =
+            |e: postcard::Error| crate::Error::InvalidValue(format!("cannot encode commit: {e}"));
+        let bytes = match sealer {
+            None => {
+                body.format = COMMIT_FORMAT;
+                postcard::to_stdvec(&body).map_err(encode)?
+            }
+            Some(sealer) => {
+                body.format = SEALED_COMMIT_FORMAT;
+                let count = u32::try_from(body.ops.len())
+                    .map_err(|_| crate::Error::InvalidValue("too many operations".into()))?;
+                let plain =
+                    zeroize::Zeroizing::new(postcard::to_stdvec(&body.ops).map_err(encode)?);
+                let context =
+                    sealed_ops_context(body.store, &body.author, body.seq, body.hlc, count);
+                let sealed = sealer
+                    .seal(&context, &plain)
+                    .map_err(|e| crate::Error::InvalidValue(e.to_string()))?;
+                postcard::to_stdvec(&SealedBodyWire {
+                    format: SEALED_COMMIT_FORMAT,
+                    store: body.store,
+                    author: body.author,
+                    seq: body.seq,
+                    hlc: body.hlc,
+                    op_count: count,
+                    sealed,
+                })
+                .map_err(encode)?
+            }
+        };
         let signature = identity.sign(&signing_message(&bytes));
         Ok(Commit {
             body,
@@ -244,11 +316,15 @@ impl Commit {
     }
 
     /// Decodes and verifies a commit received from storage or another peer:
-    /// format version, store binding, signature, names and sizes.
+    /// format version, store binding, signature, names and sizes. `keys` is
+    /// the keyring of an encrypted store: its commits must be sealed (and
+    /// open under exactly the epoch they name), a plain store's must not be.
+    /// The signature is checked before anything is decrypted.
     pub fn verify(
         signed: SignedCommit,
         store: StoreId,
         limits: &Limits,
+        keys: Option<&Keyring>,
     ) -> Result<Commit, RejectReason> {
         if signed.body.len() > limits.max_commit_bytes {
             return Err(RejectReason::TooLarge(format!(
@@ -256,23 +332,63 @@ impl Commit {
                 signed.body.len()
             )));
         }
-        let body: CommitBody = postcard::from_bytes(&signed.body)
-            .map_err(|e| RejectReason::Malformed(e.to_string()))?;
-        if body.format != COMMIT_FORMAT {
-            return Err(RejectReason::Malformed(format!(
-                "unknown commit format {}",
-                body.format
-            )));
-        }
-        if body.store != store {
-            return Err(RejectReason::WrongStore);
-        }
-        if !body
-            .author
-            .verify(&signing_message(&signed.body), &signed.signature)
-        {
-            return Err(RejectReason::BadSignature);
-        }
+        let format = signed.body.first().copied();
+        let body: CommitBody = match (format, keys) {
+            (Some(COMMIT_FORMAT), None) => {
+                let body: CommitBody = postcard::from_bytes(&signed.body)
+                    .map_err(|e| RejectReason::Malformed(e.to_string()))?;
+                check_signed(&signed, body.store, &body.author, store)?;
+                body
+            }
+            (Some(SEALED_COMMIT_FORMAT), Some(keys)) => {
+                let wire: SealedBodyWire = postcard::from_bytes(&signed.body)
+                    .map_err(|e| RejectReason::Malformed(e.to_string()))?;
+                check_signed(&signed, wire.store, &wire.author, store)?;
+                if wire.op_count as usize > limits.max_commit_ops {
+                    return Err(RejectReason::Malformed("too many operations".into()));
+                }
+                let context =
+                    sealed_ops_context(wire.store, &wire.author, wire.seq, wire.hlc, wire.op_count);
+                let decrypt =
+                    |e: crate::crypto::CryptoError| RejectReason::Undecryptable(e.to_string());
+                let key = keys
+                    .key(epoch_of(&wire.sealed).map_err(decrypt)?)
+                    .map_err(decrypt)?;
+                let plain = zeroize::Zeroizing::new(
+                    Opener::new()
+                        .open(key, &context, &wire.sealed)
+                        .map_err(decrypt)?,
+                );
+                let ops: Vec<Op> = postcard::from_bytes(&plain)
+                    .map_err(|e| RejectReason::Malformed(format!("sealed operations: {e}")))?;
+                if ops.len() != wire.op_count as usize {
+                    return Err(RejectReason::Malformed("operation count differs".into()));
+                }
+                CommitBody {
+                    format: SEALED_COMMIT_FORMAT,
+                    store: wire.store,
+                    author: wire.author,
+                    seq: wire.seq,
+                    hlc: wire.hlc,
+                    ops,
+                }
+            }
+            (Some(SEALED_COMMIT_FORMAT), None) => {
+                return Err(RejectReason::EncryptionMismatch(
+                    "an encrypted commit reached a store without encryption",
+                ))
+            }
+            (Some(COMMIT_FORMAT), Some(_)) => {
+                return Err(RejectReason::EncryptionMismatch(
+                    "an unencrypted commit reached an encrypted store",
+                ))
+            }
+            (other, _) => {
+                return Err(RejectReason::Malformed(format!(
+                    "unknown commit format {other:?}"
+                )))
+            }
+        };
         if body.seq == 0 || body.ops.is_empty() || body.ops.len() > limits.max_commit_ops {
             return Err(RejectReason::Malformed(
                 "bad sequence number or operation count".into(),
@@ -286,6 +402,22 @@ impl Commit {
         }
         Ok(Commit { body, signed })
     }
+}
+
+/// Store binding, then the author's signature over the encoded body.
+fn check_signed(
+    signed: &SignedCommit,
+    body_store: StoreId,
+    author: &DeviceId,
+    store: StoreId,
+) -> Result<(), RejectReason> {
+    if body_store != store {
+        return Err(RejectReason::WrongStore);
+    }
+    if !author.verify(&signing_message(&signed.body), &signed.signature) {
+        return Err(RejectReason::BadSignature);
+    }
+    Ok(())
 }
 
 /// Size limits applied to local writes and received commits.
@@ -327,7 +459,7 @@ mod tests {
                 base: None,
             }],
         };
-        Commit::sign(body, identity).expect("signs")
+        Commit::sign(body, identity, None).expect("signs")
     }
 
     #[test]
@@ -336,24 +468,30 @@ mod tests {
         let store = StoreId::from_bytes([1u8; 16]);
         let commit = sample(&identity, store);
         let limits = Limits::default();
-        assert!(Commit::verify(commit.signed.clone(), store, &limits).is_ok());
+        assert!(Commit::verify(commit.signed.clone(), store, &limits, None).is_ok());
 
         // Every byte of the body flipped: never accepted.
         for i in 0..commit.signed.body.len() {
             let mut bad = commit.signed.clone();
             bad.body[i] ^= 0x01;
-            assert!(Commit::verify(bad, store, &limits).is_err(), "byte {i}");
+            assert!(
+                Commit::verify(bad, store, &limits, None).is_err(),
+                "byte {i}"
+            );
         }
         // Truncations: never accepted.
         for len in 0..commit.signed.body.len() {
             let mut bad = commit.signed.clone();
             bad.body.truncate(len);
-            assert!(Commit::verify(bad, store, &limits).is_err(), "len {len}");
+            assert!(
+                Commit::verify(bad, store, &limits, None).is_err(),
+                "len {len}"
+            );
         }
         // Another store: refused even with a valid signature.
         let other = StoreId::from_bytes([2u8; 16]);
         assert_eq!(
-            Commit::verify(commit.signed.clone(), other, &limits),
+            Commit::verify(commit.signed.clone(), other, &limits, None),
             Err(RejectReason::WrongStore)
         );
     }
@@ -368,7 +506,7 @@ mod tests {
             let signature: [u8; 64] = sig.try_into().expect("64 bytes");
             let store = StoreId::from_bytes([1u8; 16]);
             let signed = SignedCommit { body, signature };
-            let verdict = Commit::verify(signed, store, &Limits::default());
+            let verdict = Commit::verify(signed, store, &Limits::default(), None);
             proptest::prop_assert!(verdict.is_err());
         }
 
@@ -380,7 +518,7 @@ mod tests {
             let mut signed = sample(&identity, store).signed;
             let at = at.min(signed.body.len());
             signed.body.splice(at..at, insert);
-            proptest::prop_assert!(Commit::verify(signed, store, &Limits::default()).is_err());
+            proptest::prop_assert!(Commit::verify(signed, store, &Limits::default(), None).is_err());
         }
     }
 
@@ -398,7 +536,7 @@ mod tests {
             signature,
         };
         assert_eq!(
-            Commit::verify(forged, store, &Limits::default()),
+            Commit::verify(forged, store, &Limits::default(), None),
             Err(RejectReason::BadSignature)
         );
     }

@@ -115,6 +115,13 @@ pub enum RejectReason {
     /// content is already stored (an equivocating or replaying author).
     #[error("conflicting commit for the same author and sequence")]
     Equivocation,
+    /// The sealed operations of the commit do not open under the key of the
+    /// epoch they name (tampered, or sealed under a key this replica lacks).
+    #[error("sealed operations do not decrypt: {0}")]
+    Undecryptable(String),
+    /// An encrypted store received a commit in the clear, or the reverse.
+    #[error("{0}")]
+    EncryptionMismatch(&'static str),
     /// The commit skips sequence numbers of its author: the missing ones
     /// must arrive first.
     #[error("commit {found} of its author arrived before commit {expected}")]
@@ -132,6 +139,8 @@ impl RejectReason {
         match self {
             RejectReason::Malformed(_) => "CHANGE_MALFORMED",
             RejectReason::BadSignature => "SIGNATURE_INVALID",
+            RejectReason::Undecryptable(_) => "DECRYPT_FAILED",
+            RejectReason::EncryptionMismatch(_) => "ENCRYPTION_MISMATCH",
             RejectReason::WrongStore => "WRONG_STORE",
             RejectReason::TooLarge(_) => "VALUE_TOO_LARGE",
             RejectReason::InvalidContent(_) => "INVALID_NAME",
@@ -181,9 +190,18 @@ pub enum Error {
     /// The store has been closed.
     #[error("the store is closed")]
     Closed,
-    /// The device key file exists but cannot be used.
+    /// A key (the device's, or an imported one) cannot be used.
     #[error("device key is invalid: {0}")]
     KeyInvalid(String),
+    /// The store is encrypted and this device holds no key for it.
+    #[error("key required: {0}")]
+    KeyRequired(String),
+    /// A key operation on a store without encryption.
+    #[error("the store is not encrypted")]
+    NotEncrypted,
+    /// Encryption failed or a key does not open what it should.
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
     /// A commit received from elsewhere was refused.
     #[error("change rejected: {0}")]
     Rejected(RejectReason),
@@ -203,6 +221,9 @@ impl Error {
             Error::ValueTooLarge { .. } => "VALUE_TOO_LARGE",
             Error::Closed => "CLOSED",
             Error::KeyInvalid(_) => "KEY_INVALID",
+            Error::KeyRequired(_) => "KEY_REQUIRED",
+            Error::NotEncrypted => "NOT_ENCRYPTED",
+            Error::Crypto(e) => e.code(),
             Error::Rejected(reason) => reason.code(),
             Error::Storage(e) => e.code(),
         }

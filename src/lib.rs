@@ -56,6 +56,6 @@ pub use identity::{DeviceId, DeviceIdentity};
 pub use merge::{Conflict, ConflictStrategy, Version};
 pub use store::{
     Adapter, AppendedEvent, Event, EventListOptions, Events, IngestReport, Kv, ListOptions, Origin,
-    Record, RecordChange, Records, Since, Store, StoreOptions, Subscription, Transaction,
-    WriteReceipt,
+    Record, RecordChange, Records, RotationProgress, Since, Store, StoreCrypto, StoreOptions,
+    Subscription, Transaction, WriteReceipt,
 };

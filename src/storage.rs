@@ -10,6 +10,8 @@
 //! natively and `IdbStore` in the browser (in `platform/`). All of them pass
 //! the same conformance suite ([`conformance`]).
 
+use std::collections::BTreeMap;
+
 use crate::change::{SignedCommit, StoreId};
 use crate::error::StorageError;
 use crate::hlc::Hlc;
@@ -57,6 +59,66 @@ pub struct LogEntry {
     pub commit: SignedCommit,
 }
 
+/// Named entries of store metadata that the core keeps in storage (values
+/// are opaque bytes, sealed by their owner when secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum MetaKey {
+    /// The store's keyring (every epoch), sealed under its current data key:
+    /// what a device holding only the exported current key needs to read a
+    /// copy of the store.
+    SealedKeyring,
+    /// Where an interrupted key rotation resumes (its epoch and the last
+    /// row re-encrypted), written with every batch it re-encrypts.
+    Rotation,
+}
+
+impl MetaKey {
+    /// Every key, for backends that read them all at once.
+    pub const ALL: [MetaKey; 2] = [MetaKey::SealedKeyring, MetaKey::Rotation];
+
+    /// The key as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetaKey::SealedKeyring => "sealed_keyring",
+            MetaKey::Rotation => "rotation",
+        }
+    }
+}
+
+/// Which table [`StorageBackend::scan`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Records, by `(collection, id)`, tombstones included.
+    Records,
+    /// Events, by `(log, id)`.
+    Events,
+    /// Keys, by key (the first part of the position is empty), tombstones included.
+    Kv,
+}
+
+/// A stored row of any table, as [`StorageBackend::scan`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyRow {
+    /// A record row.
+    Record(RecordRow),
+    /// An event row.
+    Event(EventRow),
+    /// A key row.
+    Kv(KvRow),
+}
+
+impl AnyRow {
+    /// The row's position in its table's order (the cursor of the next scan).
+    pub fn position(&self) -> (String, String) {
+        match self {
+            AnyRow::Record(r) => (r.collection.clone(), r.id.clone()),
+            AnyRow::Event(e) => (e.log.clone(), e.id.clone()),
+            AnyRow::Kv(k) => (String::new(), k.key.clone()),
+        }
+    }
+}
+
 /// Everything one group commit changes, applied atomically.
 #[derive(Debug, Clone, Default)]
 pub struct WriteBatch {
@@ -75,6 +137,15 @@ pub struct WriteBatch {
     pub events: Vec<EventRow>,
     /// Key rows to insert or replace (tombstones included).
     pub kv: Vec<KvRow>,
+    /// Metadata entries to set (replacing what is stored).
+    pub meta: Vec<(MetaKey, Vec<u8>)>,
+    /// The record keys (`collection`, `id`) to announce to other writers
+    /// of shared storage, when they differ from the rows' keys (an
+    /// encrypting layer stores hashed keys but announces the names).
+    pub announce: Option<Vec<(String, String)>>,
+    /// Replace stored events that have the same id instead of keeping them
+    /// (re-encryption of stored rows under a new key; never for new events).
+    pub replace_events: bool,
 }
 
 impl WriteBatch {
@@ -86,6 +157,7 @@ impl WriteBatch {
             && self.records.is_empty()
             && self.events.is_empty()
             && self.kv.is_empty()
+            && self.meta.is_empty()
     }
 }
 
@@ -99,6 +171,8 @@ pub struct StoredMeta {
     pub clock: Hlc,
     /// The version vector (as [`StorageBackend::version_vector`]).
     pub heads: Vec<(DeviceId, u64)>,
+    /// The metadata entries stored.
+    pub entries: BTreeMap<MetaKey, Vec<u8>>,
 }
 
 /// Which live records to list, in id order.
@@ -185,6 +259,16 @@ pub trait StorageBackend: MaybeSend + MaybeSync {
 
     /// Live keys in order, for listing (prefix, cursor and limit as for records).
     fn list_kv<'a>(&'a self, query: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>>;
+
+    /// Rows of `table` in stored order strictly after `after` (a
+    /// [`AnyRow::position`]), tombstones included, at most `limit`: for
+    /// maintenance passes over everything stored (re-encryption).
+    fn scan<'a>(
+        &'a self,
+        table: Table,
+        after: Option<&'a (String, String)>,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<Vec<AnyRow>>>;
 
     /// Flushes and releases the backend.
     fn close(&self) -> BoxFuture<'_, StorageResult<()>>;

@@ -19,18 +19,23 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use zeroize::Zeroizing;
+
 use crate::change::{Commit, Limits, SignedCommit, StoreId};
-use crate::error::{Error, NameKind, Result};
+use crate::error::{Error, NameKind, RejectReason, Result};
 use crate::hlc::HybridClock;
 use crate::identity::{DeviceId, DeviceIdentity};
 use crate::keys::KeyStore;
 use crate::merge::ConflictStrategy;
 use crate::names;
-use crate::storage::{StorageBackend, WriteBatch};
+use crate::storage::{SealedStorage, StorageBackend};
 
+mod crypto;
 mod handles;
 mod subscribe;
 mod writer;
+
+pub use crypto::{RotationProgress, StoreCrypto, ROTATION_BATCH_ROWS};
 
 pub use handles::{
     AppendedEvent, Event, EventListOptions, Events, Kv, ListOptions, Record, Records, Since,
@@ -99,6 +104,13 @@ pub struct StoreOptions {
     pub key_store: Option<Arc<dyn KeyStore>>,
     /// A wall clock to use instead of the system's (tests, simulations).
     pub clock: Option<Arc<WallClock>>,
+    /// Create the store encrypted (an existing store keeps what it was
+    /// created with; asking an unencrypted one for encryption is an error).
+    pub encrypt: bool,
+    /// An exported key (`persist-key-v1-…`, from
+    /// [`StoreCrypto::export_key`]) to open an encrypted store this device
+    /// holds no key for, such as a copy of another device's data.
+    pub key: Option<Zeroizing<String>>,
 }
 
 impl StoreOptions {
@@ -114,7 +126,21 @@ impl StoreOptions {
             backend: None,
             key_store: None,
             clock: None,
+            encrypt: false,
+            key: None,
         }
+    }
+
+    /// Encrypts the store (when it is created).
+    pub fn encrypt(mut self, encrypt: bool) -> Self {
+        self.encrypt = encrypt;
+        self
+    }
+
+    /// Opens the store with an exported key (implies encryption).
+    pub fn key(mut self, exported: impl Into<String>) -> Self {
+        self.key = Some(Zeroizing::new(exported.into()));
+        self
     }
 
     /// Sets the adapter.
@@ -178,6 +204,8 @@ impl std::fmt::Debug for StoreOptions {
             .field("adapter", &self.adapter)
             .field("path", &self.path)
             .field("strategy", &self.strategy)
+            .field("encrypt", &self.encrypt)
+            .field("key", &self.key.as_ref().map(|_| "<secret>"))
             .finish_non_exhaustive()
     }
 }
@@ -193,6 +221,12 @@ struct Inner {
     store_id: StoreId,
     device: DeviceIdentity,
     backend: Arc<dyn StorageBackend>,
+    /// The encryption layer, when the store is encrypted (`backend` is then
+    /// this same object).
+    sealed: Option<Arc<SealedStorage>>,
+    key_store: Arc<dyn KeyStore>,
+    /// One key rotation at a time.
+    rotation: futures::lock::Mutex<()>,
     strategy: ConflictStrategy,
     collection_strategies: BTreeMap<String, ConflictStrategy>,
     limits: Limits,
@@ -237,30 +271,18 @@ impl Store {
             (None, None) => Arc::new(crate::keys::MemoryKeyStore::generate()?) as Arc<dyn KeyStore>,
         };
         let device = key_store.load_or_create().await?;
-        let store_id = match meta.store_id {
-            Some(id) => id,
-            None => {
-                let id = StoreId::generate()?;
-                let created = backend
-                    .write(WriteBatch {
-                        store_id: Some(id),
-                        ..WriteBatch::default()
-                    })
-                    .await;
-                match created {
-                    Ok(()) => id,
-                    // Shared storage (another tab) was created meanwhile:
-                    // adopt the id it stored.
-                    Err(crate::error::StorageError::Conflict(_)) => {
-                        backend.load_meta().await?.store_id.ok_or_else(|| {
-                            crate::error::StorageError::Corrupt(
-                                "the store id vanished while opening".into(),
-                            )
-                        })?
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+        let (store_id, keyring, meta) =
+            crypto::open_keys(&backend, key_store.as_ref(), meta, options).await?;
+        let mut resume = None;
+        let (backend, sealed) = match keyring {
+            Some(keyring) => {
+                resume = crypto::pending_rotation(&meta, &keyring)?;
+                // Not Send in the browser (one thread there), as `Inner` below.
+                #[allow(clippy::arc_with_non_send_sync)]
+                let sealed = Arc::new(SealedStorage::new(backend, keyring)?);
+                (sealed.clone() as Arc<dyn StorageBackend>, Some(sealed))
             }
+            None => (backend, None),
         };
         let heads: BTreeMap<DeviceId, u64> = meta.heads.iter().copied().collect();
         let wall_clock = options
@@ -269,7 +291,7 @@ impl Store {
             .unwrap_or_else(|| Arc::new(crate::platform::now_ms));
         tracing::debug!(
             store = %options.name, backend = %backend.describe(), keys = %key_store.describe(),
-            device = %device.device_id().short(), "store opened"
+            device = %device.device_id().short(), encrypted = sealed.is_some(), "store opened"
         );
         // `Inner` is Send + Sync natively; in the browser everything lives on
         // one thread and the backend is not Send, which is fine there.
@@ -278,6 +300,9 @@ impl Store {
             name: options.name.clone(),
             store_id,
             backend,
+            sealed,
+            key_store,
+            rotation: futures::lock::Mutex::new(()),
             strategy: options.strategy.clone(),
             collection_strategies: options.collection_strategies.clone(),
             limits: options.limits,
@@ -294,7 +319,17 @@ impl Store {
         if let Some(changes) = inner.backend.external_changes() {
             crate::platform::spawn(subscribe::deliver_external(Arc::downgrade(&inner), changes));
         }
-        Ok(Store { inner })
+        let store = Store { inner };
+        if let Some(epoch) = resume {
+            // A rotation stopped midway: finish it in the background.
+            let crypto = store.crypto();
+            crate::platform::spawn(async move {
+                if let Err(e) = crypto.resume_rotation(|_| {}).await {
+                    tracing::warn!(epoch, code = e.code(), %e, "key rotation not resumed");
+                }
+            });
+        }
+        Ok(store)
     }
 
     /// The store's name.
@@ -343,6 +378,23 @@ impl Store {
         Transaction::new(self.clone())
     }
 
+    /// Key management (export, rotation) of an encrypted store.
+    pub fn crypto(&self) -> StoreCrypto {
+        StoreCrypto::new(self.clone())
+    }
+
+    /// Decodes and verifies a commit as [`Store::ingest`] would (with the
+    /// store's keys when it is encrypted), without storing it.
+    pub fn verify_commit(&self, signed: SignedCommit) -> std::result::Result<Commit, RejectReason> {
+        let keyring = self.inner.sealed.as_ref().map(|s| s.keyring());
+        Commit::verify(
+            signed,
+            self.inner.store_id,
+            &self.inner.limits,
+            keyring.as_ref(),
+        )
+    }
+
     /// The highest commit sequence number stored per author.
     pub async fn version_vector(&self) -> Result<Vec<(DeviceId, u64)>> {
         self.check_open()?;
@@ -380,8 +432,14 @@ impl Store {
         self.check_open()?;
         let mut report = IngestReport::default();
         let mut verified = Vec::with_capacity(commits.len());
+        let keyring = self.inner.sealed.as_ref().map(|s| s.keyring());
         for (index, signed) in commits.into_iter().enumerate() {
-            match Commit::verify(signed, self.inner.store_id, &self.inner.limits) {
+            match Commit::verify(
+                signed,
+                self.inner.store_id,
+                &self.inner.limits,
+                keyring.as_ref(),
+            ) {
                 Ok(commit) => verified.push((index, commit)),
                 Err(reason) => {
                     tracing::warn!(index, code = reason.code(), %reason, "rejected received commit");

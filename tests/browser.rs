@@ -36,6 +36,25 @@ mod indexeddb {
     });
 }
 
+/// The whole suite on encrypted stores over IndexedDB.
+mod encrypted_indexeddb {
+    use std::sync::Arc;
+
+    use persist::platform::web::IdbStore;
+    use persist::storage::conformance::Encrypted;
+    use persist::storage::StorageBackend;
+
+    persist::storage_conformance_tests!(
+        wasm_bindgen_test::wasm_bindgen_test,
+        Encrypted(|| async {
+            let store = IdbStore::open(&super::unique_name("sealed-conformance"))
+                .await
+                .expect("opens IndexedDB");
+            Arc::new(store) as Arc<dyn StorageBackend>
+        })
+    );
+}
+
 mod memory {
     use std::sync::Arc;
 
@@ -147,9 +166,7 @@ mod idb_only {
         let commits = a.commits_missing_from(&[], usize::MAX).await.expect("log");
         let mut ops = 0;
         for (i, signed) in commits.iter().enumerate() {
-            let commit =
-                persist::Commit::verify(signed.clone(), a.store_id(), &persist::Limits::default())
-                    .expect("verifies");
+            let commit = a.verify_commit(signed.clone()).expect("verifies");
             assert_eq!(
                 commit.body.seq,
                 i as u64 + 1,
@@ -266,12 +283,7 @@ mod idb_only {
             .await
             .expect("put");
         let signed = source.commits_missing_from(&[], 10).await.expect("log");
-        let commit = persist::Commit::verify(
-            signed[0].clone(),
-            source.store_id(),
-            &persist::Limits::default(),
-        )
-        .expect("valid");
+        let commit = source.verify_commit(signed[0].clone()).expect("valid");
         let author = commit.body.author.to_string();
         let hlc = format!("{:016x}", commit.body.hlc.as_u64());
 

@@ -57,3 +57,34 @@ mod sealed_sqlite {
         Arc::new(SealedStorage::new(inner, keyring).expect("sealed")) as Arc<dyn StorageBackend>
     });
 }
+
+/// The whole suite on encrypted stores (`encrypt: true`): sealed commits,
+/// sealed rows, hashed names.
+mod encrypted_memory {
+    use std::sync::Arc;
+
+    use persist::storage::conformance::Encrypted;
+    use persist::storage::{MemoryStore, StorageBackend};
+
+    persist::storage_conformance_tests!(
+        tokio::test,
+        Encrypted(|| async { Arc::new(MemoryStore::new()) as Arc<dyn StorageBackend> })
+    );
+}
+
+mod encrypted_sqlite {
+    use std::sync::Arc;
+
+    use persist::platform::native::SqliteStore;
+    use persist::storage::conformance::Encrypted;
+    use persist::storage::StorageBackend;
+
+    persist::storage_conformance_tests!(
+        tokio::test,
+        Encrypted(|| async {
+            let dir = tempfile::tempdir().expect("temp dir").keep();
+            Arc::new(SqliteStore::open(&dir.join("store.db")).expect("opens"))
+                as Arc<dyn StorageBackend>
+        })
+    );
+}

@@ -381,6 +381,14 @@ mod cancelled_writer {
         fn list_kv<'a>(&'a self, q: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>> {
             self.inner.list_kv(q)
         }
+        fn scan<'a>(
+            &'a self,
+            table: persist::storage::Table,
+            after: Option<&'a (String, String)>,
+            limit: usize,
+        ) -> BoxFuture<'a, StorageResult<Vec<persist::storage::AnyRow>>> {
+            self.inner.scan(table, after, limit)
+        }
         fn close(&self) -> BoxFuture<'_, StorageResult<()>> {
             self.inner.close()
         }

@@ -1,13 +1,15 @@
-//! The device identity in a file beside the database, readable only by its
-//! owner (0600). Written atomically (temporary file, fsync, rename); a damaged
+//! The device identity and an encrypted store's keyring in files beside the
+//! database, readable only by their owner (0600). Written atomically (temporary file, fsync, rename); a damaged
 //! file is reported as `KEY_INVALID` and never overwritten.
 
 use std::fs;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
+use crate::change::StoreId;
+use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::identity::DeviceIdentity;
 use crate::keys::KeyStore;
@@ -15,15 +17,45 @@ use crate::platform::BoxFuture;
 
 const HEADER: &str = "persist-device-key-v1 ";
 
-/// A device identity kept in a keyfile.
+const KEYRING_HEADER: &str = "persist-keyring-v1 ";
+
+/// A device identity kept in a keyfile, and the keyring of an encrypted
+/// store in a second file (both 0600, written atomically).
 pub struct FileKeyStore {
     path: PathBuf,
+    keyring_path: PathBuf,
 }
 
 impl FileKeyStore {
-    /// A key store at `path` (created on first use).
-    pub fn new(path: PathBuf) -> FileKeyStore {
-        FileKeyStore { path }
+    /// A key store with the identity at `path` and the store keyring at
+    /// `keyring_path` (each created on first use).
+    pub fn new(path: PathBuf, keyring_path: PathBuf) -> FileKeyStore {
+        FileKeyStore { path, keyring_path }
+    }
+
+    fn load_keyring_file(&self, store: StoreId) -> Result<Option<Keyring>> {
+        let text = match fs::read_to_string(&self.keyring_path) {
+            Ok(text) => Zeroizing::new(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Error::KeyInvalid(format!(
+                    "cannot read {}: {e}",
+                    self.keyring_path.display()
+                )))
+            }
+        };
+        let damaged = |why: String| {
+            Error::KeyInvalid(format!("{} is damaged: {why}", self.keyring_path.display()))
+        };
+        let hex_bytes = text
+            .trim_end()
+            .strip_prefix(KEYRING_HEADER)
+            .ok_or_else(|| damaged("not a Persist keyring".into()))?;
+        let bytes = Zeroizing::new(hex::decode(hex_bytes).map_err(|e| damaged(e.to_string()))?);
+        let keyring = Keyring::from_bytes(&bytes).map_err(|e| damaged(e.to_string()))?;
+        // The file holds the keyring of the store beside it; another store's
+        // (a database file replaced by another) is not this one's.
+        Ok((keyring.store() == store).then_some(keyring))
     }
 
     fn load(&self) -> Result<Option<DeviceIdentity>> {
@@ -51,39 +83,47 @@ impl FileKeyStore {
 
     fn create(&self) -> Result<DeviceIdentity> {
         let identity = DeviceIdentity::generate()?;
-        let io = |e: std::io::Error| {
-            Error::KeyInvalid(format!("cannot write {}: {e}", self.path.display()))
-        };
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(io)?;
-        }
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let mut file = open_private(&tmp).map_err(io)?;
         let text = Zeroizing::new(format!(
             "{HEADER}{}\n",
             hex::encode(identity.secret().as_ref())
         ));
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
         // Never replace a key that appeared meanwhile (another process won the race).
-        if self.path.exists() {
-            let _ = fs::remove_file(&tmp);
+        if !write_private(&self.path, &text, false)? {
             return self
                 .load()?
                 .ok_or_else(|| Error::KeyInvalid("device key vanished".into()));
         }
-        fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(dir) = fs::File::open(dir) {
-                let _ = dir.sync_all();
-            }
-        }
-        tracing::info!(path = %self.path.display(), "created device key file (OS keychain support arrives with encryption)");
+        tracing::info!(path = %self.path.display(), "created device key file");
         Ok(identity)
     }
+}
+
+/// Writes `text` to `path` atomically (temporary file, fsync, rename, fsync
+/// of the directory), readable by the owner only. With `replace` false an
+/// existing file is kept and `false` returned.
+fn write_private(path: &Path, text: &str, replace: bool) -> Result<bool> {
+    let io = |e: std::io::Error| Error::KeyInvalid(format!("cannot write {}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut tmp = path.to_path_buf().into_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = open_private(&tmp).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    if !replace && path.exists() {
+        let _ = fs::remove_file(&tmp);
+        return Ok(false);
+    }
+    fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(dir) = fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(unix)]
@@ -117,6 +157,17 @@ impl KeyStore for FileKeyStore {
             Ok(None) => self.create(),
             Err(e) => Err(e),
         };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn load_keyring(&self, store: StoreId) -> BoxFuture<'_, Result<Option<Keyring>>> {
+        Box::pin(std::future::ready(self.load_keyring_file(store)))
+    }
+
+    fn save_keyring<'a>(&'a self, keyring: &'a Keyring) -> BoxFuture<'a, Result<()>> {
+        let bytes = keyring.to_bytes();
+        let text = Zeroizing::new(format!("{KEYRING_HEADER}{}\n", hex::encode(&*bytes)));
+        let result = write_private(&self.keyring_path, &text, true).map(|_| ());
         Box::pin(std::future::ready(result))
     }
 }

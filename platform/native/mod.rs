@@ -66,9 +66,13 @@ pub async fn open_storage(
         Adapter::Sqlite => {
             let path = database_path(options);
             let backend = Arc::new(SqliteStore::open(&path)?);
-            let mut keyfile = path.into_os_string();
-            keyfile.push(".device-key");
-            Ok((backend, Arc::new(FileKeyStore::new(PathBuf::from(keyfile)))))
+            let beside = |suffix: &str| {
+                let mut file = path.clone().into_os_string();
+                file.push(suffix);
+                PathBuf::from(file)
+            };
+            let keys = FileKeyStore::new(beside(".device-key"), beside(".keyring"));
+            Ok((backend, Arc::new(keys)))
         }
         Adapter::Memory => Ok((
             Arc::new(MemoryStore::new()),

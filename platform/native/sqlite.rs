@@ -30,8 +30,8 @@ use crate::hlc::Hlc;
 use crate::identity::DeviceId;
 use crate::platform::BoxFuture;
 use crate::storage::{
-    query_admits, query_start, EventQuery, EventRow, KvRow, RecordQuery, RecordRow, StorageBackend,
-    StorageResult, StoredMeta, WriteBatch,
+    query_admits, query_start, AnyRow, EventQuery, EventRow, KvRow, MetaKey, RecordQuery,
+    RecordRow, StorageBackend, StorageResult, StoredMeta, Table, WriteBatch,
 };
 
 mod authors;
@@ -315,10 +315,23 @@ impl StorageBackend for SqliteStore {
                 clock = clock.max(Hlc::from_u64(from_i64(hlc)?));
                 heads.push((device, from_i64(id & SEQ_MASK)?));
             }
+            let mut entries = std::collections::BTreeMap::new();
+            for key in MetaKey::ALL {
+                let value: Option<Vec<u8>> = c
+                    .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+                    .sql()?
+                    .query_row(params![key.as_str()], |r| r.get(0))
+                    .optional()
+                    .sql()?;
+                if let Some(value) = value {
+                    entries.insert(key, value);
+                }
+            }
             Ok(StoredMeta {
                 store_id,
                 clock,
                 heads,
+                entries,
             })
         }))
     }
@@ -503,6 +516,67 @@ impl StorageBackend for SqliteStore {
                     break;
                 }
                 out.push(kv);
+            }
+            Ok(out)
+        }))
+    }
+
+    fn scan<'a>(
+        &'a self,
+        table: Table,
+        after: Option<&'a (String, String)>,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<Vec<AnyRow>>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // (first, second) > after, in the tables' primary-key order; no
+        // cursor starts before every row ("" sorts first, and (c, id) > ("", "")
+        // would skip nothing that exists: names and ids are never empty).
+        let (first, second) = after.cloned().unwrap_or_default();
+        ready(self.read(|c| {
+            let (mut out, mut memo) = (Vec::new(), None);
+            match table {
+                Table::Records => {
+                    let mut stmt = c
+                        .prepare_cached(&format!(
+                            "SELECT {RECORD_COLUMNS}, collection FROM records
+                             WHERE (collection, id) > (?1, ?2) ORDER BY collection, id LIMIT ?3"
+                        ))
+                        .sql()?;
+                    let mut rows = stmt.query(params![first, second, limit]).sql()?;
+                    while let Some(row) = rows.next().sql()? {
+                        let collection: String = row.get(5).sql()?;
+                        out.push(AnyRow::Record(self.record(c, &mut memo, &collection, row)?));
+                    }
+                }
+                Table::Events => {
+                    let mut stmt = c
+                        .prepare_cached(
+                            "SELECT id, at, author, value, log FROM events
+                             WHERE (log, id) > (?1, ?2) ORDER BY log, id LIMIT ?3",
+                        )
+                        .sql()?;
+                    let mut rows = stmt.query(params![first, second, limit]).sql()?;
+                    while let Some(row) = rows.next().sql()? {
+                        out.push(AnyRow::Event(EventRow {
+                            log: row.get(4).sql()?,
+                            id: row.get(0).sql()?,
+                            at: from_i64(row.get(1).sql()?)?,
+                            author: self.authors.device(c, row.get(2).sql()?)?,
+                            value: row.get(3).sql()?,
+                        }));
+                    }
+                }
+                Table::Kv => {
+                    let mut stmt = c
+                        .prepare_cached(
+                            "SELECT key, value, hlc, author FROM kv WHERE key > ?1 ORDER BY key LIMIT ?2",
+                        )
+                        .sql()?;
+                    let mut rows = stmt.query(params![second, limit]).sql()?;
+                    while let Some(row) = rows.next().sql()? {
+                        out.push(AnyRow::Kv(self.kv_row(c, &mut memo, row)?));
+                    }
+                }
             }
             Ok(out)
         }))

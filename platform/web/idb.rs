@@ -4,7 +4,7 @@
 //!
 //! | object store | key | value |
 //! |---|---|---|
-//! | `meta` | `"store_id"`, `"device_key"` | hex strings |
+//! | `meta` | `"store_id"`, `"device_key"`; `"sealed_keyring"`, `"rotation"`, `"keyring:<store id>"` | hex strings; `Uint8Array` |
 //! | `change_log` | `[author hex, seq]` | `{ hlc_last, body: Uint8Array, signature: Uint8Array }` |
 //! | `records` | `[collection, id]` | `{ value: string \| null, hlc, author, fields: string \| null }` |
 //! | `events` | `[log, id]` | `{ at, author, value }` |
@@ -37,8 +37,8 @@ use crate::hlc::Hlc;
 use crate::identity::DeviceId;
 use crate::platform::BoxFuture;
 use crate::storage::{
-    query_admits, query_start, EventQuery, EventRow, KvRow, RecordQuery, RecordRow, StorageBackend,
-    StorageResult, StoredMeta, WriteBatch,
+    query_admits, query_start, AnyRow, EventQuery, EventRow, KvRow, MetaKey, RecordQuery,
+    RecordRow, StorageBackend, StorageResult, StoredMeta, Table, WriteBatch,
 };
 
 /// The object stores of each schema version, oldest first.
@@ -473,7 +473,7 @@ async fn write_batch(store: &IdbStore, batch: WriteBatch) -> StorageResult<()> {
         .filter(|(_, r)| !r.is_empty())
         .map(|(n, _)| *n)
         .collect();
-    if batch.store_id.is_some() {
+    if batch.store_id.is_some() || !batch.meta.is_empty() {
         scope.push("meta");
     }
     if scope.is_empty() {
@@ -498,6 +498,17 @@ async fn write_batch(store: &IdbStore, batch: WriteBatch) -> StorageResult<()> {
                 ));
             }
             Some(_) => {}
+        }
+    }
+    if !batch.meta.is_empty() {
+        let meta = IdbStore::store(&tx, "meta")?;
+        for (key, value) in &batch.meta {
+            meta.put(
+                &Uint8Array::from(&value[..]).into(),
+                Some(&JsValue::from_str(key.as_str())),
+            )
+            .await
+            .map_err(backend_error)?;
         }
     }
     // Issue every request at once and wait once: the IndexedDB backend runs
@@ -566,10 +577,24 @@ impl StorageBackend for IdbStore {
                 }
             };
             let (clock, heads) = heads?;
+            let mut entries = std::collections::BTreeMap::new();
+            for key in MetaKey::ALL {
+                let value = meta
+                    .get(JsValue::from_str(key.as_str()))
+                    .await
+                    .map_err(backend_error)?;
+                if let Some(value) = value {
+                    let bytes = value
+                        .dyn_into::<Uint8Array>()
+                        .map_err(|_| corrupt(key.as_str()))?;
+                    entries.insert(key, bytes.to_vec());
+                }
+            }
             Ok(StoredMeta {
                 store_id,
                 clock,
                 heads,
+                entries,
             })
         })
     }
@@ -578,11 +603,13 @@ impl StorageBackend for IdbStore {
         Box::pin(async move {
             // Record keys for the other tabs, gathered before the batch is consumed.
             let keys: Option<Vec<(String, String)>> = self.tabs.as_ref().map(|_| {
-                batch
-                    .records
-                    .iter()
-                    .map(|r| (r.collection.clone(), r.id.clone()))
-                    .collect()
+                batch.announce.clone().unwrap_or_else(|| {
+                    batch
+                        .records
+                        .iter()
+                        .map(|r| (r.collection.clone(), r.id.clone()))
+                        .collect()
+                })
             });
             write_batch(self, batch).await?;
             if let (Some(tabs), Some(keys)) = (&self.tabs, keys) {
@@ -746,6 +773,59 @@ impl StorageBackend for IdbStore {
         })
     }
 
+    fn scan<'a>(
+        &'a self,
+        table: Table,
+        after: Option<&'a (String, String)>,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<Vec<AnyRow>>> {
+        Box::pin(async move {
+            // Every key of these stores sorts before `[[]]` (arrays of
+            // strings) or `[]` (strings).
+            let pair_upper: JsValue = Array::of1(&Array::new()).into();
+            let pair_lower = |(a, b): &(String, String)| key2(a, &JsValue::from_str(b));
+            let start = after.map(pair_lower);
+            let open = start.is_some();
+            match table {
+                Table::Records => {
+                    let lower = start.unwrap_or_else(|| key2("", &JsValue::from_str("")));
+                    self.collect("records", (lower, open), pair_upper, limit, |key, value| {
+                        let collection = key_text(&key, 0, "record key")?;
+                        let id = key_text(&key, 1, "record key")?;
+                        Ok(Take::Item(AnyRow::Record(record_from(
+                            &collection,
+                            id,
+                            &value,
+                        )?)))
+                    })
+                    .await
+                }
+                Table::Events => {
+                    let lower = start.unwrap_or_else(|| key2("", &JsValue::from_str("")));
+                    self.collect("events", (lower, open), pair_upper, limit, |key, value| {
+                        Ok(Take::Item(AnyRow::Event(EventRow {
+                            log: key_text(&key, 0, "event key")?,
+                            id: key_text(&key, 1, "event key")?,
+                            at: number_field(&value, "at")?,
+                            author: author_field(&value, "author")?,
+                            value: text_field(&value, "value")?,
+                        })))
+                    })
+                    .await
+                }
+                Table::Kv => {
+                    let lower = JsValue::from_str(after.map_or("", |(_, k)| k.as_str()));
+                    let upper: JsValue = Array::new().into();
+                    self.collect("kv", (lower, open), upper, limit, |key, value| {
+                        let key = key.as_string().ok_or_else(|| corrupt("key"))?;
+                        Ok(Take::Item(AnyRow::Kv(kv_from(key, &value)?)))
+                    })
+                    .await
+                }
+            }
+        })
+    }
+
     fn close(&self) -> BoxFuture<'_, StorageResult<()>> {
         if let Some(db) = self.db.borrow_mut().take() {
             db.close();
@@ -779,6 +859,55 @@ impl crate::keys::KeyStore for IdbStore {
 
     fn load_or_create(&self) -> BoxFuture<'_, crate::Result<crate::identity::DeviceIdentity>> {
         Box::pin(device_identity(self))
+    }
+
+    fn load_keyring(
+        &self,
+        store: StoreId,
+    ) -> BoxFuture<'_, crate::Result<Option<crate::crypto::Keyring>>> {
+        Box::pin(async move {
+            let Some(value) = self
+                .get_one("meta", JsValue::from_str(&format!("keyring:{store}")))
+                .await?
+            else {
+                return Ok(None);
+            };
+            let bytes = zeroize::Zeroizing::new(
+                value
+                    .dyn_into::<Uint8Array>()
+                    .map_err(|_| crate::Error::KeyInvalid("the stored keyring is damaged".into()))?
+                    .to_vec(),
+            );
+            crate::crypto::Keyring::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|e| {
+                    crate::Error::KeyInvalid(format!("the stored keyring is damaged: {e}"))
+                })
+        })
+    }
+
+    fn save_keyring<'a>(
+        &'a self,
+        keyring: &'a crate::crypto::Keyring,
+    ) -> BoxFuture<'a, crate::Result<()>> {
+        Box::pin(async move {
+            let tx = self.transaction(&["meta"], TransactionMode::ReadWrite)?;
+            let bytes = keyring.to_bytes();
+            IdbStore::store(&tx, "meta")?
+                .put(
+                    &Uint8Array::from(&bytes[..]).into(),
+                    Some(&JsValue::from_str(&format!("keyring:{}", keyring.store()))),
+                )
+                .await
+                .map_err(backend_error)?;
+            let result = tx.done().await.map_err(backend_error)?;
+            if !result.is_committed() {
+                return Err(
+                    StorageError::Backend("IndexedDB transaction was aborted".into()).into(),
+                );
+            }
+            Ok(())
+        })
     }
 }
 

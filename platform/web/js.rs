@@ -3,6 +3,7 @@
 //! boundary as JSON-compatible plain objects (never `Map`); every error is a
 //! JavaScript `Error` with a stable `code`.
 
+mod crypto;
 mod error;
 mod events;
 mod kv;
@@ -10,6 +11,7 @@ mod records;
 mod store;
 mod value;
 
+pub use crypto::JsStoreCrypto;
 pub use events::JsEvents;
 pub use kv::JsKv;
 pub use records::JsRecords;

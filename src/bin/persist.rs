@@ -33,6 +33,12 @@ struct StoreArgs {
         default_value = "data/persist.db"
     )]
     path: PathBuf,
+    /// Create the store encrypted (an existing store keeps what it has).
+    #[arg(long)]
+    encrypt: bool,
+    /// Open an encrypted store with a key exported elsewhere (`persist key export`).
+    #[arg(long, env = "PERSIST_KEY", hide_env_values = true)]
+    key: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +97,13 @@ enum Command {
         #[command(subcommand)]
         action: EventsAction,
     },
+    /// Keys of an encrypted store.
+    Key {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Test helper: writes until killed, printing each acknowledged write.
     #[command(hide = true)]
     CrashWriter {
@@ -100,6 +113,16 @@ enum Command {
         #[arg(long)]
         round: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Print the store's current key (`persist-key-v1-...`): whoever has it can read the store.
+    Export,
+    /// Start a new key epoch and re-encrypt the stored data under it, printing progress.
+    Rotate,
+    /// Finish a rotation that was interrupted.
+    Resume,
 }
 
 #[derive(Subcommand)]
@@ -139,7 +162,23 @@ async fn open(args: &StoreArgs) -> persist::Result<Store> {
         .filter(|s| persist::names::check_name(persist::NameKind::Store, s).is_ok())
         .unwrap_or("persist")
         .to_owned();
-    Store::open(StoreOptions::new(name).path(&args.path)).await
+    let mut options = StoreOptions::new(name)
+        .path(&args.path)
+        .encrypt(args.encrypt);
+    if let Some(key) = &args.key {
+        options = options.key(key.clone());
+    }
+    Store::open(options).await
+}
+
+fn print_progress(progress: &persist::RotationProgress) {
+    println!(
+        "epoch {} resealed {} scanned {}{}",
+        progress.epoch,
+        progress.resealed,
+        progress.scanned,
+        if progress.done { " done" } else { "" }
+    );
 }
 
 #[tokio::main]
@@ -260,6 +299,21 @@ async fn run(command: Command) -> persist::Result<()> {
                         );
                     }
                 }
+            }
+            store.close().await
+        }
+        Command::Key { store, action } => {
+            let store = open(&store).await?;
+            let crypto = store.crypto();
+            match action {
+                KeyAction::Export => println!("{}", crypto.export_key()?.as_str()),
+                KeyAction::Rotate => {
+                    crypto.rotate_key(print_progress).await?;
+                }
+                KeyAction::Resume => match crypto.resume_rotation(print_progress).await? {
+                    Some(_) => {}
+                    None => println!("no rotation to resume"),
+                },
             }
             store.close().await
         }

@@ -116,6 +116,14 @@ pub enum NameKind {
 #[derive(Clone)]
 pub struct NameKey(Zeroizing<[u8; 32]>);
 
+impl PartialEq for NameKey {
+    fn eq(&self, other: &NameKey) -> bool {
+        self.0.ct_eq(&*other.0).into()
+    }
+}
+
+impl Eq for NameKey {}
+
 impl NameKey {
     /// The name key of a store, derived from its first (epoch 0) data key,
     /// so it never changes with rotation (rows keep their keys).

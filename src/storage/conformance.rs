@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
-use super::{KvRow, RecordQuery, StorageBackend, WriteBatch};
+use super::{
+    EventQuery, EventRow, KvRow, MetaKey, RecordQuery, RecordRow, StorageBackend, Table, WriteBatch,
+};
 use crate::hlc::Hlc;
 use crate::keys::MemoryKeyStore;
 use crate::{ConflictStrategy, EventListOptions, ListOptions, Since, Store, StoreOptions};
@@ -28,7 +30,7 @@ use crate::{DeviceIdentity, Stamp, StorageError};
 macro_rules! storage_conformance_tests {
     ($attr:meta, $factory:expr) => {
         $crate::storage_conformance_tests!(@each $attr, $factory,
-            meta_starts_empty, records_round_trip, list_prefix_after_limit, events_in_log_order,
+            meta_starts_empty, meta_entries_and_scans, records_round_trip, list_prefix_after_limit, events_in_log_order,
             kv_round_trip, transaction_is_one_commit, change_log_and_version_vector,
             replicas_converge_by_ingest, subscribers_see_committed_changes, concurrent_writers_group_commit,
             refused_input_loses_nothing, merge_fields_and_custom_resolvers, closed_store_refuses_calls);
@@ -48,6 +50,24 @@ macro_rules! storage_conformance_tests {
 pub trait BackendFactory {
     /// A new empty backend.
     fn make(&self) -> crate::platform::BoxFuture<'_, Arc<dyn StorageBackend>>;
+
+    /// True when the suite's stores are to be encrypted (`encrypt: true`).
+    fn encrypt(&self) -> bool {
+        false
+    }
+}
+
+/// Runs the suite on encrypted stores over the backends of a factory.
+pub struct Encrypted<F>(pub F);
+
+impl<F: BackendFactory> BackendFactory for Encrypted<F> {
+    fn make(&self) -> crate::platform::BoxFuture<'_, Arc<dyn StorageBackend>> {
+        self.0.make()
+    }
+
+    fn encrypt(&self) -> bool {
+        true
+    }
 }
 
 impl<F, Fut> BackendFactory for F
@@ -65,9 +85,16 @@ where
 async fn open(factory: &impl BackendFactory, options: StoreOptions) -> Store {
     let backend = factory.make().await;
     let keys = Arc::new(MemoryKeyStore::generate().unwrap());
-    Store::open(options.backend(backend).key_store(keys))
-        .await
-        .unwrap()
+    let store = Store::open(
+        options
+            .encrypt(factory.encrypt())
+            .backend(backend)
+            .key_store(keys),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.crypto().is_encrypted(), factory.encrypt());
+    store
 }
 
 async fn store(factory: &impl BackendFactory) -> Store {
@@ -121,6 +148,103 @@ pub async fn meta_starts_empty(factory: &impl BackendFactory) {
     );
     assert_eq!(backend.load_meta().await.unwrap().store_id, Some(id));
     assert_eq!(backend.get_kv("lost").await.unwrap(), None);
+}
+
+/// Metadata entries replace each other and survive; scans page through
+/// every row of a table, tombstones included, in order, without repeats.
+pub async fn meta_entries_and_scans(factory: &impl BackendFactory) {
+    let backend = factory.make().await;
+    backend
+        .write(WriteBatch {
+            meta: vec![(MetaKey::Rotation, vec![1, 2, 3])],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    backend
+        .write(WriteBatch {
+            meta: vec![
+                (MetaKey::Rotation, vec![4]),
+                (MetaKey::SealedKeyring, vec![0; 300]),
+            ],
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    let entries = backend.load_meta().await.unwrap().entries;
+    assert_eq!(entries.get(&MetaKey::Rotation), Some(&vec![4]));
+    assert_eq!(entries.get(&MetaKey::SealedKeyring), Some(&vec![0; 300]));
+
+    let author = DeviceIdentity::generate().unwrap().device_id();
+    let stamp = |n: u64| Stamp {
+        hlc: Hlc::from_u64((n + 1) << 20),
+        author,
+    };
+    let mut batch = WriteBatch::default();
+    for (i, collection) in ["b", "a", "c"].iter().enumerate() {
+        for n in 0..5u64 {
+            batch.records.push(RecordRow {
+                collection: (*collection).into(),
+                id: format!("r{n}"),
+                // One tombstone per collection.
+                value: (n != 2).then(|| format!("{{\"n\":{n}}}")),
+                stamp: stamp(i as u64 * 10 + n),
+                fields: None,
+            });
+        }
+    }
+    for n in 0..7u64 {
+        batch.events.push(EventRow {
+            log: if n % 2 == 0 { "even" } else { "odd" }.into(),
+            id: format!("{:016x}-e{n}", (n + 1) << 20),
+            at: n,
+            author,
+            value: format!("{n}"),
+        });
+        batch.kv.push(KvRow {
+            key: format!("k{n}"),
+            value: (n != 3).then(|| format!("{n}")),
+            stamp: stamp(100 + n),
+        });
+    }
+    backend.write(batch).await.unwrap();
+    for (table, expected) in [(Table::Records, 15), (Table::Events, 7), (Table::Kv, 7)] {
+        let mut after: Option<(String, String)> = None;
+        let mut seen = Vec::new();
+        loop {
+            let rows = backend.scan(table, after.as_ref(), 4).await.unwrap();
+            assert!(rows.len() <= 4);
+            let Some(last) = rows.last() else { break };
+            after = Some(last.position());
+            seen.extend(rows.iter().map(|r| r.position()));
+        }
+        assert_eq!(seen.len(), expected, "{table:?}");
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, seen, "{table:?} in order, without repeats");
+    }
+    // Events replace one another only when asked to.
+    let event = |value: &str| EventRow {
+        log: "even".into(),
+        id: format!("{:016x}-e0", 1u64 << 20),
+        at: 0,
+        author,
+        value: value.into(),
+    };
+    backend
+        .write(WriteBatch {
+            events: vec![event("changed")],
+            replace_events: true,
+            ..WriteBatch::default()
+        })
+        .await
+        .unwrap();
+    let first = backend
+        .list_events("even", &EventQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(first[0].value, "changed");
 }
 
 pub async fn records_round_trip(factory: &impl BackendFactory) {
@@ -390,12 +514,7 @@ pub async fn transaction_is_one_commit(factory: &impl BackendFactory) {
     );
     let commits = store.commits_missing_from(&[], 100).await.unwrap();
     assert_eq!(commits.len(), 1);
-    let commit = crate::Commit::verify(
-        commits[0].clone(),
-        store.store_id(),
-        &crate::Limits::default(),
-    )
-    .unwrap();
+    let commit = store.verify_commit(commits[0].clone()).unwrap();
     assert_eq!(commit.body.ops.len(), 5);
     store.close().await.unwrap();
 }
@@ -444,12 +563,7 @@ pub async fn change_log_and_version_vector(factory: &impl BackendFactory) {
         .await
         .unwrap()
         .into_iter()
-        .map(|c| {
-            crate::Commit::verify(c, store.store_id(), &crate::Limits::default())
-                .unwrap()
-                .body
-                .seq
-        })
+        .map(|c| store.verify_commit(c).unwrap().body.seq)
         .collect();
     assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
     store.close().await.unwrap();
@@ -469,6 +583,13 @@ pub async fn sync_into(from: &Store, to: &Store) -> crate::IngestReport {
 /// key: it adopts the store id before its first write, as pairing will.
 async fn replica(factory: &impl BackendFactory, of: &Store, options: StoreOptions) -> Store {
     let backend = factory.make().await;
+    let keys = Arc::new(MemoryKeyStore::generate().unwrap());
+    let options = options.backend(backend.clone()).key_store(keys);
+    if factory.encrypt() {
+        // The store's key brings its id (as pairing will bring both).
+        let key = of.crypto().export_key().unwrap();
+        return Store::open(options.key(key.as_str())).await.unwrap();
+    }
     backend
         .write(WriteBatch {
             store_id: Some(of.store_id()),
@@ -476,10 +597,7 @@ async fn replica(factory: &impl BackendFactory, of: &Store, options: StoreOption
         })
         .await
         .unwrap();
-    let keys = Arc::new(MemoryKeyStore::generate().unwrap());
-    Store::open(options.backend(backend).key_store(keys))
-        .await
-        .unwrap()
+    Store::open(options).await.unwrap()
 }
 
 pub async fn replicas_converge_by_ingest(factory: &impl BackendFactory) {
@@ -645,13 +763,7 @@ pub async fn concurrent_writers_group_commit(factory: &impl BackendFactory) {
     let log = store.commits_missing_from(&[], usize::MAX).await.unwrap();
     let ops: usize = log
         .into_iter()
-        .map(|c| {
-            crate::Commit::verify(c, store.store_id(), &crate::Limits::default())
-                .unwrap()
-                .body
-                .ops
-                .len()
-        })
+        .map(|c| store.verify_commit(c).unwrap().body.ops.len())
         .sum();
     assert_eq!(ops, 64, "every write is in the change log exactly once");
     store.close().await.unwrap();
@@ -771,9 +883,14 @@ pub async fn merge_fields_and_custom_resolvers(factory: &impl BackendFactory) {
             .collection_strategy("docs", ConflictStrategy::MergeFields)
             .collection_strategy("counters", sum.clone())
     };
-    let a = Store::open(options().backend(factory.make().await).key_store(keys_a))
-        .await
-        .unwrap();
+    let a = Store::open(
+        options()
+            .encrypt(factory.encrypt())
+            .backend(factory.make().await)
+            .key_store(keys_a),
+    )
+    .await
+    .unwrap();
     let b = replica(factory, &a, options()).await;
 
     a.records("docs")

@@ -6,8 +6,8 @@ use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    query_admits, EventQuery, EventRow, KvRow, RecordQuery, RecordRow, StorageBackend,
-    StorageResult, StoredMeta, WriteBatch,
+    query_admits, AnyRow, EventQuery, EventRow, KvRow, RecordQuery, RecordRow, StorageBackend,
+    StorageResult, StoredMeta, Table, WriteBatch,
 };
 use crate::change::SignedCommit;
 use crate::error::StorageError;
@@ -109,9 +109,15 @@ impl StorageBackend for MemoryStore {
                     .insert((row.collection.clone(), row.id.clone()), row);
             }
             for row in batch.events {
-                t.events
-                    .entry((row.log.clone(), row.id.clone()))
-                    .or_insert(row);
+                let key = (row.log.clone(), row.id.clone());
+                if batch.replace_events {
+                    t.events.insert(key, row);
+                } else {
+                    t.events.entry(key).or_insert(row);
+                }
+            }
+            for (key, value) in batch.meta {
+                t.meta.entries.insert(key, value);
             }
             for row in batch.kv {
                 t.kv.insert(row.key.clone(), row);
@@ -214,6 +220,37 @@ impl StorageBackend for MemoryStore {
                 .take(query.limit.unwrap_or(usize::MAX))
                 .map(|(_, row)| row.clone())
                 .collect()
+        });
+        ready(result)
+    }
+
+    fn scan<'a>(
+        &'a self,
+        table: Table,
+        after: Option<&'a (String, String)>,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<Vec<AnyRow>>> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let result = self.tables().map(|t| match table {
+            Table::Records => t
+                .records
+                .range((start, Bound::Unbounded))
+                .take(limit)
+                .map(|(_, r)| AnyRow::Record(r.clone()))
+                .collect(),
+            Table::Events => t
+                .events
+                .range((start, Bound::Unbounded))
+                .take(limit)
+                .map(|(_, e)| AnyRow::Event(e.clone()))
+                .collect(),
+            Table::Kv => {
+                let start = after.map_or(Bound::Unbounded, |(_, k)| Bound::Excluded(k.clone()));
+                t.kv.range((start, Bound::Unbounded))
+                    .take(limit)
+                    .map(|(_, k)| AnyRow::Kv(k.clone()))
+                    .collect()
+            }
         });
         ready(result)
     }

@@ -26,16 +26,16 @@
 //! Change-log entries pass through unchanged: their operations are sealed
 //! when the commit is built, before it is signed.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use data_encoding::BASE64_NOPAD;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    query_admits, EventQuery, EventRow, KvRow, RecordQuery, RecordRow, StorageBackend,
-    StorageResult, StoredMeta, WriteBatch,
+    query_admits, AnyRow, EventQuery, EventRow, KvRow, RecordQuery, RecordRow, StorageBackend,
+    StorageResult, StoredMeta, Table, WriteBatch,
 };
-use crate::change::{SignedCommit, Stamp};
+use crate::change::{SignedCommit, Stamp, StoreId};
 use crate::crypto::envelope::{context, epoch_of};
 use crate::crypto::{CryptoError, Keyring, NameKey, NameKind, Opener, Sealer};
 use crate::error::StorageError;
@@ -53,7 +53,8 @@ struct RowSecret {
 /// A backend whose rows are encrypted under a store keyring.
 pub struct SealedStorage {
     inner: Arc<dyn StorageBackend>,
-    keyring: Keyring,
+    store: StoreId,
+    keyring: RwLock<Keyring>,
     names: NameKey,
 }
 
@@ -68,9 +69,104 @@ impl SealedStorage {
         let names = keyring.name_key().map_err(crypto_error)?;
         Ok(SealedStorage {
             inner,
-            keyring,
+            store: keyring.store(),
+            keyring: RwLock::new(keyring),
             names,
         })
+    }
+
+    /// The backend underneath (rows as stored: hashed names, envelopes).
+    pub fn inner(&self) -> &Arc<dyn StorageBackend> {
+        &self.inner
+    }
+
+    /// A copy of the keyring in use.
+    pub fn keyring(&self) -> Keyring {
+        self.keyring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the keyring (a rotation, or epochs learnt elsewhere). It
+    /// must be the same store's and keep epoch 0 (the names' root).
+    pub fn set_keyring(&self, keyring: Keyring) -> StorageResult<()> {
+        if keyring.store() != self.store || keyring.name_key().map_err(crypto_error)? != self.names
+        {
+            return Err(StorageError::Decrypt(
+                "the keyring belongs to another store".into(),
+            ));
+        }
+        *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = keyring;
+        Ok(())
+    }
+
+    /// A sealer under the current epoch (for a commit's operations).
+    pub fn commit_sealer(&self) -> StorageResult<Sealer> {
+        let keyring = self.keyring.read().unwrap_or_else(|p| p.into_inner());
+        let (epoch, key) = keyring.current();
+        Sealer::new(key, epoch).map_err(crypto_error)
+    }
+
+    /// Re-encrypts, under the current epoch, those of `rows` (as
+    /// [`StorageBackend::scan`] of the inner backend returns them) sealed
+    /// under an older one. Returns the batch that replaces them (its
+    /// `replace_events` set) and how many rows it holds.
+    pub fn reseal(&self, rows: Vec<AnyRow>) -> StorageResult<(WriteBatch, usize)> {
+        let keyring = self.keyring();
+        let (epoch, key) = keyring.current();
+        let mut sealer = Sealer::new(key, epoch).map_err(crypto_error)?;
+        let mut opener = Opener::new();
+        let mut batch = WriteBatch {
+            replace_events: true,
+            ..WriteBatch::default()
+        };
+        let stale = |text: &Option<String>| -> StorageResult<Option<Vec<u8>>> {
+            let Some(text) = text else { return Ok(None) };
+            let envelope = BASE64_NOPAD
+                .decode(text.as_bytes())
+                .map_err(|_| StorageError::Decrypt("a sealed row is not base64".into()))?;
+            Ok((epoch_of(&envelope).map_err(crypto_error)? != epoch).then_some(envelope))
+        };
+        let mut reseal = |context: &[u8], envelope: Vec<u8>| -> StorageResult<String> {
+            let old = keyring
+                .key(epoch_of(&envelope).map_err(crypto_error)?)
+                .map_err(crypto_error)?;
+            let plain = zeroize::Zeroizing::new(
+                opener.open(old, context, &envelope).map_err(crypto_error)?,
+            );
+            Ok(BASE64_NOPAD.encode(&sealer.seal(context, &plain).map_err(crypto_error)?))
+        };
+        for row in rows {
+            match row {
+                AnyRow::Record(mut row) => {
+                    let context = self.row_context(b"record", &row.collection, &row.id, &row.stamp);
+                    if let Some(envelope) = stale(&row.value)? {
+                        row.value = Some(reseal(&context, envelope)?);
+                        batch.records.push(row);
+                    } else if let Some(envelope) = stale(&row.fields)? {
+                        row.fields = Some(reseal(&context, envelope)?);
+                        batch.records.push(row);
+                    }
+                }
+                AnyRow::Event(mut row) => {
+                    let context = self.event_context(&row.log, &row.id, &row.author, row.at);
+                    if let Some(envelope) = stale(&Some(row.value.clone()))? {
+                        row.value = reseal(&context, envelope)?;
+                        batch.events.push(row);
+                    }
+                }
+                AnyRow::Kv(mut row) => {
+                    let context = self.row_context(b"kv", &row.key, "", &row.stamp);
+                    if let Some(envelope) = stale(&row.value)? {
+                        row.value = Some(reseal(&context, envelope)?);
+                        batch.kv.push(row);
+                    }
+                }
+            }
+        }
+        let count = batch.records.len() + batch.events.len() + batch.kv.len();
+        Ok((batch, count))
     }
 
     fn collection(&self, collection: &str) -> String {
@@ -91,7 +187,7 @@ impl SealedStorage {
 
     fn row_context(&self, kind: &[u8], first: &str, second: &str, stamp: &Stamp) -> Vec<u8> {
         context(&[
-            self.keyring.store().as_bytes(),
+            self.store.as_bytes(),
             kind,
             first.as_bytes(),
             second.as_bytes(),
@@ -102,7 +198,7 @@ impl SealedStorage {
 
     fn event_context(&self, log: &str, id: &str, author: &DeviceId, at: u64) -> Vec<u8> {
         context(&[
-            self.keyring.store().as_bytes(),
+            self.store.as_bytes(),
             b"event",
             log.as_bytes(),
             id.as_bytes(),
@@ -115,10 +211,9 @@ impl SealedStorage {
         let envelope = BASE64_NOPAD
             .decode(text.as_bytes())
             .map_err(|_| StorageError::Decrypt("a sealed row is not base64".into()))?;
-        let key = self
-            .keyring
-            .key(epoch_of(&envelope).map_err(crypto_error)?)
-            .map_err(crypto_error)?;
+        let epoch = epoch_of(&envelope).map_err(crypto_error)?;
+        let keyring = self.keyring.read().unwrap_or_else(|p| p.into_inner());
+        let key = keyring.key(epoch).map_err(crypto_error)?;
         opener.open(key, context, &envelope).map_err(crypto_error)
     }
 
@@ -172,8 +267,14 @@ impl SealedStorage {
     }
 
     fn seal_batch(&self, batch: WriteBatch) -> StorageResult<WriteBatch> {
-        let (epoch, key) = self.keyring.current();
-        let mut sealer = Sealer::new(key, epoch).map_err(crypto_error)?;
+        let mut sealer = self.commit_sealer()?;
+        let announce = self.inner.shared().then(|| {
+            batch
+                .records
+                .iter()
+                .map(|r| (r.collection.clone(), r.id.clone()))
+                .collect()
+        });
         let mut records = Vec::with_capacity(batch.records.len());
         for row in batch.records {
             let (collection, id) = (
@@ -229,6 +330,7 @@ impl SealedStorage {
             records,
             events,
             kv,
+            announce,
             ..batch
         })
     }
@@ -405,6 +507,17 @@ impl StorageBackend for SealedStorage {
         })
     }
 
+    /// The inner backend's rows as stored (hashed names, envelopes): scans
+    /// serve maintenance passes such as [`SealedStorage::reseal`].
+    fn scan<'a>(
+        &'a self,
+        table: Table,
+        after: Option<&'a (String, String)>,
+        limit: usize,
+    ) -> BoxFuture<'a, StorageResult<Vec<AnyRow>>> {
+        self.inner.scan(table, after, limit)
+    }
+
     fn close(&self) -> BoxFuture<'_, StorageResult<()>> {
         self.inner.close()
     }
@@ -414,9 +527,9 @@ impl StorageBackend for SealedStorage {
     }
 
     fn external_changes(&self) -> Option<BoxStream<'static, Vec<(String, String)>>> {
-        // Other tabs announce hashed keys, which cannot be turned back into
-        // names here; the announcement of plain keys comes with encryption
-        // in the browser.
-        None
+        // Writers through this layer announce the names (`announce`), not
+        // the hashed keys they store: other tabs' messages never leave the
+        // browser's memory.
+        self.inner.external_changes()
     }
 }

@@ -200,6 +200,13 @@ impl Writer {
     }
 
     /// Waits for the batch in flight and fails everything still queued.
+    /// Runs `work` while no batch is being built or written: maintenance
+    /// that rewrites stored rows (re-encryption) cannot race a write.
+    pub(crate) async fn exclusive<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        let _state = self.state.lock().await;
+        work.await
+    }
+
     pub(crate) async fn drain(&self) {
         let _state = self.state.lock().await;
         for (_, reply) in self.take_queue() {
@@ -574,7 +581,11 @@ impl LocalGroup {
             hlc,
             ops,
         };
-        let commit = Commit::sign(body, &store.inner.device)?;
+        let mut sealer = match &store.inner.sealed {
+            Some(sealed) => Some(sealed.commit_sealer()?),
+            None => None,
+        };
+        let commit = Commit::sign(body, &store.inner.device, sealer.as_mut())?;
         let size = commit.signed.body.len();
         if size > store.inner.limits.max_commit_bytes {
             // The size bound above makes this unreachable; refuse rather than store it.

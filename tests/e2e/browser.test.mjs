@@ -180,7 +180,8 @@ test("bad input gets its error code and loses nothing", async () => {
     const code = (promise) => promise.then(() => "ok", (e) => (e instanceof Error ? e.code + (e.message.includes('"indexeddb"') ? "+names-indexeddb" : "") : "not-an-Error"));
     const out = {};
     out.sqlite = await code(createStore("x", { adapter: "sqlite", path: "./data/x.db" }));
-    out.encrypt = await code(createStore({ name: "enc", adapter: "indexeddb", encrypt: true }));
+    await (await createStore("plain-then-encrypted")).close();
+    out.encrypt = await code(createStore({ name: "plain-then-encrypted", encrypt: true }));
     out.badStoreName = await code(createStore("bad name"));
     const store = await createStore("bad-input");
     const notes = store.records("notes");
@@ -201,7 +202,7 @@ test("bad input gets its error code and loses nothing", async () => {
   });
   assert.deepEqual(codes, {
     sqlite: "ADAPTER_UNAVAILABLE+names-indexeddb",
-    encrypt: "ENCRYPTION_UNAVAILABLE",
+    encrypt: "INVALID_OPTIONS",
     badStoreName: "INVALID_NAME",
     func: "INVALID_VALUE",
     undef: "INVALID_VALUE",
@@ -214,6 +215,165 @@ test("bad input gets its error code and loses nothing", async () => {
     closed: "CLOSED",
     closedGet: "CLOSED",
   });
+  await ctx.close();
+});
+
+/** Every value of every object store of an IndexedDB database, as text
+ * (byte arrays decoded as Latin-1 so ASCII markers inside them show). */
+async function rawIndexedDbText(page, name) {
+  return page.evaluate(async (name) => {
+    const db = await new Promise((resolve, reject) => {
+      const request = indexedDB.open(name);
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = () => reject(request.error);
+    });
+    const text = (value) =>
+      value instanceof Uint8Array ? String.fromCharCode(...value) : JSON.stringify(value, (_, v) => (v instanceof Uint8Array ? String.fromCharCode(...v) : v));
+    const parts = [];
+    for (const storeName of db.objectStoreNames) {
+      const rows = await new Promise((resolve, reject) => {
+        const out = [];
+        const request = db.transaction(storeName).objectStore(storeName).openCursor();
+        request.onsuccess = () => {
+          const cursor = request.result;
+          if (!cursor) return resolve(out);
+          out.push(text(cursor.key), text(cursor.value));
+          cursor.continue();
+        };
+        request.onerror = () => reject(request.error);
+      });
+      parts.push(...rows);
+    }
+    db.close();
+    return parts.join("\n");
+  }, name);
+}
+
+test("an encrypted store keeps IndexedDB free of plaintext, exports, rotates and imports its key", async () => {
+  const { page, ctx, errors } = await newPage();
+  const markers = ["MarkerCollection", "MarkerRecordId", "MarkerSecretValue", "MarkerLogName", "MarkerEventValue", "MarkerKvKey", "MarkerKvValue"];
+  const write = (name, encrypt) =>
+    page.evaluate(
+      async ({ name, encrypt }) => {
+        const { createStore } = await import("/pkg/index.js");
+        const store = await createStore({ name, encrypt });
+        await store.records("MarkerCollection").put("MarkerRecordId", { body: "MarkerSecretValue" });
+        await store.events("MarkerLogName").append({ e: "MarkerEventValue" });
+        await store.kv.set("MarkerKvKey", "MarkerKvValue");
+        const bulk = Array.from({ length: 1200 }, (_, i) => [`r${String(i).padStart(5, "0")}`, { i }]);
+        await store.records("bulk").putMany(bulk);
+        const key = encrypt ? await store.crypto.exportKey() : null;
+        await store.close();
+        return key;
+      },
+      { name, encrypt },
+    );
+  const key = await write("secret-notes", true);
+  assert.match(key, /^persist-key-v1-/);
+  await write("plain-notes", false);
+  const sealed = await rawIndexedDbText(page, "persist:secret-notes");
+  const plain = await rawIndexedDbText(page, "persist:plain-notes");
+  for (const marker of markers) {
+    assert.ok(plain.includes(marker), `the raw scan misses ${marker} in the plain control`);
+    assert.ok(!sealed.includes(marker), `${marker} found in the encrypted store's IndexedDB`);
+  }
+  await page.reload();
+  const rotated = await page.evaluate(async () => {
+    const { createStore } = await import("/pkg/index.js");
+    const store = await createStore("secret-notes");
+    const progress = [];
+    const writesDuring = store.records("during").put("w", { ok: true });
+    const done = await store.crypto.rotateKey({ onProgress: (p) => progress.push(p) });
+    await writesDuring;
+    const out = {
+      encrypted: store.crypto.encrypted,
+      epoch: store.crypto.epoch(),
+      done,
+      batches: progress.length,
+      note: await store.records("MarkerCollection").get("MarkerRecordId"),
+      last: await store.records("bulk").get("r01199"),
+      count: (await store.records("bulk").list()).length,
+      event: (await store.events("MarkerLogName").list())[0].value,
+      kv: await store.kv.get("MarkerKvKey"),
+      during: await store.records("during").get("w"),
+      newKey: await store.crypto.exportKey(),
+    };
+    await store.close();
+    return out;
+  });
+  assert.equal(rotated.encrypted, true);
+  assert.equal(rotated.epoch, 1);
+  assert.equal(rotated.done.done, true);
+  assert.ok(rotated.done.resealed >= 1203, JSON.stringify(rotated.done));
+  assert.ok(rotated.batches >= 3, `progress in batches: ${rotated.batches}`);
+  assert.deepEqual(rotated.note, { body: "MarkerSecretValue" });
+  assert.deepEqual(rotated.last, { i: 1199 });
+  assert.equal(rotated.count, 1200);
+  assert.deepEqual(rotated.event, { e: "MarkerEventValue" });
+  assert.equal(rotated.kv, "MarkerKvValue");
+  assert.deepEqual(rotated.during, { ok: true });
+  assert.notEqual(rotated.newKey, key);
+  const afterRotation = await rawIndexedDbText(page, "persist:secret-notes");
+  for (const marker of markers) assert.ok(!afterRotation.includes(marker), `${marker} after rotation`);
+
+  // Another device (its own browser context): a mistyped key, a key of
+  // another store, then the right epoch-0 key, which makes the same store.
+  const other = await newPage();
+  const imported = await other.page.evaluate(
+    async ({ key, otherKey }) => {
+      const { createStore } = await import("/pkg/index.js");
+      const code = (p) => p.then(() => "ok", (e) => e.code);
+      const typo = key.slice(0, -2) + (key.endsWith("a") ? "b" : "a") + key.slice(-1);
+      const out = {
+        typo: await code(createStore({ name: "imported", encrypt: true, key: typo })),
+        garbage: await code(createStore({ name: "imported", key: "persist-key-v1-nonsense" })),
+        laterEpochOnEmpty: await code(createStore({ name: "imported-later", key: otherKey })),
+      };
+      const store = await createStore({ name: "imported", encrypt: true, key });
+      out.storeId = store.storeId;
+      out.epoch = store.crypto.epoch();
+      await store.records("notes").put("n", { on: "second device" });
+      out.read = await store.records("notes").get("n");
+      await store.close();
+      return out;
+    },
+    { key, otherKey: rotated.newKey },
+  );
+  assert.equal(imported.typo, "KEY_INVALID");
+  assert.equal(imported.garbage, "KEY_INVALID");
+  assert.equal(imported.laterEpochOnEmpty, "KEY_INVALID");
+  assert.equal(imported.epoch, 0);
+  assert.deepEqual(imported.read, { on: "second device" });
+  const original = await page.evaluate(async () => {
+    const { createStore } = await import("/pkg/index.js");
+    const store = await createStore("secret-notes");
+    const id = store.storeId;
+    await store.close();
+    return id;
+  });
+  assert.equal(imported.storeId, original, "the imported key names the same store");
+  assert.deepEqual(errors, []);
+  assert.deepEqual(other.errors, []);
+  await other.ctx.close();
+  await ctx.close();
+});
+
+test("tabs of an encrypted store hear each other's writes", async () => {
+  const ctx = await browser.newContext();
+  const { page: tabA } = await newPage(ctx);
+  const { page: tabB } = await newPage(ctx);
+  const open = (page) =>
+    page.evaluate(async () => {
+      const { createStore } = await import("/pkg/index.js");
+      window.store = await createStore({ name: "sealed-tabs", encrypt: true });
+      window.heard = [];
+      window.store.records("notes").subscribe((changes) => window.heard.push(...changes.map((c) => [c.id, c.value ?? null])));
+    });
+  await open(tabA);
+  await open(tabB);
+  await tabB.evaluate(() => window.store.records("notes").put("from-b", { secret: "hi" }));
+  await tabA.waitForFunction(() => window.heard.some(([id]) => id === "from-b"), null, { timeout: 2000 });
+  assert.deepEqual(await tabA.evaluate(() => window.heard), [["from-b", { secret: "hi" }]]);
   await ctx.close();
 });
 

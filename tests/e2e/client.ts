@@ -31,6 +31,15 @@ export async function sample(): Promise<Store> {
   await store.records("notes").put("bad", () => 1);
   // @ts-expect-error: unknown adapter
   await createStore("y", { adapter: "postgres" });
-  void [title, ids, theme, store2];
+  // The encryption page's calls.
+  const vault = await createStore({ name: "my-app", adapter: "indexeddb", encrypt: true });
+  const exportedKey: string = await vault.crypto.exportKey();
+  const copy = await createStore({ name: "my-app-copy", encrypt: true, key: exportedKey });
+  await vault.crypto.rotateKey();
+  const done = await copy.crypto.rotateKey({ onProgress: (p) => console.log(p.epoch, p.resealed, p.table) });
+  const epoch: number = done.epoch + vault.crypto.epoch();
+  // @ts-expect-error: a key is text
+  await createStore({ name: "bad", key: 42 });
+  void [title, ids, theme, store2, epoch];
   return store;
 }

@@ -6,6 +6,7 @@
 mod cli;
 mod disk_full;
 mod durability;
+mod encrypted;
 mod sealed;
 mod sqlite;
 

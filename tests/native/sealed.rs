@@ -62,7 +62,7 @@ fn batch(author: &DeviceIdentity) -> WriteBatch {
 }
 
 /// Every byte of the database and its WAL, lower-cased for the scan.
-fn file_bytes(path: &Path) -> Vec<u8> {
+pub(crate) fn file_bytes(path: &Path) -> Vec<u8> {
     let mut bytes = std::fs::read(path).expect("read db");
     if let Ok(wal) = std::fs::read(path.with_extension("db-wal")) {
         bytes.extend(wal);
@@ -70,7 +70,7 @@ fn file_bytes(path: &Path) -> Vec<u8> {
     bytes.to_ascii_lowercase()
 }
 
-fn contains(haystack: &[u8], needle: &str) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &str) -> bool {
     let needle = needle.to_ascii_lowercase();
     haystack
         .windows(needle.len())

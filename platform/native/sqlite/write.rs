@@ -69,10 +69,12 @@ pub(super) fn write_batch(
                 .sql()?;
         }
         let mut events = tx
-            .prepare_cached(
+            .prepare_cached(if batch.replace_events {
+                "INSERT OR REPLACE INTO events (log, id, at, author, value) VALUES (?1, ?2, ?3, ?4, ?5)"
+            } else {
                 "INSERT INTO events (log, id, at, author, value) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (log, id) DO NOTHING",
-            )
+                 ON CONFLICT (log, id) DO NOTHING"
+            })
             .sql()?;
         for row in &batch.events {
             let author = authors.number(&tx, &mut created, row.author)?;
@@ -95,6 +97,12 @@ pub(super) fn write_batch(
             ])
             .sql()?;
         }
+    }
+    for (key, value) in &batch.meta {
+        tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
+            .sql()?
+            .execute(params![key.as_str(), value])
+            .sql()?;
     }
     tx.commit().sql()?;
     authors.commit(created);

@@ -5,7 +5,7 @@ use wasm_bindgen_futures::future_to_promise;
 
 use super::error::{js_error, JsResult};
 use super::value::{option, option_string};
-use super::{JsEvents, JsKv, JsRecords};
+use super::{JsEvents, JsKv, JsRecords, JsStoreCrypto};
 use crate::merge::ConflictStrategy;
 use crate::store::{Adapter, Store, StoreOptions};
 
@@ -25,11 +25,9 @@ pub async fn create_store(name_or_options: JsValue, options: JsValue) -> JsResul
     if let Some(adapter) = option_string(&options, "adapter")? {
         store_options = store_options.adapter(Adapter::from_name(&adapter)?);
     }
-    if option(&options, "encrypt").is_truthy() {
-        return Err(js_error(
-            "ENCRYPTION_UNAVAILABLE",
-            "encrypt: true is not available in this version of @cuitty/persist",
-        ));
+    store_options = store_options.encrypt(option(&options, "encrypt").is_truthy());
+    if let Some(key) = option_string(&options, "key")? {
+        store_options = store_options.key(key);
     }
     let strategy = option_string(&options, "strategy")?
         .or(option_string(&option(&options, "sync"), "strategy")?);
@@ -68,6 +66,12 @@ impl JsStore {
     #[wasm_bindgen(getter)]
     pub fn kv(&self) -> JsKv {
         JsKv::new(self.store.kv())
+    }
+
+    /// Key management: `exportKey()`, `rotateKey({ onProgress })`.
+    #[wasm_bindgen(getter)]
+    pub fn crypto(&self) -> JsStoreCrypto {
+        JsStoreCrypto::new(self.store.crypto())
     }
 
     /// The store's name.

@@ -1,0 +1,108 @@
+//! `store.crypto`: key export and rotation of an encrypted store.
+
+use js_sys::{Function, Object, Reflect};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use super::error::js_error;
+use super::value::option;
+use crate::store::{RotationProgress, StoreCrypto};
+
+/// Key management of an encrypted store (`store.crypto`).
+#[wasm_bindgen(js_name = StoreCrypto)]
+pub struct JsStoreCrypto {
+    crypto: StoreCrypto,
+}
+
+impl JsStoreCrypto {
+    pub(crate) fn new(crypto: StoreCrypto) -> JsStoreCrypto {
+        JsStoreCrypto { crypto }
+    }
+}
+
+/// `{ epoch, table, scanned, resealed, done }` for `onProgress` and results.
+fn progress_object(progress: &RotationProgress) -> JsValue {
+    let object = Object::new();
+    let set = |key: &str, value: JsValue| {
+        let _ = Reflect::set(&object, &JsValue::from_str(key), &value);
+    };
+    set("epoch", JsValue::from_f64(f64::from(progress.epoch)));
+    let table = progress.table.map(|t| match t {
+        crate::storage::Table::Records => "records",
+        crate::storage::Table::Events => "events",
+        crate::storage::Table::Kv => "kv",
+    });
+    set("table", table.map_or(JsValue::NULL, JsValue::from_str));
+    set("scanned", JsValue::from_f64(progress.scanned as f64));
+    set("resealed", JsValue::from_f64(progress.resealed as f64));
+    set("done", JsValue::from_bool(progress.done));
+    object.into()
+}
+
+fn progress_callback(options: &JsValue) -> Result<Option<Function>, JsValue> {
+    let callback = option(options, "onProgress");
+    if callback.is_undefined() || callback.is_null() {
+        return Ok(None);
+    }
+    callback
+        .dyn_into::<Function>()
+        .map(Some)
+        .map_err(|_| js_error("INVALID_OPTIONS", "onProgress must be a function"))
+}
+
+fn report(callback: &Option<Function>) -> impl FnMut(&RotationProgress) + '_ {
+    move |progress| {
+        if let Some(callback) = callback {
+            // A throwing callback does not stop the rotation.
+            let _ = callback.call1(&JsValue::UNDEFINED, &progress_object(progress));
+        }
+    }
+}
+
+#[wasm_bindgen(js_class = StoreCrypto)]
+impl JsStoreCrypto {
+    /// True when the store is encrypted.
+    #[wasm_bindgen(getter)]
+    pub fn encrypted(&self) -> bool {
+        self.crypto.is_encrypted()
+    }
+
+    /// The epoch new data is sealed under.
+    pub fn epoch(&self) -> Result<u32, JsValue> {
+        Ok(self.crypto.epoch()?)
+    }
+
+    /// The current key as `persist-key-v1-...` text.
+    #[wasm_bindgen(js_name = exportKey)]
+    pub fn export_key(&self) -> js_sys::Promise {
+        let crypto = self.crypto.clone();
+        future_to_promise(async move {
+            let text = crypto.export_key()?;
+            Ok(JsValue::from_str(text.as_str()))
+        })
+    }
+
+    /// A new key epoch, then re-encryption of stored data with
+    /// `onProgress({ epoch, table, scanned, resealed, done })`.
+    #[wasm_bindgen(js_name = rotateKey)]
+    pub fn rotate_key(&self, options: JsValue) -> Result<js_sys::Promise, JsValue> {
+        let crypto = self.crypto.clone();
+        let callback = progress_callback(&options)?;
+        Ok(future_to_promise(async move {
+            let done = crypto.rotate_key(report(&callback)).await?;
+            Ok(progress_object(&done))
+        }))
+    }
+
+    /// Finishes an interrupted rotation (the store also does it by itself
+    /// when it opens); resolves `null` when there is none.
+    #[wasm_bindgen(js_name = resumeRotation)]
+    pub fn resume_rotation(&self, options: JsValue) -> Result<js_sys::Promise, JsValue> {
+        let crypto = self.crypto.clone();
+        let callback = progress_callback(&options)?;
+        Ok(future_to_promise(async move {
+            let done = crypto.resume_rotation(report(&callback)).await?;
+            Ok(done.as_ref().map_or(JsValue::NULL, progress_object))
+        }))
+    }
+}
