@@ -15,7 +15,7 @@ use crate::store::{Adapter, StoreOptions};
 mod keyfile;
 mod sqlite;
 
-pub use keyfile::FileKeyStore;
+pub use keyfile::{FileKeyStore, KeyLocation, KEYCHAIN_ENV};
 pub use sqlite::SqliteStore;
 
 /// The adapter used when none is named.
@@ -66,13 +66,7 @@ pub async fn open_storage(
         Adapter::Sqlite => {
             let path = database_path(options);
             let backend = Arc::new(SqliteStore::open(&path)?);
-            let beside = |suffix: &str| {
-                let mut file = path.clone().into_os_string();
-                file.push(suffix);
-                PathBuf::from(file)
-            };
-            let keys = FileKeyStore::new(beside(".device-key"), beside(".keyring"));
-            Ok((backend, Arc::new(keys)))
+            Ok((backend, Arc::new(FileKeyStore::new(path))))
         }
         Adapter::Memory => Ok((
             Arc::new(MemoryStore::new()),

@@ -847,97 +847,82 @@ fn commit_from(row: &JsValue) -> StorageResult<SignedCommit> {
     })
 }
 
-/// The device identity is kept in the store's own IndexedDB database (entry
-/// `device_key` of `meta`), as the native keyfile sits beside the SQLite
-/// file. Created atomically on first use: a `readwrite` transaction reads
-/// and writes it, so two tabs opening at once agree on one identity. The
-/// encryption issue moves it under a non-extractable WebCrypto key.
+/// The device's secrets in the store's own IndexedDB database, sealed with
+/// a non-extractable WebCrypto key kept beside them (`device_key.rs`).
 impl crate::keys::KeyStore for IdbStore {
     fn describe(&self) -> String {
-        format!("indexeddb:{}#device_key", self.name)
+        format!("indexeddb:{}#webcrypto", self.name)
     }
 
     fn load_or_create(&self) -> BoxFuture<'_, crate::Result<crate::identity::DeviceIdentity>> {
-        Box::pin(device_identity(self))
+        Box::pin(super::device_key::identity(self))
     }
 
     fn load_keyring(
         &self,
         store: StoreId,
     ) -> BoxFuture<'_, crate::Result<Option<crate::crypto::Keyring>>> {
-        Box::pin(async move {
-            let Some(value) = self
-                .get_one("meta", JsValue::from_str(&format!("keyring:{store}")))
-                .await?
-            else {
-                return Ok(None);
-            };
-            let bytes = zeroize::Zeroizing::new(
-                value
-                    .dyn_into::<Uint8Array>()
-                    .map_err(|_| crate::Error::KeyInvalid("the stored keyring is damaged".into()))?
-                    .to_vec(),
-            );
-            crate::crypto::Keyring::from_bytes(&bytes)
-                .map(Some)
-                .map_err(|e| {
-                    crate::Error::KeyInvalid(format!("the stored keyring is damaged: {e}"))
-                })
-        })
+        Box::pin(super::device_key::load_keyring(self, store))
     }
 
     fn save_keyring<'a>(
         &'a self,
         keyring: &'a crate::crypto::Keyring,
     ) -> BoxFuture<'a, crate::Result<()>> {
-        Box::pin(async move {
-            let tx = self.transaction(&["meta"], TransactionMode::ReadWrite)?;
-            let bytes = keyring.to_bytes();
-            IdbStore::store(&tx, "meta")?
-                .put(
-                    &Uint8Array::from(&bytes[..]).into(),
-                    Some(&JsValue::from_str(&format!("keyring:{}", keyring.store()))),
-                )
-                .await
-                .map_err(backend_error)?;
-            let result = tx.done().await.map_err(backend_error)?;
-            if !result.is_committed() {
-                return Err(
-                    StorageError::Backend("IndexedDB transaction was aborted".into()).into(),
-                );
-            }
-            Ok(())
-        })
+        Box::pin(super::device_key::save_keyring(self, keyring))
     }
 }
 
-async fn device_identity(db: &IdbStore) -> crate::Result<crate::identity::DeviceIdentity> {
-    use crate::identity::DeviceIdentity;
-    use zeroize::Zeroizing;
+impl IdbStore {
+    /// The value under `key` of `meta`.
+    pub(super) async fn meta_get(&self, key: &str) -> StorageResult<Option<JsValue>> {
+        self.get_one("meta", JsValue::from_str(key)).await
+    }
 
-    let tx = db.transaction(&["meta"], TransactionMode::ReadWrite)?;
-    let meta = IdbStore::store(&tx, "meta")?;
-    let key = JsValue::from_str("device_key");
-    let identity = match meta.get(key.clone()).await.map_err(backend_error)? {
-        Some(stored) => {
-            let text = Zeroizing::new(stored.as_string().unwrap_or_default());
-            let mut seed = Zeroizing::new([0u8; 32]);
-            hex::decode_to_slice(text.as_bytes(), seed.as_mut())
-                .map_err(|_| crate::Error::KeyInvalid("the stored device key is damaged".into()))?;
-            DeviceIdentity::from_secret(&seed)
-        }
-        None => {
-            let identity = DeviceIdentity::generate()?;
-            let text = Zeroizing::new(hex::encode(identity.secret().as_ref()));
-            meta.put(&JsValue::from_str(&text), Some(&key))
+    /// Stores `value` under `key` of `meta` unless something is there
+    /// already (another tab was first); returns what is stored afterwards.
+    pub(super) async fn meta_put_new(&self, key: &str, value: &JsValue) -> StorageResult<JsValue> {
+        let tx = self.transaction(&["meta"], TransactionMode::ReadWrite)?;
+        let meta = Self::store(&tx, "meta")?;
+        let key = JsValue::from_str(key);
+        let stored = match meta.get(key.clone()).await.map_err(backend_error)? {
+            Some(existing) => existing,
+            None => {
+                meta.put(value, Some(&key)).await.map_err(backend_error)?;
+                value.clone()
+            }
+        };
+        Self::finish(tx).await?;
+        Ok(stored)
+    }
+
+    /// Stores `value` under `key` of `meta`, replacing it, and deletes `remove`.
+    pub(super) async fn meta_put(
+        &self,
+        key: &str,
+        value: &JsValue,
+        remove: Option<&str>,
+    ) -> StorageResult<()> {
+        let tx = self.transaction(&["meta"], TransactionMode::ReadWrite)?;
+        let meta = Self::store(&tx, "meta")?;
+        meta.put(value, Some(&JsValue::from_str(key)))
+            .await
+            .map_err(backend_error)?;
+        if let Some(remove) = remove {
+            meta.delete(JsValue::from_str(remove))
                 .await
                 .map_err(backend_error)?;
-            identity
         }
-    };
-    let result = tx.done().await.map_err(backend_error)?;
-    if !result.is_committed() {
-        return Err(StorageError::Backend("IndexedDB transaction was aborted".into()).into());
+        Self::finish(tx).await
     }
-    Ok(identity)
+
+    async fn finish(tx: rexie::Transaction) -> StorageResult<()> {
+        let result = tx.done().await.map_err(backend_error)?;
+        if !result.is_committed() {
+            return Err(StorageError::Backend(
+                "IndexedDB transaction was aborted".into(),
+            ));
+        }
+        Ok(())
+    }
 }

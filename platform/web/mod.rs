@@ -10,6 +10,7 @@ use crate::keys::{KeyStore, MemoryKeyStore};
 use crate::storage::{MemoryStore, StorageBackend};
 use crate::store::{Adapter, StoreOptions};
 
+mod device_key;
 mod idb;
 pub mod js;
 mod tabs;

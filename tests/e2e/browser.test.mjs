@@ -313,6 +313,36 @@ test("an encrypted store keeps IndexedDB free of plaintext, exports, rotates and
   assert.equal(rotated.kv, "MarkerKvValue");
   assert.deepEqual(rotated.during, { ok: true });
   assert.notEqual(rotated.newKey, key);
+  // The device's secrets: a non-extractable WebCrypto key seals the
+  // identity and the keyring; nothing of them is stored in the clear.
+  const device = await page.evaluate(async () => {
+    const db = await new Promise((resolve, reject) => {
+      const request = indexedDB.open("persist:secret-notes");
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = () => reject(request.error);
+    });
+    const get = (key) =>
+      new Promise((resolve, reject) => {
+        const request = db.transaction("meta").objectStore("meta").get(key);
+        request.onsuccess = () => resolve(request.result);
+        request.onerror = () => reject(request.error);
+      });
+    const key = await get("device_wrap_key");
+    const out = {
+      isCryptoKey: key instanceof CryptoKey,
+      extractable: key.extractable,
+      exportRefused: await crypto.subtle.exportKey("raw", key).then(() => false, () => true),
+      identitySealed: (await get("device_identity")) instanceof Uint8Array,
+      clearIdentity: (await get("device_key")) ?? null,
+      keyrings: (await new Promise((resolve) => {
+        const request = db.transaction("meta").objectStore("meta").getAllKeys();
+        request.onsuccess = () => resolve(request.result);
+      })).filter((k) => String(k).startsWith("keyring:")).length,
+    };
+    db.close();
+    return out;
+  });
+  assert.deepEqual(device, { isCryptoKey: true, extractable: false, exportRefused: true, identitySealed: true, clearIdentity: null, keyrings: 1 });
   const afterRotation = await rawIndexedDbText(page, "persist:secret-notes");
   for (const marker of markers) assert.ok(!afterRotation.includes(marker), `${marker} after rotation`);
 

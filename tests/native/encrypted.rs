@@ -276,23 +276,28 @@ async fn an_exported_key_opens_a_copy_and_bad_keys_change_nothing() {
 }
 
 #[tokio::test]
-async fn a_damaged_keyring_file_is_key_invalid_and_kept() {
+async fn a_device_without_its_secrets_asks_for_the_key_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("vault.db");
     let store = open_encrypted(&path).await;
     write_markers(&store).await;
+    let key = store.crypto().export_key().expect("export");
     store.close().await.expect("close");
-    let keyring = dir.path().join("vault.db.keyring");
-    let mut text = std::fs::read_to_string(&keyring).expect("keyring file");
-    text.truncate(text.len() / 2);
-    std::fs::write(&keyring, &text).expect("damage");
-    let err = Store::open(options(&path)).await.expect_err("damaged");
-    assert_eq!(err.code(), "KEY_INVALID", "{err}");
-    assert_eq!(std::fs::read_to_string(&keyring).expect("kept"), text);
-    // Missing altogether: the store asks for its key.
-    std::fs::remove_file(&keyring).expect("remove");
-    let err = Store::open(options(&path)).await.expect_err("missing");
+    // The device's secrets (identity and keyring) are gone: the store asks
+    // for its key, and the database is not touched.
+    let secrets = dir.path().join("vault.db.secrets");
+    std::fs::remove_file(&secrets).expect("remove");
+    std::fs::remove_file(dir.path().join("vault.db.key")).expect("remove");
+    let before = digest(&path);
+    let err = Store::open(options(&path)).await.expect_err("no keyring");
     assert_eq!(err.code(), "KEY_REQUIRED", "{err}");
+    assert_eq!(digest(&path), before);
+    // With the exported key it opens as a new device of the same store.
+    let store = Store::open(options(&path).key(key.as_str()))
+        .await
+        .expect("imports");
+    check_markers(&store).await;
+    store.close().await.expect("close");
 }
 
 #[tokio::test]

@@ -92,28 +92,115 @@ async fn data_identity_and_sequence_survive_reopen() {
     store.close().await.expect("closes");
 }
 
+fn beside(path: &std::path::Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", path.display()))
+}
+
 #[tokio::test]
-async fn keyfile_is_private_and_damage_is_reported_not_repaired() {
+async fn keyfiles_are_private_and_damage_is_reported_not_repaired() {
+    // No OS keychain on CI machines: the device key is in `<db>.key`, the
+    // identity sealed under it in `<db>.secrets`.
+    std::env::set_var(persist::platform::native::KEYCHAIN_ENV, "off");
     let (_dir, path) = temp();
     create(&path).await;
-    let keyfile = PathBuf::from(format!("{}.device-key", path.display()));
+    let (keyfile, secrets) = (beside(&path, ".key"), beside(&path, ".secrets"));
     #[cfg(unix)]
-    {
+    for file in [&keyfile, &secrets] {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&keyfile)
-            .expect("keyfile exists")
+        let mode = std::fs::metadata(file)
+            .expect("key files exist")
             .permissions()
             .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
     }
-    std::fs::write(&keyfile, "persist-device-key-v1 not-hex\n").expect("damages");
-    let before = digest(&keyfile);
+    let device = open(&path).await.expect("reopens").device_id();
+    // A damaged device key: KEY_INVALID, nothing rewritten.
+    let good_key = std::fs::read(&keyfile).expect("read");
+    std::fs::write(&keyfile, "persist-device-key-v2 not-hex\n").expect("damages");
+    let before = (digest(&keyfile), digest(&secrets));
     let err = open(&path).await.expect_err("damaged key refused");
-    assert_eq!(err.code(), "KEY_INVALID");
+    assert_eq!(err.code(), "KEY_INVALID", "{err}");
     assert_eq!(
-        digest(&keyfile),
+        (digest(&keyfile), digest(&secrets)),
         before,
-        "a damaged key is never overwritten"
+        "never overwritten"
+    );
+    // Another device key (a valid one that did not seal these secrets).
+    std::fs::write(
+        &keyfile,
+        format!("persist-device-key-v2 {}\n", "ab".repeat(32)),
+    )
+    .expect("writes");
+    let err = open(&path).await.expect_err("wrong key refused");
+    assert_eq!(err.code(), "KEY_INVALID", "{err}");
+    // A missing device key: KEY_INVALID, and no new key is made over the secrets.
+    std::fs::remove_file(&keyfile).expect("removes");
+    let err = open(&path).await.expect_err("missing key refused");
+    assert_eq!(err.code(), "KEY_INVALID", "{err}");
+    assert!(!keyfile.exists(), "a new key would orphan the secrets");
+    // Damaged secrets, with the right key back.
+    std::fs::write(&keyfile, &good_key).expect("restores");
+    let sealed = std::fs::read_to_string(&secrets).expect("read");
+    let mut flipped = sealed.clone().into_bytes();
+    let at = flipped.len() / 2;
+    flipped[at] = if flipped[at] == b'A' { b'B' } else { b'A' };
+    std::fs::write(&secrets, &flipped).expect("damages");
+    let err = open(&path).await.expect_err("damaged secrets refused");
+    assert_eq!(err.code(), "KEY_INVALID", "{err}");
+    assert_eq!(std::fs::read(&secrets).expect("kept"), flipped);
+    std::fs::write(&secrets, sealed).expect("restores");
+    assert_eq!(open(&path).await.expect("reopens").device_id(), device);
+}
+
+#[tokio::test]
+async fn an_identity_kept_in_the_clear_moves_under_the_device_key() {
+    std::env::set_var(persist::platform::native::KEYCHAIN_ENV, "off");
+    let (_dir, path) = temp();
+    let seed = [7u8; 32];
+    let legacy = beside(&path, ".device-key");
+    std::fs::write(
+        &legacy,
+        format!("persist-device-key-v1 {}\n", hex::encode(seed)),
+    )
+    .expect("writes");
+    let store = open(&path).await.expect("opens");
+    assert_eq!(
+        store.device_id(),
+        persist::DeviceIdentity::from_secret(&seed).device_id()
+    );
+    store.close().await.expect("closes");
+    assert!(!legacy.exists(), "the clear identity is removed");
+    let sealed = std::fs::read(beside(&path, ".secrets")).expect("secrets");
+    assert!(!sealed
+        .windows(64)
+        .any(|w| w == hex::encode(seed).as_bytes()));
+    assert_eq!(
+        open(&path).await.expect("reopens").device_id(),
+        persist::DeviceIdentity::from_secret(&seed).device_id()
+    );
+}
+
+/// The OS keychain, where one exists: opt-in (`PERSIST_TEST_KEYCHAIN=1`),
+/// since CI machines have none and a developer's keychain is not ours to fill.
+#[tokio::test]
+async fn the_device_key_lives_in_the_os_keychain_when_there_is_one() {
+    if std::env::var("PERSIST_TEST_KEYCHAIN").as_deref() != Ok("1") {
+        eprintln!("skipped: set PERSIST_TEST_KEYCHAIN=1 on a machine with an OS keychain");
+        return;
+    }
+    let (_dir, path) = temp();
+    let keys = persist::platform::native::FileKeyStore::with_keychain(path.clone(), true);
+    use persist::keys::KeyStore;
+    let identity = keys.load_or_create().await.expect("identity");
+    assert_eq!(
+        keys.location(),
+        Some(persist::platform::native::KeyLocation::Keychain)
+    );
+    assert!(!beside(&path, ".key").exists());
+    let again = persist::platform::native::FileKeyStore::with_keychain(path.clone(), true);
+    assert_eq!(
+        again.load_or_create().await.expect("reloads").device_id(),
+        identity.device_id()
     );
 }
 
