@@ -131,6 +131,8 @@ export interface RotationProgress {
   scanned: number;
   resealed: number;
   done: boolean;
+  /** Milliseconds spent decrypting and re-encrypting (storage excluded). */
+  resealMs: number;
 }
 
 export declare class StoreCrypto {

@@ -11,12 +11,18 @@ use std::pin::Pin;
 #[cfg(not(wasm_browser))]
 pub mod native;
 #[cfg(not(wasm_browser))]
-pub use native::{fill_random, now_ms, open_storage, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER};
+pub use native::{
+    fill_random, monotonic_ms, now_ms, open_storage, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER,
+    ROTATION_BATCH_ROWS,
+};
 
 #[cfg(wasm_browser)]
 pub mod web;
 #[cfg(wasm_browser)]
-pub use web::{fill_random, now_ms, open_storage, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER};
+pub use web::{
+    fill_random, monotonic_ms, now_ms, open_storage, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER,
+    ROTATION_BATCH_ROWS,
+};
 
 /// `Send` natively; nothing in the browser, where JavaScript values and
 /// futures live on one thread.
@@ -58,3 +64,25 @@ pub type BoxStream<'a, T> = Pin<Box<dyn futures::Stream<Item = T> + 'a>>;
 /// A boxed future (not `Send` in the browser).
 #[cfg(wasm_browser)]
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// Lets every other ready task of the executor run before continuing
+/// (natively; in the browser `web::yield_now` gives the event loop a turn):
+/// a long loop that takes a lock batch after batch yields between batches
+/// so the writers waiting for that lock get it.
+#[cfg(not(wasm_browser))]
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+#[cfg(wasm_browser)]
+pub use web::yield_now;

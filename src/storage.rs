@@ -240,6 +240,23 @@ pub trait StorageBackend: MaybeSend + MaybeSync {
         id: &'a str,
     ) -> BoxFuture<'a, StorageResult<Option<RecordRow>>>;
 
+    /// Several record rows of one collection at once (tombstones included),
+    /// in the order of `ids`. Backends override the default (one
+    /// [`StorageBackend::get_record`] after another) to read them together.
+    fn get_records<'a>(
+        &'a self,
+        collection: &'a str,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, StorageResult<Vec<Option<RecordRow>>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(self.get_record(collection, id).await?);
+            }
+            Ok(out)
+        })
+    }
+
     /// Live records of a collection.
     fn list_records<'a>(
         &'a self,
@@ -256,6 +273,20 @@ pub trait StorageBackend: MaybeSend + MaybeSync {
 
     /// One key row, tombstones included.
     fn get_kv<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StorageResult<Option<KvRow>>>;
+
+    /// Several key rows at once (tombstones included), in the order of `keys`.
+    fn get_kvs<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, StorageResult<Vec<Option<KvRow>>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                out.push(self.get_kv(key).await?);
+            }
+            Ok(out)
+        })
+    }
 
     /// Live keys in order, for listing (prefix, cursor and limit as for records).
     fn list_kv<'a>(&'a self, query: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>>;

@@ -36,6 +36,19 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds from an arbitrary start (the first call), monotonic.
+pub fn monotonic_ms() -> f64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64()
+        * 1000.0
+}
+
+/// Rows a key rotation re-encrypts per storage batch.
+pub const ROTATION_BATCH_ROWS: usize = 512;
+
 /// Runs a future in the background: on the current tokio runtime if there
 /// is one, else on a thread of its own.
 pub fn spawn<F: Future<Output = ()> + Send + 'static>(future: F) {

@@ -425,6 +425,30 @@ impl StorageBackend for SqliteStore {
         }))
     }
 
+    fn get_records<'a>(
+        &'a self,
+        collection: &'a str,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, StorageResult<Vec<Option<RecordRow>>>> {
+        ready(self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records WHERE collection = ?1 AND id = ?2"
+                ))
+                .sql()?;
+            let mut memo = None;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let mut rows = stmt.query(params![collection, id]).sql()?;
+                out.push(match rows.next().sql()? {
+                    Some(row) => Some(self.record(c, &mut memo, collection, row)?),
+                    None => None,
+                });
+            }
+            Ok(out)
+        }))
+    }
+
     fn list_records<'a>(
         &'a self,
         collection: &'a str,
@@ -496,6 +520,27 @@ impl StorageBackend for SqliteStore {
                 Some(row) => Ok(Some(self.kv_row(c, &mut None, row)?)),
                 None => Ok(None),
             }
+        }))
+    }
+
+    fn get_kvs<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, StorageResult<Vec<Option<KvRow>>>> {
+        ready(self.read(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT key, value, hlc, author FROM kv WHERE key = ?1")
+                .sql()?;
+            let mut memo = None;
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                let mut rows = stmt.query(params![key]).sql()?;
+                out.push(match rows.next().sql()? {
+                    Some(row) => Some(self.kv_row(c, &mut memo, row)?),
+                    None => None,
+                });
+            }
+            Ok(out)
         }))
     }
 

@@ -247,6 +247,23 @@ impl IdbStore {
             .map_err(backend_error)
     }
 
+    /// The values under `keys` of object store `name`, in one read-only
+    /// transaction with every request issued at once.
+    async fn get_many(
+        &self,
+        name: &str,
+        keys: impl Iterator<Item = JsValue>,
+    ) -> StorageResult<Vec<Option<JsValue>>> {
+        let tx = self.transaction(&[name], TransactionMode::ReadOnly)?;
+        let store = Self::store(&tx, name)?;
+        let gets = keys.map(|key| store.get(key));
+        let results = futures::future::join_all(gets).await;
+        results
+            .into_iter()
+            .map(|r| r.map_err(backend_error))
+            .collect()
+    }
+
     /// Up to `limit` items made by `take` from the rows of object store
     /// `name` between `lower` and `upper` (inclusive) in key order, read in
     /// chunks of `SCAN_CHUNK` in one read-only transaction.
@@ -681,6 +698,30 @@ impl StorageBackend for IdbStore {
         })
     }
 
+    fn get_records<'a>(
+        &'a self,
+        collection: &'a str,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, StorageResult<Vec<Option<RecordRow>>>> {
+        Box::pin(async move {
+            let values = self
+                .get_many(
+                    "records",
+                    ids.iter()
+                        .map(|id| key2(collection, &JsValue::from_str(id))),
+                )
+                .await?;
+            ids.iter()
+                .zip(values)
+                .map(|(id, value)| {
+                    value
+                        .map(|value| record_from(collection, id.clone(), &value))
+                        .transpose()
+                })
+                .collect()
+        })
+    }
+
     fn list_records<'a>(
         &'a self,
         collection: &'a str,
@@ -746,6 +787,21 @@ impl StorageBackend for IdbStore {
         Box::pin(async move {
             let row = self.get_one("kv", JsValue::from_str(key)).await?;
             row.map(|row| kv_from(key.to_owned(), &row)).transpose()
+        })
+    }
+
+    fn get_kvs<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, StorageResult<Vec<Option<KvRow>>>> {
+        Box::pin(async move {
+            let values = self
+                .get_many("kv", keys.iter().map(|key| JsValue::from_str(key)))
+                .await?;
+            keys.iter()
+                .zip(values)
+                .map(|(key, value)| value.map(|value| kv_from(key.clone(), &value)).transpose())
+                .collect()
         })
     }
 

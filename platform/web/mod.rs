@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use wasm_bindgen::JsCast;
+
 use crate::error::{Error, Result};
 use crate::keys::{KeyStore, MemoryKeyStore};
 use crate::storage::{MemoryStore, StorageBackend};
@@ -36,6 +38,42 @@ pub fn now_ms() -> u64 {
         0
     }
 }
+
+/// Milliseconds from an arbitrary start, monotonic (`performance.now()`;
+/// the wall clock where there is no `performance`).
+pub fn monotonic_ms() -> f64 {
+    js_sys::Reflect::get(&js_sys::global(), &"performance".into())
+        .ok()
+        .and_then(|p| {
+            let now = js_sys::Reflect::get(&p, &"now".into()).ok()?;
+            let now: js_sys::Function = now.dyn_into().ok()?;
+            now.call0(&p).ok()?.as_f64()
+        })
+        .unwrap_or_else(js_sys::Date::now)
+}
+
+/// Gives the event loop a turn (a `setTimeout(0)` task): promise reactions
+/// and tasks queued meanwhile, such as writes waiting for a lock that a
+/// long loop releases between batches, run first.
+pub async fn yield_now() {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let set_timeout = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        match set_timeout {
+            Some(set_timeout) => {
+                let _ = set_timeout.call2(&wasm_bindgen::JsValue::UNDEFINED, &resolve, &0.into());
+            }
+            None => {
+                let _ = resolve.call0(&wasm_bindgen::JsValue::UNDEFINED);
+            }
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
+/// Rows a key rotation re-encrypts per storage batch.
+pub const ROTATION_BATCH_ROWS: usize = 128;
 
 /// Runs a future to completion on the JavaScript event loop.
 pub fn spawn<F: Future<Output = ()> + 'static>(future: F) {

@@ -198,11 +198,15 @@ pub fn epoch_of(envelope: &[u8]) -> Result<u32, CryptoError> {
     Ok(u32::from_be_bytes(epoch))
 }
 
-/// Opens envelopes, remembering the last salt's subkey (a batch sealed
-/// together is read together: one derivation for all of it).
+/// How many recent salts' subkeys an [`Opener`] keeps.
+const OPENER_CACHE: usize = 32;
+
+/// Opens envelopes, remembering the subkeys of the last salts it met (a
+/// batch sealed together shares one salt, and is often read together: one
+/// derivation for all of it).
 #[derive(Default)]
 pub struct Opener {
-    last: Option<(DataKey, Derived)>,
+    recent: Vec<(DataKey, Derived)>,
 }
 
 impl Opener {
@@ -225,12 +229,21 @@ impl Opener {
         let mut index = [0u8; 4];
         index.copy_from_slice(&envelope[5 + SALT_LEN..9 + SALT_LEN]);
         let commitment = &envelope[9 + SALT_LEN..HEADER_LEN];
-        if !matches!(&self.last, Some((k, d)) if d.salt == salt && k == key) {
-            self.last = None;
-        }
-        let (_, derived) = self
-            .last
-            .get_or_insert_with(|| (key.clone(), Derived::new(key, salt)));
+        let at = match self
+            .recent
+            .iter()
+            .position(|(k, d)| d.salt == salt && k == key)
+        {
+            Some(at) => at,
+            None => {
+                if self.recent.len() == OPENER_CACHE {
+                    self.recent.remove(0);
+                }
+                self.recent.push((key.clone(), Derived::new(key, salt)));
+                self.recent.len() - 1
+            }
+        };
+        let (_, derived) = &self.recent[at];
         if !bool::from(derived.commitment.ct_eq(commitment)) {
             return Err(CryptoError::WrongKey);
         }

@@ -114,11 +114,15 @@ pub enum NameKind {
 /// record id, log name or KV key in the clear. Equal names under one store
 /// hash equally (that equality is what storage needs, and what it learns).
 #[derive(Clone)]
-pub struct NameKey(Zeroizing<[u8; 32]>);
+pub struct NameKey {
+    key: Zeroizing<[u8; 32]>,
+    /// HMAC keyed once (its inner and outer states), cloned per name.
+    keyed: hmac::Hmac<Sha256>,
+}
 
 impl PartialEq for NameKey {
     fn eq(&self, other: &NameKey) -> bool {
-        self.0.ct_eq(&*other.0).into()
+        self.key.ct_eq(&*other.key).into()
     }
 }
 
@@ -132,16 +136,17 @@ impl NameKey {
         let mut key = Zeroizing::new([0u8; 32]);
         // 32 bytes is within HKDF-SHA256's output limit.
         let _ = kdf.expand(b"persist/names/v1", key.as_mut());
-        NameKey(key)
+        let Ok(keyed) = hmac::Hmac::<Sha256>::new_from_slice(key.as_ref()) else {
+            unreachable!("HMAC accepts keys of any length")
+        };
+        NameKey { key, keyed }
     }
 
     /// The keyed hash of `name` as 32 hex digits (128 bits), prefixed by `~`
     /// (which names accepted from users never start with). `scope` separates
     /// equal ids in different collections.
     pub fn hash(&self, kind: NameKind, scope: &str, name: &str) -> String {
-        let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(self.0.as_ref()) else {
-            unreachable!("HMAC accepts keys of any length")
-        };
+        let mut mac = self.keyed.clone();
         mac.update(&[kind as u8]);
         mac.update(&(scope.len() as u32).to_be_bytes());
         mac.update(scope.as_bytes());

@@ -26,14 +26,18 @@
 //! Change-log entries pass through unchanged: their operations are sealed
 //! when the commit is built, before it is signed.
 
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use futures::StreamExt;
 
 use data_encoding::BASE64_NOPAD;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    query_admits, AnyRow, EventQuery, EventRow, KvRow, RecordQuery, RecordRow, StorageBackend,
-    StorageResult, StoredMeta, Table, WriteBatch,
+    query_admits, query_start, AnyRow, EventQuery, EventRow, KvRow, RecordQuery, RecordRow,
+    StorageBackend, StorageResult, StoredMeta, Table, WriteBatch,
 };
 use crate::change::{SignedCommit, Stamp, StoreId};
 use crate::crypto::envelope::{context, epoch_of};
@@ -50,12 +54,45 @@ struct RowSecret {
     fields: Option<String>,
 }
 
+/// Live names of a collection (or of the key space) in name order, with
+/// the hashed keys their rows are stored under.
+type NameIndex = BTreeMap<String, String>;
+
+/// The name indexes built so far (in memory only), and a count of writes
+/// that lets a build that raced a write be discarded.
+#[derive(Default)]
+struct Indexes {
+    records: HashMap<String, NameIndex>,
+    kv: Option<NameIndex>,
+    writes: u64,
+}
+
+impl Indexes {
+    fn forget(&mut self) {
+        self.records.clear();
+        self.kv = None;
+        self.writes += 1;
+    }
+}
+
 /// A backend whose rows are encrypted under a store keyring.
 pub struct SealedStorage {
     inner: Arc<dyn StorageBackend>,
     store: StoreId,
     keyring: RwLock<Keyring>,
     names: NameKey,
+    /// Subkeys of recent salts, for reads of one row.
+    opener: Mutex<Opener>,
+    indexes: Arc<Mutex<Indexes>>,
+}
+
+/// One record or key a batch writes: its name, stored key, and liveness,
+/// to keep the name indexes current once the batch is stored.
+struct Written {
+    collection: Option<String>,
+    name: String,
+    hashed: String,
+    live: bool,
 }
 
 fn crypto_error(e: CryptoError) -> StorageError {
@@ -72,7 +109,44 @@ impl SealedStorage {
             store: keyring.store(),
             keyring: RwLock::new(keyring),
             names,
+            opener: Mutex::new(Opener::new()),
+            indexes: Arc::default(),
         })
+    }
+
+    fn indexes(&self) -> MutexGuard<'_, Indexes> {
+        self.indexes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Decrypts one row with the shared opener (its subkey cache).
+    fn open_one<T>(&self, open: impl FnOnce(&mut Opener) -> StorageResult<T>) -> StorageResult<T> {
+        open(&mut self.opener.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether name indexes may be kept: always over storage of its own;
+    /// over shared storage (browser tabs) only for records, whose changes
+    /// the other writers announce (they do not announce keys).
+    fn caches_names(&self, kv: bool) -> bool {
+        !(kv && self.inner.shared())
+    }
+
+    /// Updates the built indexes with what a stored batch wrote.
+    fn note_written(&self, written: Vec<Written>) {
+        let mut indexes = self.indexes();
+        indexes.writes += 1;
+        for w in written {
+            let index = match &w.collection {
+                Some(collection) => indexes.records.get_mut(collection),
+                None => indexes.kv.as_mut(),
+            };
+            if let Some(index) = index {
+                if w.live {
+                    index.insert(w.name, w.hashed);
+                } else {
+                    index.remove(&w.name);
+                }
+            }
+        }
     }
 
     /// The backend underneath (rows as stored: hashed names, envelopes).
@@ -266,7 +340,7 @@ impl SealedStorage {
             .map_err(|e| StorageError::Decrypt(format!("a sealed row does not decode: {e}")))
     }
 
-    fn seal_batch(&self, batch: WriteBatch) -> StorageResult<WriteBatch> {
+    fn seal_batch(&self, batch: WriteBatch) -> StorageResult<(WriteBatch, Vec<Written>)> {
         let mut sealer = self.commit_sealer()?;
         let announce = self.inner.shared().then(|| {
             batch
@@ -275,12 +349,19 @@ impl SealedStorage {
                 .map(|r| (r.collection.clone(), r.id.clone()))
                 .collect()
         });
+        let mut written = Vec::with_capacity(batch.records.len() + batch.kv.len());
         let mut records = Vec::with_capacity(batch.records.len());
         for row in batch.records {
             let (collection, id) = (
                 self.collection(&row.collection),
                 self.record(&row.collection, &row.id),
             );
+            written.push(Written {
+                collection: Some(row.collection.clone()),
+                name: row.id.clone(),
+                hashed: id.clone(),
+                live: row.value.is_some(),
+            });
             let context = self.row_context(b"record", &collection, &id, &row.stamp);
             let secret = RowSecret {
                 name: row.id,
@@ -312,6 +393,12 @@ impl SealedStorage {
         let mut kv = Vec::with_capacity(batch.kv.len());
         for row in batch.kv {
             let key = self.key(&row.key);
+            written.push(Written {
+                collection: None,
+                name: row.key.clone(),
+                hashed: key.clone(),
+                live: row.value.is_some(),
+            });
             let context = self.row_context(b"kv", &key, "", &row.stamp);
             let secret = RowSecret {
                 name: row.key,
@@ -326,13 +413,14 @@ impl SealedStorage {
                 stamp: row.stamp,
             });
         }
-        Ok(WriteBatch {
+        let sealed = WriteBatch {
             records,
             events,
             kv,
             announce,
             ..batch
-        })
+        };
+        Ok((sealed, written))
     }
 
     fn open_record(
@@ -370,6 +458,22 @@ impl SealedStorage {
     }
 }
 
+/// The names (and stored keys) of an index that `query` selects, in order.
+fn select(index: &NameIndex, query: &RecordQuery) -> Vec<(String, String)> {
+    let (start, inclusive) = query_start(query);
+    let lower = if inclusive {
+        Bound::Included(start)
+    } else {
+        Bound::Excluded(start)
+    };
+    index
+        .range((lower, Bound::Unbounded))
+        .take_while(|(name, _)| query_admits(query, name))
+        .take(query.limit.unwrap_or(usize::MAX))
+        .map(|(name, hashed)| (name.clone(), hashed.clone()))
+        .collect()
+}
+
 /// Applies `query` (prefix, cursor, limit, id order) to decrypted rows.
 fn page<T>(mut rows: Vec<T>, query: &RecordQuery, id: impl Fn(&T) -> &str) -> Vec<T> {
     rows.retain(|row| query_admits(query, id(row)));
@@ -389,8 +493,14 @@ impl StorageBackend for SealedStorage {
 
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
         Box::pin(async move {
-            let sealed = self.seal_batch(batch)?;
-            self.inner.write(sealed).await
+            let (sealed, written) = self.seal_batch(batch)?;
+            let result = self.inner.write(sealed).await;
+            match &result {
+                Ok(()) => self.note_written(written),
+                // Whatever happened, built indexes may no longer be true.
+                Err(_) => self.indexes().forget(),
+            }
+            result
         })
     }
 
@@ -425,7 +535,7 @@ impl StorageBackend for SealedStorage {
             let Some(row) = self.inner.get_record(&hashed, &hashed_id).await? else {
                 return Ok(None);
             };
-            let row = self.open_record(&mut Opener::new(), collection, Some(id), row)?;
+            let row = self.open_one(|o| self.open_record(o, collection, Some(id), row))?;
             if row.id != id {
                 return Err(StorageError::Decrypt(
                     "a sealed record names another id".into(),
@@ -442,15 +552,49 @@ impl StorageBackend for SealedStorage {
     ) -> BoxFuture<'a, StorageResult<Vec<RecordRow>>> {
         Box::pin(async move {
             let hashed = self.collection(collection);
+            let selected = self
+                .indexes()
+                .records
+                .get(collection)
+                .map(|index| select(index, query));
+            if let Some(selected) = selected {
+                let (ids, hashed_ids): (Vec<String>, Vec<String>) = selected.into_iter().unzip();
+                let rows = self.inner.get_records(&hashed, &hashed_ids).await?;
+                let mut opener = Opener::new();
+                let mut out = Vec::with_capacity(rows.len());
+                for (id, row) in ids.iter().zip(rows) {
+                    if let Some(row) = row {
+                        let row = self.open_record(&mut opener, collection, Some(id), row)?;
+                        if row.value.is_some() {
+                            out.push(row);
+                        }
+                    }
+                }
+                return Ok(out);
+            }
+            // First listing: read and decrypt the collection once, and keep
+            // its names in order for the next pages.
+            let writes = self.indexes().writes;
             let rows = self
                 .inner
                 .list_records(&hashed, &RecordQuery::default())
                 .await?;
             let mut opener = Opener::new();
+            let mut index = NameIndex::new();
             let rows = rows
                 .into_iter()
-                .map(|row| self.open_record(&mut opener, collection, None, row))
+                .map(|row| {
+                    let hashed_id = row.id.clone();
+                    let row = self.open_record(&mut opener, collection, None, row)?;
+                    index.insert(row.id.clone(), hashed_id);
+                    Ok(row)
+                })
                 .collect::<StorageResult<Vec<_>>>()?;
+            let mut indexes = self.indexes();
+            if indexes.writes == writes && self.caches_names(false) {
+                indexes.records.insert(collection.to_owned(), index);
+            }
+            drop(indexes);
             Ok(page(rows, query, |row| &row.id))
         })
     }
@@ -485,7 +629,7 @@ impl StorageBackend for SealedStorage {
             let Some(row) = self.inner.get_kv(&self.key(key)).await? else {
                 return Ok(None);
             };
-            let row = self.open_kv(&mut Opener::new(), Some(key), row)?;
+            let row = self.open_one(|o| self.open_kv(o, Some(key), row))?;
             if row.key != key {
                 return Err(StorageError::Decrypt(
                     "a sealed key names another key".into(),
@@ -497,12 +641,40 @@ impl StorageBackend for SealedStorage {
 
     fn list_kv<'a>(&'a self, query: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>> {
         Box::pin(async move {
+            let selected = self.indexes().kv.as_ref().map(|index| select(index, query));
+            if let Some(selected) = selected {
+                let (keys, hashed): (Vec<String>, Vec<String>) = selected.into_iter().unzip();
+                let rows = self.inner.get_kvs(&hashed).await?;
+                let mut opener = Opener::new();
+                let mut out = Vec::with_capacity(rows.len());
+                for (key, row) in keys.iter().zip(rows) {
+                    if let Some(row) = row {
+                        let row = self.open_kv(&mut opener, Some(key), row)?;
+                        if row.value.is_some() {
+                            out.push(row);
+                        }
+                    }
+                }
+                return Ok(out);
+            }
+            let writes = self.indexes().writes;
             let rows = self.inner.list_kv(&RecordQuery::default()).await?;
             let mut opener = Opener::new();
+            let mut index = NameIndex::new();
             let rows = rows
                 .into_iter()
-                .map(|row| self.open_kv(&mut opener, None, row))
+                .map(|row| {
+                    let hashed = row.key.clone();
+                    let row = self.open_kv(&mut opener, None, row)?;
+                    index.insert(row.key.clone(), hashed);
+                    Ok(row)
+                })
                 .collect::<StorageResult<Vec<_>>>()?;
+            let mut indexes = self.indexes();
+            if indexes.writes == writes && self.caches_names(true) {
+                indexes.kv = Some(index);
+            }
+            drop(indexes);
             Ok(page(rows, query, |row| &row.key))
         })
     }
@@ -529,7 +701,15 @@ impl StorageBackend for SealedStorage {
     fn external_changes(&self) -> Option<BoxStream<'static, Vec<(String, String)>>> {
         // Writers through this layer announce the names (`announce`), not
         // the hashed keys they store: other tabs' messages never leave the
-        // browser's memory.
-        self.inner.external_changes()
+        // browser's memory. What other writers change, the name indexes
+        // built here do not know: they are dropped.
+        let indexes = Arc::downgrade(&self.indexes);
+        let changes = self.inner.external_changes()?;
+        Some(Box::pin(changes.map(move |keys| {
+            if let Some(indexes) = indexes.upgrade() {
+                indexes.lock().unwrap_or_else(|p| p.into_inner()).forget();
+            }
+            keys
+        })))
     }
 }

@@ -36,6 +36,7 @@ fn progress_object(progress: &RotationProgress) -> JsValue {
     set("scanned", JsValue::from_f64(progress.scanned as f64));
     set("resealed", JsValue::from_f64(progress.resealed as f64));
     set("done", JsValue::from_bool(progress.done));
+    set("resealMs", JsValue::from_f64(progress.reseal_ms));
     object.into()
 }
 
