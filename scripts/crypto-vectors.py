@@ -29,7 +29,7 @@ def seal(key, epoch, salt, index, ctx, plaintext):
 def name_hash(root, kind, scope, name):
     name_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"persist/names/v1").derive(root)
     msg = bytes([kind]) + struct.pack(">I", len(scope.encode())) + scope.encode() + name.encode()
-    return "~" + hmac.new(name_key, msg, hashlib.sha256).digest()[:16].hex()
+    return "~" + base64.urlsafe_b64encode(hmac.new(name_key, msg, hashlib.sha256).digest()[:16]).decode().rstrip("=")
 
 
 def export_text(store, epoch, key):

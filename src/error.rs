@@ -37,6 +37,10 @@ pub enum StorageError {
     /// (wrong key, or altered / moved ciphertext). Nothing was changed.
     #[error("stored data does not decrypt: {0}")]
     Decrypt(String),
+    /// A stored row is sealed under a key epoch this replica's keyring does
+    /// not hold (yet: another tab or device rotated the key).
+    #[error("stored data is sealed under key epoch {0}, which this keyring does not hold")]
+    EpochUnknown(u32),
     /// The backend has been closed.
     #[error("storage is closed")]
     Closed,
@@ -54,7 +58,7 @@ impl StorageError {
             StorageError::Io(_) => "STORAGE_IO",
             StorageError::Locked(_) => "STORAGE_LOCKED",
             StorageError::Conflict(_) => "STORAGE_CONFLICT",
-            StorageError::Decrypt(_) => "DECRYPT_FAILED",
+            StorageError::Decrypt(_) | StorageError::EpochUnknown(_) => "DECRYPT_FAILED",
             StorageError::Closed => "CLOSED",
             StorageError::Backend(_) => "STORAGE_FAILED",
         }

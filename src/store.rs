@@ -279,7 +279,9 @@ impl Store {
                 resume = crypto::pending_rotation(&meta, &keyring)?;
                 // Not Send in the browser (one thread there), as `Inner` below.
                 #[allow(clippy::arc_with_non_send_sync)]
-                let sealed = Arc::new(SealedStorage::new(backend, keyring)?);
+                let sealed = Arc::new(
+                    SealedStorage::new(backend, keyring)?.reloading_from(key_store.clone()),
+                );
                 (sealed.clone() as Arc<dyn StorageBackend>, Some(sealed))
             }
             None => (backend, None),

@@ -142,9 +142,9 @@ impl NameKey {
         NameKey { key, keyed }
     }
 
-    /// The keyed hash of `name` as 32 hex digits (128 bits), prefixed by `~`
-    /// (which names accepted from users never start with). `scope` separates
-    /// equal ids in different collections.
+    /// The keyed hash of `name`: 128 bits as 22 base64url characters,
+    /// prefixed by `~` (which names accepted from users never start with).
+    /// `scope` separates equal ids in different collections.
     pub fn hash(&self, kind: NameKind, scope: &str, name: &str) -> String {
         let mut mac = self.keyed.clone();
         mac.update(&[kind as u8]);
@@ -152,9 +152,9 @@ impl NameKey {
         mac.update(scope.as_bytes());
         mac.update(name.as_bytes());
         let digest = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(33);
+        let mut out = String::with_capacity(23);
         out.push('~');
-        out.push_str(&hex::encode(&digest[..16]));
+        data_encoding::BASE64URL_NOPAD.encode_append(&digest[..16], &mut out);
         out
     }
 }

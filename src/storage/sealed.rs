@@ -10,7 +10,7 @@
 //! | kv | `H(key)` | envelope of `{ key, value }` when set; nothing for a tombstone |
 //!
 //! `H` is the store's keyed name hash ([`crate::crypto::NameKey`]): `~` and
-//! 32 hex digits. Envelopes are base64 text (the backends store text) and
+//! 22 base64url characters (128 bits). Envelopes are base64 text (the backends store text) and
 //! are bound (associated data) to the store, the row kind, the hashed names
 //! and, for records and keys, the row's stamp; a row moved to another key,
 //! record or store does not open. Stamps, event ids and times, authors, sizes
@@ -44,6 +44,7 @@ use crate::crypto::envelope::{context, epoch_of};
 use crate::crypto::{CryptoError, Keyring, NameKey, NameKind, Opener, Sealer};
 use crate::error::StorageError;
 use crate::identity::DeviceId;
+use crate::keys::KeyStore;
 use crate::platform::{BoxFuture, BoxStream};
 
 /// What a sealed record or key row holds.
@@ -84,6 +85,9 @@ pub struct SealedStorage {
     /// Subkeys of recent salts, for reads of one row.
     opener: Mutex<Opener>,
     indexes: Arc<Mutex<Indexes>>,
+    /// Where newer epochs come from when another writer of shared storage
+    /// (another tab) rotated the key.
+    keys: Option<Arc<dyn KeyStore>>,
 }
 
 /// One record or key a batch writes: its name, stored key, and liveness,
@@ -96,7 +100,10 @@ struct Written {
 }
 
 fn crypto_error(e: CryptoError) -> StorageError {
-    StorageError::Decrypt(e.to_string())
+    match e {
+        CryptoError::UnknownEpoch(epoch) => StorageError::EpochUnknown(epoch),
+        other => StorageError::Decrypt(other.to_string()),
+    }
 }
 
 impl SealedStorage {
@@ -111,7 +118,33 @@ impl SealedStorage {
             names,
             opener: Mutex::new(Opener::new()),
             indexes: Arc::default(),
+            keys: None,
         })
+    }
+
+    /// Reloads the keyring from `keys` when a row names an epoch it lacks.
+    pub fn reloading_from(mut self, keys: Arc<dyn KeyStore>) -> SealedStorage {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// After [`StorageError::EpochUnknown`]: merges the device's keyring
+    /// (saved by the writer that rotated) and says whether to read again.
+    async fn learnt_epochs(&self, error: &StorageError) -> bool {
+        let (StorageError::EpochUnknown(_), Some(keys)) = (error, &self.keys) else {
+            return false;
+        };
+        let Ok(Some(saved)) = keys.load_keyring(self.store).await else {
+            return false;
+        };
+        let mut keyring = self.keyring();
+        let before = keyring.clone();
+        keyring.merge(&saved);
+        if keyring == before || self.set_keyring(keyring).is_err() {
+            return false;
+        }
+        tracing::debug!("keyring reloaded: another writer rotated the key");
+        true
     }
 
     fn indexes(&self) -> MutexGuard<'_, Indexes> {
@@ -482,50 +515,19 @@ fn page<T>(mut rows: Vec<T>, query: &RecordQuery, id: impl Fn(&T) -> &str) -> Ve
     rows
 }
 
-impl StorageBackend for SealedStorage {
-    fn describe(&self) -> String {
-        format!("sealed:{}", self.inner.describe())
+/// Reads, each retried once after learning newer key epochs.
+impl SealedStorage {
+    async fn retrying<'a, T, Fut>(&'a self, read: impl Fn() -> Fut) -> StorageResult<T>
+    where
+        Fut: std::future::Future<Output = StorageResult<T>> + 'a,
+    {
+        match read().await {
+            Err(e) if self.learnt_epochs(&e).await => read().await,
+            other => other,
+        }
     }
 
-    fn load_meta(&self) -> BoxFuture<'_, StorageResult<StoredMeta>> {
-        self.inner.load_meta()
-    }
-
-    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
-        Box::pin(async move {
-            let (sealed, written) = self.seal_batch(batch)?;
-            let result = self.inner.write(sealed).await;
-            match &result {
-                Ok(()) => self.note_written(written),
-                // Whatever happened, built indexes may no longer be true.
-                Err(_) => self.indexes().forget(),
-            }
-            result
-        })
-    }
-
-    fn version_vector(&self) -> BoxFuture<'_, StorageResult<Vec<(DeviceId, u64)>>> {
-        self.inner.version_vector()
-    }
-
-    fn get_commit(
-        &self,
-        author: DeviceId,
-        seq: u64,
-    ) -> BoxFuture<'_, StorageResult<Option<SignedCommit>>> {
-        self.inner.get_commit(author, seq)
-    }
-
-    fn commits_after(
-        &self,
-        author: DeviceId,
-        after_seq: u64,
-        limit: usize,
-    ) -> BoxFuture<'_, StorageResult<Vec<SignedCommit>>> {
-        self.inner.commits_after(author, after_seq, limit)
-    }
-
-    fn get_record<'a>(
+    fn get_record_once<'a>(
         &'a self,
         collection: &'a str,
         id: &'a str,
@@ -545,7 +547,7 @@ impl StorageBackend for SealedStorage {
         })
     }
 
-    fn list_records<'a>(
+    fn list_records_once<'a>(
         &'a self,
         collection: &'a str,
         query: &'a RecordQuery,
@@ -599,7 +601,7 @@ impl StorageBackend for SealedStorage {
         })
     }
 
-    fn list_events<'a>(
+    fn list_events_once<'a>(
         &'a self,
         log: &'a str,
         query: &'a EventQuery,
@@ -624,7 +626,7 @@ impl StorageBackend for SealedStorage {
         })
     }
 
-    fn get_kv<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StorageResult<Option<KvRow>>> {
+    fn get_kv_once<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StorageResult<Option<KvRow>>> {
         Box::pin(async move {
             let Some(row) = self.inner.get_kv(&self.key(key)).await? else {
                 return Ok(None);
@@ -639,7 +641,10 @@ impl StorageBackend for SealedStorage {
         })
     }
 
-    fn list_kv<'a>(&'a self, query: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>> {
+    fn list_kv_once<'a>(
+        &'a self,
+        query: &'a RecordQuery,
+    ) -> BoxFuture<'a, StorageResult<Vec<KvRow>>> {
         Box::pin(async move {
             let selected = self.indexes().kv.as_ref().map(|index| select(index, query));
             if let Some(selected) = selected {
@@ -677,6 +682,82 @@ impl StorageBackend for SealedStorage {
             drop(indexes);
             Ok(page(rows, query, |row| &row.key))
         })
+    }
+}
+
+impl StorageBackend for SealedStorage {
+    fn describe(&self) -> String {
+        format!("sealed:{}", self.inner.describe())
+    }
+
+    fn load_meta(&self) -> BoxFuture<'_, StorageResult<StoredMeta>> {
+        self.inner.load_meta()
+    }
+
+    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
+        Box::pin(async move {
+            let (sealed, written) = self.seal_batch(batch)?;
+            let result = self.inner.write(sealed).await;
+            match &result {
+                Ok(()) => self.note_written(written),
+                // Whatever happened, built indexes may no longer be true.
+                Err(_) => self.indexes().forget(),
+            }
+            result
+        })
+    }
+
+    fn version_vector(&self) -> BoxFuture<'_, StorageResult<Vec<(DeviceId, u64)>>> {
+        self.inner.version_vector()
+    }
+
+    fn get_commit(
+        &self,
+        author: DeviceId,
+        seq: u64,
+    ) -> BoxFuture<'_, StorageResult<Option<SignedCommit>>> {
+        self.inner.get_commit(author, seq)
+    }
+
+    fn commits_after(
+        &self,
+        author: DeviceId,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, StorageResult<Vec<SignedCommit>>> {
+        self.inner.commits_after(author, after_seq, limit)
+    }
+
+    fn get_record<'a>(
+        &'a self,
+        collection: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<RecordRow>>> {
+        Box::pin(self.retrying(move || self.get_record_once(collection, id)))
+    }
+
+    fn list_records<'a>(
+        &'a self,
+        collection: &'a str,
+        query: &'a RecordQuery,
+    ) -> BoxFuture<'a, StorageResult<Vec<RecordRow>>> {
+        Box::pin(self.retrying(move || self.list_records_once(collection, query)))
+    }
+
+    fn list_events<'a>(
+        &'a self,
+        log: &'a str,
+        query: &'a EventQuery,
+    ) -> BoxFuture<'a, StorageResult<Vec<EventRow>>> {
+        Box::pin(self.retrying(move || self.list_events_once(log, query)))
+    }
+
+    fn get_kv<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StorageResult<Option<KvRow>>> {
+        Box::pin(self.retrying(move || self.get_kv_once(key)))
+    }
+
+    fn list_kv<'a>(&'a self, query: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>> {
+        Box::pin(self.retrying(move || self.list_kv_once(query)))
     }
 
     /// The inner backend's rows as stored (hashed names, envelopes): scans

@@ -353,7 +353,9 @@ test("an encrypted store keeps IndexedDB free of plaintext, exports, rotates and
     async ({ key, otherKey }) => {
       const { createStore } = await import("/pkg/index.js");
       const code = (p) => p.then(() => "ok", (e) => e.code);
-      const typo = key.slice(0, -2) + (key.endsWith("a") ? "b" : "a") + key.slice(-1);
+      // One character of the key changed (never to itself).
+      const at = key.length - 2;
+      const typo = key.slice(0, at) + (key[at] === "a" ? "b" : "a") + key.slice(at + 1);
       const out = {
         typo: await code(createStore({ name: "imported", encrypt: true, key: typo })),
         garbage: await code(createStore({ name: "imported", key: "persist-key-v1-nonsense" })),
@@ -404,6 +406,25 @@ test("tabs of an encrypted store hear each other's writes", async () => {
   await tabB.evaluate(() => window.store.records("notes").put("from-b", { secret: "hi" }));
   await tabA.waitForFunction(() => window.heard.some(([id]) => id === "from-b"), null, { timeout: 2000 });
   assert.deepEqual(await tabA.evaluate(() => window.heard), [["from-b", { secret: "hi" }]]);
+  // Tab A rotates the key; tab B, still holding the old keyring, reads the
+  // re-encrypted rows (it learns the new epoch from the device's keyring)
+  // and keeps writing.
+  await tabA.evaluate(async () => {
+    await window.store.records("bulk").putMany(Array.from({ length: 300 }, (_, i) => [`r${i}`, { i }]));
+    await window.store.crypto.rotateKey();
+  });
+  const afterRotation = await tabB.evaluate(async () => {
+    const out = {
+      note: await window.store.records("notes").get("from-b"),
+      bulk: (await window.store.records("bulk").list()).length,
+      last: await window.store.records("bulk").get("r299"),
+    };
+    await window.store.records("notes").put("after", { ok: 1 });
+    out.epoch = window.store.crypto.epoch();
+    return out;
+  });
+  assert.deepEqual(afterRotation, { note: { secret: "hi" }, bulk: 300, last: { i: 299 }, epoch: 1 });
+  assert.deepEqual(await tabA.evaluate(() => window.store.records("notes").get("after")), { ok: 1 });
   await ctx.close();
 });
 
