@@ -122,7 +122,7 @@ async fn seal(db: &IdbStore, associated: &[u8], plain: &[u8]) -> Result<JsValue>
 }
 
 async fn open(
-    db: &IdbStore,
+    key: Option<JsValue>,
     associated: &[u8],
     stored: JsValue,
     what: &str,
@@ -135,7 +135,7 @@ async fn open(
     if bytes.len() < IV_LEN + 16 {
         return Err(damaged("is truncated"));
     }
-    let Some(key) = db.meta_get(WRAP_KEY).await? else {
+    let Some(key) = key else {
         return Err(damaged(
             "is sealed, but the device's WebCrypto key is missing",
         ));
@@ -166,8 +166,10 @@ fn identity_from(seed: &[u8]) -> Result<DeviceIdentity> {
 /// The device identity: sealed in `meta`, made (or moved from the clear
 /// legacy entry) on first use.
 pub(super) async fn identity(db: &IdbStore) -> Result<DeviceIdentity> {
-    if let Some(stored) = db.meta_get(IDENTITY).await? {
-        return identity_from(&open(db, IDENTITY_AD, stored, "device identity").await?);
+    // The sealed identity and the key that opens it, in one read.
+    let [stored, key] = db.meta_get_many([IDENTITY, WRAP_KEY]).await?;
+    if let Some(stored) = stored {
+        return identity_from(&open(key, IDENTITY_AD, stored, "device identity").await?);
     }
     let identity = match db.meta_get(LEGACY_IDENTITY).await? {
         Some(legacy) => {
@@ -183,7 +185,8 @@ pub(super) async fn identity(db: &IdbStore) -> Result<DeviceIdentity> {
     let stored = db.meta_put_new(IDENTITY, &sealed).await?;
     if stored != sealed {
         // Another tab stored its identity first: this device is that one.
-        return identity_from(&open(db, IDENTITY_AD, stored, "device identity").await?);
+        let key = db.meta_get(WRAP_KEY).await?;
+        return identity_from(&open(key, IDENTITY_AD, stored, "device identity").await?);
     }
     if db.meta_get(LEGACY_IDENTITY).await?.is_some() {
         // Sealed copy first, then the clear one goes.
@@ -203,10 +206,11 @@ fn keyring_entry(store: StoreId) -> (String, Vec<u8>) {
 /// The keyring this device holds for `store`.
 pub(super) async fn load_keyring(db: &IdbStore, store: StoreId) -> Result<Option<Keyring>> {
     let (key, associated) = keyring_entry(store);
-    let Some(stored) = db.meta_get(&key).await? else {
+    let [stored, wrap] = db.meta_get_many([key.as_str(), WRAP_KEY]).await?;
+    let Some(stored) = stored else {
         return Ok(None);
     };
-    let plain = open(db, &associated, stored, "keyring").await?;
+    let plain = open(wrap, &associated, stored, "keyring").await?;
     let keyring = Keyring::from_bytes(&plain)
         .map_err(|e| Error::KeyInvalid(format!("the stored keyring is damaged: {e}")))?;
     Ok(Some(keyring))

@@ -935,6 +935,19 @@ impl IdbStore {
         self.get_one("meta", JsValue::from_str(key)).await
     }
 
+    /// The values under several keys of `meta`, in one read.
+    pub(super) async fn meta_get_many<const N: usize>(
+        &self,
+        keys: [&str; N],
+    ) -> StorageResult<[Option<JsValue>; N]> {
+        let values = self
+            .get_many("meta", keys.iter().map(|k| JsValue::from_str(k)))
+            .await?;
+        values
+            .try_into()
+            .map_err(|_| StorageError::Backend("IndexedDB returned another count".into()))
+    }
+
     /// Stores `value` under `key` of `meta` unless something is there
     /// already (another tab was first); returns what is stored afterwards.
     pub(super) async fn meta_put_new(&self, key: &str, value: &JsValue) -> StorageResult<JsValue> {

@@ -10,18 +10,23 @@
 //! | kv | `H(key)` | envelope of `{ key, value }` when set; nothing for a tombstone |
 //!
 //! `H` is the store's keyed name hash ([`crate::crypto::NameKey`]): `~` and
-//! 22 base64url characters (128 bits). Envelopes are base64 text (the backends store text) and
-//! are bound (associated data) to the store, the row kind, the hashed names
-//! and, for records and keys, the row's stamp; a row moved to another key,
-//! record or store does not open. Stamps, event ids and times, authors, sizes
-//! and liveness (a tombstone's `value` is NULL) stay visible: the metadata
-//! storage needs to merge and order, as DESIGN.md allows.
+//! 22 base64url characters (128 bits). Envelopes are base64 text (the
+//! backends store text) and are bound (associated data) to the store, the
+//! row kind, the hashed names and, for records and keys, the row's stamp; a
+//! row moved to another key, record or store does not open. Stamps, event
+//! ids and times, authors, sizes and liveness (a tombstone's `value` is NULL)
+//! stay visible: the metadata storage needs to merge and order, as DESIGN.md
+//! allows.
 //!
-//! Listing with a prefix or cursor cannot use the inner order (hashes do not
-//! keep it): the collection's live rows are read and decrypted, then filtered
-//! and sorted here. That costs one decryption per live row of the collection
-//! per page and leaks nothing more than the row count. Events keep their
-//! order (their ids are clear), so event listings stay range scans.
+//! Listing cannot use the inner order (hashes do not keep it). The first
+//! listing of a collection reads and decrypts its live rows once and keeps
+//! their names, sorted, with their stored keys (an in-memory index; storage
+//! learns nothing from it); later listings, with prefix, cursor and limit,
+//! are a range of the index and one batch of point reads. Writes through
+//! this layer keep the index true; changes announced by other writers of
+//! shared storage (tabs) drop it; keys are not indexed over shared storage
+//! (tabs do not announce them). Events keep their order (their ids are
+//! clear), so event listings stay range scans.
 //!
 //! Change-log entries pass through unchanged: their operations are sealed
 //! when the commit is built, before it is signed.
