@@ -301,6 +301,12 @@ pub trait StorageBackend: MaybeSend + MaybeSync {
         limit: usize,
     ) -> BoxFuture<'a, StorageResult<Vec<AnyRow>>>;
 
+    /// Tells the backend that the names it will store are keyed hashes (an
+    /// encrypting layer above it): they keep no order, so a backend whose
+    /// layout clusters rows by name may cluster them by write order and
+    /// index the hash instead. Called before any row is read or written.
+    fn hashed_names(&self) {}
+
     /// Flushes and releases the backend.
     fn close(&self) -> BoxFuture<'_, StorageResult<()>>;
 

@@ -18,6 +18,7 @@
 //! derived from the log instead of being rewritten on every commit.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -43,8 +44,11 @@ use open::Sql;
 use open::{check_header, configure, inspect, lock_owner, migrate};
 
 /// Numbered migrations; `user_version` is the number applied last.
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("migrations/001_initial.sql"))];
-const SCHEMA_VERSION: u32 = 1;
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("migrations/001_initial.sql")),
+    (2, include_str!("migrations/002_hashed_layout.sql")),
+];
+const SCHEMA_VERSION: u32 = 2;
 const READ_CONNECTIONS: usize = 2;
 const WRITER_QUEUE: usize = 64;
 /// Page size of new databases. Measured (BENCHMARKS.md): 8 KiB beats 4 KiB on
@@ -66,6 +70,27 @@ pub struct SqliteStore {
     authors: Arc<Authors>,
     /// An exclusive advisory lock on the database file, held until close.
     owner_lock: Mutex<Option<std::fs::File>>,
+    /// Names are keyed hashes: records and keys live in the `hashed_*`
+    /// tables (write order, hash indexed).
+    hashed: AtomicBool,
+}
+
+/// The record and key tables in use.
+#[derive(Clone, Copy)]
+pub(super) struct Tables {
+    records: &'static str,
+    kv: &'static str,
+}
+
+impl Tables {
+    const PLAIN: Tables = Tables {
+        records: "records",
+        kv: "kv",
+    };
+    const HASHED: Tables = Tables {
+        records: "hashed_records",
+        kv: "hashed_kv",
+    };
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -148,6 +173,7 @@ impl SqliteStore {
             writer_thread: Mutex::new(Some(thread)),
             readers,
             authors: Arc::new(Authors::default()),
+            hashed: AtomicBool::new(false),
             owner_lock: Mutex::new(Some(owner_lock)),
         })
     }
@@ -244,6 +270,14 @@ impl SqliteStore {
 const RECORD_COLUMNS: &str = "id, value, hlc, author, fields";
 
 impl SqliteStore {
+    fn tables(&self) -> Tables {
+        if self.hashed.load(Ordering::Relaxed) {
+            Tables::HASHED
+        } else {
+            Tables::PLAIN
+        }
+    }
+
     fn record(
         &self,
         conn: &Connection,
@@ -338,7 +372,8 @@ impl StorageBackend for SqliteStore {
 
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
         let authors = self.authors.clone();
-        self.on_writer(move |conn| write::write_batch(conn, &authors, batch))
+        let tables = self.tables();
+        self.on_writer(move |conn| write::write_batch(conn, &authors, tables, batch))
     }
 
     fn version_vector(&self) -> BoxFuture<'_, StorageResult<Vec<(DeviceId, u64)>>> {
@@ -414,7 +449,8 @@ impl StorageBackend for SqliteStore {
         ready(self.read(|c| {
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT {RECORD_COLUMNS} FROM records WHERE collection = ?1 AND id = ?2"
+                    "SELECT {RECORD_COLUMNS} FROM {} WHERE collection = ?1 AND id = ?2",
+                    self.tables().records
                 ))
                 .sql()?;
             let mut rows = stmt.query(params![collection, id]).sql()?;
@@ -433,7 +469,8 @@ impl StorageBackend for SqliteStore {
         ready(self.read(|c| {
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT {RECORD_COLUMNS} FROM records WHERE collection = ?1 AND id = ?2"
+                    "SELECT {RECORD_COLUMNS} FROM {} WHERE collection = ?1 AND id = ?2",
+                    self.tables().records
                 ))
                 .sql()?;
             let mut memo = None;
@@ -459,8 +496,9 @@ impl StorageBackend for SqliteStore {
         ready(self.read(|c| {
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT {RECORD_COLUMNS} FROM records
-                     WHERE collection = ?1 AND id {op} ?2 AND value IS NOT NULL ORDER BY id LIMIT ?3"
+                    "SELECT {RECORD_COLUMNS} FROM {} \
+                     WHERE collection = ?1 AND id {op} ?2 AND value IS NOT NULL ORDER BY id LIMIT ?3",
+                    self.tables().records
                 ))
                 .sql()?;
             let mut rows = stmt.query(params![collection, start, limit]).sql()?;
@@ -513,7 +551,10 @@ impl StorageBackend for SqliteStore {
     fn get_kv<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StorageResult<Option<KvRow>>> {
         ready(self.read(|c| {
             let mut stmt = c
-                .prepare_cached("SELECT key, value, hlc, author FROM kv WHERE key = ?1")
+                .prepare_cached(&format!(
+                    "SELECT key, value, hlc, author FROM {} WHERE key = ?1",
+                    self.tables().kv
+                ))
                 .sql()?;
             let mut rows = stmt.query(params![key]).sql()?;
             match rows.next().sql()? {
@@ -529,7 +570,10 @@ impl StorageBackend for SqliteStore {
     ) -> BoxFuture<'a, StorageResult<Vec<Option<KvRow>>>> {
         ready(self.read(|c| {
             let mut stmt = c
-                .prepare_cached("SELECT key, value, hlc, author FROM kv WHERE key = ?1")
+                .prepare_cached(&format!(
+                    "SELECT key, value, hlc, author FROM {} WHERE key = ?1",
+                    self.tables().kv
+                ))
                 .sql()?;
             let mut memo = None;
             let mut out = Vec::with_capacity(keys.len());
@@ -550,7 +594,8 @@ impl StorageBackend for SqliteStore {
         ready(self.read(|c| {
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT key, value, hlc, author FROM kv WHERE key {op} ?1 AND value IS NOT NULL ORDER BY key LIMIT ?2"
+                    "SELECT key, value, hlc, author FROM {} WHERE key {op} ?1 AND value IS NOT NULL ORDER BY key LIMIT ?2",
+                    self.tables().kv
                 ))
                 .sql()?;
             let mut rows = stmt.query(params![start, limit]).sql()?;
@@ -583,8 +628,9 @@ impl StorageBackend for SqliteStore {
                 Table::Records => {
                     let mut stmt = c
                         .prepare_cached(&format!(
-                            "SELECT {RECORD_COLUMNS}, collection FROM records
-                             WHERE (collection, id) > (?1, ?2) ORDER BY collection, id LIMIT ?3"
+                            "SELECT {RECORD_COLUMNS}, collection FROM {} \
+                             WHERE (collection, id) > (?1, ?2) ORDER BY collection, id LIMIT ?3",
+                            self.tables().records
                         ))
                         .sql()?;
                     let mut rows = stmt.query(params![first, second, limit]).sql()?;
@@ -613,9 +659,10 @@ impl StorageBackend for SqliteStore {
                 }
                 Table::Kv => {
                     let mut stmt = c
-                        .prepare_cached(
-                            "SELECT key, value, hlc, author FROM kv WHERE key > ?1 ORDER BY key LIMIT ?2",
-                        )
+                        .prepare_cached(&format!(
+                            "SELECT key, value, hlc, author FROM {} WHERE key > ?1 ORDER BY key LIMIT ?2",
+                            self.tables().kv
+                        ))
                         .sql()?;
                     let mut rows = stmt.query(params![second, limit]).sql()?;
                     while let Some(row) = rows.next().sql()? {
@@ -625,6 +672,10 @@ impl StorageBackend for SqliteStore {
             }
             Ok(out)
         }))
+    }
+
+    fn hashed_names(&self) {
+        self.hashed.store(true, Ordering::Relaxed);
     }
 
     fn close(&self) -> BoxFuture<'_, StorageResult<()>> {

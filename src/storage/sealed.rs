@@ -116,6 +116,7 @@ impl SealedStorage {
     /// 0, the root of the store's name key).
     pub fn new(inner: Arc<dyn StorageBackend>, keyring: Keyring) -> StorageResult<SealedStorage> {
         let names = keyring.name_key().map_err(crypto_error)?;
+        inner.hashed_names();
         Ok(SealedStorage {
             inner,
             store: keyring.store(),

@@ -168,7 +168,7 @@ async fn moved_altered_or_foreign_key_rows_fail_to_decrypt() {
     {
         let conn = rusqlite::Connection::open(&path).expect("raw");
         let values: Vec<(String, String)> = conn
-            .prepare("SELECT id, value FROM records ORDER BY id")
+            .prepare("SELECT id, value FROM hashed_records ORDER BY id")
             .expect("prepare")
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .expect("query")
@@ -177,7 +177,7 @@ async fn moved_altered_or_foreign_key_rows_fail_to_decrypt() {
         assert_eq!(values.len(), 2);
         for (i, (id, _)) in values.iter().enumerate() {
             conn.execute(
-                "UPDATE records SET value = ?1 WHERE id = ?2",
+                "UPDATE hashed_records SET value = ?1 WHERE id = ?2",
                 rusqlite::params![values[1 - i].1, id],
             )
             .expect("swap");
@@ -203,13 +203,13 @@ async fn moved_altered_or_foreign_key_rows_fail_to_decrypt() {
     {
         let conn = rusqlite::Connection::open(&path).expect("raw");
         let value: String = conn
-            .query_row("SELECT value FROM kv", [], |r| r.get(0))
+            .query_row("SELECT value FROM hashed_kv", [], |r| r.get(0))
             .expect("kv");
         let mut chars: Vec<char> = value.chars().collect();
         let middle = chars.len() / 2;
         chars[middle] = if chars[middle] == 'A' { 'B' } else { 'A' };
         let altered: String = chars.into_iter().collect();
-        conn.execute("UPDATE kv SET value = ?1", [&altered])
+        conn.execute("UPDATE hashed_kv SET value = ?1", [&altered])
             .expect("alter");
     }
     let before = std::fs::read(&path).expect("read");

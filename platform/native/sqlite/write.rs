@@ -3,13 +3,14 @@
 use rusqlite::{params, Connection};
 
 use super::authors::Authors;
-use super::{log_key, to_i64, Sql};
+use super::{log_key, to_i64, Sql, Tables};
 use crate::error::StorageError;
 use crate::storage::{StorageResult, WriteBatch};
 
 pub(super) fn write_batch(
     conn: &mut Connection,
     authors: &Authors,
+    tables: Tables,
     batch: WriteBatch,
 ) -> StorageResult<()> {
     let tx = conn.transaction().sql()?;
@@ -50,10 +51,11 @@ pub(super) fn write_batch(
             .sql()?;
         }
         let mut records = tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO records (collection, id, value, hlc, author, fields)
+            .prepare_cached(&format!(
+                "INSERT OR REPLACE INTO {} (collection, id, value, hlc, author, fields)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
+                tables.records
+            ))
             .sql()?;
         for row in &batch.records {
             let author = authors.number(&tx, &mut created, row.stamp.author)?;
@@ -83,9 +85,10 @@ pub(super) fn write_batch(
                 .sql()?;
         }
         let mut kv = tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO kv (key, value, hlc, author) VALUES (?1, ?2, ?3, ?4)",
-            )
+            .prepare_cached(&format!(
+                "INSERT OR REPLACE INTO {} (key, value, hlc, author) VALUES (?1, ?2, ?3, ?4)",
+                tables.kv
+            ))
             .sql()?;
         for row in &batch.kv {
             let author = authors.number(&tx, &mut created, row.stamp.author)?;
