@@ -119,6 +119,26 @@ impl AnyRow {
     }
 }
 
+/// One page of [`StorageBackend::scan`]: rows in the backend's stored order
+/// and where the next page starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// The rows.
+    pub rows: Vec<AnyRow>,
+    /// The cursor after the last row (opaque to callers; `None` when the
+    /// page is empty).
+    pub last: Option<(String, String)>,
+}
+
+impl ScanPage {
+    /// A page whose cursor is the last row's position (backends that store
+    /// rows in name order).
+    pub fn by_position(rows: Vec<AnyRow>) -> ScanPage {
+        let last = rows.last().map(AnyRow::position);
+        ScanPage { rows, last }
+    }
+}
+
 /// Everything one group commit changes, applied atomically.
 #[derive(Debug, Clone, Default)]
 pub struct WriteBatch {
@@ -291,15 +311,16 @@ pub trait StorageBackend: MaybeSend + MaybeSync {
     /// Live keys in order, for listing (prefix, cursor and limit as for records).
     fn list_kv<'a>(&'a self, query: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>>;
 
-    /// Rows of `table` in stored order strictly after `after` (a
-    /// [`AnyRow::position`]), tombstones included, at most `limit`: for
-    /// maintenance passes over everything stored (re-encryption).
+    /// Rows of `table` in stored order after the cursor `after` (from a
+    /// previous [`ScanPage::last`]), tombstones included, at most `limit`:
+    /// for maintenance passes over everything stored (re-encryption). Rows
+    /// rewritten in place during the pass are not met twice.
     fn scan<'a>(
         &'a self,
         table: Table,
         after: Option<&'a (String, String)>,
         limit: usize,
-    ) -> BoxFuture<'a, StorageResult<Vec<AnyRow>>>;
+    ) -> BoxFuture<'a, StorageResult<ScanPage>>;
 
     /// Tells the backend that the names it will store are keyed hashes (an
     /// encrypting layer above it): they keep no order, so a backend whose

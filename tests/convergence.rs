@@ -386,7 +386,7 @@ mod cancelled_writer {
             table: persist::storage::Table,
             after: Option<&'a (String, String)>,
             limit: usize,
-        ) -> BoxFuture<'a, StorageResult<Vec<persist::storage::AnyRow>>> {
+        ) -> BoxFuture<'a, StorageResult<persist::storage::ScanPage>> {
             self.inner.scan(table, after, limit)
         }
         fn close(&self) -> BoxFuture<'_, StorageResult<()>> {

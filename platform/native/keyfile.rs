@@ -209,15 +209,8 @@ impl FileKeyStore {
 
     fn read_secrets(&self) -> Result<Option<Secrets>> {
         let path = self.secrets_path();
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(Error::KeyInvalid(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )))
-            }
+        let Some(text) = read_secret_text(&path)? else {
+            return Ok(None);
         };
         let damaged =
             |why: String| Error::KeyInvalid(format!("{} is damaged: {why}", path.display()));
@@ -303,16 +296,21 @@ impl FileKeyStore {
     }
 }
 
+/// The text of a secret file, `None` when there is none.
+fn read_secret_text(path: &Path) -> Result<Option<Zeroizing<String>>> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(Zeroizing::new(text))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::KeyInvalid(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 fn read_key_file(path: &Path) -> Result<Option<DataKey>> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => Zeroizing::new(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Error::KeyInvalid(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )))
-        }
+    let Some(text) = read_secret_text(path)? else {
+        return Ok(None);
     };
     let hex_key = text.trim_end().strip_prefix(KEY_HEADER).ok_or_else(|| {
         Error::KeyInvalid(format!("{} is not a Persist device key", path.display()))
@@ -325,15 +323,8 @@ fn read_key_file(path: &Path) -> Result<Option<DataKey>> {
 }
 
 fn read_legacy_identity(path: &Path) -> Result<Option<DeviceIdentity>> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => Zeroizing::new(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Error::KeyInvalid(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )))
-        }
+    let Some(text) = read_secret_text(path)? else {
+        return Ok(None);
     };
     let hex_seed = text
         .trim_end()

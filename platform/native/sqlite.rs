@@ -32,7 +32,7 @@ use crate::identity::DeviceId;
 use crate::platform::BoxFuture;
 use crate::storage::{
     query_admits, query_start, AnyRow, EventQuery, EventRow, KvRow, MetaKey, RecordQuery,
-    RecordRow, StorageBackend, StorageResult, StoredMeta, Table, WriteBatch,
+    RecordRow, ScanPage, StorageBackend, StorageResult, StoredMeta, Table, WriteBatch,
 };
 
 mod authors;
@@ -270,6 +270,55 @@ impl SqliteStore {
 const RECORD_COLUMNS: &str = "id, value, hlc, author, fields";
 
 impl SqliteStore {
+    /// Record rows of `collection` by id (tombstones included), in order.
+    fn records_by_id<'i>(
+        &self,
+        c: &Connection,
+        collection: &str,
+        ids: impl IntoIterator<Item = &'i str>,
+    ) -> StorageResult<Vec<Option<RecordRow>>> {
+        let mut stmt = c
+            .prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM {} WHERE collection = ?1 AND id = ?2",
+                self.tables().records
+            ))
+            .sql()?;
+        let mut memo = None;
+        let mut out = Vec::new();
+        for id in ids {
+            let mut rows = stmt.query(params![collection, id]).sql()?;
+            out.push(match rows.next().sql()? {
+                Some(row) => Some(self.record(c, &mut memo, collection, row)?),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Key rows by key (tombstones included), in order.
+    fn kv_by_key<'i>(
+        &self,
+        c: &Connection,
+        keys: impl IntoIterator<Item = &'i str>,
+    ) -> StorageResult<Vec<Option<KvRow>>> {
+        let mut stmt = c
+            .prepare_cached(&format!(
+                "SELECT key, value, hlc, author FROM {} WHERE key = ?1",
+                self.tables().kv
+            ))
+            .sql()?;
+        let mut memo = None;
+        let mut out = Vec::new();
+        for key in keys {
+            let mut rows = stmt.query(params![key]).sql()?;
+            out.push(match rows.next().sql()? {
+                Some(row) => Some(self.kv_row(c, &mut memo, row)?),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
     fn tables(&self) -> Tables {
         if self.hashed.load(Ordering::Relaxed) {
             Tables::HASHED
@@ -446,19 +495,10 @@ impl StorageBackend for SqliteStore {
         collection: &'a str,
         id: &'a str,
     ) -> BoxFuture<'a, StorageResult<Option<RecordRow>>> {
-        ready(self.read(|c| {
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {RECORD_COLUMNS} FROM {} WHERE collection = ?1 AND id = ?2",
-                    self.tables().records
-                ))
-                .sql()?;
-            let mut rows = stmt.query(params![collection, id]).sql()?;
-            match rows.next().sql()? {
-                Some(row) => Ok(Some(self.record(c, &mut None, collection, row)?)),
-                None => Ok(None),
-            }
-        }))
+        ready(
+            self.read(|c| self.records_by_id(c, collection, [id]))
+                .map(|rows| rows.into_iter().next().flatten()),
+        )
     }
 
     fn get_records<'a>(
@@ -466,24 +506,7 @@ impl StorageBackend for SqliteStore {
         collection: &'a str,
         ids: &'a [String],
     ) -> BoxFuture<'a, StorageResult<Vec<Option<RecordRow>>>> {
-        ready(self.read(|c| {
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {RECORD_COLUMNS} FROM {} WHERE collection = ?1 AND id = ?2",
-                    self.tables().records
-                ))
-                .sql()?;
-            let mut memo = None;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let mut rows = stmt.query(params![collection, id]).sql()?;
-                out.push(match rows.next().sql()? {
-                    Some(row) => Some(self.record(c, &mut memo, collection, row)?),
-                    None => None,
-                });
-            }
-            Ok(out)
-        }))
+        ready(self.read(|c| self.records_by_id(c, collection, ids.iter().map(String::as_str))))
     }
 
     fn list_records<'a>(
@@ -549,43 +572,17 @@ impl StorageBackend for SqliteStore {
     }
 
     fn get_kv<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StorageResult<Option<KvRow>>> {
-        ready(self.read(|c| {
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT key, value, hlc, author FROM {} WHERE key = ?1",
-                    self.tables().kv
-                ))
-                .sql()?;
-            let mut rows = stmt.query(params![key]).sql()?;
-            match rows.next().sql()? {
-                Some(row) => Ok(Some(self.kv_row(c, &mut None, row)?)),
-                None => Ok(None),
-            }
-        }))
+        ready(
+            self.read(|c| self.kv_by_key(c, [key]))
+                .map(|rows| rows.into_iter().next().flatten()),
+        )
     }
 
     fn get_kvs<'a>(
         &'a self,
         keys: &'a [String],
     ) -> BoxFuture<'a, StorageResult<Vec<Option<KvRow>>>> {
-        ready(self.read(|c| {
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT key, value, hlc, author FROM {} WHERE key = ?1",
-                    self.tables().kv
-                ))
-                .sql()?;
-            let mut memo = None;
-            let mut out = Vec::with_capacity(keys.len());
-            for key in keys {
-                let mut rows = stmt.query(params![key]).sql()?;
-                out.push(match rows.next().sql()? {
-                    Some(row) => Some(self.kv_row(c, &mut memo, row)?),
-                    None => None,
-                });
-            }
-            Ok(out)
-        }))
+        ready(self.read(|c| self.kv_by_key(c, keys.iter().map(String::as_str))))
     }
 
     fn list_kv<'a>(&'a self, query: &'a RecordQuery) -> BoxFuture<'a, StorageResult<Vec<KvRow>>> {
@@ -616,27 +613,56 @@ impl StorageBackend for SqliteStore {
         table: Table,
         after: Option<&'a (String, String)>,
         limit: usize,
-    ) -> BoxFuture<'a, StorageResult<Vec<AnyRow>>> {
+    ) -> BoxFuture<'a, StorageResult<ScanPage>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // (first, second) > after, in the tables' primary-key order; no
-        // cursor starts before every row ("" sorts first, and (c, id) > ("", "")
-        // would skip nothing that exists: names and ids are never empty).
+        // Plain tables: (first, second) > after in primary-key order (names
+        // and ids are never empty, so ("", "") starts before every row).
+        // Hashed tables: rowid order (write order, so a pass reads pages in
+        // sequence); the cursor is ("", rowid).
         let (first, second) = after.cloned().unwrap_or_default();
+        let hashed = self.hashed.load(Ordering::Relaxed);
+        let by_rowid = hashed && table != Table::Events;
+        let after_rowid: StorageResult<i64> = if by_rowid && !second.is_empty() {
+            second
+                .parse()
+                .map_err(|_| StorageError::Corrupt(format!("scan cursor {second:?}")))
+        } else {
+            Ok(0)
+        };
+        let tables = self.tables();
         ready(self.read(|c| {
-            let (mut out, mut memo) = (Vec::new(), None);
+            let after_rowid = after_rowid?;
+            let (mut rows_out, mut memo, mut last_rowid) = (Vec::new(), None, None);
             match table {
                 Table::Records => {
-                    let mut stmt = c
-                        .prepare_cached(&format!(
-                            "SELECT {RECORD_COLUMNS}, collection FROM {} \
+                    let sql = if hashed {
+                        format!(
+                            "SELECT {RECORD_COLUMNS}, collection, rowid FROM {} \
+                             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                            tables.records
+                        )
+                    } else {
+                        format!(
+                            "SELECT {RECORD_COLUMNS}, collection, 0 FROM {} \
                              WHERE (collection, id) > (?1, ?2) ORDER BY collection, id LIMIT ?3",
-                            self.tables().records
-                        ))
-                        .sql()?;
-                    let mut rows = stmt.query(params![first, second, limit]).sql()?;
+                            tables.records
+                        )
+                    };
+                    let mut stmt = c.prepare_cached(&sql).sql()?;
+                    let mut rows = if hashed {
+                        stmt.query(params![after_rowid, limit]).sql()?
+                    } else {
+                        stmt.query(params![first, second, limit]).sql()?
+                    };
                     while let Some(row) = rows.next().sql()? {
                         let collection: String = row.get(5).sql()?;
-                        out.push(AnyRow::Record(self.record(c, &mut memo, &collection, row)?));
+                        last_rowid = Some(row.get::<_, i64>(6).sql()?);
+                        rows_out.push(AnyRow::Record(self.record(
+                            c,
+                            &mut memo,
+                            &collection,
+                            row,
+                        )?));
                     }
                 }
                 Table::Events => {
@@ -648,7 +674,7 @@ impl StorageBackend for SqliteStore {
                         .sql()?;
                     let mut rows = stmt.query(params![first, second, limit]).sql()?;
                     while let Some(row) = rows.next().sql()? {
-                        out.push(AnyRow::Event(EventRow {
+                        rows_out.push(AnyRow::Event(EventRow {
                             log: row.get(4).sql()?,
                             id: row.get(0).sql()?,
                             at: from_i64(row.get(1).sql()?)?,
@@ -656,21 +682,45 @@ impl StorageBackend for SqliteStore {
                             value: row.get(3).sql()?,
                         }));
                     }
+                    // Events are clustered by (hashed log, time-ordered id)
+                    // in both layouts.
+                    return Ok(ScanPage::by_position(rows_out));
                 }
                 Table::Kv => {
-                    let mut stmt = c
-                        .prepare_cached(&format!(
-                            "SELECT key, value, hlc, author FROM {} WHERE key > ?1 ORDER BY key LIMIT ?2",
-                            self.tables().kv
-                        ))
-                        .sql()?;
-                    let mut rows = stmt.query(params![second, limit]).sql()?;
+                    let sql = if hashed {
+                        format!(
+                            "SELECT key, value, hlc, author, rowid FROM {} \
+                             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                            tables.kv
+                        )
+                    } else {
+                        format!(
+                            "SELECT key, value, hlc, author, 0 FROM {} \
+                             WHERE key > ?1 ORDER BY key LIMIT ?2",
+                            tables.kv
+                        )
+                    };
+                    let mut stmt = c.prepare_cached(&sql).sql()?;
+                    let mut rows = if hashed {
+                        stmt.query(params![after_rowid, limit]).sql()?
+                    } else {
+                        stmt.query(params![second, limit]).sql()?
+                    };
                     while let Some(row) = rows.next().sql()? {
-                        out.push(AnyRow::Kv(self.kv_row(c, &mut memo, row)?));
+                        last_rowid = Some(row.get::<_, i64>(4).sql()?);
+                        rows_out.push(AnyRow::Kv(self.kv_row(c, &mut memo, row)?));
                     }
                 }
             }
-            Ok(out)
+            if hashed {
+                let last = last_rowid.map(|rowid| (String::new(), rowid.to_string()));
+                Ok(ScanPage {
+                    rows: rows_out,
+                    last,
+                })
+            } else {
+                Ok(ScanPage::by_position(rows_out))
+            }
         }))
     }
 

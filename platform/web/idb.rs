@@ -38,7 +38,7 @@ use crate::identity::DeviceId;
 use crate::platform::BoxFuture;
 use crate::storage::{
     query_admits, query_start, AnyRow, EventQuery, EventRow, KvRow, MetaKey, RecordQuery,
-    RecordRow, StorageBackend, StorageResult, StoredMeta, Table, WriteBatch,
+    RecordRow, ScanPage, StorageBackend, StorageResult, StoredMeta, Table, WriteBatch,
 };
 
 /// The object stores of each schema version, oldest first.
@@ -834,7 +834,7 @@ impl StorageBackend for IdbStore {
         table: Table,
         after: Option<&'a (String, String)>,
         limit: usize,
-    ) -> BoxFuture<'a, StorageResult<Vec<AnyRow>>> {
+    ) -> BoxFuture<'a, StorageResult<ScanPage>> {
         Box::pin(async move {
             // Every key of these stores sorts before `[[]]` (arrays of
             // strings) or `[]` (strings).
@@ -842,7 +842,7 @@ impl StorageBackend for IdbStore {
             let pair_lower = |(a, b): &(String, String)| key2(a, &JsValue::from_str(b));
             let start = after.map(pair_lower);
             let open = start.is_some();
-            match table {
+            let rows = match table {
                 Table::Records => {
                     let lower = start.unwrap_or_else(|| key2("", &JsValue::from_str("")));
                     self.collect("records", (lower, open), pair_upper, limit, |key, value| {
@@ -878,7 +878,8 @@ impl StorageBackend for IdbStore {
                     })
                     .await
                 }
-            }
+            }?;
+            Ok(ScanPage::by_position(rows))
         })
     }
 

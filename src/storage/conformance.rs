@@ -225,17 +225,19 @@ pub async fn meta_entries_and_scans(factory: &impl BackendFactory) {
         let mut after: Option<(String, String)> = None;
         let mut seen = Vec::new();
         loop {
-            let rows = backend.scan(table, after.as_ref(), 4).await.unwrap();
-            assert!(rows.len() <= 4);
-            let Some(last) = rows.last() else { break };
-            after = Some(last.position());
-            seen.extend(rows.iter().map(|r| r.position()));
+            let page = backend.scan(table, after.as_ref(), 4).await.unwrap();
+            assert!(page.rows.len() <= 4);
+            if page.rows.is_empty() {
+                break;
+            }
+            after = page.last;
+            seen.extend(page.rows.iter().map(|r| r.position()));
         }
         assert_eq!(seen.len(), expected, "{table:?}");
-        let mut sorted = seen.clone();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted, seen, "{table:?} in order, without repeats");
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "{table:?} without repeats");
     }
     // Events replace one another only when asked to.
     let event = |value: &str| EventRow {

@@ -6,8 +6,8 @@ use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    query_admits, AnyRow, EventQuery, EventRow, KvRow, RecordQuery, RecordRow, StorageBackend,
-    StorageResult, StoredMeta, Table, WriteBatch,
+    query_admits, AnyRow, EventQuery, EventRow, KvRow, RecordQuery, RecordRow, ScanPage,
+    StorageBackend, StorageResult, StoredMeta, Table, WriteBatch,
 };
 use crate::change::SignedCommit;
 use crate::error::StorageError;
@@ -229,7 +229,7 @@ impl StorageBackend for MemoryStore {
         table: Table,
         after: Option<&'a (String, String)>,
         limit: usize,
-    ) -> BoxFuture<'a, StorageResult<Vec<AnyRow>>> {
+    ) -> BoxFuture<'a, StorageResult<ScanPage>> {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let result = self.tables().map(|t| match table {
             Table::Records => t
@@ -252,7 +252,7 @@ impl StorageBackend for MemoryStore {
                     .collect()
             }
         });
-        ready(result)
+        ready(result.map(ScanPage::by_position))
     }
 
     fn close(&self) -> BoxFuture<'_, StorageResult<()>> {

@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     query_admits, query_start, AnyRow, EventQuery, EventRow, KvRow, RecordQuery, RecordRow,
-    StorageBackend, StorageResult, StoredMeta, Table, WriteBatch,
+    ScanPage, StorageBackend, StorageResult, StoredMeta, Table, WriteBatch,
 };
 use crate::change::{SignedCommit, Stamp, StoreId};
 use crate::crypto::envelope::{context, epoch_of};
@@ -773,7 +773,7 @@ impl StorageBackend for SealedStorage {
         table: Table,
         after: Option<&'a (String, String)>,
         limit: usize,
-    ) -> BoxFuture<'a, StorageResult<Vec<AnyRow>>> {
+    ) -> BoxFuture<'a, StorageResult<ScanPage>> {
         self.inner.scan(table, after, limit)
     }
 

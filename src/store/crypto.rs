@@ -401,10 +401,11 @@ impl StoreCrypto {
                 .inner
                 .writer
                 .exclusive(async {
-                    let rows = sealed
+                    let page = sealed
                         .inner()
                         .scan(table, state.after.as_ref(), ROTATION_BATCH_ROWS)
                         .await?;
+                    let rows = page.rows;
                     let scanned = rows.len();
                     let next = RotationState {
                         epoch: state.epoch,
@@ -416,7 +417,7 @@ impl StoreCrypto {
                         after: if scanned < ROTATION_BATCH_ROWS {
                             None
                         } else {
-                            rows.last().map(|row| row.position())
+                            page.last
                         },
                     };
                     let started = crate::platform::monotonic_ms();

@@ -376,13 +376,15 @@ async fn row_epochs(backend: &dyn StorageBackend) -> Vec<u32> {
     for table in [Table::Records, Table::Events, Table::Kv] {
         let mut after = None;
         loop {
-            let rows = backend
+            let page = backend
                 .scan(table, after.as_ref(), 100)
                 .await
                 .expect("scan");
-            let Some(last) = rows.last() else { break };
-            after = Some(last.position());
-            for row in &rows {
+            if page.rows.is_empty() {
+                break;
+            }
+            after = page.last;
+            for row in &page.rows {
                 let text = match row {
                     AnyRow::Record(r) => r.value.clone().or(r.fields.clone()),
                     AnyRow::Event(e) => Some(e.value.clone()),

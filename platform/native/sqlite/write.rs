@@ -52,8 +52,11 @@ pub(super) fn write_batch(
         }
         let mut records = tx
             .prepare_cached(&format!(
-                "INSERT OR REPLACE INTO {} (collection, id, value, hlc, author, fields)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO {} (collection, id, value, hlc, author, fields)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (collection, id) DO UPDATE SET
+                   value = excluded.value, hlc = excluded.hlc,
+                   author = excluded.author, fields = excluded.fields",
                 tables.records
             ))
             .sql()?;
@@ -86,7 +89,9 @@ pub(super) fn write_batch(
         }
         let mut kv = tx
             .prepare_cached(&format!(
-                "INSERT OR REPLACE INTO {} (key, value, hlc, author) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO {} (key, value, hlc, author) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE SET
+                   value = excluded.value, hlc = excluded.hlc, author = excluded.author",
                 tables.kv
             ))
             .sql()?;
