@@ -66,22 +66,15 @@ pub type BoxStream<'a, T> = Pin<Box<dyn futures::Stream<Item = T> + 'a>>;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// Lets every other ready task of the executor run before continuing
-/// (natively; in the browser `web::yield_now` gives the event loop a turn):
+/// (natively tokio's yield; in the browser `web::yield_now` gives the event
+/// loop a turn):
 /// a long loop that takes a lock batch after batch yields between batches
 /// so the writers waiting for that lock get it.
 #[cfg(not(wasm_browser))]
 pub async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
+    // tokio's yield puts the task behind the ones it woke (a plain
+    // self-wake would take the worker's next slot ahead of them).
+    tokio::task::yield_now().await
 }
 
 #[cfg(wasm_browser)]

@@ -429,7 +429,7 @@ impl StoreCrypto {
                 })
                 .await?;
             // Writers queued behind this batch go first.
-            crate::platform::yield_now().await;
+            self.store.inner.writer.give_way().await;
             let (next, scanned, resealed, reseal_ms) = step;
             progress.reseal_ms += reseal_ms;
             state = next;

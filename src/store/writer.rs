@@ -17,6 +17,7 @@
 //! same code runs on tokio, on a thread and on the browser's event loop.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use futures::channel::oneshot;
@@ -134,6 +135,9 @@ struct WriterState {
 
 pub(crate) struct Writer {
     queue: Mutex<Vec<(Request, Reply)>>,
+    /// Callers queued and not yet answered or leading: maintenance gives
+    /// way to them between its batches.
+    waiting: std::sync::atomic::AtomicUsize,
     state: futures::lock::Mutex<WriterState>,
     delivery: futures::lock::Mutex<()>,
 }
@@ -142,6 +146,7 @@ impl Writer {
     pub(crate) fn new(clock: HybridClock, heads: BTreeMap<DeviceId, u64>, me: DeviceId) -> Writer {
         Writer {
             queue: Mutex::new(Vec::new()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             state: futures::lock::Mutex::new(WriterState {
                 clock,
                 heads,
@@ -168,7 +173,10 @@ impl Writer {
         // the waiters form a convoy of one-write batches.
         let lock = self.state.lock();
         futures::pin_mut!(lock);
-        let mut state = match futures::future::select(&mut answer, lock).await {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let first = futures::future::select(&mut answer, lock).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let mut state = match first {
             futures::future::Either::Left((outcome, _)) => {
                 return outcome.map_err(|_| Error::Closed)?
             }
@@ -205,6 +213,18 @@ impl Writer {
     pub(crate) async fn exclusive<T>(&self, work: impl std::future::Future<Output = T>) -> T {
         let _state = self.state.lock().await;
         work.await
+    }
+
+    /// Lets callers waiting for the lock take it first (maintenance calls
+    /// this between its batches). Bounded: a caller that cannot run yet
+    /// does not hold maintenance back for long.
+    pub(crate) async fn give_way(&self) {
+        for _ in 0..64 {
+            crate::platform::yield_now().await;
+            if self.waiting.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+        }
     }
 
     pub(crate) async fn drain(&self) {

@@ -101,6 +101,12 @@ fn demo_runs_twice_and_keeps_its_data() {
             text.contains(&format!("audit events   {} in total", 2 * run)),
             "{text}"
         );
+        // The encrypted store: rotated once per run, nothing readable on disk.
+        assert!(
+            text.contains(&format!("rotated key    to epoch {run}")),
+            "{text}"
+        );
+        assert!(text.contains("not found: stored sealed"), "{text}");
     }
     assert!(dir.path().join("data/demo.db").exists());
 }
