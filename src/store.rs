@@ -326,8 +326,13 @@ impl Store {
             // A rotation stopped midway: finish it in the background.
             let crypto = store.crypto();
             crate::platform::spawn(async move {
-                if let Err(e) = crypto.resume_rotation(|_| {}).await {
-                    tracing::warn!(epoch, code = e.code(), %e, "key rotation not resumed");
+                match crypto.resume_rotation(|_| {}).await {
+                    Ok(_) => {}
+                    // Closed before it finished: the next open resumes again.
+                    Err(Error::Closed) => tracing::debug!(epoch, "key rotation paused by close"),
+                    Err(e) => {
+                        tracing::warn!(epoch, code = e.code(), %e, "key rotation not resumed")
+                    }
                 }
             });
         }
