@@ -11,6 +11,8 @@ use std::pin::Pin;
 #[cfg(not(wasm_browser))]
 pub mod native;
 #[cfg(not(wasm_browser))]
+pub use native::net::{mdns, mdns_discovered, swarm, Mdns};
+#[cfg(not(wasm_browser))]
 pub use native::{
     fill_random, monotonic_ms, now_ms, open_storage, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER,
     ROTATION_BATCH_ROWS,
@@ -18,6 +20,8 @@ pub use native::{
 
 #[cfg(wasm_browser)]
 pub mod web;
+#[cfg(wasm_browser)]
+pub use web::net::{mdns, mdns_discovered, swarm, Mdns};
 #[cfg(wasm_browser)]
 pub use web::{
     fill_random, monotonic_ms, now_ms, open_storage, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER,

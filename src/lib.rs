@@ -44,6 +44,7 @@ pub mod identity;
 pub mod keys;
 pub mod merge;
 pub mod names;
+pub mod net;
 pub mod storage;
 pub mod store;
 

@@ -234,6 +234,8 @@ struct Inner {
     closed: AtomicBool,
     writer: writer::Writer,
     subscribers: Mutex<subscribe::Subscribers>,
+    /// Told after every durable batch (P2P nodes push what peers lack).
+    commit_listeners: Mutex<Vec<futures::channel::mpsc::UnboundedSender<()>>>,
 }
 
 impl Store {
@@ -317,6 +319,7 @@ impl Store {
             ),
             device,
             subscribers: Mutex::new(subscribe::Subscribers::default()),
+            commit_listeners: Mutex::new(Vec::new()),
         });
         if let Some(changes) = inner.backend.external_changes() {
             crate::platform::spawn(subscribe::deliver_external(Arc::downgrade(&inner), changes));
@@ -400,6 +403,36 @@ impl Store {
             &self.inner.limits,
             keyring.as_ref(),
         )
+    }
+
+    /// Starts a P2P node for this store (rust-libp2p: TCP and QUIC, Noise,
+    /// Yamux, identify, ping, Kademlia, mDNS) that replicates its commits
+    /// with the peers it connects to. Natively it needs a tokio runtime.
+    pub async fn enable_p2p(&self, options: crate::net::P2pOptions) -> Result<crate::net::P2p> {
+        self.check_open()?;
+        let keypair = crate::net::keypair(&self.inner.device)?;
+        let behaviour = crate::net::Behaviour::new(&keypair, &options)?;
+        let swarm = crate::platform::swarm(keypair, behaviour)?;
+        crate::net::start(self.clone(), swarm, &options)
+    }
+
+    /// A signal after every durable batch of commits (local or received).
+    pub(crate) fn commit_notifications(&self) -> futures::channel::mpsc::UnboundedReceiver<()> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        self.inner
+            .commit_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
+    }
+
+    pub(crate) fn notify_commits(&self) {
+        self.inner
+            .commit_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|tx| tx.unbounded_send(()).is_ok());
     }
 
     /// The highest commit sequence number stored per author.

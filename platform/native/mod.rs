@@ -13,6 +13,7 @@ use crate::storage::{MemoryStore, StorageBackend};
 use crate::store::{Adapter, StoreOptions};
 
 mod keyfile;
+pub mod net;
 mod sqlite;
 
 pub use keyfile::{FileKeyStore, KeyLocation, KEYCHAIN_ENV};

@@ -15,6 +15,7 @@ use crate::store::{Adapter, StoreOptions};
 mod device_key;
 mod idb;
 pub mod js;
+pub mod net;
 mod tabs;
 
 pub use idb::IdbStore;

@@ -202,6 +202,7 @@ impl Writer {
                 let _delivery = self.delivery.lock().await;
                 drop(state);
                 store.deliver(changes);
+                store.notify_commits();
             }
         }
         answer.await.map_err(|_| Error::Closed)?

@@ -7,6 +7,7 @@ mod cli;
 mod disk_full;
 mod durability;
 mod encrypted;
+mod p2p;
 mod sealed;
 mod sqlite;
 
