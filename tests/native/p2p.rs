@@ -213,3 +213,60 @@ async fn encrypted_stores_sync_ciphertext_they_can_open() {
     node_a.shutdown();
     node_b.shutdown();
 }
+
+#[tokio::test]
+async fn stores_sync_over_quic() {
+    let quic = || P2pOptions {
+        listen_addrs: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr")],
+        ..loopback()
+    };
+    let a = Store::open(StoreOptions::new("a").adapter(Adapter::Memory))
+        .await
+        .expect("a");
+    a.records("notes")
+        .put("over-quic", json!({ "udp": true }))
+        .await
+        .expect("put");
+    let b = replica_of(a.store_id(), "b").await;
+    let node_a = a.enable_p2p(quic()).await.expect("a");
+    let addr = dial_addr(&node_a).await;
+    assert!(addr.to_string().contains("/quic-v1/"), "{addr}");
+    let mut options = quic();
+    options.bootstrap_peers = vec![addr];
+    let node_b = b.enable_p2p(options).await.expect("b");
+    arrives(&b, "over-quic", &json!({ "udp": true })).await;
+    node_a.shutdown();
+    node_b.shutdown();
+}
+
+#[tokio::test]
+async fn a_peer_of_another_store_gets_nothing() {
+    let a = Store::open(StoreOptions::new("a").adapter(Adapter::Memory))
+        .await
+        .expect("a");
+    a.records("notes")
+        .put("private", json!({ "x": 1 }))
+        .await
+        .expect("put");
+    let other = Store::open(StoreOptions::new("other").adapter(Adapter::Memory))
+        .await
+        .expect("other");
+    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let mut options = loopback();
+    options.bootstrap_peers = vec![dial_addr(&node_a).await];
+    let node_o = other.enable_p2p(options).await.expect("other");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node_o.connected_peers().await.expect("peers").is_empty() {
+        assert!(Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Both ask; each refuses the other store's requests.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        other.records("notes").get("private").await.expect("get"),
+        None
+    );
+    assert!(other.version_vector().await.expect("vv").is_empty());
+    node_a.shutdown();
+    node_o.shutdown();
+}
