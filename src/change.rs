@@ -233,6 +233,25 @@ pub struct SignedCommit {
     pub signature: [u8; 64],
 }
 
+/// The fields every commit format starts with.
+#[derive(Deserialize)]
+struct CommitHeader {
+    _format: u8,
+    _store: StoreId,
+    author: DeviceId,
+    seq: u64,
+}
+
+impl SignedCommit {
+    /// Author and sequence number read from the body's header, unverified
+    /// (for bookkeeping of what a peer has; `Commit::verify` decides).
+    pub fn author_seq(&self) -> Option<(DeviceId, u64)> {
+        postcard::take_from_bytes::<CommitHeader>(&self.body)
+            .ok()
+            .map(|(h, _)| (h.author, h.seq))
+    }
+}
+
 mod signature_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -44,6 +44,27 @@ pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/sync/1")
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Commits per pulled page.
 pub const PULL_LIMIT: u32 = 1_000;
+/// Bytes of commits per message (half the message limit: room for framing).
+const PAGE_BYTES: usize = MAX_MESSAGE_BYTES / 2;
+
+/// The longest prefix of `commits` within [`PAGE_BYTES`] (at least one
+/// commit: a single commit is bounded by the store's commit limit), and
+/// whether some were left out.
+fn page_of(mut commits: Vec<SignedCommit>) -> (Vec<SignedCommit>, bool) {
+    let mut total = 0;
+    let keep = commits
+        .iter()
+        .position(|c| {
+            total += c.body.len() + 80;
+            total > PAGE_BYTES
+        })
+        .unwrap_or(commits.len())
+        .max(1)
+        .min(commits.len());
+    let cut = keep < commits.len();
+    commits.truncate(keep);
+    (commits, cut)
+}
 
 /// Options of [`Store::enable_p2p`].
 #[derive(Debug, Clone)]
@@ -371,6 +392,15 @@ impl P2p {
     }
 }
 
+/// Records in `known` that the peer will hold `commits` (optimistic: its
+/// next pull or ack corrects it).
+fn advance(known: &mut BTreeMap<DeviceId, u64>, commits: &[SignedCommit]) {
+    for (author, seq) in commits.iter().filter_map(SignedCommit::author_seq) {
+        let entry = known.entry(author).or_insert(0);
+        *entry = (*entry).max(seq);
+    }
+}
+
 /// What the loop knows of each connected peer.
 #[derive(Default)]
 struct PeerState {
@@ -432,6 +462,11 @@ pub(crate) fn start(
                     for (peer, known) in targets {
                         match store.commits_missing_from(&known, PULL_LIMIT as usize).await {
                             Ok(commits) if !commits.is_empty() => {
+                                // A peer far behind catches up by pulling.
+                                let (commits, _) = page_of(commits);
+                                if let Some(state) = peers.get_mut(&peer) {
+                                    advance(&mut state.known, &commits);
+                                }
                                 let request = SyncRequest::Push { store: store.store_id(), commits };
                                 swarm.behaviour_mut().sync.send_request(&peer, request);
                             }
@@ -508,9 +543,16 @@ async fn handle_sync(
                     let limit = limit.min(PULL_LIMIT) as usize;
                     match store.commits_missing_from(&have, limit + 1).await {
                         Ok(mut commits) => {
-                            let more = commits.len() > limit;
+                            let over_count = commits.len() > limit;
                             commits.truncate(limit);
-                            SyncResponse::Commits { commits, more }
+                            let (commits, over_bytes) = page_of(commits);
+                            if let Some(state) = peers.get_mut(&peer) {
+                                advance(&mut state.known, &commits);
+                            }
+                            SyncResponse::Commits {
+                                commits,
+                                more: over_count || over_bytes,
+                            }
                         }
                         Err(e) => SyncResponse::Refused(e.to_string()),
                     }
