@@ -4,7 +4,8 @@
 //! loop (`platform::native::net`).
 //!
 //! Sync protocol `/persist/sync/1` (request-response, one message each way,
-//! length-prefixed `postcard`, at most [`MAX_MESSAGE_BYTES`]):
+//! length-prefixed `postcard`, at most [`MAX_MESSAGE_BYTES`], pages of at
+//! most 8 MiB of commits):
 //!
 //! ```text
 //! Pull { store, have: [(author, seq)], limit }  ->  Commits { commits, more }
@@ -40,12 +41,13 @@ use crate::store::Store;
 
 /// The sync protocol's name and version.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/sync/1");
-/// Largest sync message read or written.
-pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Largest sync message read or written: one commit of the largest size a
+/// store accepts by default, plus room for framing.
+pub const MAX_MESSAGE_BYTES: usize = crate::names::DEFAULT_MAX_COMMIT_BYTES + (1 << 20);
 /// Commits per pulled page.
 pub const PULL_LIMIT: u32 = 1_000;
-/// Bytes of commits per message (half the message limit: room for framing).
-const PAGE_BYTES: usize = MAX_MESSAGE_BYTES / 2;
+/// Bytes of commits per message page (a single larger commit goes alone).
+const PAGE_BYTES: usize = 8 << 20;
 
 /// The longest prefix of `commits` within [`PAGE_BYTES`] (at least one
 /// commit: a single commit is bounded by the store's commit limit), and
@@ -182,8 +184,16 @@ where
             format!("sync message of {len} bytes exceeds {MAX_MESSAGE_BYTES}"),
         ));
     }
-    let mut bytes = vec![0u8; len];
-    io.read_exact(&mut bytes).await?;
+    // Grown as bytes arrive: a peer announcing a large message and sending
+    // little costs little memory.
+    let mut bytes = Vec::with_capacity(len.min(64 << 10));
+    (&mut *io).take(len as u64).read_to_end(&mut bytes).await?;
+    if bytes.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "sync message shorter than its length",
+        ));
+    }
     postcard::from_bytes(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -635,5 +645,84 @@ async fn handle_sync(
             tracing::debug!(%peer, %error, "sync request not answered");
         }
         Event::ResponseSent { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::io::Cursor;
+
+    use super::*;
+
+    fn framed(len: u32, body: &[u8]) -> Vec<u8> {
+        let mut bytes = len.to_be_bytes().to_vec();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        futures::executor::block_on(async {
+            let request = SyncRequest::Pull {
+                store: StoreId::from_bytes([1; 16]),
+                have: vec![(DeviceIdentity::from_secret(&[2; 32]).device_id(), 7)],
+                limit: 10,
+            };
+            let mut out = Cursor::new(Vec::new());
+            write_message(&mut out, &request).await.expect("writes");
+            let mut input = Cursor::new(out.into_inner());
+            let read: SyncRequest = read_message(&mut input).await.expect("reads");
+            assert!(matches!(read, SyncRequest::Pull { limit: 10, .. }));
+        });
+    }
+
+    #[test]
+    fn oversize_truncated_and_garbage_messages_are_refused() {
+        futures::executor::block_on(async {
+            // A length above the limit is refused before anything is read
+            // or allocated.
+            let mut input = Cursor::new(framed(u32::MAX, &[]));
+            let err = read_message::<_, SyncRequest>(&mut input)
+                .await
+                .expect_err("oversize");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            // A body shorter than its length.
+            let mut input = Cursor::new(framed(100, &[0; 10]));
+            assert!(read_message::<_, SyncRequest>(&mut input).await.is_err());
+            // Bytes that are not a request.
+            let mut input = Cursor::new(framed(5, &[9, 9, 9, 9, 9]));
+            assert!(read_message::<_, SyncRequest>(&mut input).await.is_err());
+            // An empty stream.
+            let mut input = Cursor::new(Vec::new());
+            assert!(read_message::<_, SyncResponse>(&mut input).await.is_err());
+        });
+    }
+
+    #[test]
+    fn pages_stay_within_the_message_limit() {
+        let commit = |len: usize| SignedCommit {
+            body: vec![0; len],
+            signature: [0; 64],
+        };
+        let (page, cut) = page_of(vec![commit(3 << 20), commit(3 << 20), commit(3 << 20)]);
+        assert_eq!(page.len(), 2);
+        assert!(cut);
+        // One commit larger than a page still goes alone (the store's commit
+        // limit bounds it).
+        let (page, cut) = page_of(vec![commit(10 << 20), commit(10)]);
+        assert_eq!(page.len(), 1);
+        assert!(cut);
+        let (page, cut) = page_of(vec![commit(10), commit(10)]);
+        assert_eq!((page.len(), cut), (2, false));
+    }
+
+    #[test]
+    fn peer_ids_are_device_keys() {
+        let device = DeviceIdentity::from_secret(&[5; 32]);
+        let from_keypair = keypair(&device).expect("keypair").public().to_peer_id();
+        assert_eq!(
+            peer_id_of(&device.device_id()).expect("peer id"),
+            from_keypair
+        );
     }
 }
