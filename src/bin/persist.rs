@@ -412,8 +412,88 @@ async fn demo(data: PathBuf) -> persist::Result<()> {
     let fired = seen.lock().map(|s| s.len()).unwrap_or(0);
     println!("  {fired} subscription callbacks");
     encrypted_demo(&data).await?;
+    p2p_demo().await?;
     println!("Done: run it again and the data is still there.");
     println!("Try: persist list --path {} notes", path.display());
+    Ok(())
+}
+
+/// Two devices of one store replicating over loopback TCP (libp2p; mDNS off).
+async fn p2p_demo() -> persist::Result<()> {
+    use persist::net::P2pOptions;
+    println!("P2P: two devices of one store over loopback TCP (rust-libp2p, Noise, Yamux):");
+    let bad_address = |_| persist::Error::InvalidOptions("bad address".into());
+    let local: persist::net::Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().map_err(bad_address)?;
+    let loopback = || P2pOptions {
+        listen_addrs: vec![local.clone()],
+        bootstrap_peers: Vec::new(),
+        mdns: false,
+        dht: false,
+    };
+    let laptop = Store::open(StoreOptions::new("laptop").adapter(persist::Adapter::Memory)).await?;
+    laptop
+        .records("notes")
+        .put(
+            "from-laptop",
+            json!({ "text": "written before the phone connected" }),
+        )
+        .await?;
+    let phone_backend = std::sync::Arc::new(persist::storage::MemoryStore::new());
+    persist::storage::StorageBackend::write(
+        phone_backend.as_ref(),
+        persist::storage::WriteBatch {
+            store_id: Some(laptop.store_id()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let phone = Store::open(StoreOptions::new("phone").backend(phone_backend)).await?;
+    let laptop_node = laptop.enable_p2p(loopback()).await?;
+    let mut addrs = laptop_node.listen_addrs().await?;
+    let started = std::time::Instant::now();
+    while addrs.is_empty() && started.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        addrs = laptop_node.listen_addrs().await?;
+    }
+    let addr = addrs
+        .first()
+        .ok_or_else(|| persist::Error::InvalidOptions("the laptop never listened".into()))?;
+    println!("  laptop        {} at {addr}", laptop_node.peer_id());
+    let mut options = loopback();
+    options.bootstrap_peers = vec![format!("{addr}/p2p/{}", laptop_node.peer_id())
+        .parse()
+        .map_err(bad_address)?];
+    let phone_node = phone.enable_p2p(options).await?;
+    println!("  phone         {} dials the laptop", phone_node.peer_id());
+    let wait = |store: Store, id: &'static str| async move {
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(10) {
+            if let Some(value) = store.records("notes").get(id).await? {
+                return Ok(Some((value, started.elapsed())));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        Ok::<_, persist::Error>(None)
+    };
+    if let Some((value, took)) = wait(phone.clone(), "from-laptop").await? {
+        println!(
+            "  phone pulled  notes/from-laptop = {value} ({} ms)",
+            took.as_millis()
+        );
+    }
+    phone
+        .records("notes")
+        .put("from-phone", json!({ "text": "written on the phone" }))
+        .await?;
+    if let Some((value, took)) = wait(laptop.clone(), "from-phone").await? {
+        println!(
+            "  laptop got    notes/from-phone  = {value} ({} ms, pushed live)",
+            took.as_millis()
+        );
+    }
+    laptop_node.shutdown();
+    phone_node.shutdown();
+    println!("  (pairing codes, membership and revocation are the next steps)");
     Ok(())
 }
 

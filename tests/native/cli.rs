@@ -107,6 +107,9 @@ fn demo_runs_twice_and_keeps_its_data() {
             "{text}"
         );
         assert!(text.contains("not found: stored sealed"), "{text}");
+        // Two devices replicating over loopback, both ways.
+        assert!(text.contains("phone pulled  notes/from-laptop"), "{text}");
+        assert!(text.contains("pushed live"), "{text}");
     }
     assert!(dir.path().join("data/demo.db").exists());
 }
