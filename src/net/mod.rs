@@ -575,6 +575,21 @@ async fn handle_sync(
                             rejected: report.rejected.len(),
                         });
                         let have = store.version_vector().await.unwrap_or_default();
+                        // Pushed commits that skip some of their author's
+                        // (the pusher thought we had them): pull the gap.
+                        if report
+                            .rejected
+                            .iter()
+                            .any(|(_, r)| matches!(r, crate::error::RejectReason::Gap { .. }))
+                        {
+                            let request = SyncRequest::Pull {
+                                store: store.store_id(),
+                                have: have.clone(),
+                                limit: PULL_LIMIT,
+                            };
+                            let id = swarm.behaviour_mut().sync.send_request(&peer, request);
+                            pulls.insert(id, peer);
+                        }
                         SyncResponse::Ack {
                             applied: report.applied as u32,
                             rejected: report.rejected.len() as u32,
@@ -607,7 +622,9 @@ async fn handle_sync(
                                 rejected: report.rejected.len(),
                             });
                         }
-                        if more && report.applied > 0 {
+                        // Keep paging while pages make progress (duplicates
+                        // count: a relay may have delivered them first).
+                        if more && report.applied + report.duplicates > 0 {
                             if let Ok(have) = store.version_vector().await {
                                 let request = SyncRequest::Pull {
                                     store: store.store_id(),
