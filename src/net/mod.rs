@@ -77,7 +77,9 @@ pub struct P2pOptions {
     /// Peers to dial at start (with `/p2p/<peer id>` to also seed the DHT).
     pub bootstrap_peers: Vec<Multiaddr>,
     /// Find peers on the local network with mDNS (multicast on every
-    /// interface: keep it off outside a network namespace in tests).
+    /// interface: keep it off outside a network namespace in tests). Off by
+    /// default (`PERSIST_MDNS=on` turns the default on) until connection
+    /// gating lands.
     pub mdns: bool,
     /// Run a Kademlia DHT.
     pub dht: bool,
@@ -92,9 +94,12 @@ impl Default for P2pOptions {
                 .filter_map(parse)
                 .collect(),
             bootstrap_peers: Vec::new(),
-            mdns: !matches!(
+            // Off until connection gating lands (a node serves any peer that
+            // names its store); then on, with PERSIST_MDNS=off to keep
+            // multicast off the host in tests and the demo.
+            mdns: matches!(
                 std::env::var("PERSIST_MDNS").as_deref(),
-                Ok("0") | Ok("off") | Ok("false")
+                Ok("1") | Ok("on") | Ok("true")
             ),
             dht: true,
         }
