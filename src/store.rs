@@ -412,7 +412,7 @@ impl Store {
         self.check_open()?;
         let keypair = crate::net::keypair(&self.inner.device)?;
         let behaviour = crate::net::Behaviour::new(&keypair, &options)?;
-        let swarm = crate::platform::swarm(keypair, behaviour)?;
+        let swarm = crate::platform::swarm(keypair, behaviour, options.count_bytes.clone())?;
         crate::net::start(self.clone(), swarm, &options)
     }
 

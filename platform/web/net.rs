@@ -23,7 +23,11 @@ pub fn mdns_discovered(event: std::convert::Infallible) -> Vec<libp2p::Multiaddr
 }
 
 /// Not available yet in the browser.
-pub fn swarm(_: identity::Keypair, _: Behaviour) -> Result<Swarm<Behaviour>> {
+pub fn swarm(
+    _: identity::Keypair,
+    _: Behaviour,
+    _: Option<crate::net::ByteCounter>,
+) -> Result<Swarm<Behaviour>> {
     Err(Error::InvalidOptions(
         "P2P is not available in the browser yet".into(),
     ))

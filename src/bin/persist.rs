@@ -429,6 +429,7 @@ async fn p2p_demo() -> persist::Result<()> {
         bootstrap_peers: Vec::new(),
         mdns: false,
         dht: false,
+        count_bytes: None,
     };
     let laptop = Store::open(StoreOptions::new("laptop").adapter(persist::Adapter::Memory)).await?;
     laptop

@@ -68,6 +68,38 @@ fn page_of(mut commits: Vec<SignedCommit>) -> (Vec<SignedCommit>, bool) {
     (commits, cut)
 }
 
+/// Bytes a node's TCP connections carried, framing included (Noise,
+/// Yamux, multistream-select): for measurements.
+#[derive(Debug, Clone, Default)]
+pub struct ByteCounter {
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ByteCounter {
+    /// Bytes received so far.
+    pub fn read(&self) -> u64 {
+        self.read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes sent so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts `n` bytes received.
+    pub fn add_read(&self, n: usize) {
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts `n` bytes sent.
+    pub fn add_written(&self, n: usize) {
+        self.written
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Options of [`Store::enable_p2p`].
 #[derive(Debug, Clone)]
 pub struct P2pOptions {
@@ -83,6 +115,8 @@ pub struct P2pOptions {
     pub mdns: bool,
     /// Run a Kademlia DHT.
     pub dht: bool,
+    /// Count the bytes of TCP connections (natively; QUIC is then off).
+    pub count_bytes: Option<ByteCounter>,
 }
 
 impl Default for P2pOptions {
@@ -102,6 +136,7 @@ impl Default for P2pOptions {
                 Ok("1") | Ok("on") | Ok("true")
             ),
             dht: true,
+            count_bytes: None,
         }
     }
 }
@@ -164,8 +199,9 @@ pub enum SyncResponse {
         applied: u32,
         /// Commits refused.
         rejected: u32,
-        /// The responder's version vector afterwards.
-        have: Vec<(DeviceId, u64)>,
+        /// The responder's version vector afterwards, when some commits
+        /// were refused (the pusher's idea of it was wrong).
+        have: Option<Vec<(DeviceId, u64)>>,
     },
     /// The request was refused (another store, a malformed request).
     Refused(String),
@@ -215,8 +251,11 @@ where
             "sync message too large",
         ));
     }
-    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
-    io.write_all(&bytes).await?;
+    // One write: one encrypted transport frame for the whole message.
+    let mut framed = Vec::with_capacity(4 + bytes.len());
+    framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&bytes);
+    io.write_all(&framed).await?;
     io.close().await
 }
 
@@ -572,37 +611,43 @@ async fn handle_sync(
                         Err(e) => SyncResponse::Refused(e.to_string()),
                     }
                 }
-                SyncRequest::Push { commits, .. } => match store.ingest(commits).await {
-                    Ok(report) => {
-                        emit(P2pEvent::Synced {
-                            peer,
-                            applied: report.applied,
-                            rejected: report.rejected.len(),
-                        });
-                        let have = store.version_vector().await.unwrap_or_default();
-                        // Pushed commits that skip some of their author's
-                        // (the pusher thought we had them): pull the gap.
-                        if report
-                            .rejected
-                            .iter()
-                            .any(|(_, r)| matches!(r, crate::error::RejectReason::Gap { .. }))
-                        {
-                            let request = SyncRequest::Pull {
-                                store: store.store_id(),
-                                have: have.clone(),
-                                limit: PULL_LIMIT,
-                            };
-                            let id = swarm.behaviour_mut().sync.send_request(&peer, request);
-                            pulls.insert(id, peer);
-                        }
-                        SyncResponse::Ack {
-                            applied: report.applied as u32,
-                            rejected: report.rejected.len() as u32,
-                            have,
-                        }
+                SyncRequest::Push { commits, .. } => {
+                    // The pusher has what it pushed: never echo it back.
+                    if let Some(state) = peers.get_mut(&peer) {
+                        advance(&mut state.known, &commits);
                     }
-                    Err(e) => SyncResponse::Refused(e.to_string()),
-                },
+                    match store.ingest(commits).await {
+                        Ok(report) => {
+                            emit(P2pEvent::Synced {
+                                peer,
+                                applied: report.applied,
+                                rejected: report.rejected.len(),
+                            });
+                            let have = store.version_vector().await.unwrap_or_default();
+                            // Pushed commits that skip some of their author's
+                            // (the pusher thought we had them): pull the gap.
+                            if report
+                                .rejected
+                                .iter()
+                                .any(|(_, r)| matches!(r, crate::error::RejectReason::Gap { .. }))
+                            {
+                                let request = SyncRequest::Pull {
+                                    store: store.store_id(),
+                                    have: have.clone(),
+                                    limit: PULL_LIMIT,
+                                };
+                                let id = swarm.behaviour_mut().sync.send_request(&peer, request);
+                                pulls.insert(id, peer);
+                            }
+                            SyncResponse::Ack {
+                                applied: report.applied as u32,
+                                rejected: report.rejected.len() as u32,
+                                have: (!report.rejected.is_empty()).then_some(have),
+                            }
+                        }
+                        Err(e) => SyncResponse::Refused(e.to_string()),
+                    }
+                }
             };
             let _ = swarm.behaviour_mut().sync.send_response(channel, response);
         }
@@ -617,6 +662,9 @@ async fn handle_sync(
         } => match response {
             SyncResponse::Commits { commits, more } => {
                 pulls.remove(&request_id);
+                if let Some(state) = peers.get_mut(&peer) {
+                    advance(&mut state.known, &commits);
+                }
                 let count = commits.len();
                 match store.ingest(commits).await {
                     Ok(report) => {
@@ -644,11 +692,14 @@ async fn handle_sync(
                     Err(e) => tracing::warn!(%peer, code = e.code(), "pulled commits not applied"),
                 }
             }
-            SyncResponse::Ack { have, .. } => {
+            SyncResponse::Ack {
+                have: Some(have), ..
+            } => {
                 if let Some(state) = peers.get_mut(&peer) {
                     state.known = have.into_iter().collect();
                 }
             }
+            SyncResponse::Ack { have: None, .. } => {}
             SyncResponse::Refused(reason) => {
                 pulls.remove(&request_id);
                 tracing::warn!(%peer, %reason, "sync request refused");

@@ -18,6 +18,7 @@ fn loopback() -> P2pOptions {
         bootstrap_peers: Vec::new(),
         mdns: false,
         dht: false,
+        count_bytes: None,
     }
 }
 
