@@ -64,19 +64,20 @@ struct RowSecret {
 /// the hashed keys their rows are stored under.
 type NameIndex = BTreeMap<String, String>;
 
+/// What a name index covers: a collection's records, or (`None`) the keys.
+type Scope = Option<String>;
+
 /// The name indexes built so far (in memory only), and a count of writes
 /// that lets a build that raced a write be discarded.
 #[derive(Default)]
 struct Indexes {
-    records: HashMap<String, NameIndex>,
-    kv: Option<NameIndex>,
+    by_scope: HashMap<Scope, NameIndex>,
     writes: u64,
 }
 
 impl Indexes {
     fn forget(&mut self) {
-        self.records.clear();
-        self.kv = None;
+        self.by_scope.clear();
         self.writes += 1;
     }
 }
@@ -98,7 +99,7 @@ pub struct SealedStorage {
 /// One record or key a batch writes: its name, stored key, and liveness,
 /// to keep the name indexes current once the batch is stored.
 struct Written {
-    collection: Option<String>,
+    scope: Scope,
     name: String,
     hashed: String,
     live: bool,
@@ -162,11 +163,36 @@ impl SealedStorage {
         open(&mut self.opener.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Whether name indexes may be kept: always over storage of its own;
-    /// over shared storage (browser tabs) only for records, whose changes
-    /// the other writers announce (they do not announce keys).
-    fn caches_names(&self, kv: bool) -> bool {
-        !(kv && self.inner.shared())
+    /// The names (and stored keys) `query` selects from the index of
+    /// `scope`, when one is built.
+    fn indexed(&self, scope: &Scope, query: &RecordQuery) -> Option<(Vec<String>, Vec<String>)> {
+        let indexes = self.indexes();
+        let index = indexes.by_scope.get(scope)?;
+        let (start, inclusive) = query_start(query);
+        let lower = if inclusive {
+            Bound::Included(start)
+        } else {
+            Bound::Excluded(start)
+        };
+        Some(
+            index
+                .range((lower, Bound::Unbounded))
+                .take_while(|(name, _)| query_admits(query, name))
+                .take(query.limit.unwrap_or(usize::MAX))
+                .map(|(name, hashed)| (name.clone(), hashed.clone()))
+                .unzip(),
+        )
+    }
+
+    /// Keeps the index built by a full listing of `scope`, unless a write
+    /// came in since `writes` was read, or the scope's changes by other
+    /// writers of shared storage are not announced (keys: tabs announce
+    /// record keys only).
+    fn keep_index(&self, scope: Scope, writes: u64, index: NameIndex) {
+        let mut indexes = self.indexes();
+        if indexes.writes == writes && (scope.is_some() || !self.inner.shared()) {
+            indexes.by_scope.insert(scope, index);
+        }
     }
 
     /// Updates the built indexes with what a stored batch wrote.
@@ -174,11 +200,7 @@ impl SealedStorage {
         let mut indexes = self.indexes();
         indexes.writes += 1;
         for w in written {
-            let index = match &w.collection {
-                Some(collection) => indexes.records.get_mut(collection),
-                None => indexes.kv.as_mut(),
-            };
-            if let Some(index) = index {
+            if let Some(index) = indexes.by_scope.get_mut(&w.scope) {
                 if w.live {
                     index.insert(w.name, w.hashed);
                 } else {
@@ -396,7 +418,7 @@ impl SealedStorage {
                 self.record(&row.collection, &row.id),
             );
             written.push(Written {
-                collection: Some(row.collection.clone()),
+                scope: Some(row.collection.clone()),
                 name: row.id.clone(),
                 hashed: id.clone(),
                 live: row.value.is_some(),
@@ -433,7 +455,7 @@ impl SealedStorage {
         for row in batch.kv {
             let key = self.key(&row.key);
             written.push(Written {
-                collection: None,
+                scope: None,
                 name: row.key.clone(),
                 hashed: key.clone(),
                 live: row.value.is_some(),
@@ -497,22 +519,6 @@ impl SealedStorage {
     }
 }
 
-/// The names (and stored keys) of an index that `query` selects, in order.
-fn select(index: &NameIndex, query: &RecordQuery) -> Vec<(String, String)> {
-    let (start, inclusive) = query_start(query);
-    let lower = if inclusive {
-        Bound::Included(start)
-    } else {
-        Bound::Excluded(start)
-    };
-    index
-        .range((lower, Bound::Unbounded))
-        .take_while(|(name, _)| query_admits(query, name))
-        .take(query.limit.unwrap_or(usize::MAX))
-        .map(|(name, hashed)| (name.clone(), hashed.clone()))
-        .collect()
-}
-
 /// Applies `query` (prefix, cursor, limit, id order) to decrypted rows.
 fn page<T>(mut rows: Vec<T>, query: &RecordQuery, id: impl Fn(&T) -> &str) -> Vec<T> {
     rows.retain(|row| query_admits(query, id(row)));
@@ -560,13 +566,8 @@ impl SealedStorage {
     ) -> BoxFuture<'a, StorageResult<Vec<RecordRow>>> {
         Box::pin(async move {
             let hashed = self.collection(collection);
-            let selected = self
-                .indexes()
-                .records
-                .get(collection)
-                .map(|index| select(index, query));
-            if let Some(selected) = selected {
-                let (ids, hashed_ids): (Vec<String>, Vec<String>) = selected.into_iter().unzip();
+            let scope = Some(collection.to_owned());
+            if let Some((ids, hashed_ids)) = self.indexed(&scope, query) {
                 let rows = self.inner.get_records(&hashed, &hashed_ids).await?;
                 let mut opener = Opener::new();
                 let mut out = Vec::with_capacity(rows.len());
@@ -598,11 +599,7 @@ impl SealedStorage {
                     Ok(row)
                 })
                 .collect::<StorageResult<Vec<_>>>()?;
-            let mut indexes = self.indexes();
-            if indexes.writes == writes && self.caches_names(false) {
-                indexes.records.insert(collection.to_owned(), index);
-            }
-            drop(indexes);
+            self.keep_index(scope, writes, index);
             Ok(page(rows, query, |row| &row.id))
         })
     }
@@ -652,9 +649,7 @@ impl SealedStorage {
         query: &'a RecordQuery,
     ) -> BoxFuture<'a, StorageResult<Vec<KvRow>>> {
         Box::pin(async move {
-            let selected = self.indexes().kv.as_ref().map(|index| select(index, query));
-            if let Some(selected) = selected {
-                let (keys, hashed): (Vec<String>, Vec<String>) = selected.into_iter().unzip();
+            if let Some((keys, hashed)) = self.indexed(&None, query) {
                 let rows = self.inner.get_kvs(&hashed).await?;
                 let mut opener = Opener::new();
                 let mut out = Vec::with_capacity(rows.len());
@@ -681,11 +676,7 @@ impl SealedStorage {
                     Ok(row)
                 })
                 .collect::<StorageResult<Vec<_>>>()?;
-            let mut indexes = self.indexes();
-            if indexes.writes == writes && self.caches_names(true) {
-                indexes.kv = Some(index);
-            }
-            drop(indexes);
+            self.keep_index(None, writes, index);
             Ok(page(rows, query, |row| &row.key))
         })
     }
