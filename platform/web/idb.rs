@@ -161,6 +161,17 @@ fn record_from(collection: &str, id: String, object: &JsValue) -> StorageResult<
     })
 }
 
+/// An event row from its `[log, id]` key and stored object.
+fn event_from(key: &JsValue, object: &JsValue) -> StorageResult<EventRow> {
+    Ok(EventRow {
+        log: key_text(key, 0, "event key")?,
+        id: key_text(key, 1, "event key")?,
+        at: number_field(object, "at")?,
+        author: author_field(object, "author")?,
+        value: text_field(object, "value")?,
+    })
+}
+
 fn kv_from(key: String, object: &JsValue) -> StorageResult<KvRow> {
     Ok(KvRow {
         key,
@@ -582,8 +593,15 @@ impl StorageBackend for IdbStore {
             let tx = self.transaction(&["meta", "change_log"], TransactionMode::ReadOnly)?;
             let meta = Self::store(&tx, "meta")?;
             let log = Self::store(&tx, "change_log")?;
-            let (id, heads) =
-                futures::join!(meta.get(JsValue::from_str("store_id")), read_heads(&log));
+            // Every read issued at once: one round trip to the IndexedDB backend.
+            let entry_gets = futures::future::join_all(
+                MetaKey::ALL.map(|key| meta.get(JsValue::from_str(key.as_str()))),
+            );
+            let (id, heads, entry_values) = futures::join!(
+                meta.get(JsValue::from_str("store_id")),
+                read_heads(&log),
+                entry_gets
+            );
             let store_id = match id.map_err(backend_error)? {
                 None => None,
                 Some(value) => {
@@ -595,12 +613,8 @@ impl StorageBackend for IdbStore {
             };
             let (clock, heads) = heads?;
             let mut entries = std::collections::BTreeMap::new();
-            for key in MetaKey::ALL {
-                let value = meta
-                    .get(JsValue::from_str(key.as_str()))
-                    .await
-                    .map_err(backend_error)?;
-                if let Some(value) = value {
+            for (key, value) in MetaKey::ALL.into_iter().zip(entry_values) {
+                if let Some(value) = value.map_err(backend_error)? {
                     let bytes = value
                         .dyn_into::<Uint8Array>()
                         .map_err(|_| corrupt(key.as_str()))?;
@@ -771,13 +785,7 @@ impl StorageBackend for IdbStore {
             let upper = key2(log, &Array::new().into());
             let limit = query.limit.unwrap_or(usize::MAX);
             self.collect("events", (lower, open), upper, limit, |key, value| {
-                Ok(Take::Item(EventRow {
-                    log: log.to_owned(),
-                    id: key_text(&key, 1, "event key")?,
-                    at: number_field(&value, "at")?,
-                    author: author_field(&value, "author")?,
-                    value: text_field(&value, "value")?,
-                }))
+                Ok(Take::Item(event_from(&key, &value)?))
             })
             .await
         })
@@ -859,13 +867,7 @@ impl StorageBackend for IdbStore {
                 Table::Events => {
                     let lower = start.unwrap_or_else(|| key2("", &JsValue::from_str("")));
                     self.collect("events", (lower, open), pair_upper, limit, |key, value| {
-                        Ok(Take::Item(AnyRow::Event(EventRow {
-                            log: key_text(&key, 0, "event key")?,
-                            id: key_text(&key, 1, "event key")?,
-                            at: number_field(&value, "at")?,
-                            author: author_field(&value, "author")?,
-                            value: text_field(&value, "value")?,
-                        })))
+                        Ok(Take::Item(AnyRow::Event(event_from(&key, &value)?)))
                     })
                     .await
                 }

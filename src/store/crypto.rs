@@ -356,25 +356,24 @@ impl StoreCrypto {
             return Ok(None);
         }
         let epoch = keyring.current().0;
-        let state = match meta.entries.get(&MetaKey::Rotation) {
-            Some(bytes) => RotationState::decode(bytes)?,
-            None => RotationState {
-                epoch,
-                table: 3,
-                after: None,
-            },
-        };
-        let state = if state.epoch == epoch && state.table().is_some() {
-            state
-        } else {
-            // The keyring reached the device but not storage: start over.
-            let start = RotationState {
-                epoch,
-                table: 0,
-                after: None,
-            };
-            self.begin(&sealed, keyring, &start).await?;
-            start
+        let recorded = meta
+            .entries
+            .get(&MetaKey::Rotation)
+            .map(|bytes| RotationState::decode(bytes))
+            .transpose()?
+            .filter(|state| state.epoch == epoch && state.table().is_some());
+        let state = match recorded {
+            Some(state) => state,
+            None => {
+                // The keyring reached the device but not storage: start over.
+                let start = RotationState {
+                    epoch,
+                    table: 0,
+                    after: None,
+                };
+                self.begin(&sealed, keyring, &start).await?;
+                start
+            }
         };
         tracing::info!(store = %self.store.inner.name, epoch, "resuming the store key rotation");
         self.reencrypt(&sealed, state, on_progress).await.map(Some)
