@@ -343,6 +343,22 @@ impl SqliteStore {
         })
     }
 
+    /// An event of `log` from a row of `id, at, author, value`.
+    fn event_row(
+        &self,
+        conn: &Connection,
+        log: String,
+        row: &rusqlite::Row<'_>,
+    ) -> StorageResult<EventRow> {
+        Ok(EventRow {
+            log,
+            id: row.get(0).sql()?,
+            at: from_i64(row.get(1).sql()?)?,
+            author: self.authors.device(conn, row.get(2).sql()?)?,
+            value: row.get(3).sql()?,
+        })
+    }
+
     fn kv_row(
         &self,
         conn: &Connection,
@@ -559,13 +575,7 @@ impl StorageBackend for SqliteStore {
             let mut rows = stmt.query(params![log, from, after, limit]).sql()?;
             let mut out = Vec::new();
             while let Some(row) = rows.next().sql()? {
-                out.push(EventRow {
-                    log: log.to_owned(),
-                    id: row.get(0).sql()?,
-                    at: from_i64(row.get(1).sql()?)?,
-                    author: self.authors.device(c, row.get(2).sql()?)?,
-                    value: row.get(3).sql()?,
-                });
+                out.push(self.event_row(c, log.to_owned(), row)?);
             }
             Ok(out)
         }))
@@ -674,13 +684,8 @@ impl StorageBackend for SqliteStore {
                         .sql()?;
                     let mut rows = stmt.query(params![first, second, limit]).sql()?;
                     while let Some(row) = rows.next().sql()? {
-                        rows_out.push(AnyRow::Event(EventRow {
-                            log: row.get(4).sql()?,
-                            id: row.get(0).sql()?,
-                            at: from_i64(row.get(1).sql()?)?,
-                            author: self.authors.device(c, row.get(2).sql()?)?,
-                            value: row.get(3).sql()?,
-                        }));
+                        let log: String = row.get(4).sql()?;
+                        rows_out.push(AnyRow::Event(self.event_row(c, log, row)?));
                     }
                     // Events are clustered by (hashed log, time-ordered id)
                     // in both layouts.

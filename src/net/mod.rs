@@ -455,6 +455,11 @@ fn advance(known: &mut BTreeMap<DeviceId, u64>, commits: &[SignedCommit]) {
     }
 }
 
+/// Sends `event` to every subscriber still listening.
+fn emit(subscribers: &mut Vec<mpsc::UnboundedSender<P2pEvent>>, event: P2pEvent) {
+    subscribers.retain(|s| s.unbounded_send(event.clone()).is_ok());
+}
+
 /// What the loop knows of each connected peer.
 #[derive(Default)]
 struct PeerState {
@@ -486,9 +491,6 @@ pub(crate) fn start(
         let mut subscribers: Vec<mpsc::UnboundedSender<P2pEvent>> = Vec::new();
         let mut peers: HashMap<PeerId, PeerState> = HashMap::new();
         let mut pulls: HashMap<OutboundRequestId, PeerId> = HashMap::new();
-        let emit = |subscribers: &mut Vec<mpsc::UnboundedSender<P2pEvent>>, event: P2pEvent| {
-            subscribers.retain(|s| s.unbounded_send(event.clone()).is_ok());
-        };
         loop {
             futures::select! {
                 command = inbox.next() => match command {
@@ -574,8 +576,7 @@ async fn handle_sync(
     event: request_response::Event<SyncRequest, SyncResponse>,
 ) {
     use request_response::{Event, Message};
-    let mut emit =
-        |event: P2pEvent| subscribers.retain(|s| s.unbounded_send(event.clone()).is_ok());
+    let mut emit = |event: P2pEvent| emit(subscribers, event);
     match event {
         Event::Message {
             peer,
