@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use persist::net::{P2pOptions, SyncRequest};
+use persist::net::{Multiaddr, P2p, P2pOptions, SyncRequest};
 use persist::platform::native::SqliteStore;
-use persist::storage::{StorageBackend, WriteBatch};
-use persist::{Store, StoreId, StoreOptions};
+use persist::storage::StorageBackend;
+use persist::{Store, StoreOptions};
 use serde_json::json;
 
 fn loopback() -> P2pOptions {
@@ -24,18 +24,36 @@ fn loopback() -> P2pOptions {
     }
 }
 
-async fn replica(path: &std::path::Path, id: StoreId) -> Store {
+/// A new SQLite store, paired into the store of `host` (then its node
+/// stops): a second device of that store, with nothing yet.
+async fn replica(path: &std::path::Path, host: &P2p) -> Store {
     let backend = Arc::new(SqliteStore::open(path).expect("sqlite"));
-    backend
-        .write(WriteBatch {
-            store_id: Some(id),
-            ..WriteBatch::default()
-        })
-        .await
-        .expect("store id");
-    Store::open(StoreOptions::new("replica").backend(backend as Arc<dyn StorageBackend>))
-        .await
-        .expect("replica")
+    let store =
+        Store::open(StoreOptions::new("replica").backend(backend as Arc<dyn StorageBackend>))
+            .await
+            .expect("replica");
+    let node = store.enable_p2p(loopback()).await.expect("node");
+    let pending = host.create_pairing_code().await.expect("code");
+    let code = pending.code().to_string();
+    let (joined, hosted) = tokio::join!(
+        node.pair(&code, Some(dial_addr(host).await)),
+        pending.paired()
+    );
+    joined.expect("paired");
+    hosted.expect("paired");
+    node.shutdown();
+    store
+}
+
+async fn dial_addr(node: &P2p) -> Multiaddr {
+    loop {
+        if let Some(addr) = node.listen_addrs().await.expect("addrs").into_iter().next() {
+            return format!("{addr}/p2p/{}", node.peer_id())
+                .parse()
+                .expect("addr");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::main]
@@ -46,6 +64,18 @@ async fn main() {
     let a = Store::open(StoreOptions::new("a").path(dir.path().join("a.db")))
         .await
         .expect("a");
+    let counter_a = persist::net::ByteCounter::default();
+    let counter_b = persist::net::ByteCounter::default();
+    let node_a = a
+        .enable_p2p(P2pOptions {
+            count_bytes: Some(counter_a.clone()),
+            ..loopback()
+        })
+        .await
+        .expect("a");
+    // Two more devices of the store, paired before A holds anything.
+    let local = replica(&dir.path().join("local.db"), &node_a).await;
+    let b = replica(&dir.path().join("b.db"), &node_a).await;
     let records = a.records("notes");
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         records
@@ -61,7 +91,6 @@ async fn main() {
     let commits = a.commits_missing_from(&[], usize::MAX).await.expect("log");
 
     // Baseline: verify + insert of the same commits, locally.
-    let local = replica(&dir.path().join("local.db"), a.store_id()).await;
     let start = Instant::now();
     let report = local.ingest(commits.clone()).await.expect("ingest");
     let local_rate = n as f64 / start.elapsed().as_secs_f64();
@@ -69,36 +98,12 @@ async fn main() {
     local.close().await.expect("close");
 
     // Over the network.
-    let b = replica(&dir.path().join("b.db"), a.store_id()).await;
-    let counter_a = persist::net::ByteCounter::default();
-    let counter_b = persist::net::ByteCounter::default();
-    let node_a = a
-        .enable_p2p(P2pOptions {
-            count_bytes: Some(counter_a.clone()),
-            ..loopback()
-        })
-        .await
-        .expect("a");
-    let addr = loop {
-        if let Some(addr) = node_a
-            .listen_addrs()
-            .await
-            .expect("addrs")
-            .into_iter()
-            .next()
-        {
-            break addr;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
     let target = a.version_vector().await.expect("vv");
     let mut options = P2pOptions {
         count_bytes: Some(counter_b.clone()),
         ..loopback()
     };
-    options.bootstrap_peers = vec![format!("{addr}/p2p/{}", node_a.peer_id())
-        .parse()
-        .expect("addr")];
+    options.bootstrap_peers = vec![dial_addr(&node_a).await];
     let start = Instant::now();
     let node_b = b.enable_p2p(options).await.expect("b");
     while b.version_vector().await.expect("vv") != target {
@@ -140,6 +145,7 @@ async fn main() {
     let push = SyncRequest::Push {
         store: a.store_id(),
         commits: vec![last.clone()],
+        members: None,
     };
     let push_bytes = 4 + postcard::to_stdvec(&push).expect("encode").len();
 

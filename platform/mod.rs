@@ -14,8 +14,8 @@ pub mod native;
 pub use native::net::{mdns, mdns_discovered, swarm, Mdns};
 #[cfg(not(wasm_browser))]
 pub use native::{
-    fill_random, monotonic_ms, now_ms, open_storage, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER,
-    ROTATION_BATCH_ROWS,
+    fill_random, monotonic_ms, now_ms, open_storage, sleep_ms, spawn, ADAPTER_NAMES,
+    DEFAULT_ADAPTER, ROTATION_BATCH_ROWS,
 };
 
 #[cfg(wasm_browser)]
@@ -24,8 +24,8 @@ pub mod web;
 pub use web::net::{mdns, mdns_discovered, swarm, Mdns};
 #[cfg(wasm_browser)]
 pub use web::{
-    fill_random, monotonic_ms, now_ms, open_storage, spawn, ADAPTER_NAMES, DEFAULT_ADAPTER,
-    ROTATION_BATCH_ROWS,
+    fill_random, monotonic_ms, now_ms, open_storage, sleep_ms, spawn, ADAPTER_NAMES,
+    DEFAULT_ADAPTER, ROTATION_BATCH_ROWS,
 };
 
 /// `Send` natively; nothing in the browser, where JavaScript values and

@@ -126,6 +126,10 @@ pub enum RejectReason {
     /// An encrypted store received a commit in the clear, or the reverse.
     #[error("{0}")]
     EncryptionMismatch(&'static str),
+    /// The author is not a member of the store (never paired, or removed
+    /// before it wrote this commit).
+    #[error("the author {0} is not a member of the store")]
+    NotTrusted(String),
     /// The commit skips sequence numbers of its author: the missing ones
     /// must arrive first.
     #[error("commit {found} of its author arrived before commit {expected}")]
@@ -150,6 +154,7 @@ impl RejectReason {
             RejectReason::InvalidContent(_) => "INVALID_NAME",
             RejectReason::Equivocation => "CHANGE_CONFLICT",
             RejectReason::Gap { .. } => "CHANGE_OUT_OF_ORDER",
+            RejectReason::NotTrusted(_) => "NOT_TRUSTED",
         }
     }
 }
@@ -212,6 +217,23 @@ pub enum Error {
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A device that is not (or no longer) a member of the store.
+    #[error("not trusted: {0}")]
+    NotTrusted(String),
+    /// A pairing code was mistyped, guessed wrong, already used, or is
+    /// unknown to the peer (one wrong try burns it on both sides).
+    #[error("pairing code refused: {0}")]
+    PairingCodeInvalid(String),
+    /// A pairing code that expired before it was used.
+    #[error("pairing code expired")]
+    PairingCodeExpired,
+    /// Pairing could not complete (no peer answered, the connection
+    /// dropped, or the stores cannot be joined).
+    #[error("pairing failed: {0}")]
+    PairingFailed(String),
+    /// A received membership log or entry was refused.
+    #[error("membership refused: {0}")]
+    Membership(#[from] crate::membership::MemberError),
 }
 
 impl Error {
@@ -230,6 +252,11 @@ impl Error {
             Error::Crypto(e) => e.code(),
             Error::Rejected(reason) => reason.code(),
             Error::Storage(e) => e.code(),
+            Error::NotTrusted(_) => "NOT_TRUSTED",
+            Error::PairingCodeInvalid(_) => "PAIRING_CODE_INVALID",
+            Error::PairingCodeExpired => "PAIRING_CODE_EXPIRED",
+            Error::PairingFailed(_) => "PAIRING_FAILED",
+            Error::Membership(e) => e.code(),
         }
     }
 }

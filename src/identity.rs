@@ -132,6 +132,25 @@ impl std::fmt::Debug for DeviceIdentity {
     }
 }
 
+impl DeviceIdentity {
+    /// The X25519 secret scalar of this identity (the Ed25519 key's scalar,
+    /// as age and libsodium convert it): what opens what was sealed to the
+    /// device with [`crate::crypto::device_box`].
+    pub(crate) fn x25519_secret(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.signing.to_scalar_bytes())
+    }
+}
+
+impl DeviceId {
+    /// The X25519 public key of this device (the Ed25519 point in Montgomery
+    /// form), or `None` for bytes that are not a valid Ed25519 key.
+    pub(crate) fn x25519_public(&self) -> Option<[u8; 32]> {
+        VerifyingKey::from_bytes(&self.0)
+            .ok()
+            .map(|key| key.to_montgomery().to_bytes())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,7 @@ pub mod error;
 pub mod hlc;
 pub mod identity;
 pub mod keys;
+pub mod membership;
 pub mod merge;
 pub mod names;
 pub mod net;

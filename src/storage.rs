@@ -71,17 +71,25 @@ pub enum MetaKey {
     /// Where an interrupted key rotation resumes (its epoch and the last
     /// row re-encrypted), written with every batch it re-encrypts.
     Rotation,
+    /// The store's membership log (founder and signed entries; public
+    /// keys only, no secret).
+    Membership,
 }
 
 impl MetaKey {
     /// Every key, for backends that read them all at once.
-    pub const ALL: [MetaKey; 2] = [MetaKey::SealedKeyring, MetaKey::Rotation];
+    pub const ALL: [MetaKey; 3] = [
+        MetaKey::SealedKeyring,
+        MetaKey::Rotation,
+        MetaKey::Membership,
+    ];
 
     /// The key as stored.
     pub fn as_str(self) -> &'static str {
         match self {
             MetaKey::SealedKeyring => "sealed_keyring",
             MetaKey::Rotation => "rotation",
+            MetaKey::Membership => "membership",
         }
     }
 }
@@ -146,6 +154,10 @@ pub struct WriteBatch {
     /// different one (another tab created the store first), the write fails
     /// with [`StorageError::Conflict`] and changes nothing.
     pub store_id: Option<StoreId>,
+    /// Replace a stored store id with `store_id` instead of refusing it: a
+    /// device that pairs into another device's store before writing
+    /// anything adopts that store's id.
+    pub adopt_store_id: bool,
     /// The newest clock reading to persist (backends that derive the clock
     /// from the change log may ignore it).
     pub clock: Option<Hlc>,

@@ -22,20 +22,23 @@ use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
 use crate::change::{Commit, Limits, SignedCommit, StoreId};
-use crate::error::{Error, NameKind, RejectReason, Result};
+use crate::error::{Error, NameKind, RejectReason, Result, StorageError};
 use crate::hlc::HybridClock;
 use crate::identity::{DeviceId, DeviceIdentity};
 use crate::keys::KeyStore;
+use crate::membership::{Members, MembershipLog};
 use crate::merge::ConflictStrategy;
 use crate::names;
-use crate::storage::{SealedStorage, StorageBackend};
+use crate::storage::{MetaKey, SealedStorage, StorageBackend};
 
 mod crypto;
 mod handles;
+mod members;
 mod subscribe;
 mod writer;
 
 pub use crypto::{RotationProgress, StoreCrypto, ROTATION_BATCH_ROWS};
+pub use members::{MembershipUpdate, Welcome};
 
 pub use handles::{
     AppendedEvent, Event, EventListOptions, Events, Kv, ListOptions, Record, Records, Since,
@@ -218,12 +221,16 @@ pub struct Store {
 
 struct Inner {
     name: String,
-    store_id: StoreId,
     device: DeviceIdentity,
-    backend: Arc<dyn StorageBackend>,
-    /// The encryption layer, when the store is encrypted (`backend` is then
-    /// this same object).
-    sealed: Option<Arc<SealedStorage>>,
+    /// The store id and storage it reads and writes (replaced once, when
+    /// a device with no writes yet pairs into another device's store).
+    bound: std::sync::RwLock<Arc<Bound>>,
+    /// The storage under the encryption layer (what `bound` is built on).
+    raw_backend: Arc<dyn StorageBackend>,
+    /// Trusted devices (see [`crate::membership`]), with what they derive.
+    members: futures::lock::Mutex<MemberState>,
+    /// The derived membership, for quick checks (kept with `members`).
+    members_now: std::sync::RwLock<Arc<Members>>,
     key_store: Arc<dyn KeyStore>,
     /// One key rotation at a time.
     rotation: futures::lock::Mutex<()>,
@@ -236,6 +243,20 @@ struct Inner {
     subscribers: Mutex<subscribe::Subscribers>,
     /// Told after every durable batch (P2P nodes push what peers lack).
     commit_listeners: Mutex<Vec<futures::channel::mpsc::UnboundedSender<()>>>,
+}
+
+/// The store a handle is bound to: its id and storage.
+pub(crate) struct Bound {
+    pub(crate) store_id: StoreId,
+    pub(crate) backend: Arc<dyn StorageBackend>,
+    /// The encryption layer, when the store is encrypted (`backend` is then
+    /// this same object).
+    pub(crate) sealed: Option<Arc<SealedStorage>>,
+}
+
+/// The membership log and what it derives.
+pub(crate) struct MemberState {
+    pub(crate) log: MembershipLog,
 }
 
 impl Store {
@@ -276,6 +297,7 @@ impl Store {
         let (store_id, keyring, meta) =
             crypto::open_keys(&backend, key_store.as_ref(), meta, options).await?;
         let mut resume = None;
+        let raw_backend = backend.clone();
         let (backend, sealed) = match keyring {
             Some(keyring) => {
                 resume = crypto::pending_rotation(&meta, &keyring)?;
@@ -297,14 +319,31 @@ impl Store {
             store = %options.name, backend = %backend.describe(), keys = %key_store.describe(),
             device = %device.device_id().short(), encrypted = sealed.is_some(), "store opened"
         );
+        let log = match meta.entries.get(&MetaKey::Membership) {
+            Some(bytes) => MembershipLog::from_bytes(bytes)
+                .map_err(|e| StorageError::Corrupt(format!("membership: {e}")))?,
+            // Until it pairs into another device's store, a store trusts
+            // the device that created it.
+            None => MembershipLog::founded_by(store_id, device.device_id()),
+        };
+        if log.store() != store_id {
+            return Err(StorageError::Corrupt("membership of another store".into()).into());
+        }
+        #[allow(clippy::arc_with_non_send_sync)]
+        let bound = Arc::new(Bound {
+            store_id,
+            backend,
+            sealed,
+        });
         // `Inner` is Send + Sync natively; in the browser everything lives on
         // one thread and the backend is not Send, which is fine there.
         #[allow(clippy::arc_with_non_send_sync)]
         let inner = Arc::new(Inner {
             name: options.name.clone(),
-            store_id,
-            backend,
-            sealed,
+            bound: std::sync::RwLock::new(bound),
+            raw_backend,
+            members_now: std::sync::RwLock::new(Arc::new(log.members())),
+            members: futures::lock::Mutex::new(MemberState { log }),
             key_store,
             rotation: futures::lock::Mutex::new(()),
             strategy: options.strategy.clone(),
@@ -321,7 +360,13 @@ impl Store {
             subscribers: Mutex::new(subscribe::Subscribers::default()),
             commit_listeners: Mutex::new(Vec::new()),
         });
-        if let Some(changes) = inner.backend.external_changes() {
+        let external = inner
+            .bound
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .backend
+            .external_changes();
+        if let Some(changes) = external {
             crate::platform::spawn(subscribe::deliver_external(Arc::downgrade(&inner), changes));
         }
         let store = Store { inner };
@@ -342,6 +387,15 @@ impl Store {
         Ok(store)
     }
 
+    /// The store id and storage this handle uses now.
+    pub(crate) fn bound(&self) -> Arc<Bound> {
+        self.inner
+            .bound
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The store's name.
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -349,7 +403,7 @@ impl Store {
 
     /// The store's id (random, fixed at creation, shared by all replicas).
     pub fn store_id(&self) -> StoreId {
-        self.inner.store_id
+        self.bound().store_id
     }
 
     /// This device's identity.
@@ -359,13 +413,13 @@ impl Store {
 
     /// The storage backend's description.
     pub fn describe(&self) -> String {
-        self.inner.backend.describe()
+        self.bound().backend.describe()
     }
 
     /// The storage backend (for conformance checks of tombstones and rows).
     #[doc(hidden)]
-    pub fn inner_backend_for_tests(&self) -> &dyn StorageBackend {
-        self.inner.backend.as_ref()
+    pub fn inner_backend_for_tests(&self) -> Arc<dyn StorageBackend> {
+        self.bound().backend.clone()
     }
 
     /// The records of a collection.
@@ -396,10 +450,10 @@ impl Store {
     /// Decodes and verifies a commit as [`Store::ingest`] would (with the
     /// store's keys when it is encrypted), without storing it.
     pub fn verify_commit(&self, signed: SignedCommit) -> std::result::Result<Commit, RejectReason> {
-        let keyring = self.inner.sealed.as_ref().map(|s| s.keyring());
+        let keyring = self.bound().sealed.as_ref().map(|s| s.keyring());
         Commit::verify(
             signed,
-            self.inner.store_id,
+            self.bound().store_id,
             &self.inner.limits,
             keyring.as_ref(),
         )
@@ -411,9 +465,10 @@ impl Store {
     pub async fn enable_p2p(&self, options: crate::net::P2pOptions) -> Result<crate::net::P2p> {
         self.check_open()?;
         let keypair = crate::net::keypair(&self.inner.device)?;
-        let behaviour = crate::net::Behaviour::new(&keypair, &options)?;
+        let gate = Arc::new(Mutex::new(crate::net::gate::GateState::default()));
+        let behaviour = crate::net::Behaviour::new(&keypair, &options, gate.clone())?;
         let swarm = crate::platform::swarm(keypair, behaviour, options.count_bytes.clone())?;
-        crate::net::start(self.clone(), swarm, &options)
+        crate::net::start(self.clone(), swarm, &options, gate)
     }
 
     /// A signal after every durable batch of commits (local or received).
@@ -438,7 +493,7 @@ impl Store {
     /// The highest commit sequence number stored per author.
     pub async fn version_vector(&self) -> Result<Vec<(DeviceId, u64)>> {
         self.check_open()?;
-        Ok(self.inner.backend.version_vector().await?)
+        Ok(self.bound().backend.version_vector().await?)
     }
 
     /// Commits this store has that a replica with version vector `theirs`
@@ -451,11 +506,11 @@ impl Store {
         self.check_open()?;
         let theirs: BTreeMap<DeviceId, u64> = theirs.iter().copied().collect();
         let mut out = Vec::new();
-        for (author, seq) in self.inner.backend.version_vector().await? {
+        for (author, seq) in self.bound().backend.version_vector().await? {
             let known = theirs.get(&author).copied().unwrap_or(0);
             if known < seq && out.len() < limit {
                 let more = self
-                    .inner
+                    .bound()
                     .backend
                     .commits_after(author, known, limit - out.len())
                     .await?;
@@ -472,14 +527,18 @@ impl Store {
         self.check_open()?;
         let mut report = IngestReport::default();
         let mut verified = Vec::with_capacity(commits.len());
-        let keyring = self.inner.sealed.as_ref().map(|s| s.keyring());
+        let bound = self.bound();
+        let keyring = bound.sealed.as_ref().map(|s| s.keyring());
+        let members = self.members();
         for (index, signed) in commits.into_iter().enumerate() {
-            match Commit::verify(
-                signed,
-                self.inner.store_id,
-                &self.inner.limits,
-                keyring.as_ref(),
-            ) {
+            match Commit::verify(signed, bound.store_id, &self.inner.limits, keyring.as_ref()) {
+                // Signature first, then membership: only a verified author
+                // is looked up.
+                Ok(commit) if !members.admits_commit(&commit.body.author, commit.body.seq) => {
+                    let reason = RejectReason::NotTrusted(commit.body.author.short());
+                    tracing::warn!(index, code = reason.code(), %reason, "rejected received commit");
+                    report.rejected.push((index, reason));
+                }
                 Ok(commit) => verified.push((index, commit)),
                 Err(reason) => {
                     tracing::warn!(index, code = reason.code(), %reason, "rejected received commit");
@@ -510,7 +569,7 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        Ok(self.inner.backend.close().await?)
+        Ok(self.bound().backend.close().await?)
     }
 
     /// True once [`Store::close`] was called.
@@ -537,9 +596,9 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("name", &self.inner.name)
-            .field("store_id", &self.inner.store_id)
+            .field("store_id", &self.bound().store_id)
             .field("device", &self.device_id())
-            .field("backend", &self.inner.backend.describe())
+            .field("backend", &self.bound().backend.describe())
             .finish()
     }
 }

@@ -79,7 +79,7 @@ struct Replica {
 
 fn replicas(skews: &[u64]) -> Vec<Replica> {
     let store_id = StoreId::from_bytes([7; 16]);
-    skews
+    let replicas: Vec<Replica> = skews
         .iter()
         .map(|skew| {
             let backend: Arc<dyn StorageBackend> = Arc::new(MemoryStore::new());
@@ -102,7 +102,24 @@ fn replicas(skews: &[u64]) -> Vec<Replica> {
                 clock,
             }
         })
-        .collect()
+        .collect();
+    // The first replica admits the others (what pairing does).
+    for replica in &replicas[1..] {
+        block_on(async {
+            let welcome = replicas[0]
+                .store
+                .admit_device(replica.store.device_id(), "replica")
+                .await
+                .unwrap();
+            replica.store.join(welcome).await.unwrap();
+        });
+    }
+    // ... and every replica learns the whole membership (as sync does).
+    let members = block_on(replicas[0].store.membership());
+    for replica in &replicas {
+        block_on(replica.store.merge_membership(&members)).unwrap();
+    }
+    replicas
 }
 
 fn sync(from: &Store, to: &Store, limit: usize, reverse: bool) {

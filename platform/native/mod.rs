@@ -50,6 +50,22 @@ pub fn monotonic_ms() -> f64 {
 /// Rows a key rotation re-encrypts per storage batch.
 pub const ROTATION_BATCH_ROWS: usize = 512;
 
+/// Waits `ms` milliseconds (on tokio when running on it, else on a timer
+/// thread).
+pub async fn sleep_ms(ms: u64) {
+    let duration = std::time::Duration::from_millis(ms);
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::time::sleep(duration).await;
+    } else {
+        let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            std::thread::sleep(duration);
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+    }
+}
+
 /// Runs a future in the background: on the current tokio runtime if there
 /// is one, else on a thread of its own.
 pub fn spawn<F: Future<Output = ()> + Send + 'static>(future: F) {

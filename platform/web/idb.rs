@@ -518,6 +518,11 @@ async fn write_batch(store: &IdbStore, batch: WriteBatch) -> StorageResult<()> {
                     .await
                     .map_err(backend_error)?;
             }
+            Some(_) if batch.adopt_store_id => {
+                meta.put(&JsValue::from_str(&text), Some(&key))
+                    .await
+                    .map_err(backend_error)?;
+            }
             // Another tab created the store first: its id stands.
             Some(stored) if stored.as_string().as_deref() != Some(text.as_str()) => {
                 tx.abort().await.map_err(backend_error)?;

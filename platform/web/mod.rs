@@ -57,13 +57,20 @@ pub fn monotonic_ms() -> f64 {
 /// and tasks queued meanwhile, such as writes waiting for a lock that a
 /// long loop releases between batches, run first.
 pub async fn yield_now() {
+    sleep_ms(0).await
+}
+
+/// Waits `ms` milliseconds (a `setTimeout` task).
+pub async fn sleep_ms(ms: u64) {
+    let delay = ms.min(i32::MAX as u64) as i32;
     let promise = js_sys::Promise::new(&mut |resolve, _| {
         let set_timeout = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
             .ok()
             .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
         match set_timeout {
             Some(set_timeout) => {
-                let _ = set_timeout.call2(&wasm_bindgen::JsValue::UNDEFINED, &resolve, &0.into());
+                let _ =
+                    set_timeout.call2(&wasm_bindgen::JsValue::UNDEFINED, &resolve, &delay.into());
             }
             None => {
                 let _ = resolve.call0(&wasm_bindgen::JsValue::UNDEFINED);

@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
+
+#[path = "persist/p2p.rs"]
+mod p2p;
 use persist::{EventListOptions, ListOptions, Since, Store, StoreOptions};
 use serde_json::{json, Value};
 
@@ -103,6 +106,38 @@ enum Command {
         store: StoreArgs,
         #[command(subcommand)]
         action: KeyAction,
+    },
+    /// Pair devices: without CODE, offer a pairing code and wait for a
+    /// device to use it; with CODE, join the store of the device that
+    /// offered it (this store must have no writes yet).
+    Pair {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The code the other device printed (`ABCD-7KQ2`).
+        code: Option<String>,
+        #[command(flatten)]
+        net: p2p::NetArgs,
+    },
+    /// Replicate with the store's other devices (`--peer`), until quiet;
+    /// with `--listen`, serve them until `--for` seconds pass.
+    Sync {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        net: p2p::NetArgs,
+    },
+    /// List the devices trusted to sync the store, and revoked ones.
+    Peers {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove a device from the store: its later writes are refused
+    /// everywhere, and an encrypted store moves to a new key it never gets.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The device's peer id (see `persist peers`).
+        peer: String,
     },
     /// Test helper: writes until killed, printing each acknowledged write.
     #[command(hide = true)]
@@ -317,6 +352,10 @@ async fn run(command: Command) -> persist::Result<()> {
             }
             store.close().await
         }
+        Command::Pair { store, code, net } => p2p::pair(open(&store).await?, code, net).await,
+        Command::Sync { store, net } => p2p::sync(open(&store).await?, net).await,
+        Command::Peers { store } => p2p::peers(open(&store).await?).await,
+        Command::Revoke { store, peer } => p2p::revoke(open(&store).await?, peer).await,
         Command::CrashWriter { store, round } => crash_writer(store, round).await,
     }
 }
@@ -412,16 +451,119 @@ async fn demo(data: PathBuf) -> persist::Result<()> {
     let fired = seen.lock().map(|s| s.len()).unwrap_or(0);
     println!("  {fired} subscription callbacks");
     encrypted_demo(&data).await?;
-    p2p_demo().await?;
+    p2p_demo(&data).await?;
     println!("Done: run it again and the data is still there.");
     println!("Try: persist list --path {} notes", path.display());
     Ok(())
 }
 
-/// Two devices of one store replicating over loopback TCP (libp2p; mDNS off).
-async fn p2p_demo() -> persist::Result<()> {
+/// Two devices pair with a code and replicate over loopback TCP: two
+/// `persist pair` processes, then both stores in this process, live.
+async fn p2p_demo(data: &std::path::Path) -> persist::Result<()> {
+    use std::io::BufRead;
+    use std::process::{Command as Process, Stdio};
+
     use persist::net::P2pOptions;
-    println!("P2P: two devices of one store over loopback TCP (rust-libp2p, Noise, Yamux):");
+    println!("P2P: two devices pair with a code, then replicate over loopback TCP (libp2p, Noise, Yamux; mDNS off):");
+    let io = |e: std::io::Error| persist::Error::InvalidOptions(format!("demo: {e}"));
+    let dir = data.join("p2p");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let (laptop_db, phone_db) = (dir.join("laptop.db"), dir.join("phone.db"));
+    let laptop = Store::open(StoreOptions::new("laptop").path(&laptop_db)).await?;
+    laptop
+        .records("notes")
+        .put(
+            "from-laptop",
+            json!({ "text": "written on the laptop before pairing" }),
+        )
+        .await?;
+    laptop.close().await?;
+
+    // Two processes: the laptop offers a code, the phone types it.
+    let exe = std::env::current_exe().map_err(io)?;
+    let mut host = Process::new(&exe)
+        .args([
+            "pair",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--for",
+            "30",
+            "--path",
+        ])
+        .arg(&laptop_db)
+        .env("PERSIST_MDNS", "off")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(io)?;
+    let (mut code, mut addr) = (None, None);
+    let mut host_output = None;
+    if let Some(out) = host.stdout.take() {
+        let mut lines = std::io::BufReader::new(out).lines();
+        for line in lines.by_ref() {
+            let line = line.map_err(io)?;
+            if let Some(text) = line.strip_prefix("code: ") {
+                code = Some(text.to_string());
+            } else if let Some(text) = line.strip_prefix("address: ") {
+                addr.get_or_insert(text.to_string());
+            }
+            if code.is_some() && addr.is_some() {
+                break;
+            }
+        }
+        // The rest of what the laptop prints, shown once it exits.
+        host_output = Some(std::thread::spawn(move || {
+            lines.map_while(Result::ok).collect::<Vec<String>>()
+        }));
+    }
+    let (Some(code), Some(addr)) = (code, addr) else {
+        let _ = host.kill();
+        return Err(persist::Error::PairingFailed(
+            "the laptop process printed no code".into(),
+        ));
+    };
+    println!(
+        "  laptop  `persist pair` (pid {}) offers code {code} at {addr}",
+        host.id()
+    );
+    println!("  phone   `persist pair {code} --peer {addr}`");
+    let joined = Process::new(&exe)
+        .args(["pair", &code, "--peer", &addr, "--for", "20", "--path"])
+        .arg(&phone_db)
+        .env("PERSIST_MDNS", "off")
+        .output()
+        .map_err(io)?;
+    for line in String::from_utf8_lossy(&joined.stdout).lines() {
+        println!("          {line}");
+    }
+    let _ = host.wait();
+    for line in host_output
+        .and_then(|t| t.join().ok())
+        .unwrap_or_default()
+        .iter()
+        .filter(|l| l.starts_with("paired"))
+    {
+        println!("  laptop  {line}");
+    }
+    if !joined.status.success() {
+        return Err(persist::Error::PairingFailed(
+            String::from_utf8_lossy(&joined.stderr).trim().to_string(),
+        ));
+    }
+
+    // Both devices again, in this process: the phone holds the laptop's
+    // history, and a new write travels live.
+    let laptop = Store::open(StoreOptions::new("laptop").path(&laptop_db)).await?;
+    let phone = Store::open(StoreOptions::new("phone").path(&phone_db)).await?;
+    println!(
+        "  phone   notes/from-laptop = {} (store {} on both)",
+        phone
+            .records("notes")
+            .get("from-laptop")
+            .await?
+            .unwrap_or(Value::Null),
+        phone.store_id()
+    );
     let bad_address = |_| persist::Error::InvalidOptions("bad address".into());
     let local: persist::net::Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().map_err(bad_address)?;
     let loopback = || P2pOptions {
@@ -431,24 +573,6 @@ async fn p2p_demo() -> persist::Result<()> {
         dht: false,
         count_bytes: None,
     };
-    let laptop = Store::open(StoreOptions::new("laptop").adapter(persist::Adapter::Memory)).await?;
-    laptop
-        .records("notes")
-        .put(
-            "from-laptop",
-            json!({ "text": "written before the phone connected" }),
-        )
-        .await?;
-    let phone_backend = std::sync::Arc::new(persist::storage::MemoryStore::new());
-    persist::storage::StorageBackend::write(
-        phone_backend.as_ref(),
-        persist::storage::WriteBatch {
-            store_id: Some(laptop.store_id()),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let phone = Store::open(StoreOptions::new("phone").backend(phone_backend)).await?;
     let laptop_node = laptop.enable_p2p(loopback()).await?;
     let mut addrs = laptop_node.listen_addrs().await?;
     let started = std::time::Instant::now();
@@ -456,45 +580,71 @@ async fn p2p_demo() -> persist::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         addrs = laptop_node.listen_addrs().await?;
     }
-    let addr = addrs
-        .first()
-        .ok_or_else(|| persist::Error::InvalidOptions("the laptop never listened".into()))?;
-    println!("  laptop        {} at {addr}", laptop_node.peer_id());
+    let addr: persist::net::Multiaddr = format!(
+        "{}/p2p/{}",
+        addrs
+            .first()
+            .ok_or_else(|| persist::Error::InvalidOptions("the laptop never listened".into()))?,
+        laptop_node.peer_id()
+    )
+    .parse()
+    .map_err(bad_address)?;
     let mut options = loopback();
-    options.bootstrap_peers = vec![format!("{addr}/p2p/{}", laptop_node.peer_id())
-        .parse()
-        .map_err(bad_address)?];
+    options.bootstrap_peers = vec![addr.clone()];
     let phone_node = phone.enable_p2p(options).await?;
-    println!("  phone         {} dials the laptop", phone_node.peer_id());
-    let wait = |store: Store, id: &'static str| async move {
-        let started = std::time::Instant::now();
-        while started.elapsed() < std::time::Duration::from_secs(10) {
-            if let Some(value) = store.records("notes").get(id).await? {
-                return Ok(Some((value, started.elapsed())));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-        Ok::<_, persist::Error>(None)
-    };
-    if let Some((value, took)) = wait(phone.clone(), "from-laptop").await? {
-        println!(
-            "  phone pulled  notes/from-laptop = {value} ({} ms)",
-            took.as_millis()
-        );
-    }
     phone
         .records("notes")
-        .put("from-phone", json!({ "text": "written on the phone" }))
+        .put(
+            "from-phone",
+            json!({ "text": "written on the phone, pushed live" }),
+        )
         .await?;
-    if let Some((value, took)) = wait(laptop.clone(), "from-phone").await? {
-        println!(
-            "  laptop got    notes/from-phone  = {value} ({} ms, pushed live)",
-            took.as_millis()
-        );
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        if let Some(value) = laptop.records("notes").get("from-phone").await? {
+            println!(
+                "  laptop  notes/from-phone  = {value} ({} ms after the write)",
+                started.elapsed().as_millis()
+            );
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    laptop_node.shutdown();
-    phone_node.shutdown();
-    println!("  (pairing codes, membership and revocation are the next steps)");
+    // A device that never paired is refused right after the handshake.
+    let stranger =
+        Store::open(StoreOptions::new("stranger").adapter(persist::Adapter::Memory)).await?;
+    let mut options = loopback();
+    options.bootstrap_peers = vec![addr];
+    let stranger_node = stranger.enable_p2p(options).await?;
+    let started = std::time::Instant::now();
+    while laptop_node.refused_connections() == 0
+        && started.elapsed() < std::time::Duration::from_secs(5)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    println!(
+        "  a stranger dialled the laptop: {} connection(s) refused, {} record(s) received",
+        laptop_node.refused_connections(),
+        stranger
+            .records("notes")
+            .list(ListOptions::default())
+            .await?
+            .len()
+    );
+    for (device, label) in &laptop.members().current {
+        let label = if label.is_empty() {
+            "laptop (founder)"
+        } else {
+            label
+        };
+        println!("  trusted {} {label}", persist::net::peer_id_of(device)?);
+    }
+    for node in [laptop_node, phone_node, stranger_node] {
+        node.shutdown();
+    }
+    for store in [laptop, phone, stranger] {
+        store.close().await?;
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::change::StoreId;
 
+pub mod device_box;
 pub mod envelope;
 #[doc(hidden)]
 pub mod test_vectors;

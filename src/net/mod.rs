@@ -1,46 +1,62 @@
-//! P2P replication over libp2p (issue 6, first steps): the network
-//! behaviour, the sync protocol and the node's event loop, all
-//! target-neutral. Platform code only builds the transports and runs the
-//! loop (`platform::native::net`).
+//! P2P replication over libp2p: the network behaviour, the sync and
+//! pairing protocols and the node's event loop, all target-neutral.
+//! Platform code only builds the transports and runs the loop
+//! (`platform::native::net`). The wire format is in `docs/sync-protocol.md`.
 //!
 //! Sync protocol `/persist/sync/1` (request-response, one message each way,
 //! length-prefixed `postcard`, at most [`MAX_MESSAGE_BYTES`], pages of at
 //! most 8 MiB of commits):
 //!
 //! ```text
-//! Pull { store, have: [(author, seq)], limit }  ->  Commits { commits, more }
-//! Push { store, commits }                         ->  Ack { applied, rejected }
+//! Pull { store, have: [(author, seq)], limit, members: digest }
+//!                          ->  Commits { commits, more, members: log if the digest differs }
+//! Push { store, commits, members: log if the peer's digest differs }
+//!                          ->  Ack { applied, rejected, have if some were refused }
 //! ```
 //!
-//! On a new connection each side pulls what it lacks (its version vector
-//! says what it has), in pages of [`PULL_LIMIT`] until `more` is false.
-//! After a local commit a node pushes each connected peer the commits it
-//! has not seen (what that peer's last pull or push told us it has).
-//! Commits travel as their authors signed them (sealed for encrypted
-//! stores), and every received commit goes through `Store::ingest`:
-//! signature, store binding, order and size are checked before storage.
-//! Not yet: membership and pairing (connections from any peer are served),
-//! range-based reconciliation for peers that never met, progress events.
+//! On a new connection with a member, each side pulls what it lacks (its
+//! version vector says what it has), in pages of [`PULL_LIMIT`] until
+//! `more` is false. After a local commit or membership change a node pushes
+//! each connected member what it has not seen. Commits travel as their
+//! authors signed them (sealed for encrypted stores); every received commit
+//! goes through `Store::ingest` (signature, store binding, author a member,
+//! order and size) and every membership log through
+//! `Store::merge_membership` (same founder, every entry signed), the log
+//! before the commits it admits.
+//!
+//! Trust: the [`gate`] refuses connections from non-members right after
+//! the handshake, except bootstrap peers and anyone while a pairing is open
+//! (who may then speak only `/persist/pair/1`, see [`pairing`]: the sync
+//! protocol refuses non-members).
 
-use std::collections::{BTreeMap, HashMap};
-use std::io;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use futures::channel::{mpsc, oneshot};
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
-use libp2p::request_response::{self, OutboundRequestId};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{identity, StreamProtocol, Swarm};
+use libp2p::{identity, StreamProtocol};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 pub use libp2p::{Multiaddr, PeerId};
 
 use crate::change::{SignedCommit, StoreId};
 use crate::error::{Error, Result};
 use crate::identity::{DeviceId, DeviceIdentity};
+use crate::membership::MembershipWire;
 use crate::store::Store;
+
+pub mod codec;
+pub mod gate;
+mod node;
+pub mod pairing;
+
+pub use codec::Codec;
+pub use pairing::{PairRequest, PairResponse, PairingCode};
 
 /// The sync protocol's name and version.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/sync/1");
+/// The pairing protocol's name and version.
+pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/pair/1");
 /// Largest sync message read or written: one commit of the largest size a
 /// store accepts by default, plus room for framing.
 pub const MAX_MESSAGE_BYTES: usize = crate::names::DEFAULT_MAX_COMMIT_BYTES + (1 << 20);
@@ -48,6 +64,11 @@ pub const MAX_MESSAGE_BYTES: usize = crate::names::DEFAULT_MAX_COMMIT_BYTES + (1
 pub const PULL_LIMIT: u32 = 1_000;
 /// Bytes of commits per message page (a single larger commit goes alone).
 const PAGE_BYTES: usize = 8 << 20;
+
+/// The sync protocol's codec.
+pub type SyncCodec = Codec<SyncRequest, SyncResponse>;
+/// The pairing protocol's codec.
+pub type PairCodec = Codec<PairRequest, PairResponse>;
 
 /// The longest prefix of `commits` within [`PAGE_BYTES`] (at least one
 /// commit: a single commit is bounded by the store's commit limit), and
@@ -109,9 +130,8 @@ pub struct P2pOptions {
     /// Peers to dial at start (with `/p2p/<peer id>` to also seed the DHT).
     pub bootstrap_peers: Vec<Multiaddr>,
     /// Find peers on the local network with mDNS (multicast on every
-    /// interface: keep it off outside a network namespace in tests). Off by
-    /// default (`PERSIST_MDNS=on` turns the default on) until connection
-    /// gating lands.
+    /// interface). On by default; `PERSIST_MDNS=off` turns the default off
+    /// (tests and the demo keep multicast off the host's interfaces).
     pub mdns: bool,
     /// Run a Kademlia DHT.
     pub dht: bool,
@@ -128,12 +148,9 @@ impl Default for P2pOptions {
                 .filter_map(parse)
                 .collect(),
             bootstrap_peers: Vec::new(),
-            // Off until connection gating lands (a node serves any peer that
-            // names its store); then on, with PERSIST_MDNS=off to keep
-            // multicast off the host in tests and the demo.
-            mdns: matches!(
+            mdns: !matches!(
                 std::env::var("PERSIST_MDNS").as_deref(),
-                Ok("1") | Ok("on") | Ok("true")
+                Ok("0") | Ok("off") | Ok("false")
             ),
             dht: true,
             count_bytes: None,
@@ -157,9 +174,17 @@ pub enum P2pEvent {
         peer: PeerId,
         /// Commits stored.
         applied: usize,
-        /// Commits refused (invalid, or not yet in order).
+        /// Commits refused (invalid, untrusted, or not yet in order).
         rejected: usize,
     },
+    /// A device joined the store (paired here or on another member).
+    MemberAdded(PeerId),
+    /// A device was removed from the store (here or on another member).
+    MemberRemoved(PeerId),
+    /// A pairing exchange with `peer` completed (either side).
+    Paired(PeerId),
+    /// A pairing exchange failed, with the error's stable code.
+    PairingFailed(&'static str),
 }
 
 /// A request of the sync protocol.
@@ -173,6 +198,8 @@ pub enum SyncRequest {
         have: Vec<(DeviceId, u64)>,
         /// At most this many commits.
         limit: u32,
+        /// Digest of the requester's membership log.
+        members: [u8; 32],
     },
     /// Commits the requester believes the responder lacks.
     Push {
@@ -180,6 +207,8 @@ pub enum SyncRequest {
         store: StoreId,
         /// Signed commits, in per-author order.
         commits: Vec<SignedCommit>,
+        /// The pusher's membership log, when the responder's differs.
+        members: Option<MembershipWire>,
     },
 }
 
@@ -192,6 +221,8 @@ pub enum SyncResponse {
         commits: Vec<SignedCommit>,
         /// More remain.
         more: bool,
+        /// The responder's membership log, when the requester's differs.
+        members: Option<MembershipWire>,
     },
     /// What a push did.
     Ack {
@@ -203,104 +234,9 @@ pub enum SyncResponse {
         /// were refused (the pusher's idea of it was wrong).
         have: Option<Vec<(DeviceId, u64)>>,
     },
-    /// The request was refused (another store, a malformed request).
+    /// The request was refused (another store, not a member, malformed),
+    /// with a stable code.
     Refused(String),
-}
-
-/// Length-prefixed `postcard` messages, bounded.
-#[derive(Debug, Clone, Default)]
-pub struct SyncCodec;
-
-async fn read_message<T, M>(io: &mut T) -> io::Result<M>
-where
-    T: AsyncRead + Unpin + Send,
-    M: for<'de> Deserialize<'de>,
-{
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_MESSAGE_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("sync message of {len} bytes exceeds {MAX_MESSAGE_BYTES}"),
-        ));
-    }
-    // Grown as bytes arrive: a peer announcing a large message and sending
-    // little costs little memory.
-    let mut bytes = Vec::with_capacity(len.min(64 << 10));
-    (&mut *io).take(len as u64).read_to_end(&mut bytes).await?;
-    if bytes.len() != len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "sync message shorter than its length",
-        ));
-    }
-    postcard::from_bytes(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-async fn write_message<T, M>(io: &mut T, message: &M) -> io::Result<()>
-where
-    T: AsyncWrite + Unpin + Send,
-    M: Serialize,
-{
-    let bytes =
-        postcard::to_stdvec(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "sync message too large",
-        ));
-    }
-    // One write: one encrypted transport frame for the whole message.
-    let mut framed = Vec::with_capacity(4 + bytes.len());
-    framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&bytes);
-    io.write_all(&framed).await?;
-    io.close().await
-}
-
-impl request_response::Codec for SyncCodec {
-    type Protocol = StreamProtocol;
-    type Request = SyncRequest;
-    type Response = SyncResponse;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncRequest>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read_message(io).await
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncResponse>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read_message(io).await
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        request: SyncRequest,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_message(io, &request).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        response: SyncResponse,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_message(io, &response).await
-    }
 }
 
 pub use behaviour::{Behaviour, BehaviourEvent};
@@ -308,28 +244,38 @@ pub use behaviour::{Behaviour, BehaviourEvent};
 /// The behaviour (its derived event enum is generated without docs).
 #[allow(missing_docs)]
 mod behaviour {
+    use std::sync::{Arc, Mutex};
+
     use libp2p::request_response::{self, ProtocolSupport};
     use libp2p::swarm::behaviour::toggle::Toggle;
     use libp2p::swarm::NetworkBehaviour;
     use libp2p::{identify, identity, kad, ping};
 
-    use super::{P2pOptions, SyncCodec, SYNC_PROTOCOL};
+    use super::gate::{Gate, GateState};
+    use super::{P2pOptions, PairCodec, SyncCodec, PAIR_PROTOCOL, SYNC_PROTOCOL};
     use crate::error::Result;
 
     /// The node's network behaviour, the same on every target (mDNS is the
-    /// platform's, or nothing where there is none).
+    /// platform's, or nothing where there is none). The gate comes first:
+    /// it refuses a connection before any other behaviour sees it.
     #[derive(NetworkBehaviour)]
     pub struct Behaviour {
+        gate: Gate,
         identify: identify::Behaviour,
         ping: ping::Behaviour,
         kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
         mdns: Toggle<crate::platform::Mdns>,
         pub(super) sync: request_response::Behaviour<SyncCodec>,
+        pub(super) pair: request_response::Behaviour<PairCodec>,
     }
 
     impl Behaviour {
-        /// The behaviour for `keypair` with `options`.
-        pub fn new(keypair: &identity::Keypair, options: &P2pOptions) -> Result<Behaviour> {
+        /// The behaviour for `keypair` with `options`, gated by `gate`.
+        pub fn new(
+            keypair: &identity::Keypair,
+            options: &P2pOptions,
+            gate: Arc<Mutex<GateState>>,
+        ) -> Result<Behaviour> {
             let peer_id = keypair.public().to_peer_id();
             let kad = options.dht.then(|| {
                 let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
@@ -342,6 +288,7 @@ mod behaviour {
                 None
             };
             Ok(Behaviour {
+                gate: Gate::new(gate),
                 identify: identify::Behaviour::new(identify::Config::new(
                     "/persist/1".into(),
                     keypair.public(),
@@ -352,6 +299,11 @@ mod behaviour {
                 sync: request_response::Behaviour::new(
                     [(SYNC_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default(),
+                ),
+                pair: request_response::Behaviour::new(
+                    [(PAIR_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(std::time::Duration::from_secs(30)),
                 ),
             })
         }
@@ -372,12 +324,68 @@ pub fn peer_id_of(device: &DeviceId) -> Result<PeerId> {
     Ok(identity::PublicKey::from(public).to_peer_id())
 }
 
+/// The device of a peer id (Ed25519 keys are inlined in their peer ids);
+/// `None` for peer ids of other key types.
+pub fn device_of(peer: &PeerId) -> Option<DeviceId> {
+    let hash = peer.as_ref();
+    if hash.code() != 0 {
+        return None;
+    }
+    let public = identity::PublicKey::try_decode_protobuf(hash.digest()).ok()?;
+    let ed25519 = public.try_into_ed25519().ok()?;
+    Some(DeviceId::from_bytes(ed25519.to_bytes()))
+}
+
+/// A pairing code this device offers, and the outcome when someone uses it.
+pub struct PendingPairing {
+    code: Zeroizing<String>,
+    expires_at_ms: u64,
+    outcome: oneshot::Receiver<Result<PeerId>>,
+}
+
+impl std::fmt::Debug for PendingPairing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingPairing")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingPairing {
+    /// The code to give the other device (`ABCD-7KQ2`), out of band.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// When the code stops working (wall-clock milliseconds).
+    pub fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
+
+    /// Waits until a device pairs with the code (its peer id), or the code
+    /// fails: a wrong guess burns it (`PAIRING_CODE_INVALID`), it expires
+    /// (`PAIRING_CODE_EXPIRED`), or the node stops.
+    pub async fn paired(self) -> Result<PeerId> {
+        self.outcome.await.map_err(|_| stopped())?
+    }
+}
+
 /// Commands from the [`P2p`] handle to the node's loop.
 enum Command {
     Subscribe(mpsc::UnboundedSender<P2pEvent>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Connected(oneshot::Sender<Vec<PeerId>>),
     Dial(Multiaddr, oneshot::Sender<Result<()>>),
+    CreateCode {
+        ttl_ms: u64,
+        reply: oneshot::Sender<Result<PendingPairing>>,
+    },
+    Pair {
+        code: PairingCode,
+        host: Option<Multiaddr>,
+        label: String,
+        done: oneshot::Sender<Result<PeerId>>,
+    },
     Shutdown,
 }
 
@@ -385,7 +393,9 @@ enum Command {
 #[derive(Clone)]
 pub struct P2p {
     peer_id: PeerId,
+    store: Store,
     commands: mpsc::UnboundedSender<Command>,
+    gate: Arc<Mutex<gate::GateState>>,
 }
 
 impl std::fmt::Debug for P2p {
@@ -413,37 +423,107 @@ impl P2p {
         rx
     }
 
-    /// The addresses the node listens on.
-    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .unbounded_send(Command::ListenAddrs(tx))
+            .unbounded_send(command(tx))
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())
+    }
+
+    /// The addresses the node listens on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
+        self.ask(Command::ListenAddrs).await
     }
 
     /// Peers with an open connection.
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .unbounded_send(Command::Connected(tx))
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())
+        self.ask(Command::Connected).await
     }
 
     /// Dials `addr`.
     pub async fn dial(&self, addr: Multiaddr) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .unbounded_send(Command::Dial(addr, tx))
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        self.ask(|tx| Command::Dial(addr, tx)).await?
+    }
+
+    /// Connections the gate refused so far (non-members).
+    pub fn refused_connections(&self) -> u64 {
+        self.gate.lock().unwrap_or_else(|p| p.into_inner()).refused
+    }
+
+    /// A single-use pairing code, valid for 10 minutes: give it to the
+    /// device that should join (it calls [`P2p::pair`]).
+    pub async fn create_pairing_code(&self) -> Result<PendingPairing> {
+        self.create_pairing_code_valid_for(pairing::DEFAULT_CODE_TTL_MS)
+            .await
+    }
+
+    /// A pairing code valid for `ttl_ms` milliseconds.
+    pub async fn create_pairing_code_valid_for(&self, ttl_ms: u64) -> Result<PendingPairing> {
+        self.ask(|reply| Command::CreateCode { ttl_ms, reply })
+            .await?
+    }
+
+    /// Joins the store of the device that created `code`: found at `host`
+    /// (its address), or among the peers this node is connected to or
+    /// meets (mDNS on a LAN). This device's store must not hold writes of
+    /// its own yet: it adopts the other's store id, membership and keys.
+    /// Resolves with the host's peer id once this device is a member.
+    pub async fn pair(&self, code: &str, host: Option<Multiaddr>) -> Result<PeerId> {
+        let code = PairingCode::parse(code)?;
+        let label = self.store.name().to_string();
+        self.ask(|done| Command::Pair {
+            code,
+            host,
+            label,
+            done,
+        })
+        .await?
+    }
+
+    /// The devices trusted to sync the store (this one included).
+    pub fn trusted_peers(&self) -> Result<Vec<PeerId>> {
+        self.store
+            .members()
+            .current
+            .keys()
+            .map(peer_id_of)
+            .collect()
+    }
+
+    /// Removes `peer` from the store's membership on every replica, closes
+    /// its connections and (encrypted stores) rotates the data key so it
+    /// cannot read later writes. See [`Store::revoke`].
+    pub async fn revoke_trust(&self, peer: PeerId) -> Result<()> {
+        let device = device_of(&peer).ok_or_else(|| {
+            Error::NotTrusted(format!("{peer} is not the peer id of a Persist device"))
+        })?;
+        self.store.revoke(device).await
     }
 
     /// Stops the node (connections close; the store stays open).
     pub fn shutdown(&self) {
         let _ = self.commands.unbounded_send(Command::Shutdown);
     }
+}
+
+/// Starts a node for `store` on `swarm` (built by the platform with a
+/// behaviour gated by `gate`); returns the handle at once.
+pub(crate) fn start(
+    store: Store,
+    swarm: libp2p::Swarm<Behaviour>,
+    options: &P2pOptions,
+    gate: Arc<Mutex<gate::GateState>>,
+) -> Result<P2p> {
+    let peer_id = *swarm.local_peer_id();
+    let (commands, inbox) = mpsc::unbounded();
+    node::run(store.clone(), swarm, options, gate.clone(), inbox)?;
+    Ok(P2p {
+        peer_id,
+        store,
+        commands,
+        gate,
+    })
 }
 
 /// Records in `known` that the peer will hold `commits` (optimistic: its
@@ -455,276 +535,13 @@ fn advance(known: &mut BTreeMap<DeviceId, u64>, commits: &[SignedCommit]) {
     }
 }
 
-/// Sends `event` to every subscriber still listening.
-fn emit(subscribers: &mut Vec<mpsc::UnboundedSender<P2pEvent>>, event: P2pEvent) {
-    subscribers.retain(|s| s.unbounded_send(event.clone()).is_ok());
-}
-
-/// What the loop knows of each connected peer.
-#[derive(Default)]
-struct PeerState {
-    /// The peer's version vector as last learnt.
-    known: BTreeMap<DeviceId, u64>,
-}
-
-/// Runs a node for `store` on `swarm` (built by the platform) until
-/// shutdown; returns the handle at once.
-pub(crate) fn start(
-    store: Store,
-    mut swarm: Swarm<Behaviour>,
-    options: &P2pOptions,
-) -> Result<P2p> {
-    for addr in &options.listen_addrs {
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|e| Error::InvalidOptions(format!("cannot listen on {addr}: {e}")))?;
-    }
-    for addr in &options.bootstrap_peers {
-        if let Err(e) = swarm.dial(addr.clone()) {
-            tracing::warn!(%addr, %e, "bootstrap peer not dialled");
-        }
-    }
-    let peer_id = *swarm.local_peer_id();
-    let (commands, mut inbox) = mpsc::unbounded();
-    let mut local_commits = store.commit_notifications();
-    crate::platform::spawn(async move {
-        let mut subscribers: Vec<mpsc::UnboundedSender<P2pEvent>> = Vec::new();
-        let mut peers: HashMap<PeerId, PeerState> = HashMap::new();
-        let mut pulls: HashMap<OutboundRequestId, PeerId> = HashMap::new();
-        loop {
-            futures::select! {
-                command = inbox.next() => match command {
-                    None | Some(Command::Shutdown) => break,
-                    Some(Command::Subscribe(tx)) => subscribers.push(tx),
-                    Some(Command::ListenAddrs(tx)) => {
-                        let _ = tx.send(swarm.listeners().cloned().collect());
-                    }
-                    Some(Command::Connected(tx)) => {
-                        let _ = tx.send(swarm.connected_peers().copied().collect());
-                    }
-                    Some(Command::Dial(addr, tx)) => {
-                        let result = swarm
-                            .dial(addr.clone())
-                            .map_err(|e| Error::InvalidOptions(format!("cannot dial {addr}: {e}")));
-                        let _ = tx.send(result);
-                    }
-                },
-                _ = local_commits.next() => {
-                    // Push each peer what it has not seen.
-                    let targets: Vec<(PeerId, Vec<(DeviceId, u64)>)> = peers
-                        .iter()
-                        .map(|(p, s)| (*p, s.known.iter().map(|(d, n)| (*d, *n)).collect()))
-                        .collect();
-                    for (peer, known) in targets {
-                        match store.commits_missing_from(&known, PULL_LIMIT as usize).await {
-                            Ok(commits) if !commits.is_empty() => {
-                                // A peer far behind catches up by pulling.
-                                let (commits, _) = page_of(commits);
-                                if let Some(state) = peers.get_mut(&peer) {
-                                    advance(&mut state.known, &commits);
-                                }
-                                let request = SyncRequest::Push { store: store.store_id(), commits };
-                                swarm.behaviour_mut().sync.send_request(&peer, request);
-                            }
-                            Ok(_) => {}
-                            Err(e) => tracing::warn!(%peer, code = e.code(), "cannot read commits to push"),
-                        }
-                    }
-                },
-                event = swarm.select_next_some() => match event {
-                    SwarmEvent::NewListenAddr { address, .. } => {
-                        emit(&mut subscribers, P2pEvent::Listening(address));
-                    }
-                    SwarmEvent::ConnectionEstablished { peer_id: peer, num_established, .. }
-                        if num_established.get() == 1 =>
-                    {
-                        peers.insert(peer, PeerState::default());
-                        emit(&mut subscribers, P2pEvent::PeerConnected(peer));
-                        if let Ok(have) = store.version_vector().await {
-                            let request = SyncRequest::Pull { store: store.store_id(), have, limit: PULL_LIMIT };
-                            let id = swarm.behaviour_mut().sync.send_request(&peer, request);
-                            pulls.insert(id, peer);
-                        }
-                    }
-                    SwarmEvent::ConnectionClosed { peer_id: peer, num_established: 0, .. } => {
-                        peers.remove(&peer);
-                        emit(&mut subscribers, P2pEvent::PeerDisconnected(peer));
-                    }
-                    SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => {
-                        handle_sync(&store, &mut swarm, &mut peers, &mut pulls, &mut subscribers, event).await;
-                    }
-                    SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => {
-                        for addr in crate::platform::mdns_discovered(event) {
-                            let _ = swarm.dial(addr);
-                        }
-                    }
-                    _ => {}
-                },
-            }
-        }
-        tracing::debug!(peer = %swarm.local_peer_id(), "P2P node stopped");
-    });
-    Ok(P2p { peer_id, commands })
-}
-
-async fn handle_sync(
-    store: &Store,
-    swarm: &mut Swarm<Behaviour>,
-    peers: &mut HashMap<PeerId, PeerState>,
-    pulls: &mut HashMap<OutboundRequestId, PeerId>,
-    subscribers: &mut Vec<mpsc::UnboundedSender<P2pEvent>>,
-    event: request_response::Event<SyncRequest, SyncResponse>,
-) {
-    use request_response::{Event, Message};
-    let mut emit = |event: P2pEvent| emit(subscribers, event);
-    match event {
-        Event::Message {
-            peer,
-            message: Message::Request {
-                request, channel, ..
-            },
-            ..
-        } => {
-            let response = match request {
-                SyncRequest::Pull { store: id, .. } | SyncRequest::Push { store: id, .. }
-                    if id != store.store_id() =>
-                {
-                    SyncResponse::Refused("another store".into())
-                }
-                SyncRequest::Pull { have, limit, .. } => {
-                    if let Some(state) = peers.get_mut(&peer) {
-                        state.known = have.iter().copied().collect();
-                    }
-                    let limit = limit.min(PULL_LIMIT) as usize;
-                    match store.commits_missing_from(&have, limit + 1).await {
-                        Ok(mut commits) => {
-                            let over_count = commits.len() > limit;
-                            commits.truncate(limit);
-                            let (commits, over_bytes) = page_of(commits);
-                            if let Some(state) = peers.get_mut(&peer) {
-                                advance(&mut state.known, &commits);
-                            }
-                            SyncResponse::Commits {
-                                commits,
-                                more: over_count || over_bytes,
-                            }
-                        }
-                        Err(e) => SyncResponse::Refused(e.to_string()),
-                    }
-                }
-                SyncRequest::Push { commits, .. } => {
-                    // The pusher has what it pushed: never echo it back.
-                    if let Some(state) = peers.get_mut(&peer) {
-                        advance(&mut state.known, &commits);
-                    }
-                    match store.ingest(commits).await {
-                        Ok(report) => {
-                            emit(P2pEvent::Synced {
-                                peer,
-                                applied: report.applied,
-                                rejected: report.rejected.len(),
-                            });
-                            let have = store.version_vector().await.unwrap_or_default();
-                            // Pushed commits that skip some of their author's
-                            // (the pusher thought we had them): pull the gap.
-                            if report
-                                .rejected
-                                .iter()
-                                .any(|(_, r)| matches!(r, crate::error::RejectReason::Gap { .. }))
-                            {
-                                let request = SyncRequest::Pull {
-                                    store: store.store_id(),
-                                    have: have.clone(),
-                                    limit: PULL_LIMIT,
-                                };
-                                let id = swarm.behaviour_mut().sync.send_request(&peer, request);
-                                pulls.insert(id, peer);
-                            }
-                            SyncResponse::Ack {
-                                applied: report.applied as u32,
-                                rejected: report.rejected.len() as u32,
-                                have: (!report.rejected.is_empty()).then_some(have),
-                            }
-                        }
-                        Err(e) => SyncResponse::Refused(e.to_string()),
-                    }
-                }
-            };
-            let _ = swarm.behaviour_mut().sync.send_response(channel, response);
-        }
-        Event::Message {
-            peer,
-            message:
-                Message::Response {
-                    request_id,
-                    response,
-                },
-            ..
-        } => match response {
-            SyncResponse::Commits { commits, more } => {
-                pulls.remove(&request_id);
-                if let Some(state) = peers.get_mut(&peer) {
-                    advance(&mut state.known, &commits);
-                }
-                let count = commits.len();
-                match store.ingest(commits).await {
-                    Ok(report) => {
-                        if count > 0 {
-                            emit(P2pEvent::Synced {
-                                peer,
-                                applied: report.applied,
-                                rejected: report.rejected.len(),
-                            });
-                        }
-                        // Keep paging while pages make progress (duplicates
-                        // count: a relay may have delivered them first).
-                        if more && report.applied + report.duplicates > 0 {
-                            if let Ok(have) = store.version_vector().await {
-                                let request = SyncRequest::Pull {
-                                    store: store.store_id(),
-                                    have,
-                                    limit: PULL_LIMIT,
-                                };
-                                let id = swarm.behaviour_mut().sync.send_request(&peer, request);
-                                pulls.insert(id, peer);
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(%peer, code = e.code(), "pulled commits not applied"),
-                }
-            }
-            SyncResponse::Ack {
-                have: Some(have), ..
-            } => {
-                if let Some(state) = peers.get_mut(&peer) {
-                    state.known = have.into_iter().collect();
-                }
-            }
-            SyncResponse::Ack { have: None, .. } => {}
-            SyncResponse::Refused(reason) => {
-                pulls.remove(&request_id);
-                tracing::warn!(%peer, %reason, "sync request refused");
-            }
-        },
-        Event::OutboundFailure {
-            peer,
-            request_id,
-            error,
-            ..
-        } => {
-            pulls.remove(&request_id);
-            tracing::debug!(%peer, %error, "sync request failed");
-        }
-        Event::InboundFailure { peer, error, .. } => {
-            tracing::debug!(%peer, %error, "sync request not answered");
-        }
-        Event::ResponseSent { .. } => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io;
+
     use futures::io::Cursor;
+
+    use super::codec::{read_message, write_message};
 
     use super::*;
 
@@ -741,6 +558,7 @@ mod tests {
                 store: StoreId::from_bytes([1; 16]),
                 have: vec![(DeviceIdentity::from_secret(&[2; 32]).device_id(), 7)],
                 limit: 10,
+                members: [0; 32],
             };
             let mut out = Cursor::new(Vec::new());
             write_message(&mut out, &request).await.expect("writes");

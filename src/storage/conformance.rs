@@ -655,19 +655,14 @@ async fn replica(factory: &impl BackendFactory, of: &Store, options: StoreOption
     let backend = factory.make().await;
     let keys = Arc::new(MemoryKeyStore::generate().unwrap());
     let options = options.backend(backend.clone()).key_store(keys);
-    if factory.encrypt() {
-        // The store's key brings its id (as pairing will bring both).
-        let key = of.crypto().export_key().unwrap();
-        return Store::open(options.key(key.as_str())).await.unwrap();
-    }
-    backend
-        .write(WriteBatch {
-            store_id: Some(of.store_id()),
-            ..WriteBatch::default()
-        })
+    let store = Store::open(options.encrypt(factory.encrypt()))
         .await
         .unwrap();
-    Store::open(options).await.unwrap()
+    // Admitted by `of` (what pairing does over the network).
+    let welcome = of.admit_device(store.device_id(), "replica").await.unwrap();
+    store.join(welcome).await.unwrap();
+    assert_eq!(store.store_id(), of.store_id());
+    store
 }
 
 pub async fn replicas_converge_by_ingest(factory: &impl BackendFactory) {

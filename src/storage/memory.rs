@@ -89,6 +89,7 @@ impl StorageBackend for MemoryStore {
         let result = self.tables().and_then(|mut t| {
             match (t.meta.store_id, batch.store_id) {
                 (None, id) => t.meta.store_id = id,
+                (Some(_), Some(id)) if batch.adopt_store_id => t.meta.store_id = Some(id),
                 (Some(stored), Some(id)) if stored != id => {
                     return Err(StorageError::Conflict(
                         "the store already has another id".into(),

@@ -84,7 +84,7 @@ fn keyring_context(store: StoreId) -> Vec<u8> {
 }
 
 /// The keyring sealed under its current key, for [`MetaKey::SealedKeyring`].
-fn seal_keyring(keyring: &Keyring) -> Result<Vec<u8>> {
+pub(super) fn seal_keyring(keyring: &Keyring) -> Result<Vec<u8>> {
     let (epoch, key) = keyring.current();
     let plain = keyring.to_bytes();
     Ok(Sealer::new(key, epoch)?.seal(&keyring_context(keyring.store()), &plain)?)
@@ -256,14 +256,14 @@ impl StoreCrypto {
         StoreCrypto { store }
     }
 
-    fn sealed(&self) -> Result<&Arc<SealedStorage>> {
+    fn sealed(&self) -> Result<Arc<SealedStorage>> {
         self.store.check_open()?;
-        self.store.inner.sealed.as_ref().ok_or(Error::NotEncrypted)
+        self.store.bound().sealed.clone().ok_or(Error::NotEncrypted)
     }
 
     /// True when the store is encrypted.
     pub fn is_encrypted(&self) -> bool {
-        self.store.inner.sealed.is_some()
+        self.store.bound().sealed.is_some()
     }
 
     /// The epoch new data is sealed under.
@@ -296,7 +296,7 @@ impl StoreCrypto {
         &self,
         on_progress: impl FnMut(&RotationProgress),
     ) -> Result<RotationProgress> {
-        let sealed = self.sealed()?.clone();
+        let sealed = self.sealed()?;
         let inner = &self.store.inner;
         let _one = inner.rotation.lock().await;
         let mut keyring = sealed.keyring();
@@ -310,6 +310,33 @@ impl StoreCrypto {
         self.begin(&sealed, keyring, &start).await?;
         tracing::info!(store = %inner.name, epoch, "rotating the store key");
         self.reencrypt(&sealed, start, on_progress).await
+    }
+
+    /// Makes `keyring` (this store's keys with epochs granted by another
+    /// member) the one this device reads and writes with: saved to the
+    /// device, sealed into storage, then used.
+    pub(super) async fn adopt_keyring(
+        &self,
+        sealed: &SealedStorage,
+        keyring: Keyring,
+    ) -> Result<()> {
+        self.store.inner.key_store.save_keyring(&keyring).await?;
+        let sealed_keyring = seal_keyring(&keyring)?;
+        self.store
+            .inner
+            .writer
+            .exclusive(async {
+                sealed
+                    .inner()
+                    .write(WriteBatch {
+                        meta: vec![(MetaKey::SealedKeyring, sealed_keyring)],
+                        ..WriteBatch::default()
+                    })
+                    .await?;
+                sealed.set_keyring(keyring)?;
+                Ok(())
+            })
+            .await
     }
 
     /// Stores the keyring and the rotation's start, and switches new writes
@@ -348,7 +375,7 @@ impl StoreCrypto {
         &self,
         on_progress: impl FnMut(&RotationProgress),
     ) -> Result<Option<RotationProgress>> {
-        let sealed = self.sealed()?.clone();
+        let sealed = self.sealed()?;
         let _one = self.store.inner.rotation.lock().await;
         let meta = sealed.inner().load_meta().await?;
         let keyring = sealed.keyring();

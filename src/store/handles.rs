@@ -220,7 +220,7 @@ impl Records {
         self.check(Some(id))?;
         let row = self
             .store
-            .inner
+            .bound()
             .backend
             .get_record(&self.collection, id)
             .await?;
@@ -233,7 +233,7 @@ impl Records {
         let query = options.query();
         let rows = self
             .store
-            .inner
+            .bound()
             .backend
             .list_records(&self.collection, &query)
             .await?;
@@ -403,7 +403,7 @@ impl Events {
         }
         let rows = self
             .store
-            .inner
+            .bound()
             .backend
             .list_events(&self.log, &query)
             .await?;
@@ -474,7 +474,7 @@ impl Kv {
         self.check(key)?;
         Ok(self
             .store
-            .inner
+            .bound()
             .backend
             .get_kv(key)
             .await?
@@ -495,7 +495,7 @@ impl Kv {
     pub async fn list(&self, options: ListOptions) -> Result<Vec<Record>> {
         self.store.check_open()?;
         let query = options.query();
-        let rows = self.store.inner.backend.list_kv(&query).await?;
+        let rows = self.store.bound().backend.list_kv(&query).await?;
         rows.into_iter()
             .filter_map(|row| row.value.map(|text| (row.key, text)))
             .map(|(id, text)| {

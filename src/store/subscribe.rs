@@ -234,7 +234,7 @@ pub(super) async fn deliver_external(
             if !subscribed.contains(&collection) {
                 continue;
             }
-            if let Ok(Some(row)) = store.inner.backend.get_record(&collection, &id).await {
+            if let Ok(Some(row)) = store.bound().backend.get_record(&collection, &id).await {
                 out.push(RecordChange::from_row(&row, Origin::Local));
             }
         }

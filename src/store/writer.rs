@@ -279,7 +279,7 @@ impl Batch {
         if let Some(row) = self.read_records.get(&key) {
             return Ok(row.clone());
         }
-        let row = store.inner.backend.get_record(collection, id).await?;
+        let row = store.bound().backend.get_record(collection, id).await?;
         self.read_records.insert(key, row.clone());
         Ok(row)
     }
@@ -295,7 +295,7 @@ impl Batch {
         if let Some(row) = self.read_kv.get(key) {
             return Ok(row.clone());
         }
-        let row = store.inner.backend.get_kv(key).await?;
+        let row = store.bound().backend.get_kv(key).await?;
         self.read_kv.insert(key.to_owned(), row.clone());
         Ok(row)
     }
@@ -321,7 +321,7 @@ async fn run_with_retries(
     requests: Vec<Request>,
 ) -> (Answers, Vec<RecordChange>) {
     let count = requests.len();
-    if !store.inner.backend.shared() {
+    if !store.bound().backend.shared() {
         return match run_batch(store, state, requests).await {
             BatchEnd::Done(answers, changes) => (answers, changes),
             BatchEnd::Conflict(e) => (fail_all(0..count, &e), Vec::new()),
@@ -412,7 +412,7 @@ async fn run_batch(store: &Store, state: &mut WriterState, requests: Vec<Request
         None => {
             batch.write.clock = Some(state.clock.last());
             store
-                .inner
+                .bound()
                 .backend
                 .write(std::mem::take(&mut batch.write))
                 .await
@@ -442,7 +442,7 @@ async fn run_batch(store: &Store, state: &mut WriterState, requests: Vec<Request
 /// Reloads what a cancelled batch, or another writer of shared storage
 /// (after a conflict), may have changed.
 async fn prepare(store: &Store, state: &mut WriterState) -> Result<()> {
-    let backend = &store.inner.backend;
+    let backend = &store.bound().backend;
     if state.reload {
         let meta = backend.load_meta().await?;
         state.heads = meta.heads.into_iter().collect();
@@ -596,13 +596,13 @@ impl LocalGroup {
         let seq = state.heads.get(&state.me).copied().unwrap_or(0) + 1;
         let body = CommitBody {
             format: COMMIT_FORMAT,
-            store: store.inner.store_id,
+            store: store.bound().store_id,
             author: state.me,
             seq,
             hlc,
             ops,
         };
-        let mut sealer = match &store.inner.sealed {
+        let mut sealer = match &store.bound().sealed {
             Some(sealed) => Some(sealed.commit_sealer()?),
             None => None,
         };
@@ -732,7 +732,7 @@ async fn remote_commits(
         }
         let head = state.heads.get(&author).copied().unwrap_or(0);
         if seq <= head {
-            match store.inner.backend.get_commit(author, seq).await? {
+            match store.bound().backend.get_commit(author, seq).await? {
                 Some(stored) if stored == commit.signed => report.duplicates += 1,
                 _ => report.rejected.push((index, RejectReason::Equivocation)),
             }

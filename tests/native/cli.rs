@@ -107,9 +107,19 @@ fn demo_runs_twice_and_keeps_its_data() {
             "{text}"
         );
         assert!(text.contains("not found: stored sealed"), "{text}");
-        // Two devices replicating over loopback, both ways.
-        assert!(text.contains("phone pulled  notes/from-laptop"), "{text}");
+        // Two processes pair with a code, then replicate both ways; a
+        // stranger is refused.
+        assert!(text.contains("paired with 12D3Koo"), "{text}");
+        assert!(text.contains("laptop  paired: 12D3Koo"), "{text}");
+        assert!(
+            text.contains("phone   notes/from-laptop = {\"text\""),
+            "{text}"
+        );
         assert!(text.contains("pushed live"), "{text}");
+        assert!(
+            text.contains("1 connection(s) refused, 0 record(s)"),
+            "{text}"
+        );
     }
     assert!(dir.path().join("data/demo.db").exists());
 }

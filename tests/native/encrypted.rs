@@ -314,6 +314,8 @@ async fn sealed_commits_replicate_and_refuse_tampering() {
     )
     .await
     .expect("b");
+    let welcome = a.admit_device(b.device_id(), "b").await.expect("admit");
+    b.join(welcome).await.expect("join");
     let commits = a.commits_missing_from(&[], 100).await.expect("log");
     let report = b.ingest(commits.clone()).await.expect("ingest");
     assert_eq!(report.applied, commits.len(), "{report:?}");
@@ -426,7 +428,7 @@ async fn rotation_reencrypts_every_row_and_keeps_history_readable() {
     assert!(reports.len() >= 3, "progress in batches: {reports:?}");
     // Live rows (6 markers' rows + 1,500) re-encrypted.
     assert!(done.resealed >= 1_504, "{done:?}");
-    let epochs = row_epochs(store.inner_backend_for_tests()).await;
+    let epochs = row_epochs(&*store.inner_backend_for_tests()).await;
     assert!(epochs.iter().all(|e| *e == 1), "rows left under epoch 0");
     assert_eq!(store.crypto().epoch().expect("epoch"), 1);
     check_markers(&store).await;
@@ -525,7 +527,7 @@ fn rotation_resumes_after_sigkill() {
                 .await
                 .expect("resumes");
             let epoch = store.crypto().epoch().expect("epoch");
-            let epochs = row_epochs(store.inner_backend_for_tests()).await;
+            let epochs = row_epochs(&*store.inner_backend_for_tests()).await;
             assert!(
                 epochs.iter().all(|e| *e == epoch),
                 "round {round}: rows not under epoch {epoch}"

@@ -1,15 +1,13 @@
-//! P2P replication on loopback TCP (first step of the P2P issue): stores of
-//! one store id connect through a bootstrap address and replicate commits
-//! both ways, live, through a relay, plain and encrypted. mDNS stays off
-//! (it would multicast on the host's interfaces).
+//! P2P replication on loopback TCP and QUIC: devices pair with a code,
+//! then replicate commits both ways, live, through relays, plain and
+//! encrypted; strangers are gated. mDNS stays off (it would multicast on
+//! the host's interfaces).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use persist::net::{Multiaddr, P2p, P2pEvent, P2pOptions};
-use persist::storage::{MemoryStore, StorageBackend, WriteBatch};
-use persist::{Adapter, Store, StoreId, StoreOptions};
+use persist::{Adapter, Store, StoreOptions};
 use serde_json::{json, Value};
 
 fn loopback() -> P2pOptions {
@@ -22,19 +20,35 @@ fn loopback() -> P2pOptions {
     }
 }
 
-/// A memory store that already carries `id` (a second device of that store).
-async fn replica_of(id: StoreId, name: &str) -> Store {
-    let backend = Arc::new(MemoryStore::new());
-    backend
-        .write(WriteBatch {
-            store_id: Some(id),
-            ..WriteBatch::default()
-        })
+async fn memory_store(name: &str) -> Store {
+    Store::open(StoreOptions::new(name).adapter(Adapter::Memory))
         .await
-        .expect("store id");
-    Store::open(StoreOptions::new(name).backend(backend as Arc<dyn StorageBackend>))
-        .await
-        .expect("replica")
+        .expect("store")
+}
+
+/// Pairs `store` (no writes yet) into the store of `host` with a fresh
+/// code, through a node of its own started with `options`.
+async fn pair_into(store: &Store, host: &P2p, options: P2pOptions) -> P2p {
+    let node = store.enable_p2p(options).await.expect("node");
+    pair_node(&node, host).await;
+    node
+}
+
+/// Pairs the device of `node` into the store of `host`.
+async fn pair_node(node: &P2p, host: &P2p) {
+    let pending = host.create_pairing_code().await.expect("code");
+    let code = pending.code().to_string();
+    let addr = dial_addr(host).await;
+    let (joined, hosted) = tokio::join!(node.pair(&code, Some(addr)), pending.paired());
+    assert_eq!(joined.expect("joined"), host.peer_id());
+    assert_eq!(hosted.expect("hosted"), node.peer_id());
+}
+
+/// A new memory store paired into `host`'s store.
+async fn new_member(name: &str, host: &P2p) -> (Store, P2p) {
+    let store = memory_store(name).await;
+    let node = pair_into(&store, host, loopback()).await;
+    (store, node)
 }
 
 /// The node's first listen address with its peer id, to dial.
@@ -83,13 +97,11 @@ async fn two_stores_sync_history_and_live_writes_both_ways() {
         .await
         .expect("event");
     a.kv().set("theme", json!("dark")).await.expect("kv");
-    let b = replica_of(a.store_id(), "b").await;
 
     let node_a = a.enable_p2p(loopback()).await.expect("p2p a");
     let mut events_a = node_a.events();
-    let mut options = loopback();
-    options.bootstrap_peers = vec![dial_addr(&node_a).await];
-    let node_b = b.enable_p2p(options).await.expect("p2p b");
+    let (b, node_b) = new_member("b", &node_a).await;
+    assert_eq!(b.store_id(), a.store_id(), "the joiner adopts the store id");
     assert_ne!(node_a.peer_id(), node_b.peer_id());
     // PeerIds are the devices' Ed25519 keys: one identity for commits and peers.
     assert_eq!(
@@ -97,18 +109,26 @@ async fn two_stores_sync_history_and_live_writes_both_ways() {
         persist::net::peer_id_of(&a.device_id()).expect("peer id")
     );
 
-    // A hears B connect; B pulls A's history.
-    let connected = tokio::time::timeout(Duration::from_secs(10), async {
+    // A hears B connect and join; B pulls A's history.
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(event) = events_a.next().await {
-            if event == P2pEvent::PeerConnected(node_b.peer_id()) {
-                return true;
+            seen.push(event);
+            if seen.contains(&P2pEvent::PeerConnected(node_b.peer_id()))
+                && seen.contains(&P2pEvent::Paired(node_b.peer_id()))
+                && seen.contains(&P2pEvent::MemberAdded(node_b.peer_id()))
+            {
+                return;
             }
         }
-        false
     })
     .await
-    .expect("B connects within 10 s");
-    assert!(connected);
+    .expect("B connects and joins within 10 s");
+    let mut trusted = node_b.trusted_peers().expect("trusted");
+    trusted.sort();
+    let mut expected = vec![node_a.peer_id(), node_b.peer_id()];
+    expected.sort();
+    assert_eq!(trusted, expected);
     arrives(&b, "old2", &json!({ "i": 2 })).await;
     assert_eq!(b.kv().get("theme").await.expect("kv"), Some(json!("dark")));
     assert_eq!(
@@ -140,23 +160,30 @@ async fn two_stores_sync_history_and_live_writes_both_ways() {
 }
 
 #[tokio::test]
-async fn writes_reach_a_third_store_through_a_relaying_peer() {
-    let a = Store::open(StoreOptions::new("a").adapter(Adapter::Memory))
-        .await
-        .expect("a");
-    let b = replica_of(a.store_id(), "b").await;
-    let c = replica_of(a.store_id(), "c").await;
+async fn pairing_a_b_and_a_c_lets_b_relay_between_a_and_c() {
+    let a = memory_store("a").await;
     let node_a = a.enable_p2p(loopback()).await.expect("a");
-    let mut to_a = loopback();
-    to_a.bootstrap_peers = vec![dial_addr(&node_a).await];
-    let node_b = b.enable_p2p(to_a).await.expect("b");
+    let (b, node_b) = new_member("b", &node_a).await;
+    let (c, node_c) = new_member("c", &node_a).await;
+    // B learns of C from A's membership log, without a second pairing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.is_trusted(&c.device_id()) {
+        assert!(Instant::now() < deadline, "B never learnt of C");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // C keeps a connection to B only: B relays.
+    node_c.shutdown();
     let mut to_b = loopback();
     to_b.bootstrap_peers = vec![dial_addr(&node_b).await];
     let node_c = c.enable_p2p(to_b).await.expect("c");
-    // C is connected to B only.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while node_c.connected_peers().await.expect("peers").is_empty() {
-        assert!(Instant::now() < deadline, "C never connected");
+    while !node_c
+        .connected_peers()
+        .await
+        .expect("peers")
+        .contains(&node_b.peer_id())
+    {
+        assert!(Instant::now() < deadline, "C never connected to B");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(!node_c
@@ -193,18 +220,16 @@ async fn encrypted_stores_sync_ciphertext_they_can_open() {
         .put("secret", json!({ "pin": 1234 }))
         .await
         .expect("put");
-    let key = a.crypto().export_key().expect("key");
-    let b = Store::open(
-        StoreOptions::new("b")
-            .path(dir.path().join("b.db"))
-            .key(key.as_str()),
-    )
-    .await
-    .expect("b");
+    // B is a new, unencrypted store: pairing hands it the keyring (sealed
+    // under the pairing key), and it stores ciphertext from then on.
+    let b = Store::open(StoreOptions::new("b").path(dir.path().join("b.db")))
+        .await
+        .expect("b");
+    assert!(!b.crypto().is_encrypted());
     let node_a = a.enable_p2p(loopback()).await.expect("a");
-    let mut options = loopback();
-    options.bootstrap_peers = vec![dial_addr(&node_a).await];
-    let node_b = b.enable_p2p(options).await.expect("b");
+    let node_b = pair_into(&b, &node_a, loopback()).await;
+    assert!(b.crypto().is_encrypted());
+    assert_eq!(b.crypto().epoch().expect("epoch"), 0);
     arrives(&b, "secret", &json!({ "pin": 1234 })).await;
     b.records("notes")
         .put("reply", json!({ "ok": true }))
@@ -228,48 +253,165 @@ async fn stores_sync_over_quic() {
         .put("over-quic", json!({ "udp": true }))
         .await
         .expect("put");
-    let b = replica_of(a.store_id(), "b").await;
     let node_a = a.enable_p2p(quic()).await.expect("a");
     let addr = dial_addr(&node_a).await;
     assert!(addr.to_string().contains("/quic-v1/"), "{addr}");
-    let mut options = quic();
-    options.bootstrap_peers = vec![addr];
-    let node_b = b.enable_p2p(options).await.expect("b");
+    let b = memory_store("b").await;
+    let node_b = pair_into(&b, &node_a, quic()).await;
     arrives(&b, "over-quic", &json!({ "udp": true })).await;
     node_a.shutdown();
     node_b.shutdown();
 }
 
 #[tokio::test]
-async fn a_peer_of_another_store_gets_nothing() {
-    let a = Store::open(StoreOptions::new("a").adapter(Adapter::Memory))
-        .await
-        .expect("a");
+async fn a_stranger_is_refused_right_after_the_handshake() {
+    let a = memory_store("a").await;
     a.records("notes")
         .put("private", json!({ "x": 1 }))
         .await
         .expect("put");
-    let other = Store::open(StoreOptions::new("other").adapter(Adapter::Memory))
-        .await
-        .expect("other");
     let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let mut events_a = node_a.events();
+    // Another store's device dials A: A's gate closes the connection.
+    let other = memory_store("other").await;
     let mut options = loopback();
     options.bootstrap_peers = vec![dial_addr(&node_a).await];
     let node_o = other.enable_p2p(options).await.expect("other");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while node_o.connected_peers().await.expect("peers").is_empty() {
-        assert!(Instant::now() < deadline, "never connected");
+    while node_a.refused_connections() == 0 {
+        assert!(Instant::now() < deadline, "the stranger was never refused");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // Both ask; each refuses the other store's requests.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!node_a
+        .connected_peers()
+        .await
+        .expect("peers")
+        .contains(&node_o.peer_id()));
     assert_eq!(
         other.records("notes").get("private").await.expect("get"),
         None
     );
     assert!(other.version_vector().await.expect("vv").is_empty());
+    // A never saw the stranger as a connected peer.
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(50), events_a.next()).await
+    {
+        assert_ne!(event, P2pEvent::PeerConnected(node_o.peer_id()));
+    }
     node_a.shutdown();
     node_o.shutdown();
+}
+
+#[tokio::test]
+async fn a_wrong_code_burns_the_code_on_both_sides() {
+    let a = memory_store("a").await;
+    a.records("notes")
+        .put("private", json!({ "x": 1 }))
+        .await
+        .expect("put");
+    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let b = memory_store("b").await;
+    let node_b = b.enable_p2p(loopback()).await.expect("b");
+    let pending = node_a.create_pairing_code().await.expect("code");
+    let right = pending.code().to_string();
+    // Same nameplate, one secret character changed.
+    let mut wrong: Vec<char> = right.chars().collect();
+    wrong[8] = if wrong[8] == 'A' { 'B' } else { 'A' };
+    let wrong: String = wrong.into_iter().collect();
+    let addr = dial_addr(&node_a).await;
+    let (joined, hosted) = tokio::join!(node_b.pair(&wrong, Some(addr.clone())), pending.paired());
+    assert_eq!(
+        joined.expect_err("wrong code").code(),
+        "PAIRING_CODE_INVALID"
+    );
+    assert_eq!(hosted.expect_err("burnt").code(), "PAIRING_CODE_INVALID");
+    // The right code no longer works: one guess per code.
+    let again = node_b.pair(&right, Some(addr)).await;
+    assert_eq!(again.expect_err("burnt").code(), "PAIRING_CODE_INVALID");
+    assert!(!a.is_trusted(&b.device_id()));
+    assert_ne!(b.store_id(), a.store_id());
+    // After the exchange the stranger's connection is closed and nothing
+    // synced.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node_a
+        .connected_peers()
+        .await
+        .expect("peers")
+        .contains(&node_b.peer_id())
+    {
+        assert!(Instant::now() < deadline, "the stranger stayed connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(b.records("notes").get("private").await.expect("get"), None);
+    node_a.shutdown();
+    node_b.shutdown();
+}
+
+#[tokio::test]
+async fn expired_and_reused_codes_are_refused() {
+    let a = memory_store("a").await;
+    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let addr = dial_addr(&node_a).await;
+    // Expired.
+    let pending = node_a.create_pairing_code_valid_for(1).await.expect("code");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let b = memory_store("b").await;
+    let node_b = b.enable_p2p(loopback()).await.expect("b");
+    let code = pending.code().to_string();
+    let err = node_b
+        .pair(&code, Some(addr.clone()))
+        .await
+        .expect_err("expired");
+    assert!(
+        matches!(err.code(), "PAIRING_CODE_EXPIRED" | "PAIRING_CODE_INVALID"),
+        "{err}"
+    );
+    assert_eq!(
+        pending.paired().await.expect_err("expired").code(),
+        "PAIRING_CODE_EXPIRED"
+    );
+    // Used once by B, then presented again by C.
+    let pending = node_a.create_pairing_code().await.expect("code");
+    let code = pending.code().to_string();
+    let (joined, _) = tokio::join!(node_b.pair(&code, Some(addr.clone())), pending.paired());
+    joined.expect("B pairs");
+    let c = memory_store("c").await;
+    let node_c = c.enable_p2p(loopback()).await.expect("c");
+    let err = node_c.pair(&code, Some(addr)).await.expect_err("reused");
+    assert_eq!(err.code(), "PAIRING_CODE_INVALID");
+    assert!(!a.is_trusted(&c.device_id()));
+    // A malformed code never leaves the device.
+    assert_eq!(
+        node_c.pair("ABCD", None).await.expect_err("short").code(),
+        "PAIRING_CODE_INVALID"
+    );
+    for node in [node_a, node_b, node_c] {
+        node.shutdown();
+    }
+}
+
+#[tokio::test]
+async fn a_store_with_writes_of_its_own_cannot_join_another() {
+    let a = memory_store("a").await;
+    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let b = memory_store("b").await;
+    b.records("notes")
+        .put("mine", json!({}))
+        .await
+        .expect("put");
+    let node_b = b.enable_p2p(loopback()).await.expect("b");
+    let pending = node_a.create_pairing_code().await.expect("code");
+    let code = pending.code().to_string();
+    let addr = dial_addr(&node_a).await;
+    let (joined, _) = tokio::join!(node_b.pair(&code, Some(addr)), pending.paired());
+    assert_eq!(joined.expect_err("not empty").code(), "PAIRING_FAILED");
+    assert_eq!(
+        b.records("notes").get("mine").await.expect("get"),
+        Some(json!({}))
+    );
+    node_a.shutdown();
+    node_b.shutdown();
 }
 
 /// Everything a replica holds, comparable across replicas.
@@ -320,9 +462,13 @@ async fn replicas_converge_after_random_partitions() {
         .await
         .expect("r0");
     let mut stores = vec![first.clone()];
+    let host = first.enable_p2p(loopback()).await.expect("r0");
     for i in 1..3 {
-        stores.push(replica_of(first.store_id(), &format!("r{i}")).await);
+        let (store, node) = new_member(&format!("r{i}"), &host).await;
+        node.shutdown();
+        stores.push(store);
     }
+    host.shutdown();
     let mut nodes: Vec<Option<P2p>> = vec![None, None, None];
     let mut writes = 0;
     for round in 0..4 {
@@ -432,13 +578,14 @@ async fn an_interrupted_initial_sync_resumes() {
             .await
             .expect("fill");
     }
-    let b = replica_of(a.store_id(), "b").await;
+    let b = memory_store("b").await;
     let node_a = a.enable_p2p(loopback()).await.expect("a");
     let addr = dial_addr(&node_a).await;
     let mut options = loopback();
     options.bootstrap_peers = vec![addr.clone()];
-    let node_b = b.enable_p2p(options.clone()).await.expect("b");
+    let node_b = b.enable_p2p(loopback()).await.expect("b");
     let mut events = node_b.events();
+    pair_node(&node_b, &node_a).await;
     // Cut B off as soon as it applied something.
     tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(event) = events.next().await {

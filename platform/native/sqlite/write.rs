@@ -16,11 +16,13 @@ pub(super) fn write_batch(
     let tx = conn.transaction().sql()?;
     let mut created = Vec::new();
     if let Some(id) = batch.store_id {
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('store_id', ?1) ON CONFLICT (key) DO NOTHING",
-            params![&id.as_bytes()[..]],
-        )
-        .sql()?;
+        let insert = if batch.adopt_store_id {
+            "INSERT INTO meta (key, value) VALUES ('store_id', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+        } else {
+            "INSERT INTO meta (key, value) VALUES ('store_id', ?1) ON CONFLICT (key) DO NOTHING"
+        };
+        tx.execute(insert, params![&id.as_bytes()[..]]).sql()?;
         let stored: Vec<u8> = tx
             .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
                 r.get(0)

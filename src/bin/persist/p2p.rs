@@ -1,0 +1,200 @@
+//! `persist pair | sync | peers | revoke`: P2P from the command line.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use persist::net::{device_of, Multiaddr, P2p, P2pEvent, P2pOptions, PeerId};
+use persist::Store;
+
+/// Network flags shared by the P2P commands.
+#[derive(clap::Args, Clone)]
+pub struct NetArgs {
+    /// Address to listen on (repeatable), e.g. `/ip4/0.0.0.0/tcp/0`.
+    #[arg(long = "listen")]
+    pub listen: Vec<Multiaddr>,
+    /// A peer to dial (`/ip4/.../tcp/.../p2p/<peer id>`), repeatable.
+    #[arg(long = "peer")]
+    pub peers: Vec<Multiaddr>,
+    /// Find peers on the local network with mDNS (`PERSIST_MDNS=off` turns it off).
+    #[arg(long, env = "PERSIST_MDNS", default_value = "on", value_parser = on_off)]
+    pub mdns: bool,
+    /// Give up after this many seconds.
+    #[arg(long = "for", default_value_t = 120)]
+    pub seconds: u64,
+}
+
+fn on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" | "1" | "true" => Ok(true),
+        "off" | "0" | "false" => Ok(false),
+        other => Err(format!("expected on or off, not {other:?}")),
+    }
+}
+
+impl NetArgs {
+    fn options(&self, listen_by_default: bool) -> P2pOptions {
+        let mut listen = self.listen.clone();
+        if listen.is_empty() && listen_by_default {
+            listen = P2pOptions::default().listen_addrs;
+        }
+        P2pOptions {
+            listen_addrs: listen,
+            bootstrap_peers: self.peers.clone(),
+            mdns: self.mdns,
+            dht: false,
+            count_bytes: None,
+        }
+    }
+}
+
+async fn listen_addrs(node: &P2p) -> persist::Result<Vec<Multiaddr>> {
+    let started = Instant::now();
+    loop {
+        let addrs = node.listen_addrs().await?;
+        if !addrs.is_empty() || started.elapsed() > Duration::from_secs(5) {
+            return Ok(addrs);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until sync goes quiet: no commits received for `quiet` after the
+/// last batch (or nothing happened at all), at most until `deadline`.
+async fn until_quiet(
+    events: &mut futures::channel::mpsc::UnboundedReceiver<P2pEvent>,
+    quiet: Duration,
+    deadline: Instant,
+) -> usize {
+    let mut applied = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(quiet.min(left), events.next()).await {
+            Ok(Some(P2pEvent::Synced { applied: n, .. })) => applied += n,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return applied,
+        }
+        if Instant::now() >= deadline {
+            return applied;
+        }
+    }
+}
+
+/// `persist pair`: offer a code and wait for a device to use it, or
+/// `persist pair CODE --peer ADDR`: join the store of the device that
+/// offered it.
+pub async fn pair(store: Store, code: Option<String>, net: NetArgs) -> persist::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(net.seconds);
+    match code {
+        None => {
+            let node = store.enable_p2p(net.options(true)).await?;
+            let mut events = node.events();
+            for addr in listen_addrs(&node).await? {
+                println!("address: {addr}/p2p/{}", node.peer_id());
+            }
+            let ttl = Duration::from_secs(net.seconds).min(Duration::from_secs(600));
+            let pending = node
+                .create_pairing_code_valid_for(ttl.as_millis() as u64)
+                .await?;
+            println!("code: {}", pending.code());
+            println!(
+                "waiting for a device to pair (persist pair {} --peer ADDRESS)",
+                pending.code()
+            );
+            let peer = pending.paired().await?;
+            println!("paired: {peer}");
+            // Serve the new device's first sync until it leaves.
+            while Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, events.next()).await {
+                    Ok(Some(P2pEvent::PeerDisconnected(p))) if p == peer => break,
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            node.shutdown();
+        }
+        Some(code) => {
+            // The host is dialled by the pairing itself.
+            let mut options = net.options(false);
+            options.bootstrap_peers.clear();
+            let node = store.enable_p2p(options).await?;
+            let mut events = node.events();
+            let host = net.peers.first().cloned();
+            let peer = node.pair(&code, host).await?;
+            println!(
+                "paired with {peer}: this device joined store {}",
+                store.store_id()
+            );
+            let applied = until_quiet(&mut events, Duration::from_secs(1), deadline).await;
+            println!("synced: {applied} commit(s) received");
+            node.shutdown();
+        }
+    }
+    store.close().await
+}
+
+/// `persist sync`: connect to peers (and/or listen), replicate until quiet.
+pub async fn sync(store: Store, net: NetArgs) -> persist::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(net.seconds);
+    let serving = !net.listen.is_empty();
+    let node = store.enable_p2p(net.options(false)).await?;
+    let mut events = node.events();
+    for addr in listen_addrs(&node).await? {
+        println!("address: {addr}/p2p/{}", node.peer_id());
+    }
+    let applied = if serving {
+        // Serve until the deadline.
+        let mut applied = 0;
+        while let Ok(Some(event)) = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            events.next(),
+        )
+        .await
+        {
+            if let P2pEvent::Synced { applied: n, .. } = event {
+                applied += n;
+            }
+        }
+        applied
+    } else {
+        until_quiet(&mut events, Duration::from_secs(1), deadline).await
+    };
+    println!("synced: {applied} commit(s) received");
+    node.shutdown();
+    store.close().await
+}
+
+/// `persist peers`: the store's membership.
+pub async fn peers(store: Store) -> persist::Result<()> {
+    let members = store.members();
+    let me = store.device_id();
+    for (device, label) in &members.current {
+        let peer = persist::net::peer_id_of(device)?;
+        let mine = if *device == me { " (this device)" } else { "" };
+        let label = if label.is_empty() { "(founder)" } else { label };
+        println!("trusted  {peer}  {label}{mine}");
+    }
+    for device in members.removed.keys() {
+        println!("revoked  {}", persist::net::peer_id_of(device)?);
+    }
+    store.close().await
+}
+
+/// `persist revoke PEER_ID`: remove a device (replicates at the next sync).
+pub async fn revoke(store: Store, peer: String) -> persist::Result<()> {
+    let peer: PeerId = peer
+        .parse()
+        .map_err(|e| persist::Error::InvalidOptions(format!("not a peer id: {e}")))?;
+    let device = device_of(&peer).ok_or_else(|| {
+        persist::Error::NotTrusted(format!("{peer} is not the peer id of a Persist device"))
+    })?;
+    store.revoke(device).await?;
+    println!("revoked {peer}: its later writes are refused; the other members learn it at their next sync");
+    if store.crypto().is_encrypted() {
+        println!(
+            "the store moved to key epoch {}: the revoked device cannot read what is written from now on",
+            store.crypto().epoch()?
+        );
+    }
+    store.close().await
+}

@@ -1,0 +1,415 @@
+//! Who may sync a store: its membership log (see [`crate::membership`]),
+//! revocation with a new data key for the remaining members, and joining
+//! another device's store when pairing.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{Bound, MemberState, Store};
+use crate::change::StoreId;
+use crate::crypto::device_box::{open_as_device, seal_to_device};
+use crate::crypto::envelope::context;
+use crate::crypto::{DataKey, Keyring};
+use crate::error::{Error, Result};
+use crate::hlc::Hlc;
+use crate::identity::DeviceId;
+use crate::membership::{
+    MemberChange, MemberEntry, Members, MembershipLog, MembershipWire, MEMBER_ENTRY_FORMAT,
+};
+use crate::storage::{MetaKey, SealedStorage, StorageBackend, WriteBatch};
+
+/// What merging another replica's membership changed here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipUpdate {
+    /// Devices that became members.
+    pub added: Vec<DeviceId>,
+    /// Devices that stopped being members.
+    pub removed: Vec<DeviceId>,
+    /// True when the log gained entries (peers that lack them are told).
+    pub changed: bool,
+}
+
+/// What a device joining a store by pairing receives, sealed under the
+/// key of the pairing exchange.
+#[derive(Serialize, Deserialize)]
+pub struct Welcome {
+    /// The store it joins.
+    pub store: StoreId,
+    /// The store's membership, the joiner already in it.
+    pub membership: MembershipWire,
+    /// The keyring of an encrypted store (every epoch).
+    pub keyring: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Welcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Welcome")
+            .field("store", &self.store)
+            .field("encrypted", &self.keyring.is_some())
+            .finish()
+    }
+}
+
+fn grant_context(store: StoreId, epoch: u32, to: &DeviceId) -> Vec<u8> {
+    context(&[
+        store.as_bytes(),
+        b"key grant",
+        &epoch.to_be_bytes(),
+        to.as_bytes(),
+    ])
+}
+
+fn diff(before: &Members, after: &Members) -> MembershipUpdate {
+    MembershipUpdate {
+        added: after
+            .current
+            .keys()
+            .filter(|d| !before.current.contains_key(*d))
+            .copied()
+            .collect(),
+        removed: before
+            .current
+            .keys()
+            .filter(|d| !after.current.contains_key(*d))
+            .copied()
+            .collect(),
+        changed: true,
+    }
+}
+
+impl Store {
+    /// The current membership: trusted devices and removed ones.
+    pub fn members(&self) -> Arc<Members> {
+        self.inner
+            .members_now
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// True when `device` is a current member of the store.
+    pub fn is_trusted(&self, device: &DeviceId) -> bool {
+        self.members().is_member(device)
+    }
+
+    /// The membership log as sent to peers.
+    pub async fn membership(&self) -> MembershipWire {
+        self.inner.members.lock().await.log.to_wire()
+    }
+
+    /// A digest of the membership log (equal digests, equal logs).
+    pub async fn membership_digest(&self) -> [u8; 32] {
+        self.inner.members.lock().await.log.digest()
+    }
+
+    /// Merges a membership log received from a peer: same store and
+    /// founder, every entry signed. New entries are stored; a key granted
+    /// to this device joins its keyring.
+    pub async fn merge_membership(&self, wire: &MembershipWire) -> Result<MembershipUpdate> {
+        self.check_open()?;
+        let mut state = self.inner.members.lock().await;
+        let mut log = state.log.clone();
+        if log.merge(wire)? == 0 {
+            return Ok(MembershipUpdate::default());
+        }
+        let update = self.replace_log(&mut state, log).await?;
+        drop(state);
+        self.take_key_grants().await?;
+        Ok(update)
+    }
+
+    /// Stores `log`, derives the membership again and tells P2P nodes.
+    async fn replace_log(
+        &self,
+        state: &mut MemberState,
+        log: MembershipLog,
+    ) -> Result<MembershipUpdate> {
+        self.inner
+            .raw_backend
+            .write(WriteBatch {
+                meta: vec![(MetaKey::Membership, log.to_bytes())],
+                ..WriteBatch::default()
+            })
+            .await?;
+        let before = state.log.members();
+        let after = log.members();
+        state.log = log;
+        let update = diff(&before, &after);
+        *self
+            .inner
+            .members_now
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(after);
+        for device in &update.added {
+            tracing::info!(store = %self.inner.name, device = %device.short(), "device joined the store");
+        }
+        for device in &update.removed {
+            tracing::info!(store = %self.inner.name, device = %device.short(), "device removed from the store");
+        }
+        self.notify_commits();
+        Ok(update)
+    }
+
+    /// Signs an entry of this device and adds it.
+    async fn append_entry(&self, change: MemberChange) -> Result<MembershipUpdate> {
+        let mut state = self.inner.members.lock().await;
+        let me = self.inner.device.device_id();
+        let last = state.log.entries().map(|e| e.hlc).max().unwrap_or_default();
+        let now = Hlc::from_millis((self.inner.wall_clock)());
+        let entry = MemberEntry {
+            format: MEMBER_ENTRY_FORMAT,
+            store: self.store_id(),
+            author: me,
+            seq: state.log.next_seq(&me),
+            hlc: now.max(last.plus(1)),
+            change,
+        };
+        let mut log = state.log.clone();
+        log.add(entry.sign(&self.inner.device))?;
+        self.replace_log(&mut state, log).await
+    }
+
+    /// Adds `device` to the membership (pairing does this once the code
+    /// was proven).
+    pub(crate) async fn add_member(&self, device: DeviceId, label: &str) -> Result<()> {
+        self.check_open()?;
+        if self.members().removed.contains_key(&device) {
+            return Err(Error::NotTrusted(format!(
+                "device {} was removed from this store; it must pair with a new identity",
+                device.short()
+            )));
+        }
+        if self.is_trusted(&device) {
+            return Ok(());
+        }
+        let label: String = label
+            .char_indices()
+            .take_while(|(i, c)| i + c.len_utf8() <= crate::membership::MAX_LABEL_BYTES)
+            .map(|(_, c)| c)
+            .collect();
+        self.append_entry(MemberChange::Add { device, label })
+            .await?;
+        Ok(())
+    }
+
+    /// Removes `device` from the membership on every replica: its later
+    /// commits and entries are refused everywhere, and an encrypted store
+    /// moves to a new data key that only the remaining members receive
+    /// (sealed to each of them), so the device cannot read what is written
+    /// afterwards. P2P nodes close its connections.
+    pub async fn revoke(&self, device: DeviceId) -> Result<()> {
+        self.check_open()?;
+        if device == self.device_id() {
+            return Err(Error::InvalidOptions(
+                "a device cannot revoke itself; revoke it from another member".into(),
+            ));
+        }
+        if !self.is_trusted(&device) {
+            return Err(Error::NotTrusted(format!(
+                "device {} is not a member of this store",
+                device.short()
+            )));
+        }
+        let commits_upto = self
+            .version_vector()
+            .await?
+            .into_iter()
+            .find(|(author, _)| *author == device)
+            .map_or(0, |(_, seq)| seq);
+        let entries_upto = self.inner.members.lock().await.log.last_seq(&device);
+        self.append_entry(MemberChange::Remove {
+            device,
+            commits_upto,
+            entries_upto,
+        })
+        .await?;
+        if self.crypto().is_encrypted() {
+            self.crypto().rotate_key(|_| {}).await?;
+            self.grant_current_key().await?;
+        }
+        Ok(())
+    }
+
+    /// Seals the current data key to every other member, in one entry.
+    async fn grant_current_key(&self) -> Result<()> {
+        let Some(sealed) = self.bound().sealed.clone() else {
+            return Ok(());
+        };
+        let keyring = sealed.keyring();
+        let (epoch, key) = keyring.current();
+        let store = self.store_id();
+        let me = self.device_id();
+        let grants = self
+            .members()
+            .current
+            .keys()
+            .filter(|d| **d != me)
+            .map(|d| {
+                seal_to_device(d, &grant_context(store, epoch, d), key.as_bytes())
+                    .map(|sealed| (*d, sealed))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if grants.is_empty() {
+            return Ok(());
+        }
+        self.append_entry(MemberChange::Key { epoch, grants })
+            .await?;
+        Ok(())
+    }
+
+    /// Adds to this device's keyring the epochs granted to it that it lacks.
+    async fn take_key_grants(&self) -> Result<()> {
+        let Some(sealed) = self.bound().sealed.clone() else {
+            return Ok(());
+        };
+        let me = self.device_id();
+        let store = self.store_id();
+        let grants = self.inner.members.lock().await.log.grants_for(&me);
+        let mut keyring = sealed.keyring();
+        let mut learnt = false;
+        for (epoch, author, grant) in grants {
+            if keyring.key(epoch).is_ok() {
+                continue;
+            }
+            match open_as_device(
+                &self.inner.device,
+                &grant_context(store, epoch, &me),
+                &grant,
+            ) {
+                Ok(bytes) if bytes.len() == 32 => {
+                    let mut raw = Zeroizing::new([0u8; 32]);
+                    raw.copy_from_slice(&bytes);
+                    keyring.merge(&Keyring::from_key(store, epoch, DataKey::from_bytes(*raw)));
+                    learnt = true;
+                    tracing::info!(store = %self.inner.name, epoch, from = %author.short(), "received a new data key");
+                }
+                _ => tracing::warn!(epoch, from = %author.short(), "a key grant does not open"),
+            }
+        }
+        if learnt {
+            self.crypto().adopt_keyring(&sealed, keyring).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds `device` to the store's membership and returns everything it
+    /// needs to join ([`Store::join`]): the store id, the membership and,
+    /// for an encrypted store, the keyring **in the clear**. Pairing does
+    /// this under a key agreed with the code; hand a `Welcome` over only
+    /// through a channel as confidential and authenticated as that.
+    pub async fn admit_device(&self, device: DeviceId, label: &str) -> Result<Welcome> {
+        self.add_member(device, label).await?;
+        let keyring = self
+            .bound()
+            .sealed
+            .as_ref()
+            .map(|s| s.keyring().to_bytes().to_vec());
+        Ok(Welcome {
+            store: self.store_id(),
+            membership: self.membership().await,
+            keyring,
+        })
+    }
+
+    /// Joins the store that admitted this device ([`Store::admit_device`],
+    /// which pairing runs): adopts its id, membership and keys. Only a
+    /// store with no commits yet can join (what it wrote would be under
+    /// another store id); joining the store it is already a member of
+    /// merges the membership.
+    pub async fn join(&self, welcome: Welcome) -> Result<()> {
+        self.check_open()?;
+        let log = MembershipLog::from_wire(&welcome.membership)?;
+        let me = self.device_id();
+        if log.store() != welcome.store || !log.members().is_member(&me) {
+            return Err(Error::PairingFailed(
+                "the peer's welcome does not make this device a member".into(),
+            ));
+        }
+        let bound = self.bound();
+        let founder = self.inner.members.lock().await.log.founder();
+        if bound.store_id == welcome.store && founder == log.founder() {
+            self.merge_membership(&welcome.membership).await?;
+            return Ok(());
+        }
+        if !bound.backend.version_vector().await?.is_empty() {
+            return Err(Error::PairingFailed(format!(
+                "store \"{}\" already holds writes of its own; pair a new (empty) store into \
+                 the other device's store, or pair the other device into this one",
+                self.inner.name
+            )));
+        }
+        let keyring = match (&welcome.keyring, &bound.sealed) {
+            (Some(bytes), _) => {
+                let keyring = Keyring::from_bytes(bytes)?;
+                if keyring.store() != welcome.store {
+                    return Err(Error::PairingFailed(
+                        "the keyring is of another store".into(),
+                    ));
+                }
+                Some(keyring)
+            }
+            (None, Some(_)) => {
+                return Err(Error::PairingFailed(
+                    "this store is encrypted and the peer's is not".into(),
+                ))
+            }
+            (None, None) => None,
+        };
+        let raw = self.inner.raw_backend.clone();
+        let key_store = self.inner.key_store.clone();
+        let name = self.inner.name.clone();
+        let mut state = self.inner.members.lock().await;
+        self.inner
+            .writer
+            .exclusive(async {
+                let mut meta = vec![(MetaKey::Membership, log.to_bytes())];
+                if let Some(keyring) = &keyring {
+                    key_store.save_keyring(keyring).await?;
+                    meta.push((
+                        MetaKey::SealedKeyring,
+                        super::crypto::seal_keyring(keyring)?,
+                    ));
+                }
+                raw.write(WriteBatch {
+                    store_id: Some(welcome.store),
+                    adopt_store_id: true,
+                    meta,
+                    ..WriteBatch::default()
+                })
+                .await?;
+                let sealed = match keyring {
+                    Some(keyring) => {
+                        #[allow(clippy::arc_with_non_send_sync)]
+                        let sealed = Arc::new(
+                            SealedStorage::new(raw.clone(), keyring)?.reloading_from(key_store),
+                        );
+                        Some(sealed)
+                    }
+                    None => None,
+                };
+                let backend = match &sealed {
+                    Some(s) => s.clone() as Arc<dyn StorageBackend>,
+                    None => raw.clone(),
+                };
+                #[allow(clippy::arc_with_non_send_sync)]
+                let bound = Arc::new(Bound {
+                    store_id: welcome.store,
+                    backend,
+                    sealed,
+                });
+                *self.inner.bound.write().unwrap_or_else(|p| p.into_inner()) = bound;
+                Ok::<(), Error>(())
+            })
+            .await?;
+        *self
+            .inner
+            .members_now
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(log.members());
+        state.log = log;
+        tracing::info!(store = %name, id = %welcome.store, "joined the store by pairing");
+        Ok(())
+    }
+}
