@@ -123,3 +123,94 @@ fn demo_runs_twice_and_keeps_its_data() {
     }
     assert!(dir.path().join("data/demo.db").exists());
 }
+
+/// `persist pair` in two processes, then `persist peers` and `persist revoke`.
+#[test]
+fn pair_peers_and_revoke_from_the_command_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = persist(
+        &[
+            "put",
+            "--path",
+            "laptop.db",
+            "notes",
+            "n1",
+            r#"{"from":"laptop"}"#,
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success());
+    let mut host = Command::new(env!("CARGO_BIN_EXE_persist"))
+        .args([
+            "pair",
+            "--path",
+            "laptop.db",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .args(["--for", "30"])
+        .env("PERSIST_MDNS", "off")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("host");
+    let mut lines = std::io::BufReader::new(host.stdout.take().expect("stdout")).lines();
+    let (mut code, mut addr) = (String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        if let Some(text) = line.strip_prefix("code: ") {
+            code = text.into();
+        } else if let Some(text) = line.strip_prefix("address: ") {
+            addr = text.into();
+        }
+        if !code.is_empty() && !addr.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(code.len(), 9, "{code}");
+    let out = Command::new(env!("CARGO_BIN_EXE_persist"))
+        .args([
+            "pair", &code, "--peer", &addr, "--path", "phone.db", "--for", "20",
+        ])
+        .env("PERSIST_MDNS", "off")
+        .current_dir(dir.path())
+        .output()
+        .expect("joiner");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("paired with"), "{}", stdout(&out));
+    let phone_peer = lines
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("paired: ").map(str::to_owned))
+        .expect("the laptop reports the pairing");
+    assert!(host.wait().expect("host exits").success());
+
+    let out = persist(&["get", "--path", "phone.db", "notes", "n1"], dir.path());
+    assert_eq!(stdout(&out).trim(), r#"{"from":"laptop"}"#);
+    let out = persist(&["peers", "--path", "phone.db"], dir.path());
+    let text = stdout(&out);
+    assert_eq!(text.matches("trusted ").count(), 2, "{text}");
+    assert!(
+        text.contains(&phone_peer) && text.contains("(this device)"),
+        "{text}"
+    );
+
+    let out = persist(&["revoke", "--path", "laptop.db", &phone_peer], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = persist(&["peers", "--path", "laptop.db"], dir.path());
+    let text = stdout(&out);
+    assert!(text.contains(&format!("revoked  {phone_peer}")), "{text}");
+    assert_eq!(text.matches("trusted ").count(), 1, "{text}");
+    // Revoking it again: NOT_TRUSTED, status 1.
+    let out = persist(&["revoke", "--path", "laptop.db", &phone_peer], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error[NOT_TRUSTED]"));
+}

@@ -8,6 +8,7 @@ mod disk_full;
 mod durability;
 mod encrypted;
 mod p2p;
+mod p2p_trust;
 mod sealed;
 mod sqlite;
 

@@ -10,7 +10,7 @@ use persist::net::{Multiaddr, P2p, P2pEvent, P2pOptions};
 use persist::{Adapter, Store, StoreOptions};
 use serde_json::{json, Value};
 
-fn loopback() -> P2pOptions {
+pub(crate) fn loopback() -> P2pOptions {
     P2pOptions {
         listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
         bootstrap_peers: Vec::new(),
@@ -20,7 +20,7 @@ fn loopback() -> P2pOptions {
     }
 }
 
-async fn memory_store(name: &str) -> Store {
+pub(crate) async fn memory_store(name: &str) -> Store {
     Store::open(StoreOptions::new(name).adapter(Adapter::Memory))
         .await
         .expect("store")
@@ -28,14 +28,14 @@ async fn memory_store(name: &str) -> Store {
 
 /// Pairs `store` (no writes yet) into the store of `host` with a fresh
 /// code, through a node of its own started with `options`.
-async fn pair_into(store: &Store, host: &P2p, options: P2pOptions) -> P2p {
+pub(crate) async fn pair_into(store: &Store, host: &P2p, options: P2pOptions) -> P2p {
     let node = store.enable_p2p(options).await.expect("node");
     pair_node(&node, host).await;
     node
 }
 
 /// Pairs the device of `node` into the store of `host`.
-async fn pair_node(node: &P2p, host: &P2p) {
+pub(crate) async fn pair_node(node: &P2p, host: &P2p) {
     let pending = host.create_pairing_code().await.expect("code");
     let code = pending.code().to_string();
     let addr = dial_addr(host).await;
@@ -45,14 +45,14 @@ async fn pair_node(node: &P2p, host: &P2p) {
 }
 
 /// A new memory store paired into `host`'s store.
-async fn new_member(name: &str, host: &P2p) -> (Store, P2p) {
+pub(crate) async fn new_member(name: &str, host: &P2p) -> (Store, P2p) {
     let store = memory_store(name).await;
     let node = pair_into(&store, host, loopback()).await;
     (store, node)
 }
 
 /// The node's first listen address with its peer id, to dial.
-async fn dial_addr(node: &P2p) -> Multiaddr {
+pub(crate) async fn dial_addr(node: &P2p) -> Multiaddr {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         if let Some(addr) = node.listen_addrs().await.expect("addrs").into_iter().next() {
@@ -66,7 +66,7 @@ async fn dial_addr(node: &P2p) -> Multiaddr {
 }
 
 /// Waits (at most 10 s) until `store` holds `value` under notes/`id`.
-async fn arrives(store: &Store, id: &str, value: &Value) {
+pub(crate) async fn arrives(store: &Store, id: &str, value: &Value) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if store.records("notes").get(id).await.expect("get").as_ref() == Some(value) {

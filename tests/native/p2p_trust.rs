@@ -1,0 +1,444 @@
+//! Trust over the network: revocation with a new key, and a member's
+//! device (or a stranger) sending forged, tampered, untrusted, replayed and
+//! oversize messages straight to a node's sync protocol. Loopback only,
+//! bounded in time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder};
+use persist::change::{CommitBody, Op, COMMIT_FORMAT};
+use persist::hlc::Hlc;
+use persist::keys::MemoryKeyStore;
+use persist::net::{P2p, P2pEvent, SyncCodec, SyncRequest, SyncResponse, SYNC_PROTOCOL};
+use persist::{Adapter, Commit, DeviceIdentity, Store, StoreOptions};
+use serde_json::json;
+
+use crate::p2p::{arrives, dial_addr, loopback, memory_store, new_member, pair_into};
+
+/// Waits (at most 10 s) for `check` to hold.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn connected(node: &P2p, other: &P2p) -> bool {
+    node.connected_peers()
+        .await
+        .expect("peers")
+        .contains(&other.peer_id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_cut_off_and_cannot_read_later_writes() {
+    let a = Store::open(
+        StoreOptions::new("a")
+            .adapter(Adapter::Memory)
+            .encrypt(true),
+    )
+    .await
+    .expect("a");
+    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let (b, node_b) = new_member("b", &node_a).await;
+    let (c, node_c) = new_member("c", &node_a).await;
+    // C writes once while trusted.
+    c.records("notes")
+        .put("before", json!({ "by": "c" }))
+        .await
+        .expect("put");
+    arrives(&a, "before", &json!({ "by": "c" })).await;
+    eventually("B trusts C", async || b.is_trusted(&c.device_id())).await;
+    // B and C connect directly too.
+    node_c.dial(dial_addr(&node_b).await).await.expect("dial");
+    eventually("B and C connected", async || {
+        connected(&node_b, &node_c).await
+    })
+    .await;
+    let mut events_b = node_b.events();
+
+    node_a.revoke_trust(node_c.peer_id()).await.expect("revoke");
+    assert!(!a.is_trusted(&c.device_id()));
+    assert_eq!(
+        a.crypto().epoch().expect("epoch"),
+        1,
+        "A moved to a new key"
+    );
+
+    // Every member learns it: B drops C and closes its connection.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events_b.next().await {
+            if event == P2pEvent::MemberRemoved(node_c.peer_id()) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("B hears of the removal");
+    eventually("A and B closed C's connections", async || {
+        !connected(&node_a, &node_c).await && !connected(&node_b, &node_c).await
+    })
+    .await;
+    // B got the new key (sealed to it); C did not.
+    eventually("B holds epoch 1", async || {
+        b.crypto().epoch().expect("epoch") == 1
+    })
+    .await;
+    assert_eq!(c.crypto().epoch().expect("epoch"), 0);
+
+    // A writes after the revocation: B reads it, C cannot even decrypt
+    // the commit if it gets hold of it.
+    a.records("notes")
+        .put("after", json!({ "secret": true }))
+        .await
+        .expect("put");
+    arrives(&b, "after", &json!({ "secret": true })).await;
+    let latest = a
+        .commits_missing_from(&[], usize::MAX)
+        .await
+        .expect("log")
+        .into_iter()
+        .filter(|c| c.author_seq().map(|(d, _)| d) == Some(a.device_id()))
+        .next_back()
+        .expect("A's commit");
+    assert_eq!(
+        c.verify_commit(latest)
+            .expect_err("sealed under epoch 1")
+            .code(),
+        "DECRYPT_FAILED"
+    );
+    // B writes under the new epoch too.
+    b.records("notes")
+        .put("from-b", json!({ "epoch": 1 }))
+        .await
+        .expect("put");
+    arrives(&a, "from-b", &json!({ "epoch": 1 })).await;
+
+    // C keeps writing: its node is refused, and its commits are refused
+    // by every replica even when handed over directly.
+    c.records("notes")
+        .put("later", json!({ "by": "revoked c" }))
+        .await
+        .expect("put");
+    let refused_before = node_a.refused_connections();
+    node_c.dial(dial_addr(&node_a).await).await.expect("dial");
+    eventually("A refuses C", async || {
+        node_a.refused_connections() > refused_before
+    })
+    .await;
+    let from_c = c
+        .commits_missing_from(&a.version_vector().await.expect("vv"), 100)
+        .await
+        .expect("log");
+    assert!(!from_c.is_empty());
+    for replica in [&a, &b] {
+        let report = replica.ingest(from_c.clone()).await.expect("ingest");
+        assert_eq!(report.applied, 0);
+        assert!(report
+            .rejected
+            .iter()
+            .all(|(_, r)| r.code() == "NOT_TRUSTED"));
+        assert_eq!(
+            replica.records("notes").get("later").await.expect("get"),
+            None
+        );
+        // What C wrote before its removal stays.
+        assert_eq!(
+            replica.records("notes").get("before").await.expect("get"),
+            Some(json!({ "by": "c" }))
+        );
+    }
+    // Revoking twice, or revoking oneself, is refused.
+    assert_eq!(
+        node_a
+            .revoke_trust(node_c.peer_id())
+            .await
+            .expect_err("twice")
+            .code(),
+        "NOT_TRUSTED"
+    );
+    assert_eq!(
+        node_a
+            .revoke_trust(node_a.peer_id())
+            .await
+            .expect_err("self")
+            .code(),
+        "INVALID_OPTIONS"
+    );
+    for node in [node_a, node_b, node_c] {
+        node.shutdown();
+    }
+}
+
+/// A raw libp2p client speaking `/persist/sync/1` with a given identity.
+fn raw_client(identity: &DeviceIdentity) -> Swarm<request_response::Behaviour<SyncCodec>> {
+    SwarmBuilder::with_existing_identity(persist::net::keypair(identity).expect("keypair"))
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| {
+            request_response::Behaviour::new(
+                [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default(),
+            )
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build()
+}
+
+/// Sends `request` to `node` and returns the answer (or the failure).
+async fn ask(
+    client: &mut Swarm<request_response::Behaviour<SyncCodec>>,
+    node: &P2p,
+    request: SyncRequest,
+) -> Result<SyncResponse, String> {
+    let addr = dial_addr(node).await;
+    if !client.is_connected(&node.peer_id()) {
+        client.dial(addr).expect("dial");
+    }
+    let id = client
+        .behaviour_mut()
+        .send_request(&node.peer_id(), request);
+    let deadline = Duration::from_secs(10);
+    tokio::time::timeout(deadline, async {
+        loop {
+            match client.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                }) if request_id == id => return Ok(response),
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    request_id,
+                    error,
+                    ..
+                }) if request_id == id => return Err(error.to_string()),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("no answer in 10 s".into()))
+}
+
+fn rejected(response: Result<SyncResponse, String>) -> u32 {
+    match response {
+        Ok(SyncResponse::Ack {
+            applied: 0,
+            rejected,
+            ..
+        }) => rejected,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A codec that announces a message far over the limit, then sends junk.
+#[derive(Clone, Default)]
+struct Oversize;
+
+impl request_response::Codec for Oversize {
+    type Protocol = StreamProtocol;
+    type Request = ();
+    type Response = ();
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<()> {
+        // A real answer starts with its length; a dropped stream has none.
+        let mut len = [0u8; 4];
+        futures::AsyncReadExt::read_exact(io, &mut len).await
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        _: (),
+    ) -> std::io::Result<()> {
+        io.write_all(&u32::MAX.to_be_bytes()).await?;
+        io.write_all(&[0xAB; 4096]).await?;
+        io.close().await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: (),
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tampered_untrusted_replayed_and_oversize_messages_are_refused() {
+    let a = memory_store("a").await;
+    a.records("notes")
+        .put("keep", json!({ "safe": true }))
+        .await
+        .expect("put");
+    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    // M: a member whose identity the test holds (its own device).
+    let identity = DeviceIdentity::from_secret(&[42; 32]);
+    let m = Store::open(
+        StoreOptions::new("m")
+            .adapter(Adapter::Memory)
+            .key_store(Arc::new(MemoryKeyStore::from_identity(&identity))),
+    )
+    .await
+    .expect("m");
+    let node_m = pair_into(&m, &node_a, loopback()).await;
+    node_m.shutdown();
+    let before = a.version_vector().await.expect("vv");
+
+    let store = a.store_id();
+    let body = |author: &DeviceIdentity, seq: u64, key: &str| CommitBody {
+        format: COMMIT_FORMAT,
+        store,
+        author: author.device_id(),
+        seq,
+        hlc: Hlc::from_millis(1_800_000_000_000),
+        ops: vec![Op::KvSet {
+            key: key.into(),
+            value: "1".into(),
+        }],
+    };
+    let push = |commits| SyncRequest::Push {
+        store,
+        commits,
+        members: None,
+    };
+    let mut client = raw_client(&identity);
+
+    // A forged signature (M's body, signature bytes altered).
+    let mut forged = Commit::sign(body(&identity, 1, "forged"), &identity, None)
+        .expect("sign")
+        .signed;
+    forged.signature[10] ^= 1;
+    assert_eq!(
+        rejected(ask(&mut client, &node_a, push(vec![forged])).await),
+        1
+    );
+    // A flipped byte in the body.
+    let mut flipped = Commit::sign(body(&identity, 1, "flipped"), &identity, None)
+        .expect("sign")
+        .signed;
+    let last = flipped.body.len() - 1;
+    flipped.body[last] ^= 0x40;
+    assert_eq!(
+        rejected(ask(&mut client, &node_a, push(vec![flipped])).await),
+        1
+    );
+    // A commit by a device that is not a member, relayed by a member.
+    let stranger = DeviceIdentity::from_secret(&[7; 32]);
+    let untrusted = Commit::sign(body(&stranger, 1, "untrusted"), &stranger, None)
+        .expect("sign")
+        .signed;
+    assert_eq!(
+        rejected(ask(&mut client, &node_a, push(vec![untrusted])).await),
+        1
+    );
+    // A replay of a commit A already holds: nothing applied twice.
+    let replay = a.commits_missing_from(&[], 10).await.expect("log");
+    match ask(&mut client, &node_a, push(replay)).await {
+        Ok(SyncResponse::Ack { applied: 0, .. }) => {}
+        other => panic!("a replay was applied: {other:?}"),
+    }
+    // A push for another store.
+    let other = SyncRequest::Push {
+        store: persist::StoreId::from_bytes([9; 16]),
+        commits: Vec::new(),
+        members: None,
+    };
+    assert!(matches!(
+        ask(&mut client, &node_a, other).await,
+        Ok(SyncResponse::Refused(code)) if code == "WRONG_STORE"
+    ));
+
+    // An oversize message: the stream is dropped, the node lives on.
+    let mut evil =
+        SwarmBuilder::with_existing_identity(persist::net::keypair(&identity).expect("keypair"))
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .expect("tcp")
+            .with_behaviour(|_| {
+                request_response::Behaviour::<Oversize>::new(
+                    [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                )
+            })
+            .expect("behaviour")
+            .build();
+    evil.dial(dial_addr(&node_a).await).expect("dial");
+    let id = evil.behaviour_mut().send_request(&node_a.peer_id(), ());
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let SwarmEvent::Behaviour(event) = evil.select_next_some().await {
+                match event {
+                    request_response::Event::OutboundFailure { request_id, .. }
+                        if request_id == id =>
+                    {
+                        return "refused";
+                    }
+                    request_response::Event::Message { .. } => return "answered",
+                    _ => {}
+                }
+            }
+        }
+    })
+    .await
+    .expect("an outcome in 10 s");
+    assert_eq!(outcome, "refused");
+
+    // A stranger's raw client is refused at the connection: no stream.
+    let mut outsider = raw_client(&stranger);
+    let pull = SyncRequest::Pull {
+        store,
+        have: Vec::new(),
+        limit: 10,
+        members: [0; 32],
+    };
+    assert!(ask(&mut outsider, &node_a, pull.clone()).await.is_err());
+
+    // Nothing was stored, nothing lost, and the node still serves members.
+    assert_eq!(a.version_vector().await.expect("vv"), before);
+    for key in ["forged", "flipped", "untrusted"] {
+        assert_eq!(a.kv().get(key).await.expect("get"), None);
+    }
+    assert_eq!(
+        a.records("notes").get("keep").await.expect("get"),
+        Some(json!({ "safe": true }))
+    );
+    match ask(&mut client, &node_a, pull).await {
+        Ok(SyncResponse::Commits { commits, .. }) => assert!(!commits.is_empty()),
+        other => panic!("the node stopped serving members: {other:?}"),
+    }
+    node_a.shutdown();
+}
