@@ -103,8 +103,7 @@ async fn a_revoked_device_is_cut_off_and_cannot_read_later_writes() {
         .await
         .expect("log")
         .into_iter()
-        .filter(|c| c.author_seq().map(|(d, _)| d) == Some(a.device_id()))
-        .next_back()
+        .rfind(|c| c.author_seq().map(|(d, _)| d) == Some(a.device_id()))
         .expect("A's commit");
     assert_eq!(
         c.verify_commit(latest)
