@@ -113,8 +113,12 @@ enum Command {
     Pair {
         #[command(flatten)]
         store: StoreArgs,
-        /// The code the other device printed (`ABCD-7KQ2`).
+        /// The code the other device printed (`ABCD-7KQ2`), or its invite.
         code: Option<String>,
+        /// Offer an invite (`persist-invite-v1-...`: a long secret and the
+        /// addresses, to copy rather than type) instead of a short code.
+        #[arg(long)]
+        invite: bool,
         #[command(flatten)]
         net: p2p::NetArgs,
     },
@@ -352,7 +356,12 @@ async fn run(command: Command) -> persist::Result<()> {
             }
             store.close().await
         }
-        Command::Pair { store, code, net } => p2p::pair(open(&store).await?, code, net).await,
+        Command::Pair {
+            store,
+            code,
+            invite,
+            net,
+        } => p2p::pair(open(&store).await?, code, invite, net).await,
         Command::Sync { store, net } => p2p::sync(open(&store).await?, net).await,
         Command::Peers { store } => p2p::peers(open(&store).await?).await,
         Command::Revoke { store, peer } => p2p::revoke(open(&store).await?, peer).await,

@@ -51,7 +51,7 @@ mod node;
 pub mod pairing;
 
 pub use codec::Codec;
-pub use pairing::{PairRequest, PairResponse, PairingCode};
+pub use pairing::{Invite, PairRequest, PairResponse, PairingCode};
 
 /// The sync protocol's name and version.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/sync/1");
@@ -378,6 +378,7 @@ enum Command {
     Dial(Multiaddr, oneshot::Sender<Result<()>>),
     CreateCode {
         ttl_ms: u64,
+        invite: bool,
         reply: oneshot::Sender<Result<PendingPairing>>,
     },
     Pair {
@@ -460,8 +461,63 @@ impl P2p {
 
     /// A pairing code valid for `ttl_ms` milliseconds.
     pub async fn create_pairing_code_valid_for(&self, ttl_ms: u64) -> Result<PendingPairing> {
-        self.ask(|reply| Command::CreateCode { ttl_ms, reply })
-            .await?
+        self.ask(|reply| Command::CreateCode {
+            ttl_ms,
+            invite: false,
+            reply,
+        })
+        .await?
+    }
+
+    /// An invite (`persist-invite-v1-...`): like a pairing code, with a
+    /// 130-bit secret, the store id and this device's addresses, for a
+    /// device that gets it by copy (a message, a QR code) rather than by
+    /// typing. Single-use; valid for `ttl_ms` milliseconds. The joining
+    /// device calls [`P2p::accept_invite`]; the keys travel as in pairing,
+    /// sealed under the key the exchange agrees.
+    pub async fn create_invite(&self, ttl_ms: u64) -> Result<PendingPairing> {
+        self.ask(|reply| Command::CreateCode {
+            ttl_ms,
+            invite: true,
+            reply,
+        })
+        .await?
+    }
+
+    /// Joins the store of the device that made `invite` (see
+    /// [`P2p::create_invite`]), dialling the addresses it names in turn.
+    pub async fn accept_invite(&self, invite: &str) -> Result<PeerId> {
+        let invite = pairing::Invite::parse(invite)?;
+        let mut last = Error::PairingFailed("the invite names no address".into());
+        for addr in &invite.addrs {
+            let mut addr = addr.clone();
+            addr.push(libp2p::multiaddr::Protocol::P2p(invite.host));
+            let label = self.store.name().to_string();
+            let code = invite.code.clone();
+            match self
+                .ask(|done| Command::Pair {
+                    code,
+                    host: Some(addr),
+                    label,
+                    done,
+                })
+                .await?
+            {
+                Ok(peer) => {
+                    if self.store.store_id() != invite.store {
+                        return Err(Error::PairingFailed(
+                            "the inviting device offered another store than its invite names"
+                                .into(),
+                        ));
+                    }
+                    return Ok(peer);
+                }
+                // Unreachable at this address: try the next one.
+                Err(e @ Error::PairingFailed(_)) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
     }
 
     /// Joins the store of the device that created `code`: found at `host`

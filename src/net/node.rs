@@ -13,7 +13,7 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 use zeroize::Zeroizing;
 
 use super::gate::GateState;
-use super::pairing::{welcome_context, HostSession, JoinerSession, PairingCode};
+use super::pairing::{welcome_context, HostSession, Invite, JoinerSession, PairingCode};
 use super::{
     advance, device_of, page_of, peer_id_of, Behaviour, BehaviourEvent, Command, P2pEvent,
     P2pOptions, PairRequest, PairResponse, PendingPairing, SyncRequest, SyncResponse, PULL_LIMIT,
@@ -237,8 +237,12 @@ impl Node {
                     .map_err(|e| Error::InvalidOptions(format!("cannot dial {addr}: {e}")));
                 let _ = tx.send(result);
             }
-            Command::CreateCode { ttl_ms, reply } => {
-                let _ = reply.send(self.create_code(ttl_ms));
+            Command::CreateCode {
+                ttl_ms,
+                invite,
+                reply,
+            } => {
+                let _ = reply.send(self.create_code(ttl_ms, invite));
             }
             Command::Pair {
                 code,
@@ -249,14 +253,29 @@ impl Node {
         }
     }
 
-    fn create_code(&mut self, ttl_ms: u64) -> Result<PendingPairing> {
-        let mut code = PairingCode::generate()?;
+    fn create_code(&mut self, ttl_ms: u64, invite: bool) -> Result<PendingPairing> {
+        let generate = if invite {
+            PairingCode::generate_long
+        } else {
+            PairingCode::generate
+        };
+        let mut code = generate()?;
         while self.codes.contains_key(code.nameplate()) {
-            code = PairingCode::generate()?;
+            code = generate()?;
         }
         let expires_at = now().saturating_add(ttl_ms);
         let (outcome_tx, outcome) = oneshot::channel();
-        let text = code.text();
+        let text = if invite {
+            Invite {
+                code: code.clone(),
+                store: self.store.store_id(),
+                host: *self.swarm.local_peer_id(),
+                addrs: self.swarm.listeners().cloned().collect(),
+            }
+            .to_text()
+        } else {
+            code.text()
+        };
         tracing::info!(nameplate = code.nameplate(), "pairing code created");
         self.codes.insert(
             code.nameplate().to_string(),

@@ -39,6 +39,10 @@ const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 const HALF: usize = 4;
 /// Bits of secret in a code (4 characters of 32 symbols).
 pub const SECRET_BITS: u32 = 20;
+/// Characters of secret in an invite's code (130 bits).
+const LONG_SECRET: usize = 26;
+/// How an invite's text starts.
+pub const INVITE_PREFIX: &str = "persist-invite-v1-";
 /// How long a code stays valid by default.
 pub const DEFAULT_CODE_TTL_MS: u64 = 10 * 60 * 1000;
 
@@ -64,6 +68,22 @@ impl PairingCode {
             .iter()
             .map(|b| ALPHABET[usize::from(b & 31)] as char)
             .collect();
+        Ok(PairingCode {
+            nameplate: text[..HALF].to_string(),
+            secret: Zeroizing::new(text[HALF..].to_string()),
+        })
+    }
+
+    /// A code with a 130-bit secret, for invites (copied, not typed).
+    pub fn generate_long() -> Result<PairingCode> {
+        let mut random = Zeroizing::new([0u8; HALF + LONG_SECRET]);
+        crate::platform::fill_random(random.as_mut())?;
+        let text: Zeroizing<String> = Zeroizing::new(
+            random
+                .iter()
+                .map(|b| ALPHABET[usize::from(b & 31)] as char)
+                .collect(),
+        );
         Ok(PairingCode {
             nameplate: text[..HALF].to_string(),
             secret: Zeroizing::new(text[HALF..].to_string()),
@@ -114,6 +134,96 @@ impl PairingCode {
             "persist pair v1\0{}-{}",
             self.nameplate, &*self.secret
         ))
+    }
+}
+
+/// An invite: a pairing code with a long secret, the store it joins, and
+/// where to find the device that made it. Whoever holds the text can join
+/// the store once, until it expires: send it only over a private channel.
+#[derive(Clone)]
+pub struct Invite {
+    /// The code run through the pairing exchange.
+    pub code: PairingCode,
+    /// The store the invite joins.
+    pub store: crate::change::StoreId,
+    /// The inviting device.
+    pub host: libp2p::PeerId,
+    /// Its addresses when the invite was made.
+    pub addrs: Vec<libp2p::Multiaddr>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct InviteWire {
+    store: crate::change::StoreId,
+    host: Vec<u8>,
+    addrs: Vec<Vec<u8>>,
+    nameplate: String,
+    secret: String,
+}
+
+impl std::fmt::Debug for Invite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invite")
+            .field("store", &self.store)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Invite {
+    /// The invite as text (`persist-invite-v1-...`).
+    pub fn to_text(&self) -> Zeroizing<String> {
+        let wire = InviteWire {
+            store: self.store,
+            host: self.host.to_bytes(),
+            addrs: self.addrs.iter().map(|a| a.to_vec()).collect(),
+            nameplate: self.code.nameplate.clone(),
+            secret: self.code.secret.to_string(),
+        };
+        // Strings and byte strings always encode.
+        let bytes = Zeroizing::new(postcard::to_stdvec(&wire).unwrap_or_default());
+        Zeroizing::new(format!(
+            "{INVITE_PREFIX}{}",
+            data_encoding::BASE32_NOPAD
+                .encode(&bytes)
+                .to_ascii_lowercase()
+        ))
+    }
+
+    /// Reads an invite's text.
+    pub fn parse(text: &str) -> Result<Invite> {
+        let invalid = |why: &str| Error::PairingCodeInvalid(format!("not a Persist invite: {why}"));
+        let body = text
+            .trim()
+            .strip_prefix(INVITE_PREFIX)
+            .ok_or_else(|| invalid("it does not start with persist-invite-v1-"))?;
+        let bytes = Zeroizing::new(
+            data_encoding::BASE32_NOPAD
+                .decode(body.to_ascii_uppercase().as_bytes())
+                .map_err(|_| invalid("damaged text"))?,
+        );
+        let wire: InviteWire = postcard::from_bytes(&bytes).map_err(|_| invalid("damaged text"))?;
+        let host = libp2p::PeerId::from_bytes(&wire.host).map_err(|_| invalid("bad peer id"))?;
+        let addrs = wire
+            .addrs
+            .into_iter()
+            .map(|a| libp2p::Multiaddr::try_from(a).map_err(|_| invalid("bad address")))
+            .collect::<Result<Vec<_>>>()?;
+        if wire.nameplate.len() != HALF
+            || wire.secret.len() != LONG_SECRET
+            || !(wire.nameplate.bytes().chain(wire.secret.bytes())).all(|b| ALPHABET.contains(&b))
+        {
+            return Err(invalid("bad code"));
+        }
+        Ok(Invite {
+            code: PairingCode {
+                nameplate: wire.nameplate,
+                secret: Zeroizing::new(wire.secret),
+            },
+            store: wire.store,
+            host,
+            addrs,
+        })
     }
 }
 
@@ -368,6 +478,39 @@ mod tests {
             unreachable!()
         };
         assert!(joiner.confirm(&pake, &[0; 32]).is_err());
+    }
+
+    #[test]
+    fn invites_round_trip_and_refuse_damage() {
+        let invite = Invite {
+            code: PairingCode::generate_long().expect("code"),
+            store: crate::change::StoreId::from_bytes([3; 16]),
+            host: libp2p::PeerId::random(),
+            addrs: vec!["/ip4/127.0.0.1/tcp/4001".parse().expect("addr")],
+        };
+        let text = invite.to_text();
+        assert!(text.starts_with(INVITE_PREFIX));
+        let read = Invite::parse(&text).expect("parse");
+        assert_eq!(read.code, invite.code);
+        assert_eq!(
+            (read.store, read.host, read.addrs.clone()),
+            (invite.store, invite.host, invite.addrs.clone())
+        );
+        assert_eq!(read.code.secret.len() * 5, 130);
+        for bad in [
+            "",
+            "persist-invite-v1-",
+            "persist-invite-v1-!!",
+            &text[..text.len() - 5],
+        ] {
+            assert!(Invite::parse(bad).is_err(), "{bad}");
+        }
+        // A long code pairs like a short one.
+        let code = invite.code.text();
+        assert!(
+            PairingCode::parse(&code).is_err(),
+            "invites are not typed codes"
+        );
     }
 
     #[test]

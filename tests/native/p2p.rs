@@ -627,3 +627,54 @@ async fn an_interrupted_initial_sync_resumes() {
     node_a.shutdown();
     node_b.shutdown();
 }
+
+#[tokio::test]
+async fn an_invite_joins_an_encrypted_store_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let a = Store::open(
+        StoreOptions::new("a")
+            .path(dir.path().join("a.db"))
+            .encrypt(true),
+    )
+    .await
+    .expect("a");
+    a.records("notes")
+        .put("secret", json!({ "pin": 4321 }))
+        .await
+        .expect("put");
+    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    dial_addr(&node_a).await;
+    let pending = node_a.create_invite(60_000).await.expect("invite");
+    let text = pending.code().to_string();
+    assert!(text.starts_with("persist-invite-v1-"), "{text}");
+    // A damaged invite is refused before anything is sent.
+    let b = Store::open(StoreOptions::new("b").path(dir.path().join("b.db")))
+        .await
+        .expect("b");
+    let node_b = b.enable_p2p(loopback()).await.expect("b");
+    assert_eq!(
+        node_b
+            .accept_invite(&text[..text.len() - 3])
+            .await
+            .expect_err("damaged")
+            .code(),
+        "PAIRING_CODE_INVALID"
+    );
+    let (joined, hosted) = tokio::join!(node_b.accept_invite(&text), pending.paired());
+    assert_eq!(joined.expect("joined"), node_a.peer_id());
+    assert_eq!(hosted.expect("hosted"), node_b.peer_id());
+    assert_eq!(b.store_id(), a.store_id());
+    assert!(b.crypto().is_encrypted());
+    arrives(&b, "secret", &json!({ "pin": 4321 })).await;
+    // Single use.
+    let c = memory_store("c").await;
+    let node_c = c.enable_p2p(loopback()).await.expect("c");
+    assert_eq!(
+        node_c.accept_invite(&text).await.expect_err("used").code(),
+        "PAIRING_CODE_INVALID"
+    );
+    assert!(!a.is_trusted(&c.device_id()));
+    for node in [node_a, node_b, node_c] {
+        node.shutdown();
+    }
+}

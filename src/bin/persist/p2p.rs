@@ -82,7 +82,12 @@ async fn until_quiet(
 /// `persist pair`: offer a code and wait for a device to use it, or
 /// `persist pair CODE --peer ADDR`: join the store of the device that
 /// offered it.
-pub async fn pair(store: Store, code: Option<String>, net: NetArgs) -> persist::Result<()> {
+pub async fn pair(
+    store: Store,
+    code: Option<String>,
+    invite: bool,
+    net: NetArgs,
+) -> persist::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(net.seconds);
     match code {
         None => {
@@ -92,14 +97,21 @@ pub async fn pair(store: Store, code: Option<String>, net: NetArgs) -> persist::
                 println!("address: {addr}/p2p/{}", node.peer_id());
             }
             let ttl = Duration::from_secs(net.seconds).min(Duration::from_secs(600));
-            let pending = node
-                .create_pairing_code_valid_for(ttl.as_millis() as u64)
-                .await?;
+            let ttl = ttl.as_millis() as u64;
+            let pending = if invite {
+                node.create_invite(ttl).await?
+            } else {
+                node.create_pairing_code_valid_for(ttl).await?
+            };
             println!("code: {}", pending.code());
-            println!(
-                "waiting for a device to pair (persist pair {} --peer ADDRESS)",
-                pending.code()
-            );
+            if invite {
+                println!("waiting for a device to pair (persist pair INVITE)");
+            } else {
+                println!(
+                    "waiting for a device to pair (persist pair {} --peer ADDRESS)",
+                    pending.code()
+                );
+            }
             let peer = pending.paired().await?;
             println!("paired: {peer}");
             // Serve the new device's first sync until it leaves.
@@ -120,7 +132,11 @@ pub async fn pair(store: Store, code: Option<String>, net: NetArgs) -> persist::
             let node = store.enable_p2p(options).await?;
             let mut events = node.events();
             let host = net.peers.first().cloned();
-            let peer = node.pair(&code, host).await?;
+            let peer = if code.starts_with(persist::net::pairing::INVITE_PREFIX) {
+                node.accept_invite(&code).await?
+            } else {
+                node.pair(&code, host).await?
+            };
             println!(
                 "paired with {peer}: this device joined store {}",
                 store.store_id()
