@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/persist-target}"
+# mDNS multicasts on every interface: keep it off the host here.
+export PERSIST_MDNS=off
 cargo run --release --locked --bin persist -- demo --data "${PERSIST_DATA:-data}"
 
 if [ "${PERSIST_DEMO_WEB:-1}" != "0" ]; then

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/persist-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# mDNS multicasts on every interface: keep it off the host here.
+export PERSIST_MDNS=off
 
 bash scripts/setup.sh chromium chromium-driver
 
