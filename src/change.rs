@@ -448,6 +448,11 @@ pub struct Limits {
     pub max_commit_bytes: usize,
     /// Most operations in one commit.
     pub max_commit_ops: usize,
+    /// How far ahead of this device's clock a received commit's stamps may
+    /// be (milliseconds). Later ones wait (refused now, accepted once the
+    /// clock catches up), so a device with a wrong or hostile clock cannot
+    /// push every replica's clock, and last-write-wins, far ahead.
+    pub max_clock_skew_ms: u64,
 }
 
 impl Default for Limits {
@@ -456,6 +461,7 @@ impl Default for Limits {
             max_value_bytes: names::DEFAULT_MAX_VALUE_BYTES,
             max_commit_bytes: names::DEFAULT_MAX_COMMIT_BYTES,
             max_commit_ops: names::DEFAULT_MAX_COMMIT_OPS,
+            max_clock_skew_ms: names::DEFAULT_MAX_CLOCK_SKEW_MS,
         }
     }
 }

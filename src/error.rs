@@ -130,6 +130,14 @@ pub enum RejectReason {
     /// before it wrote this commit).
     #[error("the author {0} is not a member of the store")]
     NotTrusted(String),
+    /// The commit's stamps are further ahead of this device's clock than
+    /// [`crate::Limits::max_clock_skew_ms`] allows (it is accepted once the
+    /// clock catches up).
+    #[error("the commit is stamped {ahead_ms} ms ahead of this device's clock")]
+    FromTheFuture {
+        /// How far ahead.
+        ahead_ms: u64,
+    },
     /// The commit skips sequence numbers of its author: the missing ones
     /// must arrive first.
     #[error("commit {found} of its author arrived before commit {expected}")]
@@ -155,6 +163,7 @@ impl RejectReason {
             RejectReason::Equivocation => "CHANGE_CONFLICT",
             RejectReason::Gap { .. } => "CHANGE_OUT_OF_ORDER",
             RejectReason::NotTrusted(_) => "NOT_TRUSTED",
+            RejectReason::FromTheFuture { .. } => "CLOCK_SKEW",
         }
     }
 }

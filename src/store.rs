@@ -530,12 +530,27 @@ impl Store {
         let bound = self.bound();
         let keyring = bound.sealed.as_ref().map(|s| s.keyring());
         let members = self.members();
+        let horizon = (self.inner.wall_clock)().saturating_add(self.inner.limits.max_clock_skew_ms);
         for (index, signed) in commits.into_iter().enumerate() {
             match Commit::verify(signed, bound.store_id, &self.inner.limits, keyring.as_ref()) {
                 // Signature first, then membership: only a verified author
                 // is looked up.
                 Ok(commit) if !members.admits_commit(&commit.body.author, commit.body.seq) => {
                     let reason = RejectReason::NotTrusted(commit.body.author.short());
+                    tracing::warn!(index, code = reason.code(), %reason, "rejected received commit");
+                    report.rejected.push((index, reason));
+                }
+                Ok(commit)
+                    if commit
+                        .body
+                        .stamp(commit.body.ops.len().saturating_sub(1))
+                        .hlc
+                        .millis()
+                        > horizon =>
+                {
+                    let ahead_ms = commit.body.hlc.millis().saturating_sub(horizon)
+                        + self.inner.limits.max_clock_skew_ms;
+                    let reason = RejectReason::FromTheFuture { ahead_ms };
                     tracing::warn!(index, code = reason.code(), %reason, "rejected received commit");
                     report.rejected.push((index, reason));
                 }

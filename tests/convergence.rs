@@ -449,3 +449,26 @@ mod cancelled_writer {
         });
     }
 }
+
+/// A device whose clock runs two days ahead: its commits wait (CLOCK_SKEW)
+/// instead of dragging the other replica's clock, and are accepted once
+/// the receiver's clock is within the bound.
+#[test]
+fn commits_from_far_ahead_wait_for_the_clock() {
+    const DAY: u64 = 24 * 60 * 60 * 1000;
+    let replicas = replicas(&[0, 2 * DAY]);
+    let (here, ahead) = (&replicas[0], &replicas[1]);
+    block_on(ahead.store.kv().set("k", json!("from the future"))).unwrap();
+    let commits = block_on(ahead.store.commits_missing_from(&[], 10)).unwrap();
+    let report = block_on(here.store.ingest(commits.clone())).unwrap();
+    assert_eq!(report.applied, 0);
+    assert_eq!(report.rejected[0].1.code(), "CLOCK_SKEW");
+    assert_eq!(block_on(here.store.kv().get("k")).unwrap(), None);
+    // The local clock was not dragged ahead: a local write stays "now".
+    let local = block_on(here.store.events("log").append(json!(1))).unwrap();
+    assert!(local.at < 1_700_000_000_000 + DAY);
+    // A day and a second later the commit is within the bound.
+    here.clock.fetch_add(DAY + 1_000, Ordering::SeqCst);
+    let report = block_on(here.store.ingest(commits)).unwrap();
+    assert_eq!(report.applied, 1, "{report:?}");
+}

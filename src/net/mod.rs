@@ -176,6 +176,9 @@ pub enum P2pEvent {
         applied: usize,
         /// Commits refused (invalid, untrusted, or not yet in order).
         rejected: usize,
+        /// Commits the peer said it still has for us after this batch
+        /// (progress of a long initial sync; 0 when done).
+        remaining: u64,
     },
     /// A device joined the store (paired here or on another member).
     MemberAdded(PeerId),
@@ -221,6 +224,8 @@ pub enum SyncResponse {
         commits: Vec<SignedCommit>,
         /// More remain.
         more: bool,
+        /// How many commits the requester still lacks after this page.
+        remaining: u64,
         /// The responder's membership log, when the requester's differs.
         members: Option<MembershipWire>,
     },

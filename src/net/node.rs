@@ -36,6 +36,13 @@ struct PeerState {
     known: BTreeMap<DeviceId, u64>,
     /// The digest of the peer's membership log as last learnt.
     members: Option<[u8; 32]>,
+    /// True once the peer told its version vector (its pull): pushes wait
+    /// for it, so a peer that is catching up pulls in pages (with
+    /// progress) instead of receiving pushes.
+    heard: bool,
+    /// True once this node pulled from the peer (a peer that pulls from us
+    /// first, such as a device that just joined, is pulled back).
+    pulled: bool,
 }
 
 /// A code this device offered.
@@ -137,6 +144,18 @@ async fn members_for(store: &Store, theirs: Option<[u8; 32]>) -> Option<Membersh
     } else {
         Some(store.membership().await)
     }
+}
+
+/// How many commits a replica with version vector `have` lacks from `store`.
+async fn lacking(store: &Store, have: &[(DeviceId, u64)]) -> u64 {
+    let have: BTreeMap<DeviceId, u64> = have.iter().copied().collect();
+    store
+        .version_vector()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(author, seq)| seq.saturating_sub(have.get(&author).copied().unwrap_or(0)))
+        .sum()
 }
 
 fn now() -> u64 {
@@ -528,6 +547,9 @@ impl Node {
             };
             let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
             self.pulls.insert(id, peer);
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.pulled = true;
+            }
         }
     }
 
@@ -556,7 +578,7 @@ impl Node {
         let targets: Vec<Target> = self
             .peers
             .iter()
-            .filter(|(p, _)| self.is_member(p))
+            .filter(|(p, s)| s.heard && self.is_member(p))
             .map(|(p, s)| {
                 (
                     *p,
@@ -615,6 +637,10 @@ impl Node {
                     .behaviour_mut()
                     .sync
                     .send_response(channel, response);
+                // A member that pulled from us before we pulled from it.
+                if self.is_member(&peer) && self.peers.get(&peer).is_some_and(|s| !s.pulled) {
+                    self.pull(peer).await;
+                }
             }
             Event::Message {
                 peer,
@@ -661,6 +687,7 @@ impl Node {
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.known = have.iter().copied().collect();
                     state.members = Some(members);
+                    state.heard = true;
                 }
                 let members = members_for(&self.store, Some(members)).await;
                 let limit = limit.min(PULL_LIMIT) as usize;
@@ -669,6 +696,9 @@ impl Node {
                         let over_count = commits.len() > limit;
                         commits.truncate(limit);
                         let (commits, over_bytes) = page_of(commits);
+                        let remaining = lacking(&self.store, &have)
+                            .await
+                            .saturating_sub(commits.len() as u64);
                         if let Some(state) = self.peers.get_mut(&peer) {
                             advance(&mut state.known, &commits);
                             if members.is_some() {
@@ -678,6 +708,7 @@ impl Node {
                         SyncResponse::Commits {
                             commits,
                             more: over_count || over_bytes,
+                            remaining,
                             members,
                         }
                     }
@@ -698,6 +729,7 @@ impl Node {
                             peer,
                             applied: report.applied,
                             rejected: report.rejected.len(),
+                            remaining: 0,
                         });
                         // Pushed commits that skip some of their author's
                         // (the pusher thought we had them): pull the gap.
@@ -735,6 +767,7 @@ impl Node {
             SyncResponse::Commits {
                 commits,
                 more,
+                remaining,
                 members,
             } => {
                 self.pulls.remove(&request_id);
@@ -750,6 +783,7 @@ impl Node {
                                 peer,
                                 applied: report.applied,
                                 rejected: report.rejected.len(),
+                                remaining,
                             });
                         }
                         // Keep paging while pages make progress (duplicates

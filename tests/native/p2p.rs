@@ -586,16 +586,24 @@ async fn an_interrupted_initial_sync_resumes() {
     let node_b = b.enable_p2p(loopback()).await.expect("b");
     let mut events = node_b.events();
     pair_node(&node_b, &node_a).await;
-    // Cut B off as soon as it applied something.
-    tokio::time::timeout(Duration::from_secs(10), async {
+    // Cut B off as soon as it applied something; the page says how much
+    // is left (progress).
+    let left = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(event) = events.next().await {
-            if matches!(event, P2pEvent::Synced { applied, .. } if applied > 0) {
-                break;
+            if let P2pEvent::Synced {
+                applied, remaining, ..
+            } = event
+            {
+                if applied > 0 {
+                    return remaining;
+                }
             }
         }
+        0
     })
     .await
     .expect("a first page within 10 s");
+    assert!(left > 0, "the first page reports what remains");
     node_b.shutdown();
     let partial: u64 = b
         .version_vector()
@@ -675,6 +683,63 @@ async fn an_invite_joins_an_encrypted_store_once() {
     );
     assert!(!a.is_trusted(&c.device_id()));
     for node in [node_a, node_b, node_c] {
+        node.shutdown();
+    }
+}
+
+/// Five devices, paired through one: records, events and keys written on
+/// each reach all (the first relays for the others).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_devices_replicate_records_events_and_keys() {
+    let first = memory_store("d0").await;
+    let hub = first.enable_p2p(loopback()).await.expect("d0");
+    let mut stores = vec![first];
+    let mut nodes = vec![hub.clone()];
+    for i in 1..5 {
+        let (store, node) = new_member(&format!("d{i}"), &hub).await;
+        stores.push(store);
+        nodes.push(node);
+    }
+    for (i, store) in stores.iter().enumerate() {
+        store
+            .records("notes")
+            .put(&format!("from-{i}"), json!({ "device": i }))
+            .await
+            .expect("put");
+        store
+            .events("log")
+            .append(json!({ "device": i }))
+            .await
+            .expect("append");
+        store
+            .kv()
+            .set(&format!("k{i}"), json!(i))
+            .await
+            .expect("kv");
+    }
+    for store in &stores {
+        for i in 0..5 {
+            arrives(store, &format!("from-{i}"), &json!({ "device": i })).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let expected = loop {
+        let expected = state(&stores[0]).await;
+        let mut same = expected.2.len() == 5 && expected.1.len() == 5;
+        for store in &stores[1..] {
+            same &= state(store).await == expected;
+        }
+        if same {
+            break expected;
+        }
+        assert!(Instant::now() < deadline, "five devices did not converge");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(expected.0.len(), 5);
+    for store in &stores {
+        assert_eq!(store.members().current.len(), 5, "{}", store.name());
+    }
+    for node in nodes {
         node.shutdown();
     }
 }
