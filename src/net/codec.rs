@@ -54,11 +54,9 @@ where
     postcard::from_bytes(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-pub(crate) async fn write_message<T, M>(io: &mut T, message: &M) -> io::Result<()>
-where
-    T: AsyncWrite + Unpin + Send,
-    M: Serialize,
-{
+/// A message with its length prefix, ready to write at once (one
+/// encrypted transport frame for a small message).
+pub(crate) fn frame<M: Serialize>(message: &M) -> io::Result<Vec<u8>> {
     let bytes =
         postcard::to_stdvec(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     if bytes.len() > MAX_MESSAGE_BYTES {
@@ -67,11 +65,18 @@ where
             "sync message too large",
         ));
     }
-    // One write: one encrypted transport frame for the whole message.
     let mut framed = Vec::with_capacity(4 + bytes.len());
     framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
     framed.extend_from_slice(&bytes);
-    io.write_all(&framed).await?;
+    Ok(framed)
+}
+
+pub(crate) async fn write_message<T, M>(io: &mut T, message: &M) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+    M: Serialize,
+{
+    io.write_all(&frame(message)?).await?;
     io.close().await
 }
 

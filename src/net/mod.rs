@@ -47,6 +47,7 @@ use crate::store::Store;
 
 pub mod codec;
 pub mod gate;
+pub mod live;
 mod node;
 pub mod pairing;
 
@@ -272,6 +273,7 @@ mod behaviour {
         mdns: Toggle<crate::platform::Mdns>,
         pub(super) sync: request_response::Behaviour<SyncCodec>,
         pub(super) pair: request_response::Behaviour<PairCodec>,
+        pub(super) live: libp2p_stream::Behaviour,
     }
 
     impl Behaviour {
@@ -310,6 +312,7 @@ mod behaviour {
                     request_response::Config::default()
                         .with_request_timeout(std::time::Duration::from_secs(30)),
                 ),
+                live: libp2p_stream::Behaviour::new(),
             })
         }
     }

@@ -12,12 +12,15 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use zeroize::Zeroizing;
 
+use super::codec::frame;
 use super::gate::GateState;
+use super::live::{self, LiveMessage};
 use super::pairing::{welcome_context, HostSession, Invite, JoinerSession, PairingCode};
 use super::{
     advance, device_of, page_of, peer_id_of, Behaviour, BehaviourEvent, Command, P2pEvent,
     P2pOptions, PairRequest, PairResponse, PendingPairing, SyncRequest, SyncResponse, PULL_LIMIT,
 };
+use crate::change::SignedCommit;
 use crate::crypto::device_box::{open_once, seal_once};
 use crate::error::{Error, RejectReason, Result};
 use crate::identity::DeviceId;
@@ -43,6 +46,14 @@ struct PeerState {
     /// True once this node pulled from the peer (a peer that pulls from us
     /// first, such as a device that just joined, is pulled back).
     pulled: bool,
+    /// The peer's version vector as it last told it (its pull, an ack or
+    /// a `Have`): where `known` restarts when a live stream breaks.
+    confirmed: BTreeMap<DeviceId, u64>,
+    /// Frames for the live stream to the peer, once opened.
+    live: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// The live stream failed on this connection: pushes use
+    /// request-response.
+    live_failed: bool,
 }
 
 /// A code this device offered.
@@ -78,6 +89,10 @@ struct Joining {
 struct Node {
     store: Store,
     swarm: Swarm<Behaviour>,
+    /// Opens live streams.
+    control: libp2p_stream::Control,
+    /// Live streams that failed (their peer).
+    live_failed: mpsc::UnboundedSender<PeerId>,
     gate: Arc<Mutex<GateState>>,
     subscribers: Vec<mpsc::UnboundedSender<P2pEvent>>,
     peers: HashMap<PeerId, PeerState>,
@@ -113,9 +128,15 @@ pub(super) fn run(
             }
         }
     }
+    let mut control = swarm.behaviour().live.new_control();
+    let (live_inbox, live_in) = mpsc::unbounded();
+    live::accept(&mut control, live_inbox)?;
+    let (live_failed, failed_in) = mpsc::unbounded();
     let mut node = Node {
         store,
         swarm,
+        control,
+        live_failed,
         gate,
         subscribers: Vec::new(),
         peers: HashMap::new(),
@@ -131,7 +152,7 @@ pub(super) fn run(
             tracing::warn!(%addr, %e, "bootstrap peer not dialled");
         }
     }
-    crate::platform::spawn(node.run(inbox));
+    crate::platform::spawn(node.run(inbox, live_in, failed_in));
     Ok(())
 }
 
@@ -163,7 +184,12 @@ fn now() -> u64 {
 }
 
 impl Node {
-    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<Command>,
+        mut live_in: mpsc::UnboundedReceiver<(PeerId, LiveMessage)>,
+        mut failed_in: mpsc::UnboundedReceiver<PeerId>,
+    ) {
         let mut local_changes = self.store.commit_notifications();
         let mut tick = Box::pin(crate::platform::sleep_ms(TICK_MS).fuse());
         loop {
@@ -175,6 +201,16 @@ impl Node {
                 _ = local_changes.next() => {
                     self.refresh_members();
                     self.push_to_peers().await;
+                },
+                message = live_in.next() => {
+                    if let Some((peer, message)) = message {
+                        self.live_message(peer, message).await;
+                    }
+                },
+                peer = failed_in.next() => {
+                    if let Some(peer) = peer {
+                        self.live_broke(peer).await;
+                    }
                 },
                 _ = tick => {
                     self.expire();
@@ -605,16 +641,107 @@ impl Node {
                         advance(&mut state.known, &commits);
                         state.members = Some(ours);
                     }
-                    let request = SyncRequest::Push {
-                        store: self.store.store_id(),
-                        commits,
-                        members,
-                    };
-                    self.swarm.behaviour_mut().sync.send_request(&peer, request);
+                    self.send(peer, commits, members);
                 }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(%peer, code = e.code(), "cannot read commits to push")
+                }
+            }
+        }
+    }
+
+    /// Sends commits (and the membership log) to `peer`: on its live
+    /// stream, or as a request when that stream failed.
+    fn send(&mut self, peer: PeerId, commits: Vec<SignedCommit>, members: Option<MembershipWire>) {
+        let message = LiveMessage::Commits { commits, members };
+        if self.send_live(peer, &message) {
+            return;
+        }
+        if let LiveMessage::Commits { commits, members } = message {
+            let request = SyncRequest::Push {
+                store: self.store.store_id(),
+                commits,
+                members,
+            };
+            self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        }
+    }
+
+    /// Queues `message` on the live stream to `peer` (opening it first);
+    /// false when there is none.
+    fn send_live(&mut self, peer: PeerId, message: &LiveMessage) -> bool {
+        let control = self.control.clone();
+        let failed = self.live_failed.clone();
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        if state.live_failed {
+            return false;
+        }
+        let frames = state
+            .live
+            .get_or_insert_with(|| live::open(control, peer, failed));
+        match frame(message) {
+            Ok(bytes) => frames.unbounded_send(bytes).is_ok(),
+            Err(e) => {
+                tracing::warn!(%peer, %e, "cannot frame a live message");
+                false
+            }
+        }
+    }
+
+    /// A live stream failed: later pushes to that peer go as requests,
+    /// starting again from what the peer last confirmed having.
+    async fn live_broke(&mut self, peer: PeerId) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.live = None;
+            state.live_failed = true;
+            state.known = state.confirmed.clone();
+            self.push_to_peers().await;
+        }
+    }
+
+    /// What arrived on a peer's live stream.
+    async fn live_message(&mut self, peer: PeerId, message: LiveMessage) {
+        if !self.is_member(&peer) {
+            tracing::info!(%peer, "live message from a non-member dropped");
+            return;
+        }
+        match message {
+            LiveMessage::Have { have } => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.known = have.iter().copied().collect();
+                    state.confirmed = state.known.clone();
+                }
+            }
+            LiveMessage::Commits { commits, members } => {
+                self.merge_members(peer, members).await;
+                // The sender has what it sent: never echo it back.
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    advance(&mut state.known, &commits);
+                }
+                match self.store.ingest(commits).await {
+                    Ok(report) => {
+                        self.emit(P2pEvent::Synced {
+                            peer,
+                            applied: report.applied,
+                            rejected: report.rejected.len(),
+                            remaining: 0,
+                        });
+                        if report
+                            .rejected
+                            .iter()
+                            .any(|(_, r)| matches!(r, RejectReason::Gap { .. }))
+                        {
+                            self.pull(peer).await;
+                        }
+                        if !report.rejected.is_empty() {
+                            let have = self.store.version_vector().await.unwrap_or_default();
+                            self.send_live(peer, &LiveMessage::Have { have });
+                        }
+                    }
+                    Err(e) => tracing::warn!(%peer, code = e.code(), "live commits not applied"),
                 }
             }
         }
@@ -686,6 +813,7 @@ impl Node {
             } => {
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.known = have.iter().copied().collect();
+                    state.confirmed = state.known.clone();
                     state.members = Some(members);
                     state.heard = true;
                 }
@@ -802,6 +930,7 @@ impl Node {
             } => {
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.known = have.into_iter().collect();
+                    state.confirmed = state.known.clone();
                 }
             }
             SyncResponse::Ack { have: None, .. } => {}
