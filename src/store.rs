@@ -467,7 +467,7 @@ impl Store {
         let keypair = crate::net::keypair(&self.inner.device)?;
         let gate = Arc::new(Mutex::new(crate::net::gate::GateState::default()));
         let behaviour = crate::net::Behaviour::new(&keypair, &options, gate.clone())?;
-        let swarm = crate::platform::swarm(keypair, behaviour, options.count_bytes.clone())?;
+        let swarm = crate::platform::swarm(keypair, behaviour, &options)?;
         crate::net::start(self.clone(), swarm, &options, gate)
     }
 

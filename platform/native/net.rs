@@ -1,16 +1,18 @@
 //! The native transports of a P2P node: TCP and QUIC, Noise, Yamux, on
 //! tokio; mDNS from libp2p's tokio implementation.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::core::{upgrade, Transport};
 use libp2p::{identity, mdns, noise, tcp, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder};
 
 use crate::error::{Error, Result};
-use crate::net::{Behaviour, ByteCounter};
+use crate::net::{Behaviour, ByteCounter, P2pOptions};
 
 /// mDNS discovery natively.
 pub type Mdns = mdns::tokio::Behaviour;
@@ -29,10 +31,29 @@ pub fn mdns_discovered(event: mdns::Event) -> Vec<Multiaddr> {
     }
 }
 
-/// A TCP stream that counts its bytes.
+/// A TCP stream that counts its bytes and, optionally, delivers what it
+/// receives `latency` late (a simulated one-way network delay).
 struct Counted<S> {
     inner: S,
     counter: ByteCounter,
+    latency: Option<Duration>,
+    /// Received bytes waiting for their delivery time.
+    pending: VecDeque<(Instant, Vec<u8>)>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    eof: bool,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S, counter: ByteCounter, latency: Option<Duration>) -> Counted<S> {
+        Counted {
+            inner,
+            counter,
+            latency,
+            pending: VecDeque::new(),
+            timer: None,
+            eof: false,
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -41,11 +62,52 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(n)) = &polled {
-            self.counter.add_read(*n);
+        let Some(latency) = self.latency else {
+            let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+            if let Poll::Ready(Ok(n)) = &polled {
+                self.counter.add_read(*n);
+            }
+            return polled;
+        };
+        // Take in whatever has arrived, stamped with its delivery time.
+        while !self.eof {
+            let mut chunk = vec![0u8; 64 << 10];
+            match Pin::new(&mut self.inner).poll_read(cx, &mut chunk) {
+                Poll::Ready(Ok(0)) => self.eof = true,
+                Poll::Ready(Ok(n)) => {
+                    self.counter.add_read(n);
+                    chunk.truncate(n);
+                    self.pending.push_back((Instant::now() + latency, chunk));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
         }
-        polled
+        let Some((due, _)) = self.pending.front() else {
+            return if self.eof {
+                Poll::Ready(Ok(0))
+            } else {
+                Poll::Pending
+            };
+        };
+        let due = *due;
+        if due > Instant::now() {
+            let mut timer = Box::pin(tokio::time::sleep_until(due.into()));
+            let polled = timer.as_mut().poll(cx);
+            self.timer = Some(timer);
+            if polled.is_pending() {
+                return Poll::Pending;
+            }
+        }
+        let Some((due, mut chunk)) = self.pending.pop_front() else {
+            return Poll::Pending;
+        };
+        let n = chunk.len().min(buf.len());
+        buf[..n].copy_from_slice(&chunk[..n]);
+        if n < chunk.len() {
+            self.pending.push_front((due, chunk.split_off(n)));
+        }
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -72,13 +134,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 }
 
 /// A swarm with TCP and QUIC transports for `behaviour` (TCP only, its
-/// bytes counted, with a `counter`). Needs a tokio runtime (the node's
+/// bytes counted and maybe delayed, for measurements). Needs a tokio runtime (the node's
 /// loop runs on it).
 pub fn swarm(
     keypair: identity::Keypair,
     behaviour: Behaviour,
-    counter: Option<ByteCounter>,
+    options: &P2pOptions,
 ) -> Result<Swarm<Behaviour>> {
+    // Streams to peers name their protocol and send their first message in
+    // the same round trip (multistream-select's lazy mode): every protocol
+    // a node opens is one Persist nodes speak, so the confirmation need not
+    // be awaited. Saves a round trip per stream (the first pull included).
+    let config = |c: libp2p::swarm::Config| {
+        c.with_idle_connection_timeout(Duration::from_secs(60))
+            .with_substream_upgrade_protocol_override(upgrade::Version::V1Lazy)
+    };
+    let latency = options.simulated_latency;
+    let counter = match (&options.count_bytes, latency) {
+        (Some(counter), _) => Some(counter.clone()),
+        (None, Some(_)) => Some(ByteCounter::default()),
+        (None, None) => None,
+    };
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(Error::InvalidOptions(
             "P2P needs a tokio runtime natively".into(),
@@ -92,10 +168,7 @@ pub fn swarm(
                 let noise = noise::Config::new(key)?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                     tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                        .map(move |stream, _| Counted {
-                            inner: stream,
-                            counter: counter.clone(),
-                        })
+                        .map(move |stream, _| Counted::new(stream, counter.clone(), latency))
                         .upgrade(upgrade::Version::V1Lazy)
                         .authenticate(noise)
                         .multiplex(yamux::Config::default()),
@@ -104,7 +177,7 @@ pub fn swarm(
             .map_err(|e| transport(&e))?
             .with_behaviour(|_| behaviour)
             .map_err(|e| transport(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .with_swarm_config(config)
             .build());
     }
     Ok(SwarmBuilder::with_existing_identity(keypair)
@@ -118,6 +191,6 @@ pub fn swarm(
         .with_quic()
         .with_behaviour(|_| behaviour)
         .map_err(|e| transport(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .with_swarm_config(config)
         .build())
 }

@@ -26,7 +26,7 @@ pub fn mdns_discovered(event: std::convert::Infallible) -> Vec<libp2p::Multiaddr
 pub fn swarm(
     _: identity::Keypair,
     _: Behaviour,
-    _: Option<crate::net::ByteCounter>,
+    _: &crate::net::P2pOptions,
 ) -> Result<Swarm<Behaviour>> {
     Err(Error::InvalidOptions(
         "P2P is not available in the browser yet".into(),

@@ -581,6 +581,7 @@ async fn p2p_demo(data: &std::path::Path) -> persist::Result<()> {
         mdns: false,
         dht: false,
         count_bytes: None,
+        simulated_latency: None,
     };
     let laptop_node = laptop.enable_p2p(loopback()).await?;
     let mut addrs = laptop_node.listen_addrs().await?;

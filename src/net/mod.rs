@@ -137,7 +137,12 @@ pub struct P2pOptions {
     /// Run a Kademlia DHT.
     pub dht: bool,
     /// Count the bytes of TCP connections (natively; QUIC is then off).
+    /// For measurements.
     pub count_bytes: Option<ByteCounter>,
+    /// Delay every byte received on TCP connections by this much (a
+    /// simulated one-way latency, natively; QUIC is then off). For
+    /// measurements of round trips.
+    pub simulated_latency: Option<std::time::Duration>,
 }
 
 impl Default for P2pOptions {
@@ -155,6 +160,7 @@ impl Default for P2pOptions {
             ),
             dht: true,
             count_bytes: None,
+            simulated_latency: None,
         }
     }
 }

@@ -17,6 +17,7 @@ pub(crate) fn loopback() -> P2pOptions {
         mdns: false,
         dht: false,
         count_bytes: None,
+        simulated_latency: None,
     }
 }
 

@@ -43,6 +43,7 @@ impl NetArgs {
             mdns: self.mdns,
             dht: false,
             count_bytes: None,
+            simulated_latency: None,
         }
     }
 }
