@@ -8,11 +8,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use persist::keys::MemoryKeyStore;
 use persist::net::live::LiveMessage;
 use persist::net::{Multiaddr, P2p, P2pOptions, SyncRequest};
 use persist::platform::native::SqliteStore;
 use persist::storage::StorageBackend;
-use persist::{Store, StoreOptions};
+use persist::{DeviceIdentity, Store, StoreOptions};
 use serde_json::json;
 
 fn loopback() -> P2pOptions {
@@ -265,6 +267,191 @@ reconnected, one record changed meanwhile: on the other store {:.1} ms after dia
     );
     node_a.shutdown();
     node_b.shutdown();
+
+    // Goodput: A's whole history pulled page by page through the sync
+    // protocol by a member that stores nothing, against the same bytes
+    // written on a bare libp2p stream; same transport (TCP, Noise, Yamux).
+    let node_a = a.enable_p2p(loopback()).await.expect("a again");
+    let probe_identity = DeviceIdentity::from_secret(&[77; 32]);
+    let probe = Store::open(
+        StoreOptions::new("probe")
+            .adapter(persist::Adapter::Memory)
+            .key_store(Arc::new(MemoryKeyStore::from_identity(&probe_identity))),
+    )
+    .await
+    .expect("probe");
+    let probe_node = probe.enable_p2p(loopback()).await.expect("probe");
+    let pending = node_a.create_pairing_code().await.expect("code");
+    let code = pending.code().to_string();
+    let (joined, _) = tokio::join!(
+        probe_node.pair(&code, Some(dial_addr(&node_a).await)),
+        pending.paired()
+    );
+    joined.expect("probe paired");
+    probe_node.shutdown();
+    let (sync_bytes, sync_time) = pull_everything(&probe_identity, &node_a, a.store_id()).await;
+    let (bare_bytes, bare_time) = bare_stream(sync_bytes).await;
+    let sync_rate = sync_bytes as f64 / sync_time.as_secs_f64() / 1e6;
+    let bare_rate = bare_bytes as f64 / bare_time.as_secs_f64() / 1e6;
+    let ratio = sync_rate / bare_rate;
+    println!(
+        "\n| goodput over loopback TCP: {:.1} MB of commits pulled in pages | {sync_rate:.0} MB/s | bare libp2p stream, same bytes: {bare_rate:.0} MB/s | {ratio:.2}x | >= 0.8x ({}) |",
+        sync_bytes as f64 / 1e6,
+        if ratio >= 0.8 { "met" } else { "MISSED" }
+    );
+    node_a.shutdown();
+}
+
+/// A raw TCP swarm (Noise, Yamux, lazy protocol selection as a node's).
+fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    identity: &DeviceIdentity,
+    behaviour: B,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_existing_identity(persist::net::keypair(identity).expect("keypair"))
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|_| behaviour)
+        .expect("behaviour")
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_secs(60))
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
+        .build()
+}
+
+/// Pulls every commit of `node`'s store, page after page, storing nothing:
+/// bytes of commits received and the time it took.
+async fn pull_everything(
+    identity: &DeviceIdentity,
+    node: &P2p,
+    store: persist::StoreId,
+) -> (usize, Duration) {
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::SwarmEvent;
+    use persist::net::{SyncCodec, SyncResponse, SYNC_PROTOCOL};
+    let mut client = raw_swarm(
+        identity,
+        request_response::Behaviour::<SyncCodec>::new(
+            [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(120)),
+        ),
+    );
+    client.dial(dial_addr(node).await).expect("dial");
+    while !matches!(
+        client.select_next_some().await,
+        SwarmEvent::ConnectionEstablished { .. }
+    ) {}
+    let mut have: std::collections::BTreeMap<persist::DeviceId, u64> = Default::default();
+    let mut bytes = 0;
+    let start = Instant::now();
+    loop {
+        let request = SyncRequest::Pull {
+            store,
+            have: have.iter().map(|(d, s)| (*d, *s)).collect(),
+            limit: persist::net::PULL_LIMIT,
+            members: [0; 32],
+        };
+        client
+            .behaviour_mut()
+            .send_request(&node.peer_id(), request);
+        let (commits, more) = loop {
+            match client.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => match response {
+                    SyncResponse::Commits { commits, more, .. } => break (commits, more),
+                    other => panic!("unexpected answer {other:?}"),
+                },
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => panic!("pull failed: {error}"),
+                _ => {}
+            }
+        };
+        for commit in &commits {
+            bytes += commit.body.len() + commit.signature.len();
+            if let Some((author, seq)) = commit.author_seq() {
+                let entry = have.entry(author).or_insert(0);
+                *entry = (*entry).max(seq);
+            }
+        }
+        if !more {
+            return (bytes, start.elapsed());
+        }
+    }
+}
+
+/// `total` bytes written on one bare libp2p stream between two raw swarms
+/// (64 KiB writes), timed until the reader has them all.
+async fn bare_stream(total: usize) -> (usize, Duration) {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    const BARE: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/bench/bare/1");
+    let reader_id = DeviceIdentity::from_secret(&[88; 32]);
+    let writer_id = DeviceIdentity::from_secret(&[99; 32]);
+    let mut reader = raw_swarm(&reader_id, libp2p_stream::Behaviour::new());
+    let mut writer = raw_swarm(&writer_id, libp2p_stream::Behaviour::new());
+    let mut incoming = reader
+        .behaviour()
+        .new_control()
+        .accept(BARE)
+        .expect("accept");
+    reader
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+        .expect("listen");
+    let addr = loop {
+        if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+            reader.select_next_some().await
+        {
+            break address;
+        }
+    };
+    let reader_peer = *reader.local_peer_id();
+    writer.dial(addr).expect("dial");
+    let mut control = writer.behaviour().new_control();
+    tokio::spawn(async move {
+        loop {
+            reader.select_next_some().await;
+        }
+    });
+    while !matches!(
+        writer.select_next_some().await,
+        libp2p::swarm::SwarmEvent::ConnectionEstablished { .. }
+    ) {}
+    tokio::spawn(async move {
+        loop {
+            writer.select_next_some().await;
+        }
+    });
+    let received = tokio::spawn(async move {
+        let (_, mut stream) = incoming.next().await.expect("a stream");
+        let mut buf = vec![0u8; 64 << 10];
+        let mut got = 0;
+        loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            if n == 0 {
+                return got;
+            }
+            got += n;
+        }
+    });
+    let start = Instant::now();
+    let mut stream = control.open_stream(reader_peer, BARE).await.expect("open");
+    let chunk = vec![0xA5u8; 64 << 10];
+    let mut sent = 0;
+    while sent < total {
+        let n = chunk.len().min(total - sent);
+        stream.write_all(&chunk[..n]).await.expect("write");
+        sent += n;
+    }
+    stream.close().await.expect("close");
+    let got = received.await.expect("reader");
+    (got, start.elapsed())
 }
 
 fn pull_bytes_authors(pull: &SyncRequest) -> usize {

@@ -503,17 +503,42 @@ impl Store {
         theirs: &[(DeviceId, u64)],
         limit: usize,
     ) -> Result<Vec<SignedCommit>> {
+        self.commits_missing_within(theirs, limit, usize::MAX).await
+    }
+
+    /// As [`Store::commits_missing_from`], stopping once the commits read
+    /// reach `max_bytes` (at least one commit is returned when any is
+    /// missing): what a page of the sync protocol needs, without reading
+    /// more of the log than it sends.
+    pub async fn commits_missing_within(
+        &self,
+        theirs: &[(DeviceId, u64)],
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SignedCommit>> {
         self.check_open()?;
+        /// Commits read from storage at a time while a byte budget is set.
+        const CHUNK: usize = 16;
         let theirs: BTreeMap<DeviceId, u64> = theirs.iter().copied().collect();
+        let backend = self.bound().backend.clone();
         let mut out = Vec::new();
-        for (author, seq) in self.bound().backend.version_vector().await? {
-            let known = theirs.get(&author).copied().unwrap_or(0);
-            if known < seq && out.len() < limit {
-                let more = self
-                    .bound()
-                    .backend
-                    .commits_after(author, known, limit - out.len())
-                    .await?;
+        let mut bytes = 0usize;
+        for (author, seq) in backend.version_vector().await? {
+            let mut known = theirs.get(&author).copied().unwrap_or(0);
+            while known < seq && out.len() < limit && bytes < max_bytes {
+                let want = if max_bytes == usize::MAX {
+                    limit - out.len()
+                } else {
+                    CHUNK.min(limit - out.len())
+                };
+                let more = backend.commits_after(author, known, want).await?;
+                let Some(last) = more.last().and_then(SignedCommit::author_seq) else {
+                    break;
+                };
+                known = last.1;
+                bytes = more
+                    .iter()
+                    .fold(bytes, |b, c| b.saturating_add(c.body.len() + 64));
                 out.extend(more);
             }
         }

@@ -631,7 +631,7 @@ impl Node {
             };
             match self
                 .store
-                .commits_missing_from(&known, PULL_LIMIT as usize)
+                .commits_missing_within(&known, PULL_LIMIT as usize, super::PAGE_BYTES)
                 .await
             {
                 Ok(commits) if !commits.is_empty() || members.is_some() => {
@@ -819,7 +819,11 @@ impl Node {
                 }
                 let members = members_for(&self.store, Some(members)).await;
                 let limit = limit.min(PULL_LIMIT) as usize;
-                match self.store.commits_missing_from(&have, limit + 1).await {
+                match self
+                    .store
+                    .commits_missing_within(&have, limit + 1, super::PAGE_BYTES)
+                    .await
+                {
                     Ok(mut commits) => {
                         let over_count = commits.len() > limit;
                         commits.truncate(limit);
