@@ -61,6 +61,13 @@ pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/pair/1")
 /// Largest sync message read or written: one commit of the largest size a
 /// store accepts by default, plus room for framing.
 pub const MAX_MESSAGE_BYTES: usize = crate::names::DEFAULT_MAX_COMMIT_BYTES + (1 << 20);
+/// Incoming connections still in their handshake, at most (a flood of
+/// handshakes is cut here; the gate refuses non-members after theirs).
+pub const MAX_PENDING_INCOMING: u32 = 32;
+/// Established incoming connections, at most.
+pub const MAX_INCOMING: u32 = 256;
+/// Established connections per peer, at most.
+pub const MAX_PER_PEER: u32 = 4;
 /// Commits per pulled page.
 pub const PULL_LIMIT: u32 = 1_000;
 /// Bytes of commits per message page (a single larger commit goes alone).
@@ -261,7 +268,7 @@ mod behaviour {
     use libp2p::request_response::{self, ProtocolSupport};
     use libp2p::swarm::behaviour::toggle::Toggle;
     use libp2p::swarm::NetworkBehaviour;
-    use libp2p::{identify, identity, kad, ping};
+    use libp2p::{connection_limits, identify, identity, kad, ping};
 
     use super::gate::{Gate, GateState};
     use super::{P2pOptions, PairCodec, SyncCodec, PAIR_PROTOCOL, SYNC_PROTOCOL};
@@ -273,6 +280,7 @@ mod behaviour {
     #[derive(NetworkBehaviour)]
     pub struct Behaviour {
         gate: Gate,
+        limits: connection_limits::Behaviour,
         identify: identify::Behaviour,
         ping: ping::Behaviour,
         kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
@@ -302,6 +310,13 @@ mod behaviour {
             };
             Ok(Behaviour {
                 gate: Gate::new(gate),
+                // Handshake floods and connection hoarding: bounded.
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_pending_incoming(Some(super::MAX_PENDING_INCOMING))
+                        .with_max_established_incoming(Some(super::MAX_INCOMING))
+                        .with_max_established_per_peer(Some(super::MAX_PER_PEER)),
+                ),
                 identify: identify::Behaviour::new(identify::Config::new(
                     "/persist/1".into(),
                     keypair.public(),

@@ -441,3 +441,129 @@ async fn forged_tampered_untrusted_replayed_and_oversize_messages_are_refused() 
     }
     node_a.shutdown();
 }
+
+/// The same attacks on the live stream a member's node opens for pushes:
+/// every bad commit refused, an oversize frame ends the stream, and the
+/// node goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commits_on_the_live_stream_are_refused() {
+    use persist::net::live::{LiveMessage, LIVE_PROTOCOL};
+    let a = memory_store("a").await;
+    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let identity = DeviceIdentity::from_secret(&[43; 32]);
+    let m = Store::open(
+        StoreOptions::new("m")
+            .adapter(Adapter::Memory)
+            .key_store(Arc::new(MemoryKeyStore::from_identity(&identity))),
+    )
+    .await
+    .expect("m");
+    let node_m = pair_into(&m, &node_a, loopback()).await;
+    node_m.shutdown();
+    let before = a.version_vector().await.expect("vv");
+    let mut events = node_a.events();
+
+    let mut client =
+        SwarmBuilder::with_existing_identity(persist::net::keypair(&identity).expect("keypair"))
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .expect("tcp")
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .expect("behaviour")
+            .build();
+    let mut control = client.behaviour().new_control();
+    client.dial(dial_addr(&node_a).await).expect("dial");
+    while !matches!(
+        client.select_next_some().await,
+        SwarmEvent::ConnectionEstablished { .. }
+    ) {}
+    tokio::spawn(async move {
+        loop {
+            client.select_next_some().await;
+        }
+    });
+    let mut stream = control
+        .open_stream(node_a.peer_id(), LIVE_PROTOCOL)
+        .await
+        .expect("live stream");
+    let frame = |message: &LiveMessage| {
+        let body = postcard::to_stdvec(message).expect("encode");
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out
+    };
+    let body = |author: &DeviceIdentity, seq: u64, key: &str| CommitBody {
+        format: COMMIT_FORMAT,
+        store: a.store_id(),
+        author: author.device_id(),
+        seq,
+        hlc: Hlc::from_millis(1_800_000_000_000),
+        ops: vec![Op::KvSet {
+            key: key.into(),
+            value: "1".into(),
+        }],
+    };
+    let mut forged = Commit::sign(body(&identity, 1, "forged"), &identity, None)
+        .expect("sign")
+        .signed;
+    forged.signature[3] ^= 1;
+    let mut flipped = Commit::sign(body(&identity, 1, "flipped"), &identity, None)
+        .expect("sign")
+        .signed;
+    flipped.body[5] ^= 0x08;
+    let stranger = DeviceIdentity::from_secret(&[8; 32]);
+    let untrusted = Commit::sign(body(&stranger, 1, "untrusted"), &stranger, None)
+        .expect("sign")
+        .signed;
+    for commit in [forged, flipped, untrusted] {
+        let message = LiveMessage::Commits {
+            commits: vec![commit],
+            members: None,
+        };
+        stream.write_all(&frame(&message)).await.expect("write");
+        stream.flush().await.expect("flush");
+    }
+    // Each was received and refused.
+    let mut refused = 0;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events.next().await {
+            if let P2pEvent::Synced {
+                applied, rejected, ..
+            } = event
+            {
+                assert_eq!(applied, 0);
+                refused += rejected;
+                if refused == 3 {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .expect("three refusals");
+    // An oversize frame: the node drops the stream.
+    stream
+        .write_all(&u32::MAX.to_be_bytes())
+        .await
+        .expect("write");
+    let _ = stream.write_all(&[0u8; 1024]).await;
+    let _ = stream.flush().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.version_vector().await.expect("vv"), before);
+    for key in ["forged", "flipped", "untrusted"] {
+        assert_eq!(a.kv().get(key).await.expect("get"), None);
+    }
+    // The node still replicates with members.
+    let (b, node_b) = new_member("b", &node_a).await;
+    a.records("notes")
+        .put("still", json!({ "alive": true }))
+        .await
+        .expect("put");
+    arrives(&b, "still", &json!({ "alive": true })).await;
+    node_a.shutdown();
+    node_b.shutdown();
+}
