@@ -19,7 +19,12 @@
 //! - a removal records how far the remover had seen the removed device
 //!   (its commits and its entries): the removed device's later commits and
 //!   entries are refused everywhere, whatever their clock says, so
-//!   backdating does not help it. Concurrent removals keep the lowest cut.
+//!   backdating does not help it. Removals of one device keep the highest
+//!   cut: a replica that had applied more of the device's commits before
+//!   it learnt of the removal records its own removal with its own cut
+//!   (`Store::merge_membership` does), so every replica ends up accepting
+//!   exactly the same commits of the removed device: what any member had
+//!   before the removal reached it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -456,7 +461,7 @@ impl MembershipLog {
                         let cut = cuts
                             .entry(*device)
                             .or_insert((*commits_upto, *entries_upto));
-                        *cut = (cut.0.min(*commits_upto), cut.1.min(*entries_upto));
+                        *cut = (cut.0.max(*commits_upto), cut.1.max(*entries_upto));
                     }
                 }
             }
@@ -625,7 +630,7 @@ mod tests {
             })
             .collect();
         assert!(results.windows(2).all(|w| w[0] == w[1]));
-        assert_eq!(results[0].removed[&c.device_id()], (3, 0), "lowest cut");
+        assert_eq!(results[0].removed[&c.device_id()], (7, 0), "highest cut");
         assert!(results[0].is_member(&a.device_id()));
     }
 }

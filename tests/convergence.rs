@@ -472,3 +472,47 @@ fn commits_from_far_ahead_wait_for_the_clock() {
     let report = block_on(here.store.ingest(commits)).unwrap();
     assert_eq!(report.applied, 1, "{report:?}");
 }
+
+/// A revoked device's commit that one replica applied before the removal
+/// reached it ends up on every replica (that replica records its own cut,
+/// the highest wins), and what the device writes afterwards on none.
+#[test]
+fn replicas_agree_on_a_revoked_devices_commits_whatever_reached_them_first() {
+    let replicas = replicas(&[0, 0, 0]);
+    let (a, b, c) = (&replicas[0].store, &replicas[1].store, &replicas[2].store);
+    let give = |from: &Store, to: &Store| {
+        let theirs = block_on(to.version_vector()).unwrap();
+        let missing = block_on(from.commits_missing_from(&theirs, usize::MAX)).unwrap();
+        block_on(to.ingest(missing)).unwrap()
+    };
+    block_on(c.kv().set("k1", json!("before"))).unwrap();
+    give(c, a);
+    give(c, b);
+    // C's second write reaches B only; then A revokes C (A has seen 1).
+    block_on(c.kv().set("k2", json!("in flight"))).unwrap();
+    give(c, b);
+    block_on(a.revoke(c.device_id())).unwrap();
+    // B learns of the removal: it holds C's commit 2, so it records its
+    // own removal with cut 2; A learns that and accepts commit 2 from B.
+    block_on(b.merge_membership(&block_on(a.membership()))).unwrap();
+    block_on(a.merge_membership(&block_on(b.membership()))).unwrap();
+    assert_eq!(a.members().removed[&c.device_id()].0, 2);
+    let report = give(b, a);
+    assert_eq!(report.applied, 1, "{report:?}");
+    // What C writes now is refused everywhere.
+    block_on(c.kv().set("k3", json!("after"))).unwrap();
+    for replica in [a, b] {
+        let report = give(c, replica);
+        assert_eq!(report.applied, 0);
+        assert!(report
+            .rejected
+            .iter()
+            .all(|(_, r)| r.code() == "NOT_TRUSTED"));
+    }
+    assert_eq!(dump(a), dump(b));
+    assert_eq!(
+        block_on(a.kv().get("k2")).unwrap(),
+        Some(json!("in flight"))
+    );
+    assert_eq!(block_on(a.kv().get("k3")).unwrap(), None);
+}

@@ -2,6 +2,7 @@
 //! revocation with a new data key for the remaining members, and joining
 //! another device's store when pairing.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -116,8 +117,47 @@ impl Store {
         }
         let update = self.replace_log(&mut state, log).await?;
         drop(state);
+        self.keep_what_was_applied().await?;
         self.take_key_grants().await?;
         Ok(update)
+    }
+
+    /// For each removed device of which this replica holds more commits
+    /// than the removal's cut allows, records a removal with
+    /// this replica's own cut: removals keep the highest cut, so every
+    /// replica ends up accepting the same commits of the removed device
+    /// (and pulls those it lacks) instead of this one keeping commits the
+    /// others refuse.
+    async fn keep_what_was_applied(&self) -> Result<()> {
+        let me = self.device_id();
+        if !self.is_trusted(&me) {
+            return Ok(());
+        }
+        let removed = self.members().removed.clone();
+        if removed.is_empty() {
+            return Ok(());
+        }
+        let held: BTreeMap<DeviceId, u64> = self.version_vector().await?.into_iter().collect();
+        for (device, (commits_upto, entries_upto)) in removed {
+            // Commits past the cut are never stored once the removal is
+            // known, so what is held beyond it was applied before.
+            // (Entries need nothing: membership is recomputed from the
+            // whole set, and the device's later entries stay past the cut.)
+            let commits = held.get(&device).copied().unwrap_or(0);
+            if commits > commits_upto {
+                tracing::info!(
+                    device = %device.short(), commits, commits_upto,
+                    "keeping what this replica applied before the removal reached it"
+                );
+                self.append_entry(MemberChange::Remove {
+                    device,
+                    commits_upto: commits,
+                    entries_upto,
+                })
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Stores `log`, derives the membership again and tells P2P nodes.
