@@ -252,14 +252,15 @@ impl SignedCommit {
     }
 }
 
-mod signature_bytes {
+/// Serde for 64-byte signatures as byte strings (shared by signed types).
+pub(crate) mod signature_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(sig)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
         let bytes: &[u8] = Deserialize::deserialize(d)?;
         bytes
             .try_into()

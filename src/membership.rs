@@ -97,23 +97,8 @@ pub struct SignedMemberEntry {
     /// `postcard` encoding of the [`MemberEntry`].
     pub body: Vec<u8>,
     /// Ed25519 signature of the author.
-    #[serde(with = "serde_sig")]
+    #[serde(with = "crate::change::signature_bytes")]
     pub signature: [u8; 64],
-}
-
-mod serde_sig {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(sig: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(sig)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let bytes: &[u8] = Deserialize::deserialize(d)?;
-        bytes
-            .try_into()
-            .map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"64 bytes"))
-    }
 }
 
 /// Why a membership entry or log was refused.

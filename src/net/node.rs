@@ -156,6 +156,15 @@ pub(super) fn run(
     Ok(())
 }
 
+/// What receiving pushed commits did.
+struct Received {
+    applied: usize,
+    rejected: usize,
+    /// This replica's version vector when some commits were refused (the
+    /// pusher's idea of it was wrong).
+    have: Option<Vec<(DeviceId, u64)>>,
+}
+
 /// The membership log to send a peer whose digest is `theirs`, if it
 /// differs from ours.
 async fn members_for(store: &Store, theirs: Option<[u8; 32]>) -> Option<MembershipWire> {
@@ -716,35 +725,58 @@ impl Node {
                 }
             }
             LiveMessage::Commits { commits, members } => {
-                self.merge_members(peer, members).await;
-                // The sender has what it sent: never echo it back.
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    advance(&mut state.known, &commits);
-                }
-                match self.store.ingest(commits).await {
-                    Ok(report) => {
-                        self.emit(P2pEvent::Synced {
-                            peer,
-                            applied: report.applied,
-                            rejected: report.rejected.len(),
-                            remaining: 0,
-                        });
-                        if report
-                            .rejected
-                            .iter()
-                            .any(|(_, r)| matches!(r, RejectReason::Gap { .. }))
-                        {
-                            self.pull(peer).await;
-                        }
-                        if !report.rejected.is_empty() {
-                            let have = self.store.version_vector().await.unwrap_or_default();
-                            self.send_live(peer, &LiveMessage::Have { have });
-                        }
-                    }
-                    Err(e) => tracing::warn!(%peer, code = e.code(), "live commits not applied"),
+                if let Ok(Received {
+                    have: Some(have), ..
+                }) = self.receive(peer, commits, members).await
+                {
+                    self.send_live(peer, &LiveMessage::Have { have });
                 }
             }
         }
+    }
+
+    /// Commits (and the membership log) a peer pushed, on its live stream
+    /// or as a request: the log merged first, the commits ingested, a gap
+    /// pulled at once.
+    async fn receive(
+        &mut self,
+        peer: PeerId,
+        commits: Vec<SignedCommit>,
+        members: Option<MembershipWire>,
+    ) -> Result<Received> {
+        self.merge_members(peer, members).await;
+        // The pusher has what it pushed: never echo it back.
+        if let Some(state) = self.peers.get_mut(&peer) {
+            advance(&mut state.known, &commits);
+        }
+        let report = self.store.ingest(commits).await.inspect_err(|e| {
+            tracing::warn!(%peer, code = e.code(), "pushed commits not applied");
+        })?;
+        self.emit(P2pEvent::Synced {
+            peer,
+            applied: report.applied,
+            rejected: report.rejected.len(),
+            remaining: 0,
+        });
+        // Commits that skip some of their author's (the pusher thought we
+        // had them): pull the gap.
+        if report
+            .rejected
+            .iter()
+            .any(|(_, r)| matches!(r, RejectReason::Gap { .. }))
+        {
+            self.pull(peer).await;
+        }
+        let have = if report.rejected.is_empty() {
+            None
+        } else {
+            Some(self.store.version_vector().await?)
+        };
+        Ok(Received {
+            applied: report.applied,
+            rejected: report.rejected.len(),
+            have,
+        })
     }
 
     async fn sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
@@ -849,43 +881,14 @@ impl Node {
             }
             SyncRequest::Push {
                 commits, members, ..
-            } => {
-                self.merge_members(peer, members).await;
-                // The pusher has what it pushed: never echo it back.
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    advance(&mut state.known, &commits);
-                }
-                match self.store.ingest(commits).await {
-                    Ok(report) => {
-                        self.emit(P2pEvent::Synced {
-                            peer,
-                            applied: report.applied,
-                            rejected: report.rejected.len(),
-                            remaining: 0,
-                        });
-                        // Pushed commits that skip some of their author's
-                        // (the pusher thought we had them): pull the gap.
-                        if report
-                            .rejected
-                            .iter()
-                            .any(|(_, r)| matches!(r, RejectReason::Gap { .. }))
-                        {
-                            self.pull(peer).await;
-                        }
-                        let have = if report.rejected.is_empty() {
-                            None
-                        } else {
-                            Some(self.store.version_vector().await.unwrap_or_default())
-                        };
-                        SyncResponse::Ack {
-                            applied: report.applied as u32,
-                            rejected: report.rejected.len() as u32,
-                            have,
-                        }
-                    }
-                    Err(e) => SyncResponse::Refused(e.code().into()),
-                }
-            }
+            } => match self.receive(peer, commits, members).await {
+                Ok(received) => SyncResponse::Ack {
+                    applied: received.applied as u32,
+                    rejected: received.rejected as u32,
+                    have: received.have,
+                },
+                Err(e) => SyncResponse::Refused(e.code().into()),
+            },
         }
     }
 

@@ -321,22 +321,7 @@ impl StoreCrypto {
         keyring: Keyring,
     ) -> Result<()> {
         self.store.inner.key_store.save_keyring(&keyring).await?;
-        let sealed_keyring = seal_keyring(&keyring)?;
-        self.store
-            .inner
-            .writer
-            .exclusive(async {
-                sealed
-                    .inner()
-                    .write(WriteBatch {
-                        meta: vec![(MetaKey::SealedKeyring, sealed_keyring)],
-                        ..WriteBatch::default()
-                    })
-                    .await?;
-                sealed.set_keyring(keyring)?;
-                Ok(())
-            })
-            .await
+        self.install(sealed, keyring, None).await
     }
 
     /// Stores the keyring and the rotation's start, and switches new writes
@@ -347,7 +332,22 @@ impl StoreCrypto {
         keyring: Keyring,
         start: &RotationState,
     ) -> Result<()> {
-        let sealed_keyring = seal_keyring(&keyring)?;
+        self.install(sealed, keyring, Some(start)).await
+    }
+
+    /// Stores `keyring` sealed under its current key (with a rotation's
+    /// start, if any) and switches the store to it, with no write in
+    /// between.
+    async fn install(
+        &self,
+        sealed: &SealedStorage,
+        keyring: Keyring,
+        rotation: Option<&RotationState>,
+    ) -> Result<()> {
+        let mut meta = vec![(MetaKey::SealedKeyring, seal_keyring(&keyring)?)];
+        if let Some(start) = rotation {
+            meta.push((MetaKey::Rotation, start.encode()));
+        }
         self.store
             .inner
             .writer
@@ -355,10 +355,7 @@ impl StoreCrypto {
                 sealed
                     .inner()
                     .write(WriteBatch {
-                        meta: vec![
-                            (MetaKey::SealedKeyring, sealed_keyring),
-                            (MetaKey::Rotation, start.encode()),
-                        ],
+                        meta,
                         ..WriteBatch::default()
                     })
                     .await?;

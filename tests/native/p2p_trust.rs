@@ -14,7 +14,7 @@ use persist::change::{CommitBody, Op, COMMIT_FORMAT};
 use persist::hlc::Hlc;
 use persist::keys::MemoryKeyStore;
 use persist::net::{P2p, P2pEvent, SyncCodec, SyncRequest, SyncResponse, SYNC_PROTOCOL};
-use persist::{Adapter, Commit, DeviceIdentity, Store, StoreOptions};
+use persist::{Adapter, Commit, DeviceIdentity, SignedCommit, Store, StoreOptions};
 use serde_json::json;
 
 use crate::p2p::{arrives, dial_addr, loopback, memory_store, new_member, pair_into};
@@ -174,8 +174,12 @@ async fn a_revoked_device_is_cut_off_and_cannot_read_later_writes() {
     }
 }
 
-/// A raw libp2p client speaking `/persist/sync/1` with a given identity.
-fn raw_client(identity: &DeviceIdentity) -> Swarm<request_response::Behaviour<SyncCodec>> {
+/// A raw TCP swarm (Noise, Yamux) with `identity` and `behaviour`: a
+/// client that does what a node would not.
+fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    identity: &DeviceIdentity,
+    behaviour: B,
+) -> Swarm<B> {
     SwarmBuilder::with_existing_identity(persist::net::keypair(identity).expect("keypair"))
         .with_tokio()
         .with_tcp(
@@ -184,15 +188,75 @@ fn raw_client(identity: &DeviceIdentity) -> Swarm<request_response::Behaviour<Sy
             yamux::Config::default,
         )
         .expect("tcp")
-        .with_behaviour(|_| {
-            request_response::Behaviour::new(
-                [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default(),
-            )
-        })
+        .with_behaviour(|_| behaviour)
         .expect("behaviour")
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
         .build()
+}
+
+/// A raw libp2p client speaking `/persist/sync/1` with a given identity.
+fn raw_client(identity: &DeviceIdentity) -> Swarm<request_response::Behaviour<SyncCodec>> {
+    raw_swarm(
+        identity,
+        request_response::Behaviour::new(
+            [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default(),
+        ),
+    )
+}
+
+/// A one-operation commit body of `author` for `store`.
+fn commit_body(
+    store: persist::StoreId,
+    author: &DeviceIdentity,
+    seq: u64,
+    key: &str,
+) -> CommitBody {
+    CommitBody {
+        format: COMMIT_FORMAT,
+        store,
+        author: author.device_id(),
+        seq,
+        hlc: Hlc::from_millis(1_800_000_000_000),
+        ops: vec![Op::KvSet {
+            key: key.into(),
+            value: "1".into(),
+        }],
+    }
+}
+
+/// Three commits a member might pass on, each to be refused: its own with
+/// the signature altered, its own with a byte of the body flipped, and one
+/// signed by a device that is not a member.
+fn bad_commits(store: persist::StoreId, member: &DeviceIdentity) -> [SignedCommit; 3] {
+    let sign = |author: &DeviceIdentity, key: &str| {
+        Commit::sign(commit_body(store, author, 1, key), author, None)
+            .expect("sign")
+            .signed
+    };
+    let mut forged = sign(member, "forged");
+    forged.signature[10] ^= 1;
+    let mut flipped = sign(member, "flipped");
+    let last = flipped.body.len() - 1;
+    flipped.body[last] ^= 0x40;
+    let stranger = DeviceIdentity::from_secret(&[7; 32]);
+    [forged, flipped, sign(&stranger, "untrusted")]
+}
+
+/// A member the test holds the identity of, paired into `host`'s store
+/// (its node stopped again).
+async fn member_with(seed: u8, host: &P2p) -> DeviceIdentity {
+    let identity = DeviceIdentity::from_secret(&[seed; 32]);
+    let store = Store::open(
+        StoreOptions::new("member")
+            .adapter(Adapter::Memory)
+            .key_store(Arc::new(MemoryKeyStore::from_identity(&identity))),
+    )
+    .await
+    .expect("member");
+    let node = pair_into(&store, host, loopback()).await;
+    node.shutdown();
+    identity
 }
 
 /// Sends `request` to `node` and returns the answer (or the failure).
@@ -301,30 +365,10 @@ async fn forged_tampered_untrusted_replayed_and_oversize_messages_are_refused() 
         .expect("put");
     let node_a = a.enable_p2p(loopback()).await.expect("a");
     // M: a member whose identity the test holds (its own device).
-    let identity = DeviceIdentity::from_secret(&[42; 32]);
-    let m = Store::open(
-        StoreOptions::new("m")
-            .adapter(Adapter::Memory)
-            .key_store(Arc::new(MemoryKeyStore::from_identity(&identity))),
-    )
-    .await
-    .expect("m");
-    let node_m = pair_into(&m, &node_a, loopback()).await;
-    node_m.shutdown();
+    let identity = member_with(42, &node_a).await;
     let before = a.version_vector().await.expect("vv");
 
     let store = a.store_id();
-    let body = |author: &DeviceIdentity, seq: u64, key: &str| CommitBody {
-        format: COMMIT_FORMAT,
-        store,
-        author: author.device_id(),
-        seq,
-        hlc: Hlc::from_millis(1_800_000_000_000),
-        ops: vec![Op::KvSet {
-            key: key.into(),
-            value: "1".into(),
-        }],
-    };
     let push = |commits| SyncRequest::Push {
         store,
         commits,
@@ -332,34 +376,14 @@ async fn forged_tampered_untrusted_replayed_and_oversize_messages_are_refused() 
     };
     let mut client = raw_client(&identity);
 
-    // A forged signature (M's body, signature bytes altered).
-    let mut forged = Commit::sign(body(&identity, 1, "forged"), &identity, None)
-        .expect("sign")
-        .signed;
-    forged.signature[10] ^= 1;
-    assert_eq!(
-        rejected(ask(&mut client, &node_a, push(vec![forged])).await),
-        1
-    );
-    // A flipped byte in the body.
-    let mut flipped = Commit::sign(body(&identity, 1, "flipped"), &identity, None)
-        .expect("sign")
-        .signed;
-    let last = flipped.body.len() - 1;
-    flipped.body[last] ^= 0x40;
-    assert_eq!(
-        rejected(ask(&mut client, &node_a, push(vec![flipped])).await),
-        1
-    );
-    // A commit by a device that is not a member, relayed by a member.
-    let stranger = DeviceIdentity::from_secret(&[7; 32]);
-    let untrusted = Commit::sign(body(&stranger, 1, "untrusted"), &stranger, None)
-        .expect("sign")
-        .signed;
-    assert_eq!(
-        rejected(ask(&mut client, &node_a, push(vec![untrusted])).await),
-        1
-    );
+    // A forged signature, a flipped byte, a commit by a device that is not
+    // a member (relayed by a member): each refused.
+    for bad in bad_commits(store, &identity) {
+        assert_eq!(
+            rejected(ask(&mut client, &node_a, push(vec![bad])).await),
+            1
+        );
+    }
     // A replay of a commit A already holds: nothing applied twice.
     let replay = a.commits_missing_from(&[], 10).await.expect("log");
     match ask(&mut client, &node_a, push(replay)).await {
@@ -378,23 +402,13 @@ async fn forged_tampered_untrusted_replayed_and_oversize_messages_are_refused() 
     ));
 
     // An oversize message: the stream is dropped, the node lives on.
-    let mut evil =
-        SwarmBuilder::with_existing_identity(persist::net::keypair(&identity).expect("keypair"))
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .expect("tcp")
-            .with_behaviour(|_| {
-                request_response::Behaviour::<Oversize>::new(
-                    [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default(),
-                )
-            })
-            .expect("behaviour")
-            .build();
+    let mut evil = raw_swarm(
+        &identity,
+        request_response::Behaviour::<Oversize>::new(
+            [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default(),
+        ),
+    );
     evil.dial(dial_addr(&node_a).await).expect("dial");
     let id = evil.behaviour_mut().send_request(&node_a.peer_id(), ());
     let outcome = tokio::time::timeout(Duration::from_secs(10), async {
@@ -417,7 +431,7 @@ async fn forged_tampered_untrusted_replayed_and_oversize_messages_are_refused() 
     assert_eq!(outcome, "refused");
 
     // A stranger's raw client is refused at the connection: no stream.
-    let mut outsider = raw_client(&stranger);
+    let mut outsider = raw_client(&DeviceIdentity::from_secret(&[7; 32]));
     let pull = SyncRequest::Pull {
         store,
         have: Vec::new(),
@@ -450,31 +464,11 @@ async fn bad_commits_on_the_live_stream_are_refused() {
     use persist::net::live::{LiveMessage, LIVE_PROTOCOL};
     let a = memory_store("a").await;
     let node_a = a.enable_p2p(loopback()).await.expect("a");
-    let identity = DeviceIdentity::from_secret(&[43; 32]);
-    let m = Store::open(
-        StoreOptions::new("m")
-            .adapter(Adapter::Memory)
-            .key_store(Arc::new(MemoryKeyStore::from_identity(&identity))),
-    )
-    .await
-    .expect("m");
-    let node_m = pair_into(&m, &node_a, loopback()).await;
-    node_m.shutdown();
+    let identity = member_with(43, &node_a).await;
     let before = a.version_vector().await.expect("vv");
     let mut events = node_a.events();
 
-    let mut client =
-        SwarmBuilder::with_existing_identity(persist::net::keypair(&identity).expect("keypair"))
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .expect("tcp")
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .expect("behaviour")
-            .build();
+    let mut client = raw_swarm(&identity, libp2p_stream::Behaviour::new());
     let mut control = client.behaviour().new_control();
     client.dial(dial_addr(&node_a).await).expect("dial");
     while !matches!(
@@ -496,30 +490,8 @@ async fn bad_commits_on_the_live_stream_are_refused() {
         out.extend_from_slice(&body);
         out
     };
-    let body = |author: &DeviceIdentity, seq: u64, key: &str| CommitBody {
-        format: COMMIT_FORMAT,
-        store: a.store_id(),
-        author: author.device_id(),
-        seq,
-        hlc: Hlc::from_millis(1_800_000_000_000),
-        ops: vec![Op::KvSet {
-            key: key.into(),
-            value: "1".into(),
-        }],
-    };
-    let mut forged = Commit::sign(body(&identity, 1, "forged"), &identity, None)
-        .expect("sign")
-        .signed;
-    forged.signature[3] ^= 1;
-    let mut flipped = Commit::sign(body(&identity, 1, "flipped"), &identity, None)
-        .expect("sign")
-        .signed;
-    flipped.body[5] ^= 0x08;
-    let stranger = DeviceIdentity::from_secret(&[8; 32]);
-    let untrusted = Commit::sign(body(&stranger, 1, "untrusted"), &stranger, None)
-        .expect("sign")
-        .signed;
-    for commit in [forged, flipped, untrusted] {
+    let store = a.store_id();
+    for commit in bad_commits(store, &identity) {
         let message = LiveMessage::Commits {
             commits: vec![commit],
             members: None,
