@@ -158,6 +158,10 @@ pub struct WriteBatch {
     /// device that pairs into another device's store before writing
     /// anything adopts that store's id.
     pub adopt_store_id: bool,
+    /// Remove every change-log entry, row and [`MetaKey`] entry first (the
+    /// store id stays unless `store_id` replaces it): a device that joins
+    /// another store by pairing starts over under that store's id.
+    pub clear: bool,
     /// The newest clock reading to persist (backends that derive the clock
     /// from the change log may ignore it).
     pub clock: Option<Hlc>,
@@ -184,6 +188,7 @@ impl WriteBatch {
     /// True when the batch changes nothing.
     pub fn is_empty(&self) -> bool {
         self.store_id.is_none()
+            && !self.clear
             && self.clock.is_none()
             && self.log.is_empty()
             && self.records.is_empty()

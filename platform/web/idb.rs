@@ -498,16 +498,31 @@ async fn write_batch(store: &IdbStore, batch: WriteBatch) -> StorageResult<()> {
     let mut scope: Vec<&str> = names
         .iter()
         .zip(&rows)
-        .filter(|(_, r)| !r.is_empty())
+        .filter(|(_, r)| batch.clear || !r.is_empty())
         .map(|(n, _)| *n)
         .collect();
-    if batch.store_id.is_some() || !batch.meta.is_empty() {
+    if batch.clear || batch.store_id.is_some() || !batch.meta.is_empty() {
         scope.push("meta");
     }
     if scope.is_empty() {
         return Ok(());
     }
     let tx = store.transaction(&scope, TransactionMode::ReadWrite)?;
+    if batch.clear {
+        for name in names {
+            IdbStore::store(&tx, name)?
+                .clear()
+                .await
+                .map_err(backend_error)?;
+        }
+        // The device's own entries (its key, keyrings) stay.
+        let meta = IdbStore::store(&tx, "meta")?;
+        for key in MetaKey::ALL {
+            meta.delete(JsValue::from_str(key.as_str()))
+                .await
+                .map_err(backend_error)?;
+        }
+    }
     if let Some(id) = batch.store_id {
         let meta = IdbStore::store(&tx, "meta")?;
         let key = JsValue::from_str("store_id");

@@ -33,7 +33,8 @@ macro_rules! storage_conformance_tests {
             meta_starts_empty, meta_entries_and_scans, listings_follow_writes, records_round_trip, list_prefix_after_limit, events_in_log_order,
             kv_round_trip, transaction_is_one_commit, change_log_and_version_vector,
             replicas_converge_by_ingest, subscribers_see_committed_changes, concurrent_writers_group_commit,
-            refused_input_loses_nothing, merge_fields_and_custom_resolvers, closed_store_refuses_calls);
+            refused_input_loses_nothing, merge_fields_and_custom_resolvers, closed_store_refuses_calls,
+            joining_another_store_keeps_own_writes);
     };
     (@each $attr:meta, $factory:expr, $($name:ident),*) => {
         $(
@@ -1039,4 +1040,59 @@ pub async fn closed_store_refuses_calls(factory: &impl BackendFactory) {
         "CLOSED"
     );
     assert_eq!(store.version_vector().await.unwrap_err().code(), "CLOSED");
+}
+
+/// A store with writes of its own joins another (as pairing does): its log
+/// starts over under the joined store's id, what it held is written again
+/// as its commits, and those commits replicate into the other store.
+pub async fn joining_another_store_keeps_own_writes(factory: &impl BackendFactory) {
+    let a = store(factory).await;
+    a.records("notes")
+        .put("a1", json!({ "by": "a" }))
+        .await
+        .unwrap();
+    let b = open(factory, StoreOptions::new("joiner")).await;
+    b.records("notes")
+        .put("b1", json!({ "v": 1 }))
+        .await
+        .unwrap();
+    b.records("notes")
+        .put("b1", json!({ "v": 2 }))
+        .await
+        .unwrap();
+    b.records("notes").put("gone", json!({})).await.unwrap();
+    b.records("notes").delete("gone").await.unwrap();
+    b.kv().set("k", json!([1])).await.unwrap();
+    b.events("log").append(json!({ "e": 1 })).await.unwrap();
+    let welcome = a.admit_device(b.device_id(), "joiner").await.unwrap();
+    b.join(welcome).await.unwrap();
+    assert_eq!(b.store_id(), a.store_id());
+    assert_eq!(
+        b.records("notes").get("b1").await.unwrap(),
+        Some(json!({ "v": 2 }))
+    );
+    assert_eq!(b.records("notes").get("gone").await.unwrap(), None);
+    assert_eq!(b.kv().get("k").await.unwrap(), Some(json!([1])));
+    let events = b
+        .events("log")
+        .list(EventListOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    // One commit of the joiner, numbered from 1 in the joined store.
+    let vv = b.version_vector().await.unwrap();
+    assert_eq!(vv, vec![(b.device_id(), 1)]);
+    let report = a
+        .ingest(b.commits_missing_from(&[], usize::MAX).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(report.applied, 1, "{report:?}");
+    assert_eq!(
+        a.records("notes").get("b1").await.unwrap(),
+        Some(json!({ "v": 2 }))
+    );
+    // A later write continues the joiner's sequence.
+    b.kv().set("k2", json!(2)).await.unwrap();
+    let vv = b.version_vector().await.unwrap();
+    assert_eq!(vv, vec![(b.device_id(), 2)]);
 }

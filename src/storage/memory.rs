@@ -87,6 +87,13 @@ impl StorageBackend for MemoryStore {
 
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
         let result = self.tables().and_then(|mut t| {
+            if batch.clear {
+                t.log.clear();
+                t.records.clear();
+                t.events.clear();
+                t.kv.clear();
+                t.meta.entries.clear();
+            }
             match (t.meta.store_id, batch.store_id) {
                 (None, id) => t.meta.store_id = id,
                 (Some(_), Some(id)) if batch.adopt_store_id => t.meta.store_id = Some(id),

@@ -693,9 +693,11 @@ impl StorageBackend for SealedStorage {
 
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, StorageResult<()>> {
         Box::pin(async move {
+            let cleared = batch.clear;
             let (sealed, written) = self.seal_batch(batch)?;
             let result = self.inner.write(sealed).await;
             match &result {
+                Ok(()) if cleared => self.indexes().forget(),
                 Ok(()) => self.note_written(written),
                 // Whatever happened, built indexes may no longer be true.
                 Err(_) => self.indexes().forget(),

@@ -61,7 +61,7 @@ fn decode_as<T: DeserializeOwned>(value: Value) -> Result<T> {
 }
 
 impl Store {
-    async fn write(&self, intents: Vec<Intent>) -> Result<WriteReceipt> {
+    pub(super) async fn write(&self, intents: Vec<Intent>) -> Result<WriteReceipt> {
         self.check_open()?;
         if intents.len() > self.inner.limits.max_commit_ops {
             return Err(Error::InvalidValue(format!(

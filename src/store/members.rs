@@ -8,12 +8,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::writer::Intent;
 use super::{Bound, MemberState, Store};
-use crate::change::StoreId;
+use crate::change::{Commit, Op, StoreId};
 use crate::crypto::device_box::{open_as_device, seal_to_device};
 use crate::crypto::envelope::context;
 use crate::crypto::{DataKey, Keyring};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StorageError};
 use crate::hlc::Hlc;
 use crate::identity::DeviceId;
 use crate::membership::{
@@ -51,6 +52,72 @@ impl std::fmt::Debug for Welcome {
             .field("encrypted", &self.keyring.is_some())
             .finish()
     }
+}
+
+/// Operations carried per commit when a joining store writes its data again.
+const CARRY_PER_COMMIT: usize = 1_000;
+
+/// The final state a sequence of operations leaves, as writes: records and
+/// keys that exist at the end (deleted ones are left out: the joined store
+/// never had them), and every event.
+fn fold_into_writes(ops: Vec<Op>) -> Vec<Intent> {
+    let mut records: BTreeMap<(String, String), Option<serde_json::Value>> = BTreeMap::new();
+    let mut kv: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut events = Vec::new();
+    for op in ops {
+        match op {
+            Op::RecordPut {
+                collection,
+                id,
+                value,
+                ..
+            } => {
+                records.insert((collection, id), serde_json::from_str(&value).ok());
+            }
+            Op::RecordPatch {
+                collection,
+                id,
+                set,
+                unset,
+            } => {
+                let doc = records
+                    .entry((collection, id))
+                    .or_insert(None)
+                    .get_or_insert_with(|| serde_json::Value::Object(Default::default()));
+                if let serde_json::Value::Object(fields) = doc {
+                    for (field, text) in set {
+                        if let Ok(value) = serde_json::from_str(&text) {
+                            fields.insert(field, value);
+                        }
+                    }
+                    for field in unset {
+                        fields.remove(&field);
+                    }
+                }
+            }
+            Op::RecordDelete { collection, id, .. } => {
+                records.insert((collection, id), None);
+            }
+            Op::EventAppend { log, value } => events.push(Intent::Append { log, text: value }),
+            Op::KvSet { key, value } => {
+                kv.insert(key, Some(value));
+            }
+            Op::KvDelete { key } => {
+                kv.insert(key, None);
+            }
+        }
+    }
+    let records = records.into_iter().filter_map(|((collection, id), doc)| {
+        doc.map(|doc| Intent::Put {
+            collection,
+            id,
+            text: doc.to_string(),
+        })
+    });
+    let kv = kv
+        .into_iter()
+        .filter_map(|(key, text)| text.map(|text| Intent::Set { key, text }));
+    records.chain(kv).chain(events).collect()
 }
 
 fn grant_context(store: StoreId, epoch: u32, to: &DeviceId) -> Vec<u8> {
@@ -354,10 +421,12 @@ impl Store {
     }
 
     /// Joins the store that admitted this device ([`Store::admit_device`],
-    /// which pairing runs): adopts its id, membership and keys. Only a
-    /// store with no commits yet can join (what it wrote would be under
-    /// another store id); joining the store it is already a member of
-    /// merges the membership.
+    /// which pairing runs): adopts its id, membership and keys. What this
+    /// store held before is kept: its records, keys and events are written
+    /// again, as this device's commits in the joined store (conflicts then
+    /// resolve by the store's strategy). Joining the store it is already a
+    /// member of merges the membership. A store that holds other devices'
+    /// commits (it joined another store before) cannot join a second one.
     pub async fn join(&self, welcome: Welcome) -> Result<()> {
         self.check_open()?;
         let log = MembershipLog::from_wire(&welcome.membership)?;
@@ -373,13 +442,7 @@ impl Store {
             self.merge_membership(&welcome.membership).await?;
             return Ok(());
         }
-        if !bound.backend.version_vector().await?.is_empty() {
-            return Err(Error::PairingFailed(format!(
-                "store \"{}\" already holds writes of its own; pair a new (empty) store into \
-                 the other device's store, or pair the other device into this one",
-                self.inner.name
-            )));
-        }
+        let carried = self.own_writes(&bound).await?;
         let keyring = match (&welcome.keyring, &bound.sealed) {
             (Some(bytes), _) => {
                 let keyring = Keyring::from_bytes(bytes)?;
@@ -403,7 +466,7 @@ impl Store {
         let mut state = self.inner.members.lock().await;
         self.inner
             .writer
-            .exclusive(async {
+            .exclusive_then_reload(async {
                 let mut meta = vec![(MetaKey::Membership, log.to_bytes())];
                 if let Some(keyring) = &keyring {
                     key_store.save_keyring(keyring).await?;
@@ -415,6 +478,8 @@ impl Store {
                 raw.write(WriteBatch {
                     store_id: Some(welcome.store),
                     adopt_store_id: true,
+                    // What it held is written again below, under the new id.
+                    clear: carried.is_some(),
                     meta,
                     ..WriteBatch::default()
                 })
@@ -449,7 +514,44 @@ impl Store {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(log.members());
         state.log = log;
+        drop(state);
         tracing::info!(store = %name, id = %welcome.store, "joined the store by pairing");
+        if let Some(intents) = carried {
+            let count = intents.len();
+            for chunk in intents.chunks(CARRY_PER_COMMIT) {
+                self.write(chunk.to_vec()).await?;
+            }
+            tracing::info!(store = %name, count, "wrote what this device held again in the joined store");
+        }
         Ok(())
+    }
+
+    /// What this store holds, as this device's writes (`None` when it holds
+    /// nothing): folded from its own commits (the change log names what
+    /// encrypted rows hide). A store holding other devices' commits is
+    /// refused: they cannot move to another store under their authors'
+    /// signatures.
+    async fn own_writes(&self, bound: &Bound) -> Result<Option<Vec<Intent>>> {
+        let me = self.device_id();
+        let heads = bound.backend.version_vector().await?;
+        if heads.is_empty() {
+            return Ok(None);
+        }
+        if heads.iter().any(|(author, _)| *author != me) {
+            return Err(Error::PairingFailed(format!(
+                "store \"{}\" holds other devices' commits (it joined another store before); \
+                 pair a new store instead",
+                self.inner.name
+            )));
+        }
+        let keyring = bound.sealed.as_ref().map(|s| s.keyring());
+        let mut ops = Vec::new();
+        for signed in bound.backend.commits_after(me, 0, usize::MAX).await? {
+            let commit =
+                Commit::verify(signed, bound.store_id, &self.inner.limits, keyring.as_ref())
+                    .map_err(|e| StorageError::Corrupt(format!("own commit: {e}")))?;
+            ops.extend(commit.body.ops);
+        }
+        Ok(Some(fold_into_writes(ops)))
     }
 }

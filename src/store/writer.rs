@@ -216,6 +216,18 @@ impl Writer {
         work.await
     }
 
+    /// As [`Writer::exclusive`], for work that replaces what storage holds
+    /// (joining another store): the next batch reloads heads and clock.
+    pub(crate) async fn exclusive_then_reload<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let mut state = self.state.lock().await;
+        let out = work.await;
+        state.reload = true;
+        out
+    }
+
     /// Lets callers waiting for the lock take it first (maintenance calls
     /// this between its batches). Bounded: a caller that cannot run yet
     /// does not hold maintenance back for long.

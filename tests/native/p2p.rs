@@ -393,24 +393,75 @@ async fn expired_and_reused_codes_are_refused() {
 }
 
 #[tokio::test]
-async fn a_store_with_writes_of_its_own_cannot_join_another() {
-    let a = memory_store("a").await;
-    let node_a = a.enable_p2p(loopback()).await.expect("a");
-    let b = memory_store("b").await;
-    b.records("notes")
-        .put("mine", json!({}))
+async fn a_store_with_writes_of_its_own_keeps_them_when_it_joins() {
+    let a = Store::open(
+        StoreOptions::new("a")
+            .adapter(Adapter::Memory)
+            .encrypt(true),
+    )
+    .await
+    .expect("a");
+    a.records("notes")
+        .put("theirs", json!({ "by": "a" }))
         .await
         .expect("put");
+    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    // B wrote before pairing, encrypted: records (one deleted, one
+    // written twice), a key, events.
+    let dir = tempfile::tempdir().expect("dir");
+    let b = Store::open(
+        StoreOptions::new("b")
+            .path(dir.path().join("b.db"))
+            .encrypt(true),
+    )
+    .await
+    .expect("b");
+    let notes = b.records("notes");
+    notes.put("mine", json!({ "v": 1 })).await.expect("put");
+    notes.put("mine", json!({ "v": 2 })).await.expect("put");
+    notes.put("gone", json!({})).await.expect("put");
+    notes.delete("gone").await.expect("delete");
+    b.kv().set("theme", json!("dark")).await.expect("kv");
+    b.events("log")
+        .append(json!({ "e": 1 }))
+        .await
+        .expect("event");
     let node_b = b.enable_p2p(loopback()).await.expect("b");
     let pending = node_a.create_pairing_code().await.expect("code");
     let code = pending.code().to_string();
     let addr = dial_addr(&node_a).await;
     let (joined, _) = tokio::join!(node_b.pair(&code, Some(addr)), pending.paired());
-    assert_eq!(joined.expect_err("not empty").code(), "PAIRING_FAILED");
+    joined.expect("joins, keeping its data");
+    assert_eq!(b.store_id(), a.store_id());
+    // Its own key is replaced by the joined store's.
     assert_eq!(
-        b.records("notes").get("mine").await.expect("get"),
-        Some(json!({}))
+        b.crypto().export_key().expect("key").as_str(),
+        a.crypto().export_key().expect("key").as_str()
     );
+    // B keeps what it had, now as its commits in A's store; both sides
+    // hold both.
+    arrives(&a, "mine", &json!({ "v": 2 })).await;
+    arrives(&b, "theirs", &json!({ "by": "a" })).await;
+    assert_eq!(
+        notes.get("mine").await.expect("get"),
+        Some(json!({ "v": 2 }))
+    );
+    assert_eq!(notes.get("gone").await.expect("get"), None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.kv().get("theme").await.expect("kv") != Some(json!("dark"))
+        || a.events("log")
+            .list(Default::default())
+            .await
+            .expect("events")
+            .len()
+            != 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "B's key and event never reached A"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     node_a.shutdown();
     node_b.shutdown();
 }

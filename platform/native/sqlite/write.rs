@@ -15,6 +15,22 @@ pub(super) fn write_batch(
 ) -> StorageResult<()> {
     let tx = conn.transaction().sql()?;
     let mut created = Vec::new();
+    if batch.clear {
+        for table in [
+            "change_log",
+            "records",
+            "events",
+            "kv",
+            "hashed_records",
+            "hashed_kv",
+        ] {
+            tx.execute(&format!("DELETE FROM {table}"), []).sql()?;
+        }
+        for key in crate::storage::MetaKey::ALL {
+            tx.execute("DELETE FROM meta WHERE key = ?1", params![key.as_str()])
+                .sql()?;
+        }
+    }
     if let Some(id) = batch.store_id {
         let insert = if batch.adopt_store_id {
             "INSERT INTO meta (key, value) VALUES ('store_id', ?1)
