@@ -199,6 +199,60 @@ fn pair_peers_and_revoke_from_the_command_line() {
         "{text}"
     );
 
+    // A later write on the laptop reaches the phone with `persist sync`.
+    let out = persist(
+        &[
+            "put",
+            "--path",
+            "laptop.db",
+            "notes",
+            "n2",
+            r#"{"later":true}"#,
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success());
+    let mut server = Command::new(env!("CARGO_BIN_EXE_persist"))
+        .args([
+            "sync",
+            "--path",
+            "laptop.db",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .args(["--for", "20"])
+        .env("PERSIST_MDNS", "off")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("server");
+    let mut lines = std::io::BufReader::new(server.stdout.take().expect("stdout")).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("address: ").map(str::to_owned))
+        .expect("the laptop prints its address");
+    let out = Command::new(env!("CARGO_BIN_EXE_persist"))
+        .args(["sync", "--path", "phone.db", "--peer", &addr, "--for", "15"])
+        .env("PERSIST_MDNS", "off")
+        .current_dir(dir.path())
+        .output()
+        .expect("sync");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("synced: 1 commit(s) received"),
+        "{}",
+        stdout(&out)
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = persist(&["get", "--path", "phone.db", "notes", "n2"], dir.path());
+    assert_eq!(stdout(&out).trim(), r#"{"later":true}"#);
+
     let out = persist(&["revoke", "--path", "laptop.db", &phone_peer], dir.path());
     assert!(
         out.status.success(),
