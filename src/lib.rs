@@ -30,6 +30,9 @@
 //!   keys, commit encoding and signatures, conflict rules, validation).
 //! - `storage`: the storage trait, the memory backend and the conformance suite.
 //! - `store`: the public API and the single group-committing writer.
+//! - `membership`: who may sync a store (a signed, replicated log).
+//! - `net`: P2P over libp2p (pairing, gating, sync), target-neutral.
+//! - `crypto`: encryption at rest, sealing to a device.
 //! - `platform` (in `platform/`): native (SQLite, keyfile, tokio) and web
 //!   (browser) code behind `cfg`, the only place that names a runtime.
 #![deny(missing_docs)]
