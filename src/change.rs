@@ -202,6 +202,7 @@ struct SealedBodyWire {
     seq: u64,
     hlc: Hlc,
     op_count: u32,
+    #[serde(with = "byte_buf")]
     sealed: Vec<u8>,
 }
 
@@ -227,6 +228,7 @@ fn sealed_ops_context(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedCommit {
     /// `postcard` encoding of the [`CommitBody`].
+    #[serde(with = "byte_buf")]
     pub body: Vec<u8>,
     /// Ed25519 signature by the body's author.
     #[serde(with = "signature_bytes")]
@@ -249,6 +251,48 @@ impl SignedCommit {
         postcard::take_from_bytes::<CommitHeader>(&self.body)
             .ok()
             .map(|(h, _)| (h.author, h.seq))
+    }
+}
+
+/// Serde for byte vectors as one byte string rather than a sequence of
+/// numbers (the same `postcard` bytes, written and read at once instead of
+/// one call per byte).
+pub(crate) mod byte_buf {
+    use serde::{Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(Visitor)
     }
 }
 
@@ -470,6 +514,34 @@ impl Default for Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_strings_encode_as_byte_sequences_did() {
+        // Signed bodies must read and write the same bytes as before.
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct AsSeq {
+            bytes: Vec<u8>,
+        }
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct AsBytes {
+            #[serde(with = "byte_buf")]
+            bytes: Vec<u8>,
+        }
+        for len in [0usize, 1, 127, 128, 300, 70_000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let seq = postcard::to_stdvec(&AsSeq {
+                bytes: bytes.clone(),
+            })
+            .expect("seq");
+            let buf = postcard::to_stdvec(&AsBytes {
+                bytes: bytes.clone(),
+            })
+            .expect("buf");
+            assert_eq!(seq, buf, "len {len}");
+            let back: AsBytes = postcard::from_bytes(&seq).expect("reads");
+            assert_eq!(back.bytes, bytes);
+        }
+    }
 
     fn sample(identity: &DeviceIdentity, store: StoreId) -> Commit {
         let body = CommitBody {

@@ -95,6 +95,7 @@ pub struct MemberEntry {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SignedMemberEntry {
     /// `postcard` encoding of the [`MemberEntry`].
+    #[serde(with = "crate::change::byte_buf")]
     pub body: Vec<u8>,
     /// Ed25519 signature of the author.
     #[serde(with = "crate::change::signature_bytes")]
