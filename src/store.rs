@@ -460,8 +460,10 @@ impl Store {
     }
 
     /// Starts a P2P node for this store (rust-libp2p: TCP and QUIC, Noise,
-    /// Yamux, identify, ping, Kademlia, mDNS) that replicates its commits
-    /// with the peers it connects to. Natively it needs a tokio runtime.
+    /// Yamux, identify, ping, Kademlia, mDNS) that pairs devices into the
+    /// store and replicates its commits with the members it connects to;
+    /// connections from other peers are refused after the handshake. See
+    /// [`crate::net`]. Natively it needs a tokio runtime.
     pub async fn enable_p2p(&self, options: crate::net::P2pOptions) -> Result<crate::net::P2p> {
         self.check_open()?;
         let keypair = crate::net::keypair(&self.inner.device)?;
