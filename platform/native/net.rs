@@ -1,5 +1,5 @@
-//! The native transports of a P2P node: TCP and QUIC, Noise, Yamux, on
-//! tokio; mDNS from libp2p's tokio implementation.
+//! The native transports of a P2P node: TCP, QUIC and WebSocket, Noise,
+//! Yamux, on tokio; mDNS from libp2p's tokio implementation.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -133,7 +133,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
-/// A swarm with TCP and QUIC transports for `behaviour` (TCP only, its
+/// A swarm with TCP, QUIC and WebSocket transports for `behaviour` (TCP only, its
 /// bytes counted and maybe delayed, for measurements). Needs a tokio runtime (the node's
 /// loop runs on it).
 pub fn swarm(
@@ -189,6 +189,19 @@ pub fn swarm(
         )
         .map_err(|e| transport(&e))?
         .with_quic()
+        // WebSocket (`/ip4/.../tcp/.../ws`), which browsers can dial.
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                libp2p_websocket::Config::new(tcp::tokio::Transport::new(
+                    tcp::Config::default().nodelay(true),
+                ))
+                .upgrade(upgrade::Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default()),
+            )
+        })
+        .map_err(|e| transport(&e))?
         .with_behaviour(|_| behaviour)
         .map_err(|e| transport(&e))?
         .with_swarm_config(config)

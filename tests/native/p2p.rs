@@ -241,27 +241,42 @@ async fn encrypted_stores_sync_ciphertext_they_can_open() {
     node_b.shutdown();
 }
 
-#[tokio::test]
-async fn stores_sync_over_quic() {
-    let quic = || P2pOptions {
-        listen_addrs: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr")],
+/// Pairing and replication over another transport: `listen` is where the
+/// first device listens (and the second dials).
+async fn pair_and_sync_over(listen: &str, marker: &str) {
+    let options = || P2pOptions {
+        listen_addrs: vec![listen.parse().expect("addr")],
         ..loopback()
     };
-    let a = Store::open(StoreOptions::new("a").adapter(Adapter::Memory))
-        .await
-        .expect("a");
+    let a = memory_store("a").await;
     a.records("notes")
-        .put("over-quic", json!({ "udp": true }))
+        .put("over", json!({ "transport": listen }))
         .await
         .expect("put");
-    let node_a = a.enable_p2p(quic()).await.expect("a");
+    let node_a = a.enable_p2p(options()).await.expect("a");
     let addr = dial_addr(&node_a).await;
-    assert!(addr.to_string().contains("/quic-v1/"), "{addr}");
+    assert!(addr.to_string().contains(marker), "{addr}");
     let b = memory_store("b").await;
-    let node_b = pair_into(&b, &node_a, quic()).await;
-    arrives(&b, "over-quic", &json!({ "udp": true })).await;
+    let node_b = pair_into(&b, &node_a, options()).await;
+    arrives(&b, "over", &json!({ "transport": listen })).await;
+    b.records("notes")
+        .put("back", json!({ "live": true }))
+        .await
+        .expect("put");
+    arrives(&a, "back", &json!({ "live": true })).await;
     node_a.shutdown();
     node_b.shutdown();
+}
+
+#[tokio::test]
+async fn stores_pair_and_sync_over_quic() {
+    pair_and_sync_over("/ip4/127.0.0.1/udp/0/quic-v1", "/quic-v1/").await;
+}
+
+/// WebSocket: the listener browsers will dial.
+#[tokio::test]
+async fn stores_pair_and_sync_over_websocket() {
+    pair_and_sync_over("/ip4/127.0.0.1/tcp/0/ws", "/ws/").await;
 }
 
 #[tokio::test]
