@@ -401,7 +401,6 @@ impl PendingPairing {
 
 /// Commands from the [`P2p`] handle to the node's loop.
 enum Command {
-    Subscribe(mpsc::UnboundedSender<P2pEvent>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Connected(oneshot::Sender<Vec<PeerId>>),
     Dial(Multiaddr, oneshot::Sender<Result<()>>),
@@ -426,7 +425,13 @@ pub struct P2p {
     store: Store,
     commands: mpsc::UnboundedSender<Command>,
     gate: Arc<Mutex<gate::GateState>>,
+    /// Event subscribers, shared with the loop: one that subscribes sees
+    /// every event emitted after `events()` returned.
+    subscribers: Subscribers,
 }
+
+/// Where the node's events go.
+pub(crate) type Subscribers = Arc<Mutex<Vec<mpsc::UnboundedSender<P2pEvent>>>>;
 
 impl std::fmt::Debug for P2p {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -449,7 +454,10 @@ impl P2p {
     /// A stream of the node's events from now on.
     pub fn events(&self) -> mpsc::UnboundedReceiver<P2pEvent> {
         let (tx, rx) = mpsc::unbounded();
-        let _ = self.commands.unbounded_send(Command::Subscribe(tx));
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
         rx
     }
 
@@ -602,12 +610,21 @@ pub(crate) fn start(
 ) -> Result<P2p> {
     let peer_id = *swarm.local_peer_id();
     let (commands, inbox) = mpsc::unbounded();
-    node::run(store.clone(), swarm, options, gate.clone(), inbox)?;
+    let subscribers = Subscribers::default();
+    node::run(
+        store.clone(),
+        swarm,
+        options,
+        gate.clone(),
+        subscribers.clone(),
+        inbox,
+    )?;
     Ok(P2p {
         peer_id,
         store,
         commands,
         gate,
+        subscribers,
     })
 }
 

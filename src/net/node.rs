@@ -18,7 +18,8 @@ use super::live::{self, LiveMessage};
 use super::pairing::{welcome_context, HostSession, Invite, JoinerSession, PairingCode};
 use super::{
     advance, device_of, page_of, peer_id_of, Behaviour, BehaviourEvent, Command, P2pEvent,
-    P2pOptions, PairRequest, PairResponse, PendingPairing, SyncRequest, SyncResponse, PULL_LIMIT,
+    P2pOptions, PairRequest, PairResponse, PendingPairing, Subscribers, SyncRequest, SyncResponse,
+    PULL_LIMIT,
 };
 use crate::change::SignedCommit;
 use crate::crypto::device_box::{open_once, seal_once};
@@ -94,7 +95,7 @@ struct Node {
     /// Live streams that failed (their peer).
     live_failed: mpsc::UnboundedSender<PeerId>,
     gate: Arc<Mutex<GateState>>,
-    subscribers: Vec<mpsc::UnboundedSender<P2pEvent>>,
+    subscribers: Subscribers,
     peers: HashMap<PeerId, PeerState>,
     pulls: HashMap<OutboundRequestId, PeerId>,
     codes: HashMap<String, HostCode>,
@@ -110,6 +111,7 @@ pub(super) fn run(
     mut swarm: Swarm<Behaviour>,
     options: &P2pOptions,
     gate: Arc<Mutex<GateState>>,
+    subscribers: Subscribers,
     inbox: mpsc::UnboundedReceiver<Command>,
 ) -> Result<()> {
     for addr in &options.listen_addrs {
@@ -138,7 +140,7 @@ pub(super) fn run(
         control,
         live_failed,
         gate,
-        subscribers: Vec::new(),
+        subscribers,
         peers: HashMap::new(),
         pulls: HashMap::new(),
         codes: HashMap::new(),
@@ -233,6 +235,8 @@ impl Node {
 
     fn emit(&mut self, event: P2pEvent) {
         self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .retain(|s| s.unbounded_send(event.clone()).is_ok());
     }
 
@@ -287,7 +291,6 @@ impl Node {
     fn command(&mut self, command: Command) {
         match command {
             Command::Shutdown => {}
-            Command::Subscribe(tx) => self.subscribers.push(tx),
             Command::ListenAddrs(tx) => {
                 let _ = tx.send(self.swarm.listeners().cloned().collect());
             }
