@@ -539,3 +539,44 @@ async fn bad_commits_on_the_live_stream_are_refused() {
     node_a.shutdown();
     node_b.shutdown();
 }
+
+/// A handshake flood: 100 TCP connections that never speak. The node caps
+/// them (at most 32 in their handshake), stays up, and serves members once
+/// they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_is_capped_and_the_node_survives() {
+    let a = memory_store("a").await;
+    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let addr = dial_addr(&node_a).await;
+    let port = addr
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("tcp port");
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        if let Ok(socket) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            flood.push(socket);
+        }
+    }
+    assert!(!flood.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(flood);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Still listening, still pairing and replicating.
+    let (b, node_b) = new_member("b", &node_a).await;
+    a.records("notes")
+        .put("after-flood", json!({ "ok": true }))
+        .await
+        .expect("put");
+    arrives(&b, "after-flood", &json!({ "ok": true })).await;
+    assert!(node_a
+        .connected_peers()
+        .await
+        .expect("peers")
+        .contains(&node_b.peer_id()));
+    node_a.shutdown();
+    node_b.shutdown();
+}
