@@ -222,8 +222,8 @@ pub struct Store {
 struct Inner {
     name: String,
     device: DeviceIdentity,
-    /// The store id and storage it reads and writes (replaced once, when
-    /// a device with no writes yet pairs into another device's store).
+    /// The store id and storage it reads and writes (replaced when the
+    /// device joins another device's store by pairing).
     bound: std::sync::RwLock<Arc<Bound>>,
     /// The storage under the encryption layer (what `bound` is built on).
     raw_backend: Arc<dyn StorageBackend>,
@@ -401,7 +401,8 @@ impl Store {
         &self.inner.name
     }
 
-    /// The store's id (random, fixed at creation, shared by all replicas).
+    /// The store's id (random, fixed at creation, shared by all replicas;
+    /// a device that pairs into a store adopts its id).
     pub fn store_id(&self) -> StoreId {
         self.bound().store_id
     }
