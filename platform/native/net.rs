@@ -8,6 +8,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::{AsyncRead, AsyncWrite};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
 use libp2p::core::{upgrade, Transport};
 use libp2p::{identity, mdns, noise, tcp, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder};
 
@@ -133,6 +135,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
+/// `base` with Noise and Yamux, as `with_tcp` sets them up.
+fn secured<T>(
+    base: T,
+    key: &identity::Keypair,
+) -> std::result::Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>>
+where
+    T: Transport + Send + Unpin + 'static,
+    T::Output: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+    T::Error: Send + Sync + 'static,
+{
+    Ok(base
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
+}
+
 /// A swarm with TCP, QUIC and WebSocket transports for `behaviour` (TCP only, its
 /// bytes counted and maybe delayed, for measurements). Needs a tokio runtime (the node's
 /// loop runs on it).
@@ -165,13 +187,10 @@ pub fn swarm(
         return Ok(SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_other_transport(|key| {
-                let noise = noise::Config::new(key)?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                secured(
                     tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                        .map(move |stream, _| Counted::new(stream, counter.clone(), latency))
-                        .upgrade(upgrade::Version::V1Lazy)
-                        .authenticate(noise)
-                        .multiplex(yamux::Config::default()),
+                        .map(move |stream, _| Counted::new(stream, counter.clone(), latency)),
+                    key,
                 )
             })
             .map_err(|e| transport(&e))?
@@ -191,14 +210,11 @@ pub fn swarm(
         .with_quic()
         // WebSocket (`/ip4/.../tcp/.../ws`), which browsers can dial.
         .with_other_transport(|key| {
-            let noise = noise::Config::new(key)?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+            secured(
                 libp2p_websocket::Config::new(tcp::tokio::Transport::new(
                     tcp::Config::default().nodelay(true),
-                ))
-                .upgrade(upgrade::Version::V1Lazy)
-                .authenticate(noise)
-                .multiplex(yamux::Config::default()),
+                )),
+                key,
             )
         })
         .map_err(|e| transport(&e))?
