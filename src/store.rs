@@ -254,9 +254,10 @@ pub(crate) struct Bound {
     pub(crate) sealed: Option<Arc<SealedStorage>>,
 }
 
-/// The membership log and what it derives.
+/// The membership log and its digest (what peers compare).
 pub(crate) struct MemberState {
     pub(crate) log: MembershipLog,
+    pub(crate) digest: [u8; 32],
 }
 
 impl Store {
@@ -343,7 +344,10 @@ impl Store {
             bound: std::sync::RwLock::new(bound),
             raw_backend,
             members_now: std::sync::RwLock::new(Arc::new(log.members())),
-            members: futures::lock::Mutex::new(MemberState { log }),
+            members: futures::lock::Mutex::new(MemberState {
+                digest: log.digest(),
+                log,
+            }),
             key_store,
             rotation: futures::lock::Mutex::new(()),
             strategy: options.strategy.clone(),

@@ -169,7 +169,7 @@ impl Store {
 
     /// A digest of the membership log (equal digests, equal logs).
     pub async fn membership_digest(&self) -> [u8; 32] {
-        self.inner.members.lock().await.log.digest()
+        self.inner.members.lock().await.digest
     }
 
     /// Merges a membership log received from a peer: same store and
@@ -240,15 +240,9 @@ impl Store {
                 ..WriteBatch::default()
             })
             .await?;
-        let before = state.log.members();
-        let after = log.members();
-        state.log = log;
+        let before = self.members();
+        let after = self.install_log(state, log);
         let update = diff(&before, &after);
-        *self
-            .inner
-            .members_now
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(after);
         for device in &update.added {
             tracing::info!(store = %self.inner.name, device = %device.short(), "device joined the store");
         }
@@ -257,6 +251,20 @@ impl Store {
         }
         self.notify_commits();
         Ok(update)
+    }
+
+    /// Makes `log` the membership in memory: its digest, and the members it
+    /// derives for quick checks.
+    fn install_log(&self, state: &mut MemberState, log: MembershipLog) -> Arc<Members> {
+        let members = Arc::new(log.members());
+        state.digest = log.digest();
+        state.log = log;
+        *self
+            .inner
+            .members_now
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = members.clone();
+        members
     }
 
     /// Signs an entry of this device and adds it.
@@ -508,12 +516,7 @@ impl Store {
                 Ok::<(), Error>(())
             })
             .await?;
-        *self
-            .inner
-            .members_now
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(log.members());
-        state.log = log;
+        self.install_log(&mut state, log);
         drop(state);
         tracing::info!(store = %name, id = %welcome.store, "joined the store by pairing");
         if let Some(intents) = carried {
