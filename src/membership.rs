@@ -26,7 +26,7 @@
 //!   exactly the same commits of the removed device: what any member had
 //!   before the removal reached it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -471,10 +471,6 @@ fn counts(
             .is_none_or(|(_, entries_upto)| entry.seq <= *entries_upto)
 }
 
-/// Devices of `members` as a set.
-pub fn devices(members: &Members) -> BTreeSet<DeviceId> {
-    members.current.keys().copied().collect()
-}
 
 #[cfg(test)]
 mod tests {
