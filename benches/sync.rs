@@ -18,17 +18,6 @@ use persist::storage::StorageBackend;
 use persist::{DeviceIdentity, Store, StoreOptions};
 use serde_json::json;
 
-fn loopback() -> P2pOptions {
-    P2pOptions {
-        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
-        bootstrap_peers: Vec::new(),
-        mdns: false,
-        dht: false,
-        count_bytes: None,
-        simulated_latency: None,
-    }
-}
-
 /// A new SQLite store, paired into the store of `host` (then its node
 /// stops): a second device of that store, with nothing yet.
 async fn replica(path: &std::path::Path, host: &P2p) -> Store {
@@ -37,7 +26,10 @@ async fn replica(path: &std::path::Path, host: &P2p) -> Store {
         Store::open(StoreOptions::new("replica").backend(backend as Arc<dyn StorageBackend>))
             .await
             .expect("replica");
-    let node = store.enable_p2p(loopback()).await.expect("node");
+    let node = store
+        .enable_p2p(P2pOptions::loopback())
+        .await
+        .expect("node");
     let pending = host.create_pairing_code().await.expect("code");
     let code = pending.code().to_string();
     let (joined, hosted) = tokio::join!(
@@ -74,7 +66,7 @@ async fn main() {
     let node_a = a
         .enable_p2p(P2pOptions {
             count_bytes: Some(counter_a.clone()),
-            ..loopback()
+            ..P2pOptions::loopback()
         })
         .await
         .expect("a");
@@ -111,7 +103,7 @@ async fn main() {
     let target = a.version_vector().await.expect("vv");
     let mut options = P2pOptions {
         count_bytes: Some(counter_b.clone()),
-        ..loopback()
+        ..P2pOptions::loopback()
     };
     options.bootstrap_peers = vec![dial_addr(&node_a).await];
     let start = Instant::now();
@@ -200,7 +192,7 @@ async fn main() {
     let counter_b2 = persist::net::ByteCounter::default();
     let mut options = P2pOptions {
         count_bytes: Some(counter_b2.clone()),
-        ..loopback()
+        ..P2pOptions::loopback()
     };
     options.bootstrap_peers = vec![dial_addr(&node_a).await];
     let start = Instant::now();
@@ -241,7 +233,7 @@ reconnected, one record changed meanwhile: on the other store {:.1} ms after dia
     let one_way = Duration::from_millis(25);
     let delayed = || P2pOptions {
         simulated_latency: Some(one_way),
-        ..loopback()
+        ..P2pOptions::loopback()
     };
     let node_a = a.enable_p2p(delayed()).await.expect("a delayed");
     records
@@ -281,7 +273,7 @@ reconnected, one record changed meanwhile: on the other store {:.1} ms after dia
 /// protocol by a member that stores nothing, against the same bytes written
 /// on a bare libp2p stream; same transport (TCP, Noise, Yamux).
 async fn goodput(a: &Store) {
-    let node_a = a.enable_p2p(loopback()).await.expect("a again");
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a again");
     let probe_identity = DeviceIdentity::from_secret(&[77; 32]);
     let probe = Store::open(
         StoreOptions::new("probe")
@@ -290,7 +282,10 @@ async fn goodput(a: &Store) {
     )
     .await
     .expect("probe");
-    let probe_node = probe.enable_p2p(loopback()).await.expect("probe");
+    let probe_node = probe
+        .enable_p2p(P2pOptions::loopback())
+        .await
+        .expect("probe");
     let pending = node_a.create_pairing_code().await.expect("code");
     let code = pending.code().to_string();
     let (joined, _) = tokio::join!(

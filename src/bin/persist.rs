@@ -574,15 +574,7 @@ async fn p2p_demo(data: &std::path::Path) -> persist::Result<()> {
         phone.store_id()
     );
     let bad_address = |_| persist::Error::InvalidOptions("bad address".into());
-    let local: persist::net::Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().map_err(bad_address)?;
-    let loopback = || P2pOptions {
-        listen_addrs: vec![local.clone()],
-        bootstrap_peers: Vec::new(),
-        mdns: false,
-        dht: false,
-        count_bytes: None,
-        simulated_latency: None,
-    };
+    let loopback = P2pOptions::loopback;
     let laptop_node = laptop.enable_p2p(loopback()).await?;
     let mut addrs = laptop_node.listen_addrs().await?;
     let started = std::time::Instant::now();

@@ -152,6 +152,23 @@ pub struct P2pOptions {
     pub simulated_latency: Option<std::time::Duration>,
 }
 
+impl P2pOptions {
+    /// Listening on loopback TCP only (an ephemeral port), with no mDNS, no
+    /// DHT and no bootstrap peers: for tests, demos and measurements on one
+    /// machine, which must not multicast on its interfaces.
+    pub fn loopback() -> P2pOptions {
+        let localhost: Multiaddr = std::net::Ipv4Addr::LOCALHOST.into();
+        P2pOptions {
+            listen_addrs: vec![localhost.with(libp2p::multiaddr::Protocol::Tcp(0))],
+            bootstrap_peers: Vec::new(),
+            mdns: false,
+            dht: false,
+            count_bytes: None,
+            simulated_latency: None,
+        }
+    }
+}
+
 impl Default for P2pOptions {
     fn default() -> P2pOptions {
         let parse = |text: &str| text.parse().ok();

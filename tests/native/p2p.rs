@@ -10,15 +10,22 @@ use persist::net::{Multiaddr, P2p, P2pEvent, P2pOptions};
 use persist::{Adapter, Store, StoreOptions};
 use serde_json::{json, Value};
 
-pub(crate) fn loopback() -> P2pOptions {
-    P2pOptions {
-        listen_addrs: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
-        bootstrap_peers: Vec::new(),
-        mdns: false,
-        dht: false,
-        count_bytes: None,
-        simulated_latency: None,
-    }
+/// An encrypted store in memory.
+pub(crate) async fn encrypted_memory_store(name: &str) -> Store {
+    Store::open(
+        StoreOptions::new(name)
+            .adapter(Adapter::Memory)
+            .encrypt(true),
+    )
+    .await
+    .expect("encrypted store")
+}
+
+/// An encrypted SQLite store at `path`.
+async fn encrypted_file_store(name: &str, path: &std::path::Path) -> Store {
+    Store::open(StoreOptions::new(name).path(path).encrypt(true))
+        .await
+        .expect("encrypted store")
 }
 
 pub(crate) async fn memory_store(name: &str) -> Store {
@@ -48,7 +55,7 @@ pub(crate) async fn pair_node(node: &P2p, host: &P2p) {
 /// A new memory store paired into `host`'s store.
 pub(crate) async fn new_member(name: &str, host: &P2p) -> (Store, P2p) {
     let store = memory_store(name).await;
-    let node = pair_into(&store, host, loopback()).await;
+    let node = pair_into(&store, host, P2pOptions::loopback()).await;
     (store, node)
 }
 
@@ -99,7 +106,7 @@ async fn two_stores_sync_history_and_live_writes_both_ways() {
         .expect("event");
     a.kv().set("theme", json!("dark")).await.expect("kv");
 
-    let node_a = a.enable_p2p(loopback()).await.expect("p2p a");
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("p2p a");
     let mut events_a = node_a.events();
     let (b, node_b) = new_member("b", &node_a).await;
     assert_eq!(b.store_id(), a.store_id(), "the joiner adopts the store id");
@@ -163,7 +170,7 @@ async fn two_stores_sync_history_and_live_writes_both_ways() {
 #[tokio::test]
 async fn pairing_a_b_and_a_c_lets_b_relay_between_a_and_c() {
     let a = memory_store("a").await;
-    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
     let (b, node_b) = new_member("b", &node_a).await;
     let (c, node_c) = new_member("c", &node_a).await;
     // B learns of C from A's membership log, without a second pairing.
@@ -174,7 +181,7 @@ async fn pairing_a_b_and_a_c_lets_b_relay_between_a_and_c() {
     }
     // C keeps a connection to B only: B relays.
     node_c.shutdown();
-    let mut to_b = loopback();
+    let mut to_b = P2pOptions::loopback();
     to_b.bootstrap_peers = vec![dial_addr(&node_b).await];
     let node_c = c.enable_p2p(to_b).await.expect("c");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -210,13 +217,7 @@ async fn pairing_a_b_and_a_c_lets_b_relay_between_a_and_c() {
 #[tokio::test]
 async fn encrypted_stores_sync_ciphertext_they_can_open() {
     let dir = tempfile::tempdir().expect("dir");
-    let a = Store::open(
-        StoreOptions::new("a")
-            .path(dir.path().join("a.db"))
-            .encrypt(true),
-    )
-    .await
-    .expect("a");
+    let a = encrypted_file_store("a", &dir.path().join("a.db")).await;
     a.records("notes")
         .put("secret", json!({ "pin": 1234 }))
         .await
@@ -227,8 +228,8 @@ async fn encrypted_stores_sync_ciphertext_they_can_open() {
         .await
         .expect("b");
     assert!(!b.crypto().is_encrypted());
-    let node_a = a.enable_p2p(loopback()).await.expect("a");
-    let node_b = pair_into(&b, &node_a, loopback()).await;
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
+    let node_b = pair_into(&b, &node_a, P2pOptions::loopback()).await;
     assert!(b.crypto().is_encrypted());
     assert_eq!(b.crypto().epoch().expect("epoch"), 0);
     arrives(&b, "secret", &json!({ "pin": 1234 })).await;
@@ -246,7 +247,7 @@ async fn encrypted_stores_sync_ciphertext_they_can_open() {
 async fn pair_and_sync_over(listen: &str, marker: &str) {
     let options = || P2pOptions {
         listen_addrs: vec![listen.parse().expect("addr")],
-        ..loopback()
+        ..P2pOptions::loopback()
     };
     let a = memory_store("a").await;
     a.records("notes")
@@ -286,11 +287,11 @@ async fn a_stranger_is_refused_right_after_the_handshake() {
         .put("private", json!({ "x": 1 }))
         .await
         .expect("put");
-    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
     let mut events_a = node_a.events();
     // Another store's device dials A: A's gate closes the connection.
     let other = memory_store("other").await;
-    let mut options = loopback();
+    let mut options = P2pOptions::loopback();
     options.bootstrap_peers = vec![dial_addr(&node_a).await];
     let node_o = other.enable_p2p(options).await.expect("other");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -326,9 +327,9 @@ async fn a_wrong_code_burns_the_code_on_both_sides() {
         .put("private", json!({ "x": 1 }))
         .await
         .expect("put");
-    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
     let b = memory_store("b").await;
-    let node_b = b.enable_p2p(loopback()).await.expect("b");
+    let node_b = b.enable_p2p(P2pOptions::loopback()).await.expect("b");
     let pending = node_a.create_pairing_code().await.expect("code");
     let right = pending.code().to_string();
     // Same nameplate, one secret character changed.
@@ -367,13 +368,13 @@ async fn a_wrong_code_burns_the_code_on_both_sides() {
 #[tokio::test]
 async fn expired_and_reused_codes_are_refused() {
     let a = memory_store("a").await;
-    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
     let addr = dial_addr(&node_a).await;
     // Expired.
     let pending = node_a.create_pairing_code_valid_for(1).await.expect("code");
     tokio::time::sleep(Duration::from_millis(20)).await;
     let b = memory_store("b").await;
-    let node_b = b.enable_p2p(loopback()).await.expect("b");
+    let node_b = b.enable_p2p(P2pOptions::loopback()).await.expect("b");
     let code = pending.code().to_string();
     let err = node_b
         .pair(&code, Some(addr.clone()))
@@ -393,7 +394,7 @@ async fn expired_and_reused_codes_are_refused() {
     let (joined, _) = tokio::join!(node_b.pair(&code, Some(addr.clone())), pending.paired());
     joined.expect("B pairs");
     let c = memory_store("c").await;
-    let node_c = c.enable_p2p(loopback()).await.expect("c");
+    let node_c = c.enable_p2p(P2pOptions::loopback()).await.expect("c");
     let err = node_c.pair(&code, Some(addr)).await.expect_err("reused");
     assert_eq!(err.code(), "PAIRING_CODE_INVALID");
     assert!(!a.is_trusted(&c.device_id()));
@@ -409,28 +410,16 @@ async fn expired_and_reused_codes_are_refused() {
 
 #[tokio::test]
 async fn a_store_with_writes_of_its_own_keeps_them_when_it_joins() {
-    let a = Store::open(
-        StoreOptions::new("a")
-            .adapter(Adapter::Memory)
-            .encrypt(true),
-    )
-    .await
-    .expect("a");
+    let a = encrypted_memory_store("a").await;
     a.records("notes")
         .put("theirs", json!({ "by": "a" }))
         .await
         .expect("put");
-    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
     // B wrote before pairing, encrypted: records (one deleted, one
     // written twice), a key, events.
     let dir = tempfile::tempdir().expect("dir");
-    let b = Store::open(
-        StoreOptions::new("b")
-            .path(dir.path().join("b.db"))
-            .encrypt(true),
-    )
-    .await
-    .expect("b");
+    let b = encrypted_file_store("b", &dir.path().join("b.db")).await;
     let notes = b.records("notes");
     notes.put("mine", json!({ "v": 1 })).await.expect("put");
     notes.put("mine", json!({ "v": 2 })).await.expect("put");
@@ -441,7 +430,7 @@ async fn a_store_with_writes_of_its_own_keeps_them_when_it_joins() {
         .append(json!({ "e": 1 }))
         .await
         .expect("event");
-    let node_b = b.enable_p2p(loopback()).await.expect("b");
+    let node_b = b.enable_p2p(P2pOptions::loopback()).await.expect("b");
     let pending = node_a.create_pairing_code().await.expect("code");
     let code = pending.code().to_string();
     let addr = dial_addr(&node_a).await;
@@ -529,7 +518,7 @@ async fn replicas_converge_after_random_partitions() {
         .await
         .expect("r0");
     let mut stores = vec![first.clone()];
-    let host = first.enable_p2p(loopback()).await.expect("r0");
+    let host = first.enable_p2p(P2pOptions::loopback()).await.expect("r0");
     for i in 1..3 {
         let (store, node) = new_member(&format!("r{i}"), &host).await;
         node.shutdown();
@@ -547,7 +536,14 @@ async fn replicas_converge_after_random_partitions() {
                     node.shutdown();
                     nodes[i] = None;
                 }
-                (None, true) => nodes[i] = Some(store.enable_p2p(loopback()).await.expect("node")),
+                (None, true) => {
+                    nodes[i] = Some(
+                        store
+                            .enable_p2p(P2pOptions::loopback())
+                            .await
+                            .expect("node"),
+                    )
+                }
                 _ => {}
             }
         }
@@ -588,7 +584,12 @@ async fn replicas_converge_after_random_partitions() {
     // Heal: everyone online, linked in a ring.
     for (i, store) in stores.iter().enumerate() {
         if nodes[i].is_none() {
-            nodes[i] = Some(store.enable_p2p(loopback()).await.expect("node"));
+            nodes[i] = Some(
+                store
+                    .enable_p2p(P2pOptions::loopback())
+                    .await
+                    .expect("node"),
+            );
         }
     }
     let live: Vec<P2p> = nodes.iter().flatten().cloned().collect();
@@ -646,11 +647,11 @@ async fn an_interrupted_initial_sync_resumes() {
             .expect("fill");
     }
     let b = memory_store("b").await;
-    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
     let addr = dial_addr(&node_a).await;
-    let mut options = loopback();
+    let mut options = P2pOptions::loopback();
     options.bootstrap_peers = vec![addr.clone()];
-    let node_b = b.enable_p2p(loopback()).await.expect("b");
+    let node_b = b.enable_p2p(P2pOptions::loopback()).await.expect("b");
     let mut events = node_b.events();
     pair_node(&node_b, &node_a).await;
     // Cut B off as soon as it applied something; the page says how much
@@ -706,18 +707,12 @@ async fn an_interrupted_initial_sync_resumes() {
 #[tokio::test]
 async fn an_invite_joins_an_encrypted_store_once() {
     let dir = tempfile::tempdir().expect("dir");
-    let a = Store::open(
-        StoreOptions::new("a")
-            .path(dir.path().join("a.db"))
-            .encrypt(true),
-    )
-    .await
-    .expect("a");
+    let a = encrypted_file_store("a", &dir.path().join("a.db")).await;
     a.records("notes")
         .put("secret", json!({ "pin": 4321 }))
         .await
         .expect("put");
-    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
     dial_addr(&node_a).await;
     let pending = node_a.create_invite(60_000).await.expect("invite");
     let text = pending.code().to_string();
@@ -726,7 +721,7 @@ async fn an_invite_joins_an_encrypted_store_once() {
     let b = Store::open(StoreOptions::new("b").path(dir.path().join("b.db")))
         .await
         .expect("b");
-    let node_b = b.enable_p2p(loopback()).await.expect("b");
+    let node_b = b.enable_p2p(P2pOptions::loopback()).await.expect("b");
     assert_eq!(
         node_b
             .accept_invite(&text[..text.len() - 3])
@@ -743,7 +738,7 @@ async fn an_invite_joins_an_encrypted_store_once() {
     arrives(&b, "secret", &json!({ "pin": 4321 })).await;
     // Single use.
     let c = memory_store("c").await;
-    let node_c = c.enable_p2p(loopback()).await.expect("c");
+    let node_c = c.enable_p2p(P2pOptions::loopback()).await.expect("c");
     assert_eq!(
         node_c.accept_invite(&text).await.expect_err("used").code(),
         "PAIRING_CODE_INVALID"
@@ -759,7 +754,7 @@ async fn an_invite_joins_an_encrypted_store_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_devices_replicate_records_events_and_keys() {
     let first = memory_store("d0").await;
-    let hub = first.enable_p2p(loopback()).await.expect("d0");
+    let hub = first.enable_p2p(P2pOptions::loopback()).await.expect("d0");
     let mut stores = vec![first];
     let mut nodes = vec![hub.clone()];
     for i in 1..5 {

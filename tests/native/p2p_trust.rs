@@ -13,11 +13,13 @@ use libp2p::{noise, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder};
 use persist::change::{CommitBody, Op, COMMIT_FORMAT};
 use persist::hlc::Hlc;
 use persist::keys::MemoryKeyStore;
-use persist::net::{P2p, P2pEvent, SyncCodec, SyncRequest, SyncResponse, SYNC_PROTOCOL};
+use persist::net::{
+    P2p, P2pEvent, P2pOptions, SyncCodec, SyncRequest, SyncResponse, SYNC_PROTOCOL,
+};
 use persist::{Adapter, Commit, DeviceIdentity, SignedCommit, Store, StoreOptions};
 use serde_json::json;
 
-use crate::p2p::{arrives, dial_addr, loopback, memory_store, new_member, pair_into};
+use crate::p2p::{arrives, dial_addr, encrypted_memory_store, memory_store, new_member, pair_into};
 
 /// Waits (at most 10 s) for `check` to hold.
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
@@ -37,14 +39,8 @@ async fn connected(node: &P2p, other: &P2p) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_device_is_cut_off_and_cannot_read_later_writes() {
-    let a = Store::open(
-        StoreOptions::new("a")
-            .adapter(Adapter::Memory)
-            .encrypt(true),
-    )
-    .await
-    .expect("a");
-    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let a = encrypted_memory_store("a").await;
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
     let (b, node_b) = new_member("b", &node_a).await;
     let (c, node_c) = new_member("c", &node_a).await;
     // C writes once while trusted.
@@ -254,7 +250,7 @@ async fn member_with(seed: u8, host: &P2p) -> DeviceIdentity {
     )
     .await
     .expect("member");
-    let node = pair_into(&store, host, loopback()).await;
+    let node = pair_into(&store, host, P2pOptions::loopback()).await;
     node.shutdown();
     identity
 }
@@ -363,7 +359,7 @@ async fn forged_tampered_untrusted_replayed_and_oversize_messages_are_refused() 
         .put("keep", json!({ "safe": true }))
         .await
         .expect("put");
-    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
     // M: a member whose identity the test holds (its own device).
     let identity = member_with(42, &node_a).await;
     let before = a.version_vector().await.expect("vv");
@@ -463,7 +459,7 @@ async fn forged_tampered_untrusted_replayed_and_oversize_messages_are_refused() 
 async fn bad_commits_on_the_live_stream_are_refused() {
     use persist::net::live::{LiveMessage, LIVE_PROTOCOL};
     let a = memory_store("a").await;
-    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
     let identity = member_with(43, &node_a).await;
     let before = a.version_vector().await.expect("vv");
     let mut events = node_a.events();
@@ -546,7 +542,7 @@ async fn bad_commits_on_the_live_stream_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_flood_is_capped_and_the_node_survives() {
     let a = memory_store("a").await;
-    let node_a = a.enable_p2p(loopback()).await.expect("a");
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
     let addr = dial_addr(&node_a).await;
     let port = addr
         .iter()
