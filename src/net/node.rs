@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
-use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::request_response;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
@@ -97,7 +97,6 @@ struct Node {
     gate: Arc<Mutex<GateState>>,
     subscribers: Subscribers,
     peers: HashMap<PeerId, PeerState>,
-    pulls: HashMap<OutboundRequestId, PeerId>,
     codes: HashMap<String, HostCode>,
     hosting: HashMap<PeerId, Hosting>,
     joining: Option<Joining>,
@@ -142,7 +141,6 @@ pub(super) fn run(
         gate,
         subscribers,
         peers: HashMap::new(),
-        pulls: HashMap::new(),
         codes: HashMap::new(),
         hosting: HashMap::new(),
         joining: None,
@@ -593,8 +591,7 @@ impl Node {
                 limit: PULL_LIMIT,
                 members: self.store.membership_digest().await,
             };
-            let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
-            self.pulls.insert(id, peer);
+            self.swarm.behaviour_mut().sync.send_request(&peer, request);
             if let Some(state) = self.peers.get_mut(&peer) {
                 state.pulled = true;
             }
@@ -806,20 +803,10 @@ impl Node {
             }
             Event::Message {
                 peer,
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
+                message: Message::Response { response, .. },
                 ..
-            } => self.sync_response(peer, request_id, response).await,
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                self.pulls.remove(&request_id);
+            } => self.sync_response(peer, response).await,
+            Event::OutboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "sync request failed");
             }
             Event::InboundFailure { peer, error, .. } => {
@@ -895,12 +882,7 @@ impl Node {
         }
     }
 
-    async fn sync_response(
-        &mut self,
-        peer: PeerId,
-        request_id: OutboundRequestId,
-        response: SyncResponse,
-    ) {
+    async fn sync_response(&mut self, peer: PeerId, response: SyncResponse) {
         match response {
             SyncResponse::Commits {
                 commits,
@@ -908,7 +890,6 @@ impl Node {
                 remaining,
                 members,
             } => {
-                self.pulls.remove(&request_id);
                 self.merge_members(peer, members).await;
                 if let Some(state) = self.peers.get_mut(&peer) {
                     advance(&mut state.known, &commits);
@@ -945,7 +926,6 @@ impl Node {
             }
             SyncResponse::Ack { have: None, .. } => {}
             SyncResponse::Refused(reason) => {
-                self.pulls.remove(&request_id);
                 tracing::warn!(%peer, %reason, "sync request refused");
             }
         }
