@@ -11,6 +11,26 @@ fn persist(args: &[&str], cwd: &Path) -> Output {
         .expect("runs persist")
 }
 
+/// `persist args` in the background, mDNS off, with its output lines.
+fn spawn_persist(
+    args: &[&str],
+    cwd: &Path,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_persist"))
+        .args(args)
+        .env("PERSIST_MDNS", "off")
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs persist");
+    let lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, lines)
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -127,7 +147,6 @@ fn demo_runs_twice_and_keeps_its_data() {
 /// `persist pair` in two processes, then `persist peers` and `persist revoke`.
 #[test]
 fn pair_peers_and_revoke_from_the_command_line() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().expect("temp dir");
     let out = persist(
         &[
@@ -141,21 +160,18 @@ fn pair_peers_and_revoke_from_the_command_line() {
         dir.path(),
     );
     assert!(out.status.success());
-    let mut host = Command::new(env!("CARGO_BIN_EXE_persist"))
-        .args([
+    let (mut host, mut lines) = spawn_persist(
+        &[
             "pair",
             "--path",
             "laptop.db",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
-        ])
-        .args(["--for", "30"])
-        .env("PERSIST_MDNS", "off")
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("host");
-    let mut lines = std::io::BufReader::new(host.stdout.take().expect("stdout")).lines();
+            "--for",
+            "30",
+        ],
+        dir.path(),
+    );
     let (mut code, mut addr) = (String::new(), String::new());
     for line in lines.by_ref() {
         let line = line.expect("line");
@@ -212,21 +228,18 @@ fn pair_peers_and_revoke_from_the_command_line() {
         dir.path(),
     );
     assert!(out.status.success());
-    let mut server = Command::new(env!("CARGO_BIN_EXE_persist"))
-        .args([
+    let (mut server, mut lines) = spawn_persist(
+        &[
             "sync",
             "--path",
             "laptop.db",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
-        ])
-        .args(["--for", "20"])
-        .env("PERSIST_MDNS", "off")
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("server");
-    let mut lines = std::io::BufReader::new(server.stdout.take().expect("stdout")).lines();
+            "--for",
+            "20",
+        ],
+        dir.path(),
+    );
     let addr = lines
         .by_ref()
         .map_while(Result::ok)
