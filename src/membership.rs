@@ -471,7 +471,6 @@ fn counts(
             .is_none_or(|(_, entries_upto)| entry.seq <= *entries_upto)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
