@@ -154,8 +154,76 @@ export declare class StoreCrypto {
   free(): void;
 }
 
+export interface P2POptions {
+  /**
+   * Nodes to connect through (`persist node`): WebSocket or WebRTC-direct
+   * multiaddrs ending in `/p2p/<peer id>`. Pairing codes are found there,
+   * and their relay makes this tab reachable to other devices.
+   */
+  bootstrapPeers?: string[];
+  /** Only relayed addresses (`.../p2p-circuit`): a browser cannot listen on sockets. */
+  listenAddrs?: string[];
+  /** `mdns: true` is refused in a browser; `dht` (client mode) defaults to on. */
+  discovery?: { dht?: boolean; mdns?: boolean; bootstrapPeers?: string[] };
+}
+
+export type P2PEventName =
+  | "peer:connect" | "peer:disconnect" | "sync" | "pair" | "pair:failed"
+  | "member:add" | "member:remove" | "listen" | "*";
+
+export interface P2PEvent {
+  type: Exclude<P2PEventName, "*">;
+  /** The peer concerned (all events but `listen` and `pair:failed`). */
+  peer?: string;
+  /** `sync`: commits stored, refused, and still to come from that peer. */
+  applied?: number;
+  rejected?: number;
+  remaining?: number;
+  /** `pair:failed`: the error's stable code. */
+  code?: string;
+  /** `listen`: the address. */
+  addr?: string;
+}
+
+/** The store's P2P node (`store.enableP2P(...)`, then `store.p2p`). */
+export declare class P2P {
+  private constructor();
+  /** This device's peer id (its Ed25519 key). */
+  readonly peerId: string;
+  /**
+   * Offers a short pairing code (`ABCD-7KQ2`) for another device to type;
+   * single use, expires after `ttlMs` (default 10 minutes). The outcome
+   * arrives as a `pair` or `pair:failed` event.
+   */
+  createPairingCode(options?: { ttlMs?: number }): Promise<string>;
+  /** Offers an invite (`persist-invite-v1-...`: a long secret and this device's addresses). */
+  createInvite(options?: { ttlMs?: number }): Promise<{ code: string; expiresAt: number }>;
+  /**
+   * Joins the store of the device that offered `code` (a code or an invite);
+   * resolves to its peer id. Rejects with PAIRING_CODE_INVALID,
+   * PAIRING_CODE_EXPIRED or PAIRING_FAILED.
+   */
+  pair(code: string, options?: { peer?: string }): Promise<string>;
+  /** Peer ids of the devices trusted to sync the store (this one included). */
+  trustedPeers(): Promise<string[]>;
+  /** Removes a device: its later writes are refused everywhere; an encrypted store re-keys. */
+  revokeTrust(peerId: string): Promise<void>;
+  connectedPeers(): Promise<string[]>;
+  listenAddrs(): Promise<string[]>;
+  dial(addr: string): Promise<void>;
+  /** Calls `callback` on each such event; returns a function that stops it. */
+  on(event: P2PEventName, callback: (event: P2PEvent) => void): () => void;
+  /** Stops the node (the store stays open). */
+  stop(): void;
+  free(): void;
+}
+
 export declare class Store {
   private constructor();
+  /** Starts this store's P2P node (once; later calls resolve to the same node). */
+  enableP2P(options?: P2POptions): Promise<P2P>;
+  /** The P2P node, `null` until `enableP2P`. */
+  readonly p2p: P2P | null;
   /** Key export and rotation of an encrypted store. */
   readonly crypto: StoreCrypto;
   readonly name: string;

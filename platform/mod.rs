@@ -11,7 +11,7 @@ use std::pin::Pin;
 #[cfg(not(wasm_browser))]
 pub mod native;
 #[cfg(not(wasm_browser))]
-pub use native::net::{mdns, mdns_discovered, swarm, Mdns};
+pub use native::net::{mdns, mdns_discovered, server_swarm, swarm, Mdns, KAD_MODE};
 #[cfg(not(wasm_browser))]
 pub use native::{
     fill_random, monotonic_ms, now_ms, open_storage, sleep_ms, spawn, ADAPTER_NAMES,
@@ -21,7 +21,7 @@ pub use native::{
 #[cfg(wasm_browser)]
 pub mod web;
 #[cfg(wasm_browser)]
-pub use web::net::{mdns, mdns_discovered, swarm, Mdns};
+pub use web::net::{mdns, mdns_discovered, swarm, Mdns, KAD_MODE};
 #[cfg(wasm_browser)]
 pub use web::{
     fill_random, monotonic_ms, now_ms, open_storage, sleep_ms, spawn, ADAPTER_NAMES,

@@ -47,5 +47,7 @@ WASM_BINDGEN_TEST_TIMEOUT=120 \
 step "npm package @cuitty/persist (release wasm + wasm-bindgen)"
 bash scripts/build-pkg.sh
 
-step "end-to-end tests (playwright-core + headless Chromium, node --test)"
+step "end-to-end tests (playwright-core + headless Chromium + native persist processes, node --test)"
+cargo build --bin persist --locked
+export PERSIST_BIN="$CARGO_TARGET_DIR/debug/persist"
 (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error && npm test)

@@ -411,6 +411,11 @@ impl Store {
         self.bound().store_id
     }
 
+    /// This device's signing identity.
+    pub(crate) fn device_identity(&self) -> &DeviceIdentity {
+        &self.inner.device
+    }
+
     /// This device's identity.
     pub fn device_id(&self) -> DeviceId {
         self.inner.device.device_id()
@@ -473,8 +478,11 @@ impl Store {
         self.check_open()?;
         let keypair = crate::net::keypair(&self.inner.device)?;
         let gate = Arc::new(Mutex::new(crate::net::gate::GateState::default()));
-        let behaviour = crate::net::Behaviour::new(&keypair, &options, gate.clone())?;
-        let swarm = crate::platform::swarm(keypair, behaviour, &options)?;
+        let swarm = crate::platform::swarm(
+            keypair.clone(),
+            |relay| crate::net::Behaviour::new(&keypair, &options, gate.clone(), relay),
+            &options,
+        )?;
         crate::net::start(self.clone(), swarm, &options, gate)
     }
 

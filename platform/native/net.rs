@@ -16,6 +16,9 @@ use libp2p::{identity, mdns, noise, tcp, yamux, Multiaddr, PeerId, Swarm, SwarmB
 use crate::error::{Error, Result};
 use crate::net::{Behaviour, ByteCounter, P2pOptions};
 
+/// Native nodes answer DHT queries.
+pub const KAD_MODE: libp2p::kad::Mode = libp2p::kad::Mode::Server;
+
 /// mDNS discovery natively.
 pub type Mdns = mdns::tokio::Behaviour;
 
@@ -160,7 +163,7 @@ where
 /// loop runs on it).
 pub fn swarm(
     keypair: identity::Keypair,
-    behaviour: Behaviour,
+    behaviour: impl FnOnce(libp2p::relay::client::Behaviour) -> Result<Behaviour>,
     options: &P2pOptions,
 ) -> Result<Swarm<Behaviour>> {
     // Streams to peers name their protocol and send their first message in
@@ -194,7 +197,9 @@ pub fn swarm(
                 )
             })
             .map_err(|e| transport(&e))?
-            .with_behaviour(|_| behaviour)
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| transport(&e))?
+            .with_behaviour(|_, relay| behaviour(relay).map_err(Box::from))
             .map_err(|e| transport(&e))?
             .with_swarm_config(config)
             .build());
@@ -218,8 +223,66 @@ pub fn swarm(
             )
         })
         .map_err(|e| transport(&e))?
-        .with_behaviour(|_| behaviour)
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| transport(&e))?
+        .with_behaviour(|_, relay| behaviour(relay).map_err(Box::from))
         .map_err(|e| transport(&e))?
         .with_swarm_config(config)
         .build())
+}
+
+/// A headless node's swarm: TCP, QUIC, WebSocket and WebRTC-direct
+/// listeners, Noise and Yamux. `certificate` is the WebRTC certificate as
+/// PEM (kept so the `/certhash/` in its addresses survives restarts);
+/// `None` makes a new one. Returns the swarm and the certificate's PEM.
+pub fn server_swarm(
+    keypair: identity::Keypair,
+    behaviour: crate::net::server::ServerBehaviour,
+    certificate: Option<&str>,
+) -> Result<(Swarm<crate::net::server::ServerBehaviour>, String)> {
+    use libp2p_webrtc::tokio as webrtc;
+    // WebRTC's DTLS needs rustls' process-wide provider (a second
+    // installation is refused, harmlessly).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::InvalidOptions(
+            "a node needs a tokio runtime natively".into(),
+        ));
+    }
+    let certificate = match certificate {
+        Some(pem) => webrtc::Certificate::from_pem(pem)
+            .map_err(|e| Error::KeyInvalid(format!("the WebRTC certificate is damaged: {e}")))?,
+        None => webrtc::Certificate::generate(&mut rand::rng())
+            .map_err(|e| Error::InvalidOptions(format!("cannot make a WebRTC certificate: {e}")))?,
+    };
+    let pem = certificate.serialize_pem();
+    let transport = |e: &dyn std::fmt::Display| Error::InvalidOptions(format!("transport: {e}"));
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| transport(&e))?
+        .with_quic()
+        .with_other_transport(|key| {
+            secured(
+                libp2p_websocket::Config::new(tcp::tokio::Transport::new(
+                    tcp::Config::default().nodelay(true),
+                )),
+                key,
+            )
+        })
+        .map_err(|e| transport(&e))?
+        .with_other_transport(|key| {
+            webrtc::Transport::new(key.clone(), certificate)
+                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
+        })
+        .map_err(|e| transport(&e))?
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| transport(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    Ok((swarm, pem))
 }

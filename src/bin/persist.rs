@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
 
+#[path = "persist/node.rs"]
+mod node;
 #[path = "persist/p2p.rs"]
 mod p2p;
 use persist::{EventListOptions, ListOptions, Since, Store, StoreOptions};
@@ -143,6 +145,13 @@ enum Command {
         /// The device's peer id (see `persist peers`).
         peer: String,
     },
+    /// Run a headless node: a bootstrap peer, circuit relay and pairing
+    /// rendezvous for devices and browsers (TCP, QUIC, WebSocket and
+    /// WebRTC-direct). It is a member of no store and reads nothing it relays.
+    Node {
+        #[command(flatten)]
+        args: node::NodeArgs,
+    },
     /// Test helper: writes until killed, printing each acknowledged write.
     #[command(hide = true)]
     CrashWriter {
@@ -225,7 +234,7 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PERSIST_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,libp2p_kad=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -363,6 +372,7 @@ async fn run(command: Command) -> persist::Result<()> {
             net,
         } => p2p::pair(open(&store).await?, code, invite, net).await,
         Command::Sync { store, net } => p2p::sync(open(&store).await?, net).await,
+        Command::Node { args } => node::run(args).await,
         Command::Peers { store } => p2p::peers(open(&store).await?).await,
         Command::Revoke { store, peer } => p2p::revoke(open(&store).await?, peer).await,
         Command::CrashWriter { store, round } => crash_writer(store, round).await,

@@ -72,7 +72,12 @@ impl Gate {
             }
             state.bootstrap_addrs.contains(&addr)
         });
-        if bootstrap_addr || state.admits(&peer) {
+        if bootstrap_addr {
+            // Known by its id from now on (the loop treats it as a
+            // bootstrap and relay node, and the gate keeps admitting it).
+            state.bootstrap.insert(peer);
+        }
+        if state.admits(&peer) {
             return Ok(dummy::ConnectionHandler);
         }
         state.refused += 1;

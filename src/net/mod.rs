@@ -37,6 +37,7 @@ use libp2p::{identity, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+pub use libp2p::multiaddr::Protocol;
 pub use libp2p::{Multiaddr, PeerId};
 
 use crate::change::{SignedCommit, StoreId};
@@ -50,6 +51,7 @@ pub mod gate;
 pub mod live;
 mod node;
 pub mod pairing;
+pub mod server;
 
 pub use codec::Codec;
 pub use pairing::{Invite, PairRequest, PairResponse, PairingCode};
@@ -285,7 +287,7 @@ mod behaviour {
     use libp2p::request_response::{self, ProtocolSupport};
     use libp2p::swarm::behaviour::toggle::Toggle;
     use libp2p::swarm::NetworkBehaviour;
-    use libp2p::{connection_limits, identify, identity, kad, ping};
+    use libp2p::{connection_limits, identify, identity, kad, ping, relay, rendezvous};
 
     use super::gate::{Gate, GateState};
     use super::{P2pOptions, PairCodec, SyncCodec, PAIR_PROTOCOL, SYNC_PROTOCOL};
@@ -302,22 +304,30 @@ mod behaviour {
         ping: ping::Behaviour,
         kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
         mdns: Toggle<crate::platform::Mdns>,
+        /// Reservations on relays (bootstrap nodes) and relayed connections:
+        /// how two browsers, or devices behind NATs, reach each other.
+        pub(super) relay: relay::client::Behaviour,
+        /// Finds the device that offers a pairing code through a bootstrap
+        /// node (a browser has no mDNS).
+        pub(super) rendezvous: rendezvous::client::Behaviour,
         pub(super) sync: request_response::Behaviour<SyncCodec>,
         pub(super) pair: request_response::Behaviour<PairCodec>,
         pub(super) live: libp2p_stream::Behaviour,
     }
 
     impl Behaviour {
-        /// The behaviour for `keypair` with `options`, gated by `gate`.
+        /// The behaviour for `keypair` with `options`, gated by `gate`, with
+        /// the relay client that goes with the swarm's relayed transport.
         pub fn new(
             keypair: &identity::Keypair,
             options: &P2pOptions,
             gate: Arc<Mutex<GateState>>,
+            relay: relay::client::Behaviour,
         ) -> Result<Behaviour> {
             let peer_id = keypair.public().to_peer_id();
             let kad = options.dht.then(|| {
                 let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
-                kad.set_mode(Some(kad::Mode::Server));
+                kad.set_mode(Some(crate::platform::KAD_MODE));
                 kad
             });
             let mdns = if options.mdns {
@@ -341,6 +351,8 @@ mod behaviour {
                 ping: ping::Behaviour::default(),
                 kad: kad.into(),
                 mdns: mdns.into(),
+                relay,
+                rendezvous: rendezvous::client::Behaviour::new(keypair.clone()),
                 sync: request_response::Behaviour::new(
                     [(SYNC_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default(),
@@ -448,7 +460,7 @@ pub struct P2p {
 }
 
 /// Where the node's events go.
-pub(crate) type Subscribers = Arc<Mutex<Vec<mpsc::UnboundedSender<P2pEvent>>>>;
+pub(crate) type Subscribers<E = P2pEvent> = Arc<Mutex<Vec<mpsc::UnboundedSender<E>>>>;
 
 impl std::fmt::Debug for P2p {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm};
+use libp2p::{identify, relay, rendezvous, Multiaddr, PeerId, Swarm};
 use zeroize::Zeroizing;
 
 use super::codec::frame;
@@ -32,6 +33,38 @@ use crate::store::{Store, Welcome};
 const EXCHANGE_MS: u64 = 60_000;
 /// How often the loop looks at expiries.
 const TICK_MS: u64 = 1_000;
+/// Empty rendezvous lookups (one per tick) before a code counts as
+/// unknown.
+const LOOKUPS_BEFORE_GIVING_UP: u32 = 10;
+/// The relay protocol a bootstrap node offers when it relays.
+const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
+/// Shortest registration rendezvous servers accept from Persist nodes
+/// (`persist node` sets its minimum to this).
+pub(super) const MIN_RENDEZVOUS_TTL_S: u64 = 60;
+
+/// How long a store registration lasts on a bootstrap node, and how
+/// often (in ticks) it is renewed and the store's other devices looked up.
+const PRESENCE_TTL_S: u64 = 600;
+const PRESENCE_TICKS: u32 = 30;
+
+/// The rendezvous namespace under which the devices of `store` meet on a
+/// bootstrap node: a hash of the store id, so the node learns which peers
+/// share a store (it sees their connections anyway), not the store id.
+fn store_namespace(store: &crate::change::StoreId) -> Option<rendezvous::Namespace> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"persist/rendezvous/store/v1\0")
+        .chain_update(store.as_bytes())
+        .finalize();
+    rendezvous::Namespace::new(format!("persist/store/{}", hex::encode(&digest[..16]))).ok()
+}
+
+/// The rendezvous namespace under which a device offering a code with
+/// `nameplate` registers (the nameplate is public: it names a pending
+/// code, and says nothing of its secret).
+fn pairing_namespace(nameplate: &str) -> Option<rendezvous::Namespace> {
+    rendezvous::Namespace::new(format!("persist/pair/{nameplate}")).ok()
+}
 
 /// What the loop knows of a connected peer.
 #[derive(Default)]
@@ -83,6 +116,8 @@ struct Joining {
     /// Set when this side found the code wrong: it tells the host (so
     /// both sides report it) before giving up.
     failed: Option<Error>,
+    /// Rendezvous lookups of the code's nameplate that found no device.
+    lookups_empty: u32,
     expires_at: u64,
     done: oneshot::Sender<Result<PeerId>>,
 }
@@ -102,6 +137,12 @@ struct Node {
     joining: Option<Joining>,
     /// Members as the gate last saw them.
     members: BTreeSet<DeviceId>,
+    /// Addresses this node dialled its bootstrap peers at.
+    bootstrap_addrs: HashMap<PeerId, Multiaddr>,
+    /// Relays this node holds (or asked for) a reservation on.
+    relays: BTreeSet<PeerId>,
+    /// Ticks until the store's registration is renewed.
+    presence_in: u32,
 }
 
 /// Starts the loop for `store` on `swarm` in the background.
@@ -145,6 +186,9 @@ pub(super) fn run(
         hosting: HashMap::new(),
         joining: None,
         members: BTreeSet::new(),
+        bootstrap_addrs: HashMap::new(),
+        relays: BTreeSet::new(),
+        presence_in: 0,
     };
     node.refresh_members();
     for addr in &options.bootstrap_peers {
@@ -223,6 +267,11 @@ impl Node {
                 },
                 _ = tick => {
                     self.expire();
+                    self.look_up_host();
+                    self.presence_in = self.presence_in.saturating_sub(1);
+                    if self.presence_in == 0 {
+                        self.announce_presence();
+                    }
                     tick = Box::pin(crate::platform::sleep_ms(TICK_MS).fuse());
                 },
                 event = self.swarm.select_next_some() => self.swarm_event(event).await,
@@ -351,6 +400,7 @@ impl Node {
             },
         );
         self.refresh_members();
+        self.announce_codes();
         Ok(PendingPairing {
             code: text,
             expires_at_ms: expires_at,
@@ -382,6 +432,7 @@ impl Node {
             session: None,
             welcome_key: None,
             failed: None,
+            lookups_empty: 0,
             expires_at: now().saturating_add(EXCHANGE_MS),
             done,
         });
@@ -407,6 +458,8 @@ impl Node {
                 }
             }
             None => {
+                // A bootstrap node may know who offers the code.
+                self.look_up_host();
                 // A peer already connected may be the host.
                 let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
                 for peer in connected {
@@ -418,6 +471,9 @@ impl Node {
 
     /// Sends the joiner's first move to `peer` if it may be the host.
     fn maybe_send_start(&mut self, peer: PeerId) {
+        if self.is_bootstrap(&peer) {
+            return;
+        }
         let me = *self.swarm.local_peer_id();
         let Some(joining) = self.joining.as_mut() else {
             return;
@@ -479,7 +535,12 @@ impl Node {
                     self.emit(P2pEvent::PairingFailed(e.code()));
                 }
             }
+            let joined = result.is_ok();
             let _ = joining.done.send(result);
+            if joined {
+                // The store id changed: meet its devices under the new one.
+                self.announce_presence();
+            }
         }
         self.refresh_members();
     }
@@ -495,6 +556,7 @@ impl Node {
             .collect();
         let mut changed = !expired.is_empty();
         for nameplate in expired {
+            self.withdraw_code(&nameplate);
             if let Some(code) = self.codes.remove(&nameplate) {
                 tracing::info!(nameplate = code.code.nameplate(), "pairing code expired");
                 let _ = code.outcome.send(Err(Error::PairingCodeExpired));
@@ -526,13 +588,31 @@ impl Node {
     async fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
+                // Where others can reach this node: what rendezvous
+                // registrations and identify announce.
+                self.swarm.add_external_address(address.clone());
                 self.emit(P2pEvent::Listening(address));
+                self.announce_codes();
+                self.announce_presence();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.swarm.remove_external_address(&address);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id: peer,
                 num_established,
+                endpoint,
                 ..
             } => {
+                if self.is_bootstrap(&peer) {
+                    if endpoint.is_dialer() {
+                        self.bootstrap_addrs
+                            .insert(peer, endpoint.get_remote_address().clone());
+                    }
+                    self.announce_codes();
+                    self.look_up_host();
+                    self.announce_presence();
+                }
                 if num_established.get() == 1 {
                     self.peers.insert(peer, PeerState::default());
                     self.emit(P2pEvent::PeerConnected(peer));
@@ -574,12 +654,257 @@ impl Node {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.sync_event(event).await,
             SwarmEvent::Behaviour(BehaviourEvent::Pair(event)) => self.pair_event(event).await,
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => self.maybe_reserve(peer_id, &info),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => match event {
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. } => {
+                    tracing::info!(relay = %relay_peer_id, "reachable through a relay");
+                }
+                other => tracing::debug!(?other, "relay client"),
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Rendezvous(event)) => {
+                self.rendezvous_event(event);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => {
                 for addr in crate::platform::mdns_discovered(event) {
                     let _ = self.swarm.dial(addr);
                 }
             }
             _ => {}
+        }
+    }
+
+    fn is_bootstrap(&self, peer: &PeerId) -> bool {
+        self.gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bootstrap
+            .contains(peer)
+    }
+
+    /// Bootstrap nodes this node is connected to.
+    fn connected_bootstrap(&self) -> Vec<PeerId> {
+        let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        self.swarm
+            .connected_peers()
+            .filter(|p| gate.bootstrap.contains(p))
+            .copied()
+            .collect()
+    }
+
+    /// Reserves a slot on a bootstrap node that relays, so that peers that
+    /// cannot dial this node (a browser cannot listen) reach it there.
+    fn maybe_reserve(&mut self, peer: PeerId, info: &identify::Info) {
+        if self.relays.contains(&peer)
+            || !self.is_bootstrap(&peer)
+            || !info.protocols.iter().any(|p| p.as_ref() == RELAY_HOP)
+        {
+            return;
+        }
+        let Some(addr) = self.bootstrap_addrs.get(&peer).cloned() else {
+            return;
+        };
+        let mut circuit = addr;
+        if !matches!(circuit.iter().last(), Some(Protocol::P2p(_))) {
+            circuit.push(Protocol::P2p(peer));
+        }
+        circuit.push(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(_) => {
+                self.relays.insert(peer);
+                tracing::info!(%circuit, "asking for a relay reservation");
+            }
+            Err(e) => tracing::warn!(%circuit, %e, "cannot listen through the relay"),
+        }
+    }
+
+    /// Registers every pending code's nameplate with the connected
+    /// bootstrap nodes (again when this node's addresses change), so a
+    /// device that only knows the code finds this one.
+    fn announce_codes(&mut self) {
+        if self.codes.is_empty() || self.swarm.external_addresses().next().is_none() {
+            return;
+        }
+        let servers = self.connected_bootstrap();
+        let now = now();
+        let codes: Vec<(String, u64)> = self
+            .codes
+            .iter()
+            .map(|(n, c)| (n.clone(), c.expires_at))
+            .collect();
+        for (nameplate, expires_at) in codes {
+            let Some(namespace) = pairing_namespace(&nameplate) else {
+                continue;
+            };
+            let ttl = (expires_at.saturating_sub(now) / 1000).max(MIN_RENDEZVOUS_TTL_S);
+            for server in &servers {
+                if let Err(e) = self.swarm.behaviour_mut().rendezvous.register(
+                    namespace.clone(),
+                    *server,
+                    Some(ttl),
+                ) {
+                    tracing::debug!(%server, %e, "pairing code not registered");
+                }
+            }
+        }
+    }
+
+    /// Registers this device under its store's namespace on the connected
+    /// bootstrap nodes and looks up the store's other devices there (how
+    /// devices that cannot find each other on a local network, browsers
+    /// first, meet again after pairing).
+    fn announce_presence(&mut self) {
+        let servers = self.connected_bootstrap();
+        if servers.is_empty() {
+            return;
+        }
+        self.presence_in = PRESENCE_TICKS;
+        let Some(namespace) = store_namespace(&self.store.store_id()) else {
+            return;
+        };
+        let reachable = self.swarm.external_addresses().next().is_some();
+        for server in servers {
+            let rendezvous = &mut self.swarm.behaviour_mut().rendezvous;
+            if reachable {
+                if let Err(e) = rendezvous.register(namespace.clone(), server, Some(PRESENCE_TTL_S))
+                {
+                    tracing::debug!(%server, %e, "store presence not registered");
+                }
+            }
+            rendezvous.discover(Some(namespace.clone()), None, Some(64), server);
+        }
+    }
+
+    /// Dials the store's members a bootstrap node knows addresses of.
+    fn meet_members(&mut self, found: Vec<(PeerId, Vec<Multiaddr>)>) {
+        for (peer, addrs) in found {
+            if !self.is_member(&peer) || self.swarm.is_connected(&peer) {
+                continue;
+            }
+            tracing::debug!(%peer, "dialling a member found on a bootstrap node");
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .addresses(addrs)
+                .build();
+            let _ = self.swarm.dial(opts);
+        }
+    }
+
+    /// Takes a used or expired code's nameplate off the bootstrap nodes.
+    fn withdraw_code(&mut self, nameplate: &str) {
+        if !self.codes.contains_key(nameplate) {
+            return;
+        }
+        let Some(namespace) = pairing_namespace(nameplate) else {
+            return;
+        };
+        for server in self.connected_bootstrap() {
+            self.swarm
+                .behaviour_mut()
+                .rendezvous
+                .unregister(namespace.clone(), server);
+        }
+    }
+
+    /// Asks the connected bootstrap nodes which device offers the code
+    /// this node is joining with (when no address named the host).
+    fn look_up_host(&mut self) {
+        let Some(joining) = self.joining.as_ref() else {
+            return;
+        };
+        if joining.host.is_some() || joining.session.is_some() {
+            return;
+        }
+        let Some(namespace) = joining
+            .code
+            .as_ref()
+            .and_then(|c| pairing_namespace(c.nameplate()))
+        else {
+            return;
+        };
+        for server in self.connected_bootstrap() {
+            self.swarm.behaviour_mut().rendezvous.discover(
+                Some(namespace.clone()),
+                None,
+                Some(8),
+                server,
+            );
+        }
+    }
+
+    fn rendezvous_event(&mut self, event: rendezvous::client::Event) {
+        match event {
+            rendezvous::client::Event::Discovered { registrations, .. } => {
+                let me = *self.swarm.local_peer_id();
+                let ours = store_namespace(&self.store.store_id());
+                let (members, registrations): (Vec<_>, Vec<_>) = registrations
+                    .into_iter()
+                    .partition(|r| Some(&r.namespace) == ours.as_ref());
+                self.meet_members(
+                    members
+                        .into_iter()
+                        .filter(|r| r.record.peer_id() != me)
+                        .map(|r| (r.record.peer_id(), r.record.addresses().to_vec()))
+                        .collect(),
+                );
+                let Some(joining) = self.joining.as_mut() else {
+                    return;
+                };
+                if joining.host.is_some() || joining.session.is_some() {
+                    return;
+                }
+                let mut offers: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
+                for registration in registrations {
+                    let record = &registration.record;
+                    if record.peer_id() != me {
+                        offers
+                            .entry(record.peer_id())
+                            .or_default()
+                            .extend(record.addresses().iter().cloned());
+                    }
+                }
+                match offers.len() {
+                    0 => {
+                        joining.lookups_empty += 1;
+                        if joining.lookups_empty >= LOOKUPS_BEFORE_GIVING_UP {
+                            self.finish_joining(Err(Error::PairingCodeInvalid(
+                                "no device offers this code (mistyped, used or expired)".into(),
+                            )));
+                        }
+                    }
+                    1 => {
+                        let Some((host, addrs)) = offers.into_iter().next() else {
+                            return;
+                        };
+                        joining.host = Some(host);
+                        tracing::info!(%host, "found the device offering the code");
+                        if self.swarm.is_connected(&host) {
+                            self.maybe_send_start(host);
+                        } else {
+                            let opts = DialOpts::peer_id(host).addresses(addrs).build();
+                            if let Err(e) = self.swarm.dial(opts) {
+                                self.finish_joining(Err(Error::PairingFailed(format!(
+                                    "cannot reach the device offering the code: {e}"
+                                ))));
+                            }
+                        }
+                    }
+                    _ => self.finish_joining(Err(Error::PairingFailed(
+                        "several devices offer a code with this nameplate: create a new code"
+                            .into(),
+                    ))),
+                }
+            }
+            rendezvous::client::Event::DiscoverFailed { error, .. } => {
+                tracing::debug!(?error, "rendezvous lookup failed");
+            }
+            rendezvous::client::Event::RegisterFailed {
+                namespace, error, ..
+            } => tracing::warn!(%namespace, ?error, "pairing code not registered"),
+            other => tracing::debug!(?other, "rendezvous"),
         }
     }
 
@@ -976,6 +1301,7 @@ impl Node {
                 label,
             } => {
                 // Burnt by the first try, right or wrong.
+                self.withdraw_code(&nameplate);
                 let Some(offered) = self.codes.remove(&nameplate) else {
                     return refuse(&Error::PairingCodeInvalid(
                         "no pending code with this nameplate (mistyped, used or expired)".into(),

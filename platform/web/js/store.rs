@@ -1,11 +1,14 @@
 //! `createStore` and the `Store` class.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use super::error::{js_error, JsResult};
 use super::value::{option, option_string};
-use super::{JsEvents, JsKv, JsRecords, JsStoreCrypto};
+use super::{JsEvents, JsKv, JsP2p, JsRecords, JsStoreCrypto};
 use crate::merge::ConflictStrategy;
 use crate::store::{Adapter, Store, StoreOptions};
 
@@ -41,13 +44,18 @@ pub async fn create_store(name_or_options: JsValue, options: JsValue) -> JsResul
         store_options = store_options.strategy(strategy);
     }
     let store = Store::open(store_options).await?;
-    Ok(JsStore { store })
+    Ok(JsStore {
+        store,
+        p2p: Rc::default(),
+    })
 }
 
 /// An open store.
 #[wasm_bindgen(js_name = Store)]
 pub struct JsStore {
     store: Store,
+    /// The P2P node, once `enableP2P` started it.
+    p2p: Rc<RefCell<Option<JsP2p>>>,
 }
 
 #[wasm_bindgen(js_class = Store)]
@@ -92,9 +100,38 @@ impl JsStore {
         self.store.device_id().to_string()
     }
 
-    /// Closes the store; later calls fail with `CLOSED`.
+    /// Starts this store's P2P node: `{ bootstrapPeers: [multiaddr],
+    /// discovery: { dht } }`. A browser dials WebSocket and WebRTC-direct
+    /// addresses and is reachable through its bootstrap nodes' relay.
+    /// Resolves to the node (`store.p2p` afterwards).
+    #[wasm_bindgen(js_name = enableP2P)]
+    pub fn enable_p2p(&self, options: JsValue) -> JsResult<js_sys::Promise> {
+        let options = super::p2p::options(&options)?;
+        let store = self.store.clone();
+        let slot = self.p2p.clone();
+        Ok(future_to_promise(async move {
+            if let Some(node) = slot.borrow().as_ref() {
+                return Ok(node.clone().into());
+            }
+            let node = JsP2p::new(store.enable_p2p(options).await?);
+            *slot.borrow_mut() = Some(node.clone());
+            Ok(node.into())
+        }))
+    }
+
+    /// The P2P node (`null` until `enableP2P`).
+    #[wasm_bindgen(getter)]
+    pub fn p2p(&self) -> Option<JsP2p> {
+        self.p2p.borrow().clone()
+    }
+
+    /// Closes the store (and stops its P2P node); later calls fail with
+    /// `CLOSED`.
     pub fn close(&self) -> js_sys::Promise {
         let store = self.store.clone();
+        if let Some(node) = self.p2p.borrow_mut().take() {
+            node.stop();
+        }
         future_to_promise(async move {
             store.close().await?;
             Ok(JsValue::UNDEFINED)

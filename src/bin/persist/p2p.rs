@@ -15,6 +15,11 @@ pub struct NetArgs {
     /// A peer to dial (`/ip4/.../tcp/.../p2p/<peer id>`), repeatable.
     #[arg(long = "peer")]
     pub peers: Vec<Multiaddr>,
+    /// A bootstrap node (`persist node`) to connect through, repeatable:
+    /// pairing codes are found there, and its relay makes this device
+    /// reachable to browsers and to devices behind NATs.
+    #[arg(long = "bootstrap")]
+    pub bootstrap: Vec<Multiaddr>,
     /// Find peers on the local network with mDNS (`PERSIST_MDNS=off` turns it off).
     #[arg(long, env = "PERSIST_MDNS", default_value = "on", value_parser = on_off)]
     pub mdns: bool,
@@ -39,7 +44,7 @@ impl NetArgs {
         }
         P2pOptions {
             listen_addrs: listen,
-            bootstrap_peers: self.peers.clone(),
+            bootstrap_peers: self.peers.iter().chain(&self.bootstrap).cloned().collect(),
             mdns: self.mdns,
             dht: false,
             count_bytes: None,
@@ -95,7 +100,7 @@ pub async fn pair(
             let node = store.enable_p2p(net.options(true)).await?;
             let mut events = node.events();
             for addr in listen_addrs(&node).await? {
-                println!("address: {addr}/p2p/{}", node.peer_id());
+                println!("address: {}", with_peer(&addr, node.peer_id()));
             }
             let ttl = Duration::from_secs(net.seconds).min(Duration::from_secs(600));
             let ttl = ttl.as_millis() as u64;
@@ -120,6 +125,9 @@ pub async fn pair(
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, events.next()).await {
                     Ok(Some(P2pEvent::PeerDisconnected(p))) if p == peer => break,
+                    Ok(Some(P2pEvent::Synced { applied, peer, .. })) if applied > 0 => {
+                        println!("received: {applied} from {peer}");
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
                 }
@@ -129,7 +137,7 @@ pub async fn pair(
         Some(code) => {
             // The host is dialled by the pairing itself.
             let mut options = net.options(false);
-            options.bootstrap_peers.clear();
+            options.bootstrap_peers = net.bootstrap.clone();
             let node = store.enable_p2p(options).await?;
             let mut events = node.events();
             let host = net.peers.first().cloned();
@@ -157,7 +165,7 @@ pub async fn sync(store: Store, net: NetArgs) -> persist::Result<()> {
     let node = store.enable_p2p(net.options(false)).await?;
     let mut events = node.events();
     for addr in listen_addrs(&node).await? {
-        println!("address: {addr}/p2p/{}", node.peer_id());
+        println!("address: {}", with_peer(&addr, node.peer_id()));
     }
     let applied = if serving {
         // Serve until the deadline.
@@ -168,8 +176,19 @@ pub async fn sync(store: Store, net: NetArgs) -> persist::Result<()> {
         )
         .await
         {
-            if let P2pEvent::Synced { applied: n, .. } = event {
-                applied += n;
+            match event {
+                P2pEvent::Synced {
+                    applied: n, peer, ..
+                } => {
+                    applied += n;
+                    if n > 0 {
+                        println!("received: {n} from {peer}");
+                    }
+                }
+                P2pEvent::PeerConnected(peer) => println!("connected: {peer}"),
+                P2pEvent::PeerDisconnected(peer) => println!("disconnected: {peer}"),
+                P2pEvent::MemberRemoved(peer) => println!("removed: {peer}"),
+                _ => {}
             }
         }
         applied
@@ -214,4 +233,13 @@ pub async fn revoke(store: Store, peer: String) -> persist::Result<()> {
         );
     }
     store.close().await
+}
+
+/// `addr` with `/p2p/<peer>` at its end, once (relayed addresses already
+/// end with it).
+fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
+    match addr.iter().last() {
+        Some(persist::net::Protocol::P2p(_)) => addr.clone(),
+        _ => addr.clone().with(persist::net::Protocol::P2p(peer)),
+    }
 }

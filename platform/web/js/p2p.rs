@@ -1,0 +1,384 @@
+//! `store.enableP2P(...)` and `store.p2p`: the browser's P2P node.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use futures::StreamExt;
+use js_sys::{Array, Function, Object, Reflect};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use super::error::{js_error, JsResult};
+use super::value::{option, option_count};
+use crate::net::{Multiaddr, P2p, P2pEvent, P2pOptions, PeerId};
+
+/// Parses the `bootstrapPeers` / `listenAddrs` style option `key` of
+/// `options` (and of `options.discovery`).
+fn addresses(options: &JsValue, key: &str) -> JsResult<Vec<Multiaddr>> {
+    let mut out = Vec::new();
+    for source in [
+        option(options, key),
+        option(&option(options, "discovery"), key),
+    ] {
+        if source.is_undefined() || source.is_null() {
+            continue;
+        }
+        if !Array::is_array(&source) {
+            return Err(js_error(
+                "INVALID_OPTIONS",
+                &format!("{key} must be an array of multiaddr strings"),
+            ));
+        }
+        for item in Array::from(&source).iter() {
+            let text = item
+                .as_string()
+                .ok_or_else(|| js_error("INVALID_OPTIONS", &format!("{key} holds a non-string")))?;
+            let addr: Multiaddr = text.parse().map_err(|e| {
+                js_error(
+                    "INVALID_OPTIONS",
+                    &format!("{key}: {text:?} is not a multiaddr: {e}"),
+                )
+            })?;
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The node's options from `enableP2P`'s argument: `{ bootstrapPeers,
+/// listenAddrs, discovery: { dht, mdns, bootstrapPeers } }`. A browser
+/// cannot listen on sockets: `listenAddrs` may only name relayed
+/// addresses (`.../p2p-circuit`). `mdns: true` is refused.
+pub(crate) fn options(value: &JsValue) -> JsResult<P2pOptions> {
+    let discovery = option(value, "discovery");
+    if option(&discovery, "mdns").is_truthy() || option(value, "mdns").is_truthy() {
+        return Err(js_error(
+            "INVALID_OPTIONS",
+            "there is no mDNS in a browser: give bootstrapPeers (a persist node) instead",
+        ));
+    }
+    let dht = option(&discovery, "dht");
+    let listen_addrs = addresses(value, "listenAddrs")?;
+    if let Some(addr) = listen_addrs
+        .iter()
+        .find(|a| !a.iter().any(|p| p == crate::net::Protocol::P2pCircuit))
+    {
+        return Err(js_error(
+            "INVALID_OPTIONS",
+            &format!(
+                "a browser cannot listen on {addr}: it is reachable through its bootstrap \
+                 node's relay (only .../p2p-circuit addresses may be listened on)"
+            ),
+        ));
+    }
+    Ok(P2pOptions {
+        listen_addrs,
+        bootstrap_peers: addresses(value, "bootstrapPeers")?,
+        mdns: false,
+        dht: dht.is_undefined() || dht.is_truthy(),
+        count_bytes: None,
+        simulated_latency: None,
+    })
+}
+
+fn peer_id(text: &str) -> JsResult<PeerId> {
+    text.parse().map_err(|e| {
+        js_error(
+            "INVALID_OPTIONS",
+            &format!("{text:?} is not a peer id: {e}"),
+        )
+    })
+}
+
+fn strings<T: ToString>(items: impl IntoIterator<Item = T>) -> JsValue {
+    items
+        .into_iter()
+        .map(|i| JsValue::from_str(&i.to_string()))
+        .collect::<Array>()
+        .into()
+}
+
+/// One subscriber of `p2p.on(...)`.
+struct Listener {
+    id: u32,
+    event: String,
+    callback: Function,
+}
+
+#[derive(Default)]
+struct Listeners {
+    next: u32,
+    all: Vec<Listener>,
+    /// True once the task that delivers node events runs.
+    started: bool,
+}
+
+/// The event's name and its detail object.
+fn describe(event: &P2pEvent) -> Option<(&'static str, JsValue)> {
+    let object = Object::new();
+    let set = |key: &str, value: JsValue| {
+        let _ = Reflect::set(&object, &JsValue::from_str(key), &value);
+    };
+    let name = match event {
+        P2pEvent::Listening(addr) => {
+            set("addr", JsValue::from_str(&addr.to_string()));
+            "listen"
+        }
+        P2pEvent::PeerConnected(peer) => {
+            set("peer", JsValue::from_str(&peer.to_string()));
+            "peer:connect"
+        }
+        P2pEvent::PeerDisconnected(peer) => {
+            set("peer", JsValue::from_str(&peer.to_string()));
+            "peer:disconnect"
+        }
+        P2pEvent::Synced {
+            peer,
+            applied,
+            rejected,
+            remaining,
+        } => {
+            set("peer", JsValue::from_str(&peer.to_string()));
+            set("applied", JsValue::from_f64(*applied as f64));
+            set("rejected", JsValue::from_f64(*rejected as f64));
+            set("remaining", JsValue::from_f64(*remaining as f64));
+            "sync"
+        }
+        P2pEvent::MemberAdded(peer) => {
+            set("peer", JsValue::from_str(&peer.to_string()));
+            "member:add"
+        }
+        P2pEvent::MemberRemoved(peer) => {
+            set("peer", JsValue::from_str(&peer.to_string()));
+            "member:remove"
+        }
+        P2pEvent::Paired(peer) => {
+            set("peer", JsValue::from_str(&peer.to_string()));
+            "pair"
+        }
+        P2pEvent::PairingFailed(code) => {
+            set("code", JsValue::from_str(code));
+            "pair:failed"
+        }
+    };
+    Some((name, object.into()))
+}
+
+/// The browser's P2P node of a store (`store.p2p`).
+#[wasm_bindgen(js_name = P2P)]
+#[derive(Clone)]
+pub struct JsP2p {
+    node: P2p,
+    listeners: Rc<RefCell<Listeners>>,
+}
+
+impl JsP2p {
+    pub(crate) fn new(node: P2p) -> JsP2p {
+        JsP2p {
+            node,
+            listeners: Rc::default(),
+        }
+    }
+
+    /// Delivers the node's events to `on(...)` listeners (one task, started
+    /// by the first listener).
+    fn start_delivery(&self) {
+        if std::mem::replace(&mut self.listeners.borrow_mut().started, true) {
+            return;
+        }
+        let mut events = self.node.events();
+        let listeners = Rc::downgrade(&self.listeners);
+        wasm_bindgen_futures::spawn_local(async move {
+            while let Some(event) = events.next().await {
+                let Some(listeners) = listeners.upgrade() else {
+                    break;
+                };
+                let Some((name, detail)) = describe(&event) else {
+                    continue;
+                };
+                let callbacks: Vec<Function> = listeners
+                    .borrow()
+                    .all
+                    .iter()
+                    .filter(|l| l.event == name || l.event == "*")
+                    .map(|l| l.callback.clone())
+                    .collect();
+                let _ = Reflect::set(
+                    &detail,
+                    &JsValue::from_str("type"),
+                    &JsValue::from_str(name),
+                );
+                for callback in callbacks {
+                    if let Err(e) = callback.call1(&JsValue::NULL, &detail) {
+                        web_sys_console_error(&e);
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn web_sys_console_error(e: &JsValue) {
+    let console = Reflect::get(&js_sys::global(), &JsValue::from_str("console"))
+        .ok()
+        .and_then(|c| Reflect::get(&c, &JsValue::from_str("error")).ok())
+        .and_then(|f| f.dyn_into::<Function>().ok());
+    if let Some(error) = console {
+        let _ = error.call2(
+            &JsValue::NULL,
+            &JsValue::from_str("persist: a p2p listener threw"),
+            e,
+        );
+    }
+}
+
+#[wasm_bindgen(js_class = P2P)]
+impl JsP2p {
+    /// This device's peer id.
+    #[wasm_bindgen(getter, js_name = peerId)]
+    pub fn peer_id(&self) -> String {
+        self.node.peer_id().to_string()
+    }
+
+    /// Offers a pairing code (`ABCD-7KQ2`) another device types to join
+    /// this store; `{ ttlMs }` (default 10 minutes). The outcome arrives as
+    /// a `pair` or `pair:failed` event.
+    #[wasm_bindgen(js_name = createPairingCode)]
+    pub fn create_pairing_code(&self, options: JsValue) -> JsResult<js_sys::Promise> {
+        let ttl = option_count(&options, "ttlMs")?;
+        let node = self.node.clone();
+        Ok(future_to_promise(async move {
+            let pending = match ttl {
+                Some(ttl) => node.create_pairing_code_valid_for(ttl).await?,
+                None => node.create_pairing_code().await?,
+            };
+            Ok(JsValue::from_str(pending.code()))
+        }))
+    }
+
+    /// Offers an invite: `{ code, expiresAt }`, where `code` is
+    /// `persist-invite-v1-...` (a long secret plus this device's addresses,
+    /// to copy rather than type). `{ ttlMs }`, default 10 minutes.
+    #[wasm_bindgen(js_name = createInvite)]
+    pub fn create_invite(&self, options: JsValue) -> JsResult<js_sys::Promise> {
+        let ttl = option_count(&options, "ttlMs")?.unwrap_or(10 * 60 * 1000);
+        let node = self.node.clone();
+        Ok(future_to_promise(async move {
+            let pending = node.create_invite(ttl).await?;
+            let object = Object::new();
+            let _ = Reflect::set(&object, &"code".into(), &pending.code().into());
+            let _ = Reflect::set(
+                &object,
+                &"expiresAt".into(),
+                &JsValue::from_f64(pending.expires_at_ms() as f64),
+            );
+            Ok(object.into())
+        }))
+    }
+
+    /// Joins the store of the device that offered `code` (a pairing code or
+    /// an invite); resolves to that device's peer id. `{ peer }` names the
+    /// device's address; otherwise the bootstrap nodes find it.
+    pub fn pair(&self, code: String, options: JsValue) -> JsResult<js_sys::Promise> {
+        let host = match option(&options, "peer").as_string() {
+            Some(text) => Some(text.parse::<Multiaddr>().map_err(|e| {
+                js_error(
+                    "INVALID_OPTIONS",
+                    &format!("peer {text:?} is not a multiaddr: {e}"),
+                )
+            })?),
+            None => None,
+        };
+        let node = self.node.clone();
+        Ok(future_to_promise(async move {
+            let peer = if code.starts_with(crate::net::pairing::INVITE_PREFIX) {
+                node.accept_invite(&code).await?
+            } else {
+                node.pair(&code, host).await?
+            };
+            Ok(JsValue::from_str(&peer.to_string()))
+        }))
+    }
+
+    /// The peer ids of the devices trusted to sync the store (this one
+    /// included).
+    #[wasm_bindgen(js_name = trustedPeers)]
+    pub fn trusted_peers(&self) -> js_sys::Promise {
+        let node = self.node.clone();
+        future_to_promise(async move { Ok(strings(node.trusted_peers()?)) })
+    }
+
+    /// Removes a device: its later writes are refused everywhere and an
+    /// encrypted store moves to a key it never gets.
+    #[wasm_bindgen(js_name = revokeTrust)]
+    pub fn revoke_trust(&self, peer: String) -> JsResult<js_sys::Promise> {
+        let peer = peer_id(&peer)?;
+        let node = self.node.clone();
+        Ok(future_to_promise(async move {
+            node.revoke_trust(peer).await?;
+            Ok(JsValue::UNDEFINED)
+        }))
+    }
+
+    /// Peer ids connected now (bootstrap nodes included).
+    #[wasm_bindgen(js_name = connectedPeers)]
+    pub fn connected_peers(&self) -> js_sys::Promise {
+        let node = self.node.clone();
+        future_to_promise(async move { Ok(strings(node.connected_peers().await?)) })
+    }
+
+    /// Addresses this device is reachable at (relayed, in a browser).
+    #[wasm_bindgen(js_name = listenAddrs)]
+    pub fn listen_addrs(&self) -> js_sys::Promise {
+        let node = self.node.clone();
+        future_to_promise(async move { Ok(strings(node.listen_addrs().await?)) })
+    }
+
+    /// Dials a multiaddr (`/ip4/.../tcp/.../ws/p2p/...`,
+    /// `/.../webrtc-direct/certhash/.../p2p/...`).
+    pub fn dial(&self, addr: String) -> JsResult<js_sys::Promise> {
+        let addr: Multiaddr = addr.parse().map_err(|e| {
+            js_error(
+                "INVALID_OPTIONS",
+                &format!("{addr:?} is not a multiaddr: {e}"),
+            )
+        })?;
+        let node = self.node.clone();
+        Ok(future_to_promise(async move {
+            node.dial(addr).await?;
+            Ok(JsValue::UNDEFINED)
+        }))
+    }
+
+    /// Calls `callback(detail)` on each event named `event` (`peer:connect`,
+    /// `peer:disconnect`, `sync`, `pair`, `pair:failed`, `member:add`,
+    /// `member:remove`, `listen`, or `*`); returns a function that stops it.
+    pub fn on(&self, event: String, callback: Function) -> Function {
+        let id = {
+            let mut listeners = self.listeners.borrow_mut();
+            listeners.next += 1;
+            let id = listeners.next;
+            listeners.all.push(Listener {
+                id,
+                event,
+                callback,
+            });
+            id
+        };
+        self.start_delivery();
+        let listeners = Rc::downgrade(&self.listeners);
+        Closure::once_into_js(move || {
+            if let Some(listeners) = listeners.upgrade() {
+                listeners.borrow_mut().all.retain(|l| l.id != id);
+            }
+        })
+        .unchecked_into()
+    }
+
+    /// Stops the node (connections close; the store stays open).
+    pub fn stop(&self) {
+        self.node.shutdown();
+    }
+}

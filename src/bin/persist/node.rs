@@ -1,0 +1,216 @@
+//! `persist node`: a headless bootstrap, relay and rendezvous node.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+use persist::net::server::{keypair_of, Server, ServerEvent, ServerOptions};
+use persist::net::Multiaddr;
+use persist::{Store, StoreOptions};
+use serde::Deserialize;
+
+/// Flags of `persist node` (each also settable in the `--config` file,
+/// under the same name with `_` for `-`; flags win).
+#[derive(clap::Args, Clone, Default)]
+pub struct NodeArgs {
+    /// Folder of the node's own data: its identity and WebRTC certificate,
+    /// kept in an embedded (encrypted) SQLite store.
+    #[arg(long, default_value = "persist-node")]
+    pub data: PathBuf,
+    /// A TOML file with any of: listen (array), max_reservations,
+    /// max_circuits, max_circuits_per_peer, max_circuit_seconds,
+    /// max_circuit_bytes, max_registrations, max_connections.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (repeatable). Default: TCP 4001, QUIC 4001,
+    /// WebSocket 4002, WebRTC-direct 4003 on every interface.
+    #[arg(long = "listen")]
+    pub listen: Vec<Multiaddr>,
+    /// Relay reservations held at once.
+    #[arg(long)]
+    pub max_reservations: Option<usize>,
+    /// Relayed connections open at once.
+    #[arg(long)]
+    pub max_circuits: Option<usize>,
+    /// Relayed connections per peer.
+    #[arg(long)]
+    pub max_circuits_per_peer: Option<usize>,
+    /// Seconds one relayed connection may last.
+    #[arg(long)]
+    pub max_circuit_seconds: Option<u64>,
+    /// Bytes one relayed connection may carry.
+    #[arg(long)]
+    pub max_circuit_bytes: Option<u64>,
+    /// Pairing-code registrations held at once.
+    #[arg(long)]
+    pub max_registrations: Option<usize>,
+    /// Connections at most.
+    #[arg(long)]
+    pub max_connections: Option<u32>,
+    /// Stop after this many seconds (default: until SIGTERM or Ctrl-C).
+    #[arg(long = "for")]
+    pub seconds: Option<u64>,
+}
+
+/// The `--config` file.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<Vec<String>>,
+    max_reservations: Option<usize>,
+    max_circuits: Option<usize>,
+    max_circuits_per_peer: Option<usize>,
+    max_circuit_seconds: Option<u64>,
+    max_circuit_bytes: Option<u64>,
+    max_registrations: Option<usize>,
+    max_connections: Option<u32>,
+}
+
+fn invalid(message: String) -> persist::Error {
+    persist::Error::InvalidOptions(message)
+}
+
+impl NodeArgs {
+    /// The options: defaults, then the file, then the flags.
+    fn options(&self) -> persist::Result<ServerOptions> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<ConfigFile>(&text)
+                    .map_err(|e| invalid(format!("{}: {e}", path.display())))?
+            }
+            None => ConfigFile::default(),
+        };
+        let mut options = ServerOptions::default();
+        if let Some(listen) = file.listen {
+            options.listen_addrs = listen
+                .iter()
+                .map(|a| {
+                    a.parse()
+                        .map_err(|e| invalid(format!("listen address {a:?}: {e}")))
+                })
+                .collect::<persist::Result<_>>()?;
+        }
+        if !self.listen.is_empty() {
+            options.listen_addrs = self.listen.clone();
+        }
+        let pick = |flag: Option<usize>, file: Option<usize>, default: usize| {
+            flag.or(file).unwrap_or(default)
+        };
+        options.max_reservations = pick(
+            self.max_reservations,
+            file.max_reservations,
+            options.max_reservations,
+        );
+        options.max_circuits = pick(self.max_circuits, file.max_circuits, options.max_circuits);
+        options.max_circuits_per_peer = pick(
+            self.max_circuits_per_peer,
+            file.max_circuits_per_peer,
+            options.max_circuits_per_peer,
+        );
+        options.max_registrations = pick(
+            self.max_registrations,
+            file.max_registrations,
+            options.max_registrations,
+        );
+        if let Some(seconds) = self.max_circuit_seconds.or(file.max_circuit_seconds) {
+            options.max_circuit_duration = Duration::from_secs(seconds);
+        }
+        if let Some(bytes) = self.max_circuit_bytes.or(file.max_circuit_bytes) {
+            options.max_circuit_bytes = bytes;
+        }
+        if let Some(n) = self.max_connections.or(file.max_connections) {
+            options.max_connections = n;
+        }
+        Ok(options)
+    }
+}
+
+/// Where the node keeps its WebRTC certificate (in its own store).
+const CERTIFICATE_KEY: &str = "webrtc-certificate";
+
+/// Runs the node until SIGTERM, Ctrl-C or `--for` seconds.
+pub async fn run(args: NodeArgs) -> persist::Result<()> {
+    let options = args.options()?;
+    std::fs::create_dir_all(&args.data).map_err(|e| {
+        invalid(format!(
+            "cannot create the data folder {}: {e}",
+            args.data.display()
+        ))
+    })?;
+    // The node's identity and certificate live in its own encrypted store:
+    // the identity sealed by the device key (keychain or 0600 keyfile), the
+    // certificate under the store's key.
+    let store = Store::open(
+        StoreOptions::new("node")
+            .path(args.data.join("node.db"))
+            .encrypt(true),
+    )
+    .await?;
+    let keypair = keypair_of(&store)?;
+    let certificate = store
+        .kv()
+        .get(CERTIFICATE_KEY)
+        .await?
+        .and_then(|v| v.as_str().map(str::to_owned));
+    let behaviour = persist::net::server::ServerBehaviour::new(&keypair, &options);
+    let (swarm, pem) = persist::platform::server_swarm(keypair, behaviour, certificate.as_deref())?;
+    if certificate.as_deref() != Some(pem.as_str()) {
+        store
+            .kv()
+            .set(CERTIFICATE_KEY, serde_json::Value::String(pem))
+            .await?;
+    }
+    let node = Server::start(swarm, &options)?;
+    let mut events = node.events();
+    println!("node: {}", node.peer_id());
+    let started = std::time::Instant::now();
+    let mut addrs = node.listen_addrs().await?;
+    while addrs.len() < options.listen_addrs.len() && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        addrs = node.listen_addrs().await?;
+    }
+    for addr in &addrs {
+        println!("listening: {addr}");
+    }
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| invalid(format!("cannot watch SIGTERM: {e}")))?;
+        match args.seconds {
+            Some(seconds) => tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+                _ = tokio::time::sleep(Duration::from_secs(seconds)) => {},
+            },
+            None => tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            },
+        }
+        Ok::<(), persist::Error>(())
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            stopped = &mut stop => {
+                stopped?;
+                break;
+            }
+            event = events.next() => match event {
+                Some(ServerEvent::Listening(addr)) if !addrs.contains(&addr) => {
+                    println!("listening: {addr}");
+                    addrs.push(addr);
+                }
+                Some(ServerEvent::Reserved(peer)) => println!("reserved: {peer}"),
+                Some(ServerEvent::CircuitOpened { from, to }) => println!("circuit: {from} -> {to}"),
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    node.shutdown().await;
+    store.close().await?;
+    println!("stopped");
+    Ok(())
+}

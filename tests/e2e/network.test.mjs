@@ -1,0 +1,203 @@
+// One network, end to end: browser tabs (headless Chromium, each browser
+// context its own device) and native `persist` processes pair by code and
+// replicate through a `persist node` (bootstrap, relay, rendezvous), all on
+// loopback. Run by scripts/test.sh after the native build and
+// scripts/build-pkg.sh; PERSIST_BIN names the `persist` binary.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir, homedir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { serve } from "../../scripts/serve.mjs";
+
+const root = fileURLToPath(new URL("../..", import.meta.url));
+const BIN =
+  process.env.PERSIST_BIN ??
+  join(process.env.CARGO_TARGET_DIR ?? join(homedir(), ".cache/persist-target"), "debug/persist");
+const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-dev-shm-usage",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  // WebRTC would announce host candidates over mDNS (multicast): off.
+  "--disable-features=WebRtcHideLocalIpsWithMdns",
+];
+/** Every wait in this file is bounded by this. */
+const WAIT_MS = 30_000;
+
+let server;
+let browser;
+let work;
+const processes = [];
+
+before(async () => {
+  work = mkdtempSync(join(tmpdir(), "persist-net-"));
+  server = await serve(root);
+  browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: CHROMIUM_ARGS });
+});
+
+after(async () => {
+  for (const p of processes) p.kill("SIGKILL");
+  await browser?.close();
+  await server?.close();
+  rmSync(work, { recursive: true, force: true });
+});
+
+/**
+ * Runs `persist ARGS` in the background; `waitFor(regex)` resolves to the
+ * first stdout line matching it (bounded), `exited` when it ends.
+ */
+function persist(args) {
+  const child = spawn(BIN, args, {
+    cwd: work,
+    env: { ...process.env, PERSIST_MDNS: "off", PERSIST_KEYCHAIN: "off", PERSIST_LOG: process.env.PERSIST_LOG ?? "warn" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  processes.push(child);
+  const lines = [];
+  const waiters = [];
+  let stderr = "";
+  let buffered = "";
+  child.stdout.on("data", (chunk) => {
+    buffered += chunk;
+    let nl;
+    while ((nl = buffered.indexOf("\n")) >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      lines.push(line);
+      for (const w of [...waiters]) {
+        const m = line.match(w.regex);
+        if (m) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(m);
+        }
+      }
+    }
+  });
+  child.stderr.on("data", (chunk) => (stderr += chunk));
+  const exited = new Promise((resolve) => child.on("exit", (code) => resolve(code)));
+  return {
+    child,
+    lines,
+    exited,
+    stderr: () => stderr,
+    waitFor(regex, ms = WAIT_MS) {
+      const found = lines.map((l) => l.match(regex)).find(Boolean);
+      if (found) return Promise.resolve(found);
+      return new Promise((resolve, reject) => {
+        const w = { regex, resolve };
+        waiters.push(w);
+        setTimeout(() => {
+          if (waiters.includes(w)) {
+            reject(new Error(`persist ${args[0]}: no line matching ${regex} in ${ms} ms\nstdout:\n${lines.join("\n")}\nstderr:\n${stderr}`));
+          }
+        }, ms).unref();
+      });
+    },
+  };
+}
+
+/** Runs `persist ARGS` to the end; its stdout. */
+async function persistDone(args) {
+  const run = persist(args);
+  const code = await Promise.race([run.exited, new Promise((r) => setTimeout(() => r("timeout"), WAIT_MS).unref())]);
+  assert.equal(code, 0, `persist ${args.join(" ")} failed (${code}):\n${run.lines.join("\n")}\n${run.stderr()}`);
+  return run.lines.join("\n");
+}
+
+/** A `persist node` on loopback: its TCP and WebSocket addresses. */
+async function startNode() {
+  const node = persist([
+    "node", "--data", join(work, `node-${processes.length}`),
+    "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "600",
+  ]);
+  const tcp = (await node.waitFor(/^listening: (\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/\S+)$/))[1];
+  const ws = (await node.waitFor(/^listening: (\S+\/ws\/p2p\/\S+)$/))[1];
+  return { node, tcp, ws };
+}
+
+/** A page of a device (a browser context: its own IndexedDB and identity). */
+async function device(context) {
+  const ctx = context ?? (await browser.newContext());
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e));
+  if (process.env.PERSIST_E2E_CONSOLE) page.on("console", (m) => console.log("[page]", m.text()));
+  await page.goto(`${server.url}/www/e2e.html`);
+  // The page keeps its store and node on window for later steps.
+  return { page, ctx, errors };
+}
+
+/** Opens the page's store and its P2P node through `bootstrap`. */
+async function online(page, name, bootstrap, options = {}) {
+  return page.evaluate(
+    async ({ name, bootstrap, options }) => {
+      const { createStore } = await import("/pkg/index.js");
+      const store = await createStore(name, options);
+      const p2p = await store.enableP2P({ bootstrapPeers: [bootstrap] });
+      window.persistEvents = [];
+      p2p.on("*", (e) => window.persistEvents.push(e));
+      window.store = store;
+      return p2p.peerId;
+    },
+    { name, bootstrap, options },
+  );
+}
+
+/** Waits in the page until `records(collection).get(id)` has a value. */
+async function waitForRecord(page, collection, id, ms = WAIT_MS) {
+  return page.evaluate(
+    async ({ collection, id, ms }) => {
+      const until = Date.now() + ms;
+      while (Date.now() < until) {
+        const value = await window.store.records(collection).get(id);
+        if (value) return value;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      throw new Error(`record ${collection}/${id} did not arrive in ${ms} ms`);
+    },
+    { collection, id, ms },
+  );
+}
+
+test("a tab pairs with a native device by code through a node; notes flow both ways", async () => {
+  const { tcp, ws } = await startNode();
+  const db = join(work, "native.db");
+  await persistDone(["put", "--path", db, "--encrypt", "notes", "n-native", '{"title":"from native"}']);
+  const host = persist(["pair", "--path", db, "--bootstrap", tcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "60"]);
+  const code = (await host.waitFor(/^code: (\S+)$/))[1];
+
+  const a = await device();
+  await online(a.page, "notes", ws);
+  const hostPeer = await a.page.evaluate((code) => window.store.p2p.pair(code), code);
+  assert.match(hostPeer, /^12D3Koo/);
+  assert.deepEqual(await waitForRecord(a.page, "notes", "n-native"), { title: "from native" });
+
+  // Written in the tab, received by the native device while connected.
+  await a.page.evaluate(() => window.store.records("notes").put("n-tab", { title: "from the tab" }));
+  await host.waitFor(/^received: \d+ from /);
+  await a.page.evaluate(() => window.store.p2p.stop());
+  assert.equal(await host.exited, 0);
+  const got = await persistDone(["get", "--path", db, "notes", "n-tab"]);
+  assert.deepEqual(JSON.parse(got), { title: "from the tab" });
+
+  // Later: a native write while the tab is away; the tab comes back (a
+  // reload: same device, same IndexedDB) and finds the native device
+  // through the node.
+  await persistDone(["put", "--path", db, "notes", "n-later", '{"title":"written while the tab was away"}']);
+  const serving = persist(["sync", "--path", db, "--bootstrap", tcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "30"]);
+  await serving.waitFor(/^address: /);
+  await a.page.reload();
+  await online(a.page, "notes", ws);
+  assert.deepEqual(await waitForRecord(a.page, "notes", "n-later"), { title: "written while the tab was away" });
+  assert.deepEqual(a.errors, []);
+  await a.ctx.close();
+  serving.child.kill("SIGTERM");
+});
