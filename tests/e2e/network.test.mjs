@@ -119,7 +119,7 @@ async function startNode() {
     "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "600",
   ]);
   const tcp = (await node.waitFor(/^listening: (\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/\S+)$/))[1];
-  const ws = (await node.waitFor(/^listening: (\S+\/ws\/p2p\/\S+)$/))[1];
+  const ws = (await node.waitFor(/^listening: (\S+\/ws\/p2p\/[^/\s]+)$/))[1];
   return { node, tcp, ws };
 }
 
@@ -200,4 +200,108 @@ test("a tab pairs with a native device by code through a node; notes flow both w
   assert.deepEqual(a.errors, []);
   await a.ctx.close();
   serving.child.kill("SIGTERM");
+});
+
+/** The ids of a collection's records in the page's store. */
+async function ids(page, collection) {
+  return page.evaluate(async (c) => (await window.store.records(c).list()).map((r) => r.id), collection);
+}
+
+/** Waits until `check()` in the page is truthy (bounded). */
+async function until(page, check, arg, ms = WAIT_MS) {
+  await page.waitForFunction(check, arg, { timeout: ms, polling: 50 });
+}
+
+test("two browsers pair through the relay; writes flow tab <-> tab <-> native, offline and back; revocation; strangers refused", async () => {
+  const { node, tcp, ws } = await startNode();
+  const db = join(work, "laptop.db");
+  await persistDone(["put", "--path", db, "--encrypt", "notes", "secret-marker-1", '{"title":"SECRET-MARKER native"}']);
+  const host = persist(["pair", "--path", db, "--bootstrap", tcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "60"]);
+  const nativeCode = (await host.waitFor(/^code: (\S+)$/))[1];
+
+  // Tab A (one browser) joins the native device's encrypted store.
+  const a = await device();
+  const aPeer = await online(a.page, "notes", ws);
+  await a.page.evaluate((code) => window.store.p2p.pair(code), nativeCode);
+  await waitForRecord(a.page, "notes", "secret-marker-1");
+  await a.page.evaluate(() => window.store.p2p.stop());
+  assert.equal(await host.exited, 0);
+
+  // A offers a code; tab B (another browser) finds A through the node and
+  // reaches it through the node's relay (a browser cannot listen).
+  await a.page.reload();
+  await online(a.page, "notes", ws);
+  await until(a.page, () => window.persistEvents.some((e) => e.type === "listen" && e.addr.includes("/p2p-circuit")));
+  const code = await a.page.evaluate(() => window.store.p2p.createPairingCode());
+  const b = await device();
+  const bPeer = await online(b.page, "notes", ws);
+  assert.equal(await b.page.evaluate((code) => window.store.p2p.pair(code), code), aPeer);
+  await node.waitFor(new RegExp(`^circuit: ${bPeer} -> ${aPeer}$`));
+  assert.deepEqual(await waitForRecord(b.page, "notes", "secret-marker-1"), { title: "SECRET-MARKER native" });
+  assert.deepEqual((await b.page.evaluate(() => window.store.p2p.trustedPeers())).sort(), (await a.page.evaluate(() => window.store.p2p.trustedPeers())).sort());
+
+  // B -> A live, then the native device comes online and meets both
+  // through the node (registered under the store's namespace).
+  await b.page.evaluate(() => window.store.records("notes").put("from-b", { title: "SECRET-MARKER from B" }));
+  await waitForRecord(a.page, "notes", "from-b");
+  let laptop = persist(["sync", "--path", db, "--bootstrap", tcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "60"]);
+  await laptop.waitFor(/^received: /);
+  laptop.child.kill("SIGTERM");
+  await laptop.exited;
+  assert.deepEqual(JSON.parse(await persistDone(["get", "--path", db, "notes", "from-b"])), { title: "SECRET-MARKER from B" });
+
+  // B goes offline; A writes; B comes back and catches up.
+  await b.page.evaluate(() => window.store.p2p.stop());
+  await a.page.evaluate(() => window.store.records("notes").put("while-b-away", { title: "written while B was offline" }));
+  await b.page.reload();
+  await online(b.page, "notes", ws);
+  assert.deepEqual(await waitForRecord(b.page, "notes", "while-b-away"), { title: "written while B was offline" });
+
+  // The node relayed and stored nothing readable: its folder holds no marker.
+  const { spawnSync } = await import("node:child_process");
+  const scan = spawnSync("grep", ["-rl", "SECRET-MARKER", work], { encoding: "utf8" });
+  assert.ok(scan.status === 0 || scan.status === 1, scan.stderr);
+  const found = scan.stdout.split("\n").filter(Boolean);
+  assert.ok(found.every((f) => !f.includes("/node-")), `the node's files hold plaintext: ${found}`);
+
+  // A stranger (a third browser, never paired) is refused by A, B and the
+  // native device, and learns nothing.
+  laptop = persist(["sync", "--path", db, "--bootstrap", tcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "60"]);
+  const laptopWs = (await laptop.waitFor(/^address: (\/ip4\/127\.0\.0\.1\/tcp\/\d+\/ws\/p2p\/[^/\s]+)$/))[1];
+  const laptopPeer = laptopWs.split("/p2p/")[1];
+  await until(a.page, (p) => window.persistEvents.some((e) => e.type === "peer:connect" && e.peer === p), laptopPeer);
+  const s = await device();
+  const strangerPeer = await online(s.page, "notes", ws);
+  const aCircuit = `${ws}/p2p-circuit/p2p/${aPeer}`;
+  const refused = await s.page.evaluate(async ({ targets, ms }) => {
+    for (const t of targets) await window.store.p2p.dial(t).catch(() => {});
+    await new Promise((r) => setTimeout(r, ms));
+    const connected = await window.store.p2p.connectedPeers();
+    return { connected, notes: (await window.store.records("notes").list()).length };
+  }, { targets: [aCircuit, laptopWs], ms: 2000 });
+  assert.ok(!refused.connected.includes(aPeer), "A refused the stranger");
+  assert.ok(!refused.connected.includes(laptopPeer), "the native device refused the stranger");
+  assert.equal(refused.notes, 0);
+  assert.ok(!laptop.lines.some((l) => l.includes(strangerPeer)), "the native device never saw the stranger connected");
+  await s.ctx.close();
+
+  // Revoking B on the native device: A learns it and drops B; B can no
+  // longer sync, and later writes never reach it.
+  laptop.child.kill("SIGTERM");
+  await laptop.exited;
+  await persistDone(["revoke", "--path", db, bPeer]);
+  await persistDone(["put", "--path", db, "notes", "after-revoke", '{"title":"not for B"}']);
+  laptop = persist(["sync", "--path", db, "--bootstrap", tcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "60"]);
+  await waitForRecord(a.page, "notes", "after-revoke");
+  await until(a.page, (p) => window.persistEvents.some((e) => e.type === "member:remove" && e.peer === p), bPeer);
+  await until(b.page, (p) => window.persistEvents.some((e) => e.type === "peer:disconnect" && e.peer === p), aPeer);
+  await a.page.evaluate(() => window.store.records("notes").put("after-revoke-a", { title: "not for B either" }));
+  await new Promise((r) => setTimeout(r, 2000));
+  const bIds = await ids(b.page, "notes");
+  assert.ok(!bIds.includes("after-revoke") && !bIds.includes("after-revoke-a"), `B got writes after its revocation: ${bIds}`);
+  assert.ok(!(await a.page.evaluate(() => window.store.p2p.trustedPeers())).includes(bPeer));
+  assert.deepEqual([...a.errors, ...b.errors], []);
+  laptop.child.kill("SIGTERM");
+  await a.ctx.close();
+  await b.ctx.close();
 });
