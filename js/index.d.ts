@@ -169,7 +169,7 @@ export interface P2POptions {
 
 export type P2PEventName =
   | "peer:connect" | "peer:disconnect" | "sync" | "pair" | "pair:failed"
-  | "member:add" | "member:remove" | "listen" | "*";
+  | "member:add" | "member:remove" | "listen" | "leader" | "*";
 
 export interface P2PEvent {
   type: Exclude<P2PEventName, "*">;
@@ -183,13 +183,22 @@ export interface P2PEvent {
   code?: string;
   /** `listen`: the address. */
   addr?: string;
+  /** `leader`: whether this tab or another one runs the node now. */
+  tab?: "this" | "other";
 }
 
-/** The store's P2P node (`store.enableP2P(...)`, then `store.p2p`). */
+/**
+ * The store's P2P node (`store.enableP2P(...)`, then `store.p2p`). Tabs of
+ * one origin share it: one tab runs the node (a Web Locks leader; another
+ * takes over when it closes), the others forward calls to it and hear its
+ * events over a BroadcastChannel.
+ */
 export declare class P2P {
   private constructor();
-  /** This device's peer id (its Ed25519 key). */
+  /** This device's peer id (its Ed25519 key; the same in every tab). */
   readonly peerId: string;
+  /** True in the tab that runs the node. */
+  readonly isLeader: boolean;
   /**
    * Offers a short pairing code (`ABCD-7KQ2`) for another device to type;
    * single use, expires after `ttlMs` (default 10 minutes). The outcome
@@ -213,9 +222,8 @@ export declare class P2P {
   dial(addr: string): Promise<void>;
   /** Calls `callback` on each such event; returns a function that stops it. */
   on(event: P2PEventName, callback: (event: P2PEvent) => void): () => void;
-  /** Stops the node (the store stays open). */
+  /** Stops this tab's part (its node if it runs it: another tab takes over). The store stays open. */
   stop(): void;
-  free(): void;
 }
 
 export declare class Store {

@@ -4,3 +4,189 @@
 // module in a page and in bundlers (Vite resolves the
 // `new URL(..., import.meta.url)` asset).
 await __wbg_init({ module_or_path: new URL("./persist_wasm_bg.wasm", import.meta.url) });
+
+// Tabs of one origin share one device identity and one IndexedDB: exactly
+// one of them runs a store's P2P node, elected with the Web Locks API (the
+// lock `persist-p2p:<store name>` is held by the tab whose node runs, and
+// passes to a waiting tab as soon as that tab closes). The other tabs use
+// that node over a BroadcastChannel: their calls are forwarded to it, its
+// events are repeated to them. Their writes reach the node through the
+// shared IndexedDB (the tabs channel tells it to send them on).
+const startNode = Store.prototype.enableP2P;
+const closeStore = Store.prototype.close;
+const FORWARDED = new Set([
+  "createPairingCode", "createInvite", "pair", "trustedPeers", "revokeTrust",
+  "connectedPeers", "listenAddrs", "dial",
+]);
+const CALL_MS = { pair: 180_000, createPairingCode: 30_000 };
+
+function codedError(code, message) {
+  const e = new Error(message);
+  e.code = code;
+  return e;
+}
+
+class SharedP2P {
+  constructor(store, options) {
+    this._store = store;
+    this._options = options;
+    this._name = store.name;
+    this._listeners = new Set();
+    this._calls = new Map();
+    this._tab = Math.random().toString(36).slice(2) + Date.now().toString(36);
+    this._node = null;
+    this._leaderPeerId = null;
+    this._closed = false;
+    this._channel = typeof BroadcastChannel === "function" ? new BroadcastChannel(`persist-p2p:${this._name}`) : null;
+    if (this._channel) this._channel.onmessage = (m) => this._message(m.data);
+    this.ready = new Promise((resolve, reject) => {
+      this._resolveReady = resolve;
+      this._rejectReady = reject;
+    });
+    const locks = globalThis.navigator?.locks;
+    if (!locks || !this._channel) {
+      this._lead().catch((e) => this._rejectReady(e));
+      return;
+    }
+    locks
+      .request(`persist-p2p:${this._name}`, () => (this._closed ? undefined : this._lead()))
+      .catch((e) => this._rejectReady(e));
+    this._askWho();
+  }
+
+  _askWho() {
+    if (this._node || this._leaderPeerId || this._closed) return;
+    this._post({ t: "who" });
+    setTimeout(() => this._askWho(), 500);
+  }
+
+  _post(message) {
+    try {
+      this._channel?.postMessage(message);
+    } catch {
+      // The channel is closed: nothing to tell.
+    }
+  }
+
+  /** This tab runs the node until it closes (or the store does). */
+  async _lead() {
+    const node = await startNode.call(this._store, this._options);
+    this._node = node;
+    this._leaderPeerId = node.peerId;
+    node.on("*", (event) => {
+      this._deliver(event);
+      this._post({ t: "event", event });
+    });
+    this._post({ t: "leader", peerId: node.peerId });
+    this._deliver({ type: "leader", tab: "this", peer: node.peerId });
+    this._resolveReady(this);
+    // Held until the store closes; the browser releases it with the tab.
+    await new Promise((resolve) => (this._release = resolve));
+    node.stop();
+  }
+
+  async _message(m) {
+    if (!m || typeof m !== "object") return;
+    if (m.t === "who" && this._node) {
+      this._post({ t: "leader", peerId: this._node.peerId });
+    } else if (m.t === "leader" && !this._node) {
+      const first = !this._leaderPeerId;
+      this._leaderPeerId = m.peerId;
+      if (first) this._resolveReady(this);
+      this._deliver({ type: "leader", tab: "other", peer: m.peerId });
+    } else if (m.t === "event" && !this._node) {
+      this._deliver(m.event);
+    } else if (m.t === "call" && this._node) {
+      let reply;
+      try {
+        reply = { t: "reply", id: m.id, to: m.from, ok: true, value: await this._node[m.method](...m.args) };
+      } catch (e) {
+        reply = { t: "reply", id: m.id, to: m.from, ok: false, code: e?.code ?? "P2P_FAILED", message: String(e?.message ?? e) };
+      }
+      this._post(reply);
+    } else if (m.t === "reply" && m.to === this._tab) {
+      const call = this._calls.get(m.id);
+      if (!call) return;
+      this._calls.delete(m.id);
+      clearTimeout(call.timer);
+      if (m.ok) call.resolve(m.value);
+      else call.reject(codedError(m.code, m.message));
+    }
+  }
+
+  _deliver(event) {
+    for (const l of [...this._listeners]) {
+      if (l.event === "*" || l.event === event.type) {
+        try {
+          l.callback(event);
+        } catch (e) {
+          console.error("persist: a p2p listener threw", e);
+        }
+      }
+    }
+  }
+
+  _call(method, args) {
+    if (this._closed) return Promise.reject(codedError("CLOSED", "the store is closed"));
+    if (this._node) return this._node[method](...args);
+    return new Promise((resolve, reject) => {
+      const id = `${this._tab}:${Math.random().toString(36).slice(2)}`;
+      const ms = CALL_MS[method] ?? 10_000;
+      const timer = setTimeout(() => {
+        this._calls.delete(id);
+        reject(codedError("P2P_UNAVAILABLE", `the tab running the P2P node did not answer ${method} in ${ms} ms`));
+      }, ms);
+      this._calls.set(id, { resolve, reject, timer });
+      this._post({ t: "call", id, from: this._tab, method, args });
+    });
+  }
+
+  /** This device's peer id (the same in every tab). */
+  get peerId() {
+    return this._node?.peerId ?? this._leaderPeerId;
+  }
+
+  /** True in the tab that runs the node. */
+  get isLeader() {
+    return this._node !== null;
+  }
+
+  on(event, callback) {
+    const listener = { event, callback };
+    this._listeners.add(listener);
+    return () => this._listeners.delete(listener);
+  }
+
+  /** Stops this tab's part: its node if it leads (another tab takes over). */
+  stop() {
+    this._closed = true;
+    this._release?.();
+    this._node = null;
+    for (const [, call] of this._calls) {
+      clearTimeout(call.timer);
+      call.reject(codedError("CLOSED", "P2P stopped in this tab"));
+    }
+    this._calls.clear();
+    this._channel?.close();
+  }
+}
+for (const method of FORWARDED) {
+  SharedP2P.prototype[method] = function (...args) {
+    return this._call(method, args);
+  };
+}
+
+Store.prototype.enableP2P = function (options) {
+  if (!this.__p2p || this.__p2p._closed) this.__p2p = new SharedP2P(this, options ?? {});
+  return this.__p2p.ready;
+};
+Object.defineProperty(Store.prototype, "p2p", {
+  get() {
+    return this.__p2p ?? null;
+  },
+  configurable: true,
+});
+Store.prototype.close = function () {
+  this.__p2p?.stop();
+  return closeStore.call(this);
+};

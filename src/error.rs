@@ -208,6 +208,10 @@ pub enum Error {
     /// The store has been closed.
     #[error("the store is closed")]
     Closed,
+    /// Another handle on the same storage (another tab of this device)
+    /// joined this store to another device's store: open it again.
+    #[error("another tab joined this store to another device's store: open the store again")]
+    StoreReplaced,
     /// A key (the device's, or an imported one) cannot be used.
     #[error("device key is invalid: {0}")]
     KeyInvalid(String),
@@ -255,6 +259,7 @@ impl Error {
             Error::InvalidValue(_) => "INVALID_VALUE",
             Error::ValueTooLarge { .. } => "VALUE_TOO_LARGE",
             Error::Closed => "CLOSED",
+            Error::StoreReplaced => "STORE_REPLACED",
             Error::KeyInvalid(_) => "KEY_INVALID",
             Error::KeyRequired(_) => "KEY_REQUIRED",
             Error::NotEncrypted => "NOT_ENCRYPTED",

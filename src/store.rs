@@ -476,6 +476,9 @@ impl Store {
     /// [`crate::net`]. Natively it needs a tokio runtime.
     pub async fn enable_p2p(&self, options: crate::net::P2pOptions) -> Result<crate::net::P2p> {
         self.check_open()?;
+        // Another tab may have run the node until now (it merged
+        // membership changes into the shared storage).
+        self.refresh_from_shared_storage().await?;
         let keypair = crate::net::keypair(&self.inner.device)?;
         let gate = Arc::new(Mutex::new(crate::net::gate::GateState::default()));
         let swarm = crate::platform::swarm(

@@ -654,13 +654,19 @@ impl StorageBackend for IdbStore {
         Box::pin(async move {
             // Record keys for the other tabs, gathered before the batch is consumed.
             let keys: Option<Vec<(String, String)>> = self.tabs.as_ref().map(|_| {
-                batch.announce.clone().unwrap_or_else(|| {
+                let mut keys = batch.announce.clone().unwrap_or_else(|| {
                     batch
                         .records
                         .iter()
                         .map(|r| (r.collection.clone(), r.id.clone()))
                         .collect()
-                })
+                });
+                if keys.is_empty() && !batch.log.is_empty() {
+                    // Commits with no record (events, keys): the tab that
+                    // runs the P2P node still needs to hear of them.
+                    keys.push((String::new(), String::new()));
+                }
+                keys
             });
             write_batch(self, batch).await?;
             if let (Some(tabs), Some(keys)) = (&self.tabs, keys) {

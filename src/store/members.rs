@@ -253,6 +253,33 @@ impl Store {
         Ok(update)
     }
 
+    /// Takes up what other handles on shared storage (other tabs of this
+    /// device) stored since this one opened: the membership they merged.
+    /// A store that another tab joined to another store id cannot be
+    /// followed in place: `STORE_REPLACED` says to open it again.
+    pub(crate) async fn refresh_from_shared_storage(&self) -> Result<()> {
+        let bound = self.bound();
+        if !bound.backend.shared() {
+            return Ok(());
+        }
+        let meta = self.inner.raw_backend.load_meta().await?;
+        if meta.store_id.is_some_and(|id| id != bound.store_id) {
+            return Err(Error::StoreReplaced);
+        }
+        let Some(bytes) = meta.entries.get(&MetaKey::Membership) else {
+            return Ok(());
+        };
+        let stored = MembershipLog::from_bytes(bytes)
+            .map_err(|e| StorageError::Corrupt(format!("membership: {e}")))?;
+        let mut state = self.inner.members.lock().await;
+        if stored.digest() != state.digest {
+            let mut merged = state.log.clone();
+            merged.merge(&stored.to_wire())?;
+            self.install_log(&mut state, merged);
+        }
+        Ok(())
+    }
+
     /// Makes `log` the membership in memory: its digest, and the members it
     /// derives for quick checks.
     fn install_log(&self, state: &mut MemberState, log: MembershipLog) -> Arc<Members> {

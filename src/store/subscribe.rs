@@ -228,6 +228,8 @@ pub(super) async fn deliver_external(
         if store.is_closed() {
             break;
         }
+        // Another tab committed: a P2P node running in this tab sends it on.
+        store.notify_commits();
         let subscribed = store.subscribed_collections();
         let mut out = Vec::new();
         for (collection, id) in keys {

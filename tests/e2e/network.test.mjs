@@ -305,3 +305,46 @@ test("two browsers pair through the relay; writes flow tab <-> tab <-> native, o
   await a.ctx.close();
   await b.ctx.close();
 });
+
+test("tabs of one origin: one runs the node, the others use it; when it closes another takes over within 2 s and sync continues", async () => {
+  const { tcp, ws } = await startNode();
+  const db = join(work, "desk.db");
+  await persistDone(["put", "--path", db, "notes", "desk-1", '{"title":"from the desk"}']);
+  const host = persist(["pair", "--path", db, "--bootstrap", tcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "60"]);
+  const code = (await host.waitFor(/^code: (\S+)$/))[1];
+
+  const ctx = await browser.newContext();
+  const first = await device(ctx);
+  const peer = await online(first.page, "notes", ws);
+  await first.page.evaluate((code) => window.store.p2p.pair(code), code);
+  await waitForRecord(first.page, "notes", "desk-1");
+  assert.equal(await first.page.evaluate(() => window.store.p2p.isLeader), true);
+
+  // A second tab of the same origin: same device, no second node.
+  const second = await device(ctx);
+  assert.equal(await online(second.page, "notes", ws), peer);
+  assert.equal(await second.page.evaluate(() => window.store.p2p.isLeader), false);
+  assert.equal((await second.page.evaluate(() => window.store.p2p.trustedPeers())).length, 2, "calls are forwarded to the leader");
+  await second.page.evaluate(() => window.store.records("notes").put("from-second-tab", { title: "written in the other tab" }));
+  await host.waitFor(/^received: \d+ from /);
+
+  // The leader tab closes: the other one runs the node within 2 s.
+  const closedAt = Date.now();
+  await first.page.close();
+  await until(second.page, () => window.store.p2p.isLeader, undefined, 2_000);
+  const tookOverMs = Date.now() - closedAt;
+  console.log(`# takeover after the leader tab closed: ${tookOverMs} ms`);
+  assert.ok(tookOverMs <= 2_000);
+  assert.equal(await host.exited, 0);
+  assert.deepEqual(JSON.parse(await persistDone(["get", "--path", db, "notes", "from-second-tab"])), { title: "written in the other tab" });
+
+  // Sync continues from the new leader: both ways.
+  await persistDone(["put", "--path", db, "notes", "desk-2", '{"title":"after the takeover"}']);
+  const desk = persist(["sync", "--path", db, "--bootstrap", tcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "60"]);
+  assert.deepEqual(await waitForRecord(second.page, "notes", "desk-2"), { title: "after the takeover" });
+  await second.page.evaluate(() => window.store.records("notes").put("from-new-leader", { title: "after the takeover, from the tab" }));
+  await desk.waitFor(/^received: \d+ from /);
+  assert.deepEqual(second.errors, []);
+  desk.child.kill("SIGTERM");
+  await ctx.close();
+});
