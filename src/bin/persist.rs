@@ -132,6 +132,17 @@ enum Command {
         #[command(flatten)]
         net: p2p::NetArgs,
     },
+    /// An interactive notes device (the demo's): offer a pairing code (or
+    /// join with CODE), then replicate `notes` until stopped, printing notes
+    /// that arrive; each line typed on standard input becomes a note.
+    Notes {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// A code another device offered, to join its store.
+        code: Option<String>,
+        #[command(flatten)]
+        net: p2p::NetArgs,
+    },
     /// List the devices trusted to sync the store, and revoked ones.
     Peers {
         #[command(flatten)]
@@ -373,6 +384,7 @@ async fn run(command: Command) -> persist::Result<()> {
         } => p2p::pair(open(&store).await?, code, invite, net).await,
         Command::Sync { store, net } => p2p::sync(open(&store).await?, net).await,
         Command::Node { args } => node::run(args).await,
+        Command::Notes { store, code, net } => p2p::notes(open(&store).await?, code, net).await,
         Command::Peers { store } => p2p::peers(open(&store).await?).await,
         Command::Revoke { store, peer } => p2p::revoke(open(&store).await?, peer).await,
         Command::CrashWriter { store, round } => crash_writer(store, round).await,

@@ -141,6 +141,9 @@ struct Node {
     bootstrap_addrs: HashMap<PeerId, Multiaddr>,
     /// Relays this node holds (or asked for) a reservation on.
     relays: BTreeSet<PeerId>,
+    /// Connected bootstrap nodes that run a rendezvous point (identify
+    /// said so): where codes and the store's devices are registered.
+    rendezvous_points: BTreeSet<PeerId>,
     /// Ticks until the store's registration is renewed.
     presence_in: u32,
 }
@@ -188,6 +191,7 @@ pub(super) fn run(
         members: BTreeSet::new(),
         bootstrap_addrs: HashMap::new(),
         relays: BTreeSet::new(),
+        rendezvous_points: BTreeSet::new(),
         presence_in: 0,
     };
     node.refresh_members();
@@ -604,14 +608,9 @@ impl Node {
                 endpoint,
                 ..
             } => {
-                if self.is_bootstrap(&peer) {
-                    if endpoint.is_dialer() {
-                        self.bootstrap_addrs
-                            .insert(peer, endpoint.get_remote_address().clone());
-                    }
-                    self.announce_codes();
-                    self.look_up_host();
-                    self.announce_presence();
+                if self.is_bootstrap(&peer) && endpoint.is_dialer() {
+                    self.bootstrap_addrs
+                        .insert(peer, endpoint.get_remote_address().clone());
                 }
                 if num_established.get() == 1 {
                     self.peers.insert(peer, PeerState::default());
@@ -643,6 +642,7 @@ impl Node {
                 ..
             } => {
                 self.peers.remove(&peer);
+                self.rendezvous_points.remove(&peer);
                 self.emit(P2pEvent::PeerDisconnected(peer));
                 if let Some(hosting) = self.hosting.remove(&peer) {
                     let _ = hosting.outcome.send(Err(Error::PairingFailed(
@@ -658,7 +658,15 @@ impl Node {
                 peer_id,
                 info,
                 ..
-            })) => self.maybe_reserve(peer_id, &info),
+            })) => {
+                self.maybe_reserve(peer_id, &info);
+                let meets = info.protocols.contains(&rendezvous::PROTOCOL_NAME);
+                if meets && self.is_bootstrap(&peer_id) && self.rendezvous_points.insert(peer_id) {
+                    self.announce_codes();
+                    self.look_up_host();
+                    self.announce_presence();
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => match event {
                 relay::client::Event::ReservationReqAccepted { relay_peer_id, .. } => {
                     tracing::info!(relay = %relay_peer_id, "reachable through a relay");
@@ -685,12 +693,11 @@ impl Node {
             .contains(peer)
     }
 
-    /// Bootstrap nodes this node is connected to.
-    fn connected_bootstrap(&self) -> Vec<PeerId> {
-        let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
-        self.swarm
-            .connected_peers()
-            .filter(|p| gate.bootstrap.contains(p))
+    /// Connected bootstrap nodes that run a rendezvous point.
+    fn connected_rendezvous_points(&self) -> Vec<PeerId> {
+        self.rendezvous_points
+            .iter()
+            .filter(|p| self.swarm.is_connected(p))
             .copied()
             .collect()
     }
@@ -728,7 +735,7 @@ impl Node {
         if self.codes.is_empty() || self.swarm.external_addresses().next().is_none() {
             return;
         }
-        let servers = self.connected_bootstrap();
+        let servers = self.connected_rendezvous_points();
         let now = now();
         let codes: Vec<(String, u64)> = self
             .codes
@@ -757,7 +764,7 @@ impl Node {
     /// devices that cannot find each other on a local network, browsers
     /// first, meet again after pairing).
     fn announce_presence(&mut self) {
-        let servers = self.connected_bootstrap();
+        let servers = self.connected_rendezvous_points();
         if servers.is_empty() {
             return;
         }
@@ -801,7 +808,7 @@ impl Node {
         let Some(namespace) = pairing_namespace(nameplate) else {
             return;
         };
-        for server in self.connected_bootstrap() {
+        for server in self.connected_rendezvous_points() {
             self.swarm
                 .behaviour_mut()
                 .rendezvous
@@ -825,7 +832,7 @@ impl Node {
         else {
             return;
         };
-        for server in self.connected_bootstrap() {
+        for server in self.connected_rendezvous_points() {
             self.swarm.behaviour_mut().rendezvous.discover(
                 Some(namespace.clone()),
                 None,
@@ -903,7 +910,7 @@ impl Node {
             }
             rendezvous::client::Event::RegisterFailed {
                 namespace, error, ..
-            } => tracing::warn!(%namespace, ?error, "pairing code not registered"),
+            } => tracing::warn!(%namespace, ?error, "not registered on the rendezvous point"),
             other => tracing::debug!(?other, "rendezvous"),
         }
     }

@@ -348,3 +348,53 @@ test("tabs of one origin: one runs the node, the others use it; when it closes a
   desk.child.kill("SIGTERM");
   await ctx.close();
 });
+
+test("the README's demo: a page pairs with the native notes device by code and notes replicate both ways, encrypted", async () => {
+  const demo = spawn("bash", [join(root, "scripts/demo.sh")], {
+    cwd: root,
+    env: {
+      ...process.env, PERSIST_BIN: BIN, PERSIST_DEMO_PKG: "0", PERSIST_DEMO_PORT: "0",
+      PERSIST_DATA: join(work, "demo-data"), PERSIST_DEMO_FOR: "120", PERSIST_KEYCHAIN: "off",
+    },
+    stdio: ["pipe", "pipe", "pipe"],
+    detached: true,
+  });
+  processes.push({ kill: (signal) => { try { process.kill(-demo.pid, signal); } catch {} } });
+  let out = "";
+  let err = "";
+  demo.stdout.on("data", (c) => (out += c));
+  demo.stderr.on("data", (c) => (err += c));
+  const line = async (regex, ms = 120_000) => {
+    const until = Date.now() + ms;
+    while (Date.now() < until) {
+      const m = out.match(regex);
+      if (m) return m;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`demo: no ${regex} in ${ms} ms\n${out}\n${err}`);
+  };
+  const url = (await line(/^open: (\S+)$/m))[1];
+  const code = (await line(/^code: (\S+)$/m))[1];
+  demo.stdin.write("hello from the terminal\n");
+  await line(/^note written: hello from the terminal$/m);
+
+  const { page, ctx, errors } = await device();
+  await page.goto(url);
+  await until(page, () => document.querySelector("#net")?.textContent.includes("this tab runs the node"));
+  await page.fill("#code", code);
+  await page.click("#pair button");
+  await until(page, () => document.querySelector("#pairing").textContent.startsWith("Paired"));
+  await until(page, () => document.querySelector("#notes").textContent.includes("hello from the terminal"));
+  assert.match(await page.textContent("#status"), /encrypted/);
+
+  await page.fill("#title", "hello from the page");
+  await page.press("#title", "Enter");
+  await line(/^note received: hello from the page$/m, WAIT_MS);
+  assert.deepEqual(errors, []);
+  await ctx.close();
+  // Ctrl-C stops it all (bounded: a stuck process fails the test).
+  const exited = new Promise((r) => demo.on("exit", (code, signal) => r(code ?? signal)));
+  process.kill(-demo.pid, "SIGINT");
+  const stopped = await Promise.race([exited, new Promise((r) => setTimeout(() => r("still running"), 10_000).unref())]);
+  assert.notEqual(stopped, "still running", `the demo did not stop on Ctrl-C:\n${out}`);
+});

@@ -243,3 +243,109 @@ fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
         _ => addr.clone().with(persist::net::Protocol::P2p(peer)),
     }
 }
+
+/// `persist notes`: an interactive notes device. It offers a pairing code
+/// (or, given one, joins the device that offered it), then replicates with
+/// the store's devices until stopped: notes that arrive are printed, and
+/// each line typed on standard input becomes a note.
+pub async fn notes(store: Store, code: Option<String>, net: NetArgs) -> persist::Result<()> {
+    let node = store.enable_p2p(net.options(true)).await?;
+    let mut events = node.events();
+    println!("device: {}", node.peer_id());
+    for addr in listen_addrs(&node).await? {
+        println!("address: {}", with_peer(&addr, node.peer_id()));
+    }
+    let notes = store.records("notes");
+    let _subscription = notes.subscribe(|changes| {
+        for change in changes {
+            if change.origin != persist::Origin::Remote {
+                continue;
+            }
+            match &change.value {
+                Some(value) => {
+                    let title = value
+                        .get("title")
+                        .and_then(|t| t.as_str())
+                        .unwrap_or("(untitled)");
+                    println!("note received: {title}");
+                }
+                None => println!("note deleted: {}", change.id),
+            }
+        }
+    })?;
+    let mut pending = None;
+    match code {
+        Some(code) => {
+            let host = net.peers.first().cloned();
+            let peer = node.pair(&code, host).await?;
+            println!("paired: joined the store of {peer}");
+        }
+        None => {
+            let offered = node
+                .create_pairing_code_valid_for(
+                    Duration::from_secs(net.seconds.min(3600)).as_millis() as u64,
+                )
+                .await?;
+            println!("code: {}", offered.code());
+            pending = Some(Box::pin(offered.paired()));
+        }
+    }
+    let deadline = tokio::time::sleep(Duration::from_secs(net.seconds));
+    tokio::pin!(deadline);
+    // Signal streams made once keep a signal that arrives while the loop
+    // is busy (a future made per turn would miss it).
+    let signal = |kind| {
+        tokio::signal::unix::signal(kind)
+            .map_err(|e| persist::Error::InvalidOptions(format!("cannot watch signals: {e}")))
+    };
+    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    // Standard input on a thread of its own: a read in tokio's blocking
+    // pool would keep the process alive after Ctrl-C until the next line.
+    let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            if line
+                .map(|l| line_tx.send(l))
+                .map_or(true, |sent| sent.is_err())
+            {
+                break;
+            }
+        }
+    });
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = term.recv() => break,
+            _ = interrupt.recv() => break,
+            outcome = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
+                pending = None;
+                match outcome {
+                    Ok(peer) => println!("paired: {peer} joined"),
+                    Err(e) => println!("pairing failed: {} ({e})", e.code()),
+                }
+            }
+            line = lines.recv(), if stdin_open => match line {
+                Some(text) if !text.trim().is_empty() => {
+                    let id = format!("{:013}-{}", persist::platform::now_ms(), store.device_id().short());
+                    notes.put(&id, serde_json::json!({ "title": text.trim(), "at": persist::platform::now_ms() })).await?;
+                    println!("note written: {}", text.trim());
+                }
+                Some(_) => {}
+                None => stdin_open = false,
+            },
+            event = events.next() => match event {
+                Some(P2pEvent::PeerConnected(peer)) => println!("connected: {peer}"),
+                Some(P2pEvent::PeerDisconnected(peer)) => println!("disconnected: {peer}"),
+                Some(P2pEvent::Synced { applied, remaining, peer, .. }) if applied > 0 => {
+                    println!("received: {applied} from {peer} ({remaining} to go)");
+                }
+                Some(_) => {}
+                None => break,
+            },
+        }
+    }
+    node.shutdown();
+    store.close().await
+}
