@@ -281,3 +281,191 @@ fn pair_peers_and_revoke_from_the_command_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("error[NOT_TRUSTED]"));
 }
+
+/// Starts `persist node` in `dir` with `extra` flags; its listen lines.
+fn start_node(dir: &Path, extra: &[&str]) -> (std::process::Child, Vec<String>) {
+    let mut args = vec!["node", "--data", "node", "--for", "60"];
+    args.extend_from_slice(extra);
+    let (child, lines) = spawn_persist(&args, dir);
+    let mut listening = Vec::new();
+    let mut peer = String::new();
+    for line in lines.map_while(Result::ok) {
+        if let Some(id) = line.strip_prefix("node: ") {
+            peer = id.to_owned();
+        } else if let Some(addr) = line.strip_prefix("listening: ") {
+            listening.push(addr.to_owned());
+            // Every address the config asks for, each ending in the id.
+            if listening.len() == 3 {
+                break;
+            }
+        }
+    }
+    assert!(
+        listening
+            .iter()
+            .all(|a| a.ends_with(&format!("/p2p/{peer}"))),
+        "{listening:?}"
+    );
+    (child, listening)
+}
+
+fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let pid = i32::try_from(child.id()).expect("pid");
+    // SAFETY: a plain kill(2) on a child process this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    child.wait().expect("node exits")
+}
+
+#[test]
+fn node_keeps_its_identity_and_webrtc_certificate_reads_its_config_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Listeners only (no WebRTC connection is made: a WebRTC connection
+    // would join the mDNS multicast group on the host's interfaces).
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "listen = [\"/ip4/127.0.0.1/tcp/0\", \"/ip4/127.0.0.1/tcp/0/ws\", \"/ip4/127.0.0.1/udp/0/webrtc-direct\"]\n\
+         max_circuits = 4\nmax_circuit_bytes = 1048576\n",
+    )
+    .expect("config");
+    let (mut first, before) = start_node(dir.path(), &["--config", "node.toml"]);
+    assert!(sigterm(&mut first).success(), "clean exit on SIGTERM");
+    let (mut second, after) = start_node(dir.path(), &["--config", "node.toml"]);
+    assert!(sigterm(&mut second).success());
+    let certhash = |addrs: &[String]| {
+        addrs
+            .iter()
+            .find(|a| a.contains("/webrtc-direct/certhash/"))
+            .and_then(|a| a.split("/certhash/").nth(1))
+            .and_then(|rest| rest.split('/').next())
+            .map(str::to_owned)
+            .expect("a WebRTC-direct address with its certificate hash")
+    };
+    assert_eq!(
+        certhash(&before),
+        certhash(&after),
+        "the certificate survives restarts"
+    );
+    let peer = |addrs: &[String]| addrs[0].rsplit('/').next().map(str::to_owned);
+    assert_eq!(peer(&before), peer(&after), "so does the node's identity");
+    // The node's own store seals the certificate: its private key is not on disk in the clear.
+    let db = std::fs::read(dir.path().join("node").join("node.db")).expect("node store");
+    assert!(
+        !db.windows(11).any(|w| w == b"PRIVATE KEY"),
+        "the certificate is stored sealed"
+    );
+
+    // A config file with a mistake is refused with a clear error.
+    std::fs::write(dir.path().join("bad.toml"), "max_circuits = \"many\"\n").expect("config");
+    let out = persist(
+        &["node", "--data", "node", "--config", "bad.toml"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error[INVALID_OPTIONS]"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn two_devices_pair_by_code_alone_through_a_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut node, addrs) = start_node(
+        dir.path(),
+        &[
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0/ws",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ],
+    );
+    let bootstrap = addrs
+        .iter()
+        .find(|a| !a.contains("/ws/") && a.contains("/tcp/"))
+        .expect("tcp");
+    let out = persist(
+        &[
+            "put",
+            "--path",
+            "laptop.db",
+            "notes",
+            "n1",
+            r#"{"from":"laptop"}"#,
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success());
+    let (mut host, mut lines) = spawn_persist(
+        &[
+            "pair",
+            "--path",
+            "laptop.db",
+            "--bootstrap",
+            bootstrap,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--for",
+            "30",
+        ],
+        dir.path(),
+    );
+    let code = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("code: ").map(str::to_owned))
+        .expect("a code");
+    // No address of the laptop: the node's rendezvous point finds it.
+    let out = Command::new(env!("CARGO_BIN_EXE_persist"))
+        .args([
+            "pair",
+            &code,
+            "--bootstrap",
+            bootstrap,
+            "--path",
+            "phone.db",
+            "--for",
+            "20",
+        ])
+        .env("PERSIST_MDNS", "off")
+        .current_dir(dir.path())
+        .output()
+        .expect("joiner");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(host.wait().expect("host exits").success());
+    let out = persist(&["get", "--path", "phone.db", "notes", "n1"], dir.path());
+    assert_eq!(stdout(&out).trim(), r#"{"from":"laptop"}"#);
+
+    // A mistyped code: no device offers it, a clear error, soon.
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_persist"))
+        .args([
+            "pair",
+            "ZZZZ-ZZZZ",
+            "--bootstrap",
+            bootstrap,
+            "--path",
+            "tablet.db",
+            "--for",
+            "30",
+        ])
+        .env("PERSIST_MDNS", "off")
+        .current_dir(dir.path())
+        .output()
+        .expect("joiner");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error[PAIRING_CODE_INVALID]"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(sigterm(&mut node).success());
+}

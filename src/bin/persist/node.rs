@@ -127,11 +127,25 @@ impl NodeArgs {
     }
 }
 
+/// Prints a line; a closed standard output (a supervisor that stopped
+/// reading) must not stop the node.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 /// Where the node keeps its WebRTC certificate (in its own store).
 const CERTIFICATE_KEY: &str = "webrtc-certificate";
 
 /// Runs the node until SIGTERM, Ctrl-C or `--for` seconds.
 pub async fn run(args: NodeArgs) -> persist::Result<()> {
+    // Signals first: a SIGTERM that arrives while the node starts still
+    // stops it cleanly.
+    let signal = |kind| {
+        tokio::signal::unix::signal(kind).map_err(|e| invalid(format!("cannot watch signals: {e}")))
+    };
+    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let options = args.options()?;
     std::fs::create_dir_all(&args.data).map_err(|e| {
         invalid(format!(
@@ -164,7 +178,7 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
     }
     let node = Server::start(swarm, &options)?;
     let mut events = node.events();
-    println!("node: {}", node.peer_id());
+    say(format_args!("node: {}", node.peer_id()));
     let started = std::time::Instant::now();
     let mut addrs = node.listen_addrs().await?;
     while addrs.len() < options.listen_addrs.len() && started.elapsed() < Duration::from_secs(5) {
@@ -172,38 +186,23 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
         addrs = node.listen_addrs().await?;
     }
     for addr in &addrs {
-        println!("listening: {addr}");
+        say(format_args!("listening: {addr}"));
     }
-    let stop = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| invalid(format!("cannot watch SIGTERM: {e}")))?;
-        match args.seconds {
-            Some(seconds) => tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-                _ = tokio::time::sleep(Duration::from_secs(seconds)) => {},
-            },
-            None => tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            },
-        }
-        Ok::<(), persist::Error>(())
-    };
-    tokio::pin!(stop);
+    let seconds = args.seconds.unwrap_or(u64::MAX / 4);
+    let deadline = tokio::time::sleep(Duration::from_secs(seconds));
+    tokio::pin!(deadline);
     loop {
         tokio::select! {
-            stopped = &mut stop => {
-                stopped?;
-                break;
-            }
+            _ = term.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = &mut deadline => break,
             event = events.next() => match event {
                 Some(ServerEvent::Listening(addr)) if !addrs.contains(&addr) => {
-                    println!("listening: {addr}");
+                    say(format_args!("listening: {addr}"));
                     addrs.push(addr);
                 }
-                Some(ServerEvent::Reserved(peer)) => println!("reserved: {peer}"),
-                Some(ServerEvent::CircuitOpened { from, to }) => println!("circuit: {from} -> {to}"),
+                Some(ServerEvent::Reserved(peer)) => say(format_args!("reserved: {peer}")),
+                Some(ServerEvent::CircuitOpened { from, to }) => say(format_args!("circuit: {from} -> {to}")),
                 Some(_) => {}
                 None => break,
             },
@@ -211,6 +210,6 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
     }
     node.shutdown().await;
     store.close().await?;
-    println!("stopped");
+    say(format_args!("stopped"));
     Ok(())
 }
