@@ -10,7 +10,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # mDNS multicasts on every interface: keep it off the host here.
 export PERSIST_MDNS=off
 
-bash scripts/setup.sh chromium chromium-driver
+bash scripts/setup.sh chromium chromium-driver iproute2
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -51,3 +51,6 @@ step "end-to-end tests (playwright-core + headless Chromium + native persist pro
 cargo build --bin persist --locked
 export PERSIST_BIN="$CARGO_TARGET_DIR/debug/persist"
 (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error && npm test)
+
+step "WebRTC-direct end to end, inside a network namespace (WebRTC joins multicast groups)"
+bash scripts/netns.sh bash -c "cd tests/e2e && node --test --test-concurrency=1 webrtc.test.mjs"

@@ -1,5 +1,8 @@
-//! The native transports of a P2P node: TCP, QUIC and WebSocket, Noise,
-//! Yamux, on tokio; mDNS from libp2p's tokio implementation.
+//! The native transports of a P2P node: TCP, QUIC, WebSocket and
+//! WebRTC-direct, Noise, Yamux, on tokio; mDNS from libp2p's tokio
+//! implementation. WebRTC connections (not listeners) join the mDNS
+//! multicast group on every interface (the WebRTC stack's ICE agent does):
+//! tests make them only inside network namespaces.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -204,6 +207,13 @@ pub fn swarm(
             .with_swarm_config(config)
             .build());
     }
+    // WebRTC-direct listeners (`/udp/.../webrtc-direct`), which browsers
+    // can dial without a TLS certificate: a device's certificate is made
+    // at start (its peers learn the new `/certhash/` from the rendezvous
+    // point); a `persist node` keeps its own (see `server_swarm`).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certificate = libp2p_webrtc::tokio::Certificate::generate(&mut rand::rng())
+        .map_err(|e| Error::InvalidOptions(format!("cannot make a WebRTC certificate: {e}")))?;
     Ok(SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -221,6 +231,11 @@ pub fn swarm(
                 )),
                 key,
             )
+        })
+        .map_err(|e| transport(&e))?
+        .with_other_transport(|key| {
+            libp2p_webrtc::tokio::Transport::new(key.clone(), certificate)
+                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
         })
         .map_err(|e| transport(&e))?
         .with_relay_client(noise::Config::new, yamux::Config::default)

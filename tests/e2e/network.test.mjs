@@ -3,173 +3,19 @@
 // replicate through a `persist node` (bootstrap, relay, rendezvous), all on
 // loopback. Run by scripts/test.sh after the native build and
 // scripts/build-pkg.sh; PERSIST_BIN names the `persist` binary.
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir, homedir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
-import { serve } from "../../scripts/serve.mjs";
+import {
+  BIN, WAIT_MS, device, env, ids, online, persist, persistDone, root, startNode, until, useHarness, waitForRecord,
+} from "./harness.mjs";
 
-const root = fileURLToPath(new URL("../..", import.meta.url));
-const BIN =
-  process.env.PERSIST_BIN ??
-  join(process.env.CARGO_TARGET_DIR ?? join(homedir(), ".cache/persist-target"), "debug/persist");
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-dev-shm-usage",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-  // WebRTC would announce host candidates over mDNS (multicast): off.
-  "--disable-features=WebRtcHideLocalIpsWithMdns",
-];
-/** Every wait in this file is bounded by this. */
-const WAIT_MS = 30_000;
-
-let server;
-let browser;
-let work;
-const processes = [];
-
-before(async () => {
-  work = mkdtempSync(join(tmpdir(), "persist-net-"));
-  server = await serve(root);
-  browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", args: CHROMIUM_ARGS });
-});
-
-after(async () => {
-  for (const p of processes) p.kill("SIGKILL");
-  await browser?.close();
-  await server?.close();
-  rmSync(work, { recursive: true, force: true });
-});
-
-/**
- * Runs `persist ARGS` in the background; `waitFor(regex)` resolves to the
- * first stdout line matching it (bounded), `exited` when it ends.
- */
-function persist(args) {
-  const child = spawn(BIN, args, {
-    cwd: work,
-    env: { ...process.env, PERSIST_MDNS: "off", PERSIST_KEYCHAIN: "off", PERSIST_LOG: process.env.PERSIST_LOG ?? "warn" },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  processes.push(child);
-  const lines = [];
-  const waiters = [];
-  let stderr = "";
-  let buffered = "";
-  child.stdout.on("data", (chunk) => {
-    buffered += chunk;
-    let nl;
-    while ((nl = buffered.indexOf("\n")) >= 0) {
-      const line = buffered.slice(0, nl);
-      buffered = buffered.slice(nl + 1);
-      lines.push(line);
-      for (const w of [...waiters]) {
-        const m = line.match(w.regex);
-        if (m) {
-          waiters.splice(waiters.indexOf(w), 1);
-          w.resolve(m);
-        }
-      }
-    }
-  });
-  child.stderr.on("data", (chunk) => (stderr += chunk));
-  const exited = new Promise((resolve) => child.on("exit", (code) => resolve(code)));
-  return {
-    child,
-    lines,
-    exited,
-    stderr: () => stderr,
-    waitFor(regex, ms = WAIT_MS) {
-      const found = lines.map((l) => l.match(regex)).find(Boolean);
-      if (found) return Promise.resolve(found);
-      return new Promise((resolve, reject) => {
-        const w = { regex, resolve };
-        waiters.push(w);
-        setTimeout(() => {
-          if (waiters.includes(w)) {
-            reject(new Error(`persist ${args[0]}: no line matching ${regex} in ${ms} ms\nstdout:\n${lines.join("\n")}\nstderr:\n${stderr}`));
-          }
-        }, ms).unref();
-      });
-    },
-  };
-}
-
-/** Runs `persist ARGS` to the end; its stdout. */
-async function persistDone(args) {
-  const run = persist(args);
-  const code = await Promise.race([run.exited, new Promise((r) => setTimeout(() => r("timeout"), WAIT_MS).unref())]);
-  assert.equal(code, 0, `persist ${args.join(" ")} failed (${code}):\n${run.lines.join("\n")}\n${run.stderr()}`);
-  return run.lines.join("\n");
-}
-
-/** A `persist node` on loopback: its TCP and WebSocket addresses. */
-async function startNode() {
-  const node = persist([
-    "node", "--data", join(work, `node-${processes.length}`),
-    "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "600",
-  ]);
-  const tcp = (await node.waitFor(/^listening: (\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/\S+)$/))[1];
-  const ws = (await node.waitFor(/^listening: (\S+\/ws\/p2p\/[^/\s]+)$/))[1];
-  return { node, tcp, ws };
-}
-
-/** A page of a device (a browser context: its own IndexedDB and identity). */
-async function device(context) {
-  const ctx = context ?? (await browser.newContext());
-  const page = await ctx.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e));
-  if (process.env.PERSIST_E2E_CONSOLE) page.on("console", (m) => console.log("[page]", m.text()));
-  await page.goto(`${server.url}/www/e2e.html`);
-  // The page keeps its store and node on window for later steps.
-  return { page, ctx, errors };
-}
-
-/** Opens the page's store and its P2P node through `bootstrap`. */
-async function online(page, name, bootstrap, options = {}) {
-  return page.evaluate(
-    async ({ name, bootstrap, options }) => {
-      const { createStore } = await import("/pkg/index.js");
-      const store = await createStore(name, options);
-      const p2p = await store.enableP2P({ bootstrapPeers: [bootstrap] });
-      window.persistEvents = [];
-      p2p.on("*", (e) => window.persistEvents.push(e));
-      window.store = store;
-      return p2p.peerId;
-    },
-    { name, bootstrap, options },
-  );
-}
-
-/** Waits in the page until `records(collection).get(id)` has a value. */
-async function waitForRecord(page, collection, id, ms = WAIT_MS) {
-  return page.evaluate(
-    async ({ collection, id, ms }) => {
-      const until = Date.now() + ms;
-      while (Date.now() < until) {
-        const value = await window.store.records(collection).get(id);
-        if (value) return value;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      throw new Error(`record ${collection}/${id} did not arrive in ${ms} ms`);
-    },
-    { collection, id, ms },
-  );
-}
+useHarness();
 
 test("a tab pairs with a native device by code through a node; notes flow both ways", async () => {
   const { tcp, ws } = await startNode();
-  const db = join(work, "native.db");
+  const db = join(env.work, "native.db");
   await persistDone(["put", "--path", db, "--encrypt", "notes", "n-native", '{"title":"from native"}']);
   const host = persist(["pair", "--path", db, "--bootstrap", tcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "60"]);
   const code = (await host.waitFor(/^code: (\S+)$/))[1];
@@ -202,19 +48,9 @@ test("a tab pairs with a native device by code through a node; notes flow both w
   serving.child.kill("SIGTERM");
 });
 
-/** The ids of a collection's records in the page's store. */
-async function ids(page, collection) {
-  return page.evaluate(async (c) => (await window.store.records(c).list()).map((r) => r.id), collection);
-}
-
-/** Waits until `check()` in the page is truthy (bounded). */
-async function until(page, check, arg, ms = WAIT_MS) {
-  await page.waitForFunction(check, arg, { timeout: ms, polling: 50 });
-}
-
 test("two browsers pair through the relay; writes flow tab <-> tab <-> native, offline and back; revocation; strangers refused", async () => {
   const { node, tcp, ws } = await startNode();
-  const db = join(work, "laptop.db");
+  const db = join(env.work, "laptop.db");
   await persistDone(["put", "--path", db, "--encrypt", "notes", "secret-marker-1", '{"title":"SECRET-MARKER native"}']);
   const host = persist(["pair", "--path", db, "--bootstrap", tcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "60"]);
   const nativeCode = (await host.waitFor(/^code: (\S+)$/))[1];
@@ -259,7 +95,7 @@ test("two browsers pair through the relay; writes flow tab <-> tab <-> native, o
 
   // The node relayed and stored nothing readable: its folder holds no marker.
   const { spawnSync } = await import("node:child_process");
-  const scan = spawnSync("grep", ["-rl", "SECRET-MARKER", work], { encoding: "utf8" });
+  const scan = spawnSync("grep", ["-rl", "SECRET-MARKER", env.work], { encoding: "utf8" });
   assert.ok(scan.status === 0 || scan.status === 1, scan.stderr);
   const found = scan.stdout.split("\n").filter(Boolean);
   assert.ok(found.every((f) => !f.includes("/node-")), `the node's files hold plaintext: ${found}`);
@@ -308,12 +144,12 @@ test("two browsers pair through the relay; writes flow tab <-> tab <-> native, o
 
 test("tabs of one origin: one runs the node, the others use it; when it closes another takes over within 2 s and sync continues", async () => {
   const { tcp, ws } = await startNode();
-  const db = join(work, "desk.db");
+  const db = join(env.work, "desk.db");
   await persistDone(["put", "--path", db, "notes", "desk-1", '{"title":"from the desk"}']);
   const host = persist(["pair", "--path", db, "--bootstrap", tcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "60"]);
   const code = (await host.waitFor(/^code: (\S+)$/))[1];
 
-  const ctx = await browser.newContext();
+  const ctx = await env.browser.newContext();
   const first = await device(ctx);
   const peer = await online(first.page, "notes", ws);
   await first.page.evaluate((code) => window.store.p2p.pair(code), code);
@@ -354,12 +190,12 @@ test("the README's demo: a page pairs with the native notes device by code and n
     cwd: root,
     env: {
       ...process.env, PERSIST_BIN: BIN, PERSIST_DEMO_PKG: "0", PERSIST_DEMO_PORT: "0",
-      PERSIST_DATA: join(work, "demo-data"), PERSIST_DEMO_FOR: "120", PERSIST_KEYCHAIN: "off",
+      PERSIST_DATA: join(env.work, "demo-data"), PERSIST_DEMO_FOR: "120", PERSIST_KEYCHAIN: "off",
     },
     stdio: ["pipe", "pipe", "pipe"],
     detached: true,
   });
-  processes.push({ kill: (signal) => { try { process.kill(-demo.pid, signal); } catch {} } });
+  env.processes.push({ kill: (signal) => { try { process.kill(-demo.pid, signal); } catch {} } });
   let out = "";
   let err = "";
   demo.stdout.on("data", (c) => (out += c));
