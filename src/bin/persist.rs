@@ -163,6 +163,15 @@ enum Command {
         #[command(flatten)]
         args: node::NodeArgs,
     },
+    /// Benchmark helper: writes COUNT notes of about 100 bytes, one commit
+    /// each.
+    #[command(hide = true)]
+    Fill {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        count: u32,
+    },
     /// Test helper: writes until killed, printing each acknowledged write.
     #[command(hide = true)]
     CrashWriter {
@@ -388,6 +397,17 @@ async fn run(command: Command) -> persist::Result<()> {
         Command::Peers { store } => p2p::peers(open(&store).await?).await,
         Command::Revoke { store, peer } => p2p::revoke(open(&store).await?, peer).await,
         Command::CrashWriter { store, round } => crash_writer(store, round).await,
+        Command::Fill { store, count } => {
+            let store = open(&store).await?;
+            let notes = store.records("notes");
+            for i in 0..count {
+                let note =
+                    serde_json::json!({ "title": format!("note {i:06}"), "body": "x".repeat(64) });
+                notes.put(&format!("fill-{i:06}"), note).await?;
+            }
+            println!("filled: {count}");
+            store.close().await
+        }
     }
 }
 

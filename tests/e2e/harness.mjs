@@ -15,7 +15,7 @@ export const root = fileURLToPath(new URL("../..", import.meta.url));
 export const BIN =
   process.env.PERSIST_BIN ??
   join(process.env.CARGO_TARGET_DIR ?? join(homedir(), ".cache/persist-target"), "debug/persist");
-const CHROMIUM_ARGS = [
+export const CHROMIUM_ARGS = [
   "--headless",
   "--no-sandbox",
   "--disable-gpu",
@@ -53,15 +53,16 @@ export function useHarness() {
  * Runs `persist ARGS` in the background; `waitFor(regex)` resolves to the
  * first stdout line matching it (bounded), `exited` when it ends.
  */
-export function persist(args) {
+export function persist(args, { stdin = false } = {}) {
   const child = spawn(BIN, args, {
     cwd: env.work,
     env: { ...process.env, PERSIST_MDNS: "off", PERSIST_KEYCHAIN: "off", PERSIST_LOG: process.env.PERSIST_LOG ?? "warn" },
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: [stdin ? "pipe" : "ignore", "pipe", "pipe"],
   });
   env.processes.push(child);
   const lines = [];
   const waiters = [];
+  const listeners = [];
   let stderr = "";
   let buffered = "";
   child.stdout.on("data", (chunk) => {
@@ -71,6 +72,7 @@ export function persist(args) {
       const line = buffered.slice(0, nl);
       buffered = buffered.slice(nl + 1);
       lines.push(line);
+      for (const l of listeners) l(line);
       for (const w of [...waiters]) {
         const m = line.match(w.regex);
         if (m) {
@@ -85,6 +87,8 @@ export function persist(args) {
   return {
     child,
     lines,
+    /** Calls `fn(line)` for each later line, as it arrives. */
+    onLine: (fn) => listeners.push(fn),
     exited,
     stderr: () => stderr,
     waitFor(regex, ms = WAIT_MS) {
