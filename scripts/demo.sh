@@ -39,6 +39,13 @@ stop() {
   wait 2>/dev/null || true
 }
 trap stop EXIT
+# Waits (at most 10 s) until file $1 has a line matching $2.
+wait_for() {
+  for _ in $(seq 100); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+}
 trap 'exit 130' INT TERM
 
 # The node listens on loopback only here (a real deployment listens on
@@ -46,20 +53,14 @@ trap 'exit 130' INT TERM
 "$persist" node --data "$net/node" --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/tcp/0/ws \
   >"$net/node.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-  grep -q '/ws/p2p/' "$net/node.log" 2>/dev/null && break
-  sleep 0.1
-done
+wait_for "$net/node.log" '/ws/p2p/'
 node_ws=$(sed -n 's|^listening: \(.*/ws/p2p/[^/]*\)$|\1|p' "$net/node.log" | head -n 1)
 node_tcp=$(sed -n 's|^listening: \(/ip4/[^/]*/tcp/[0-9]*/p2p/[^/]*\)$|\1|p' "$net/node.log" | head -n 1)
 [ -n "$node_ws" ] && [ -n "$node_tcp" ] || { cat "$net/node.log" >&2; echo "demo: the node did not start" >&2; exit 1; }
 
 node scripts/serve.mjs "${PERSIST_DEMO_PORT:-8080}" >"$net/serve.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-  grep -q 'open http' "$net/serve.log" 2>/dev/null && break
-  sleep 0.1
-done
+wait_for "$net/serve.log" 'open http'
 page=$(sed -n 's|.*open \(http://[^ ]*/www/\).*|\1|p' "$net/serve.log" | head -n 1)
 [ -n "$page" ] || { cat "$net/serve.log" >&2; echo "demo: the page server did not start" >&2; exit 1; }
 url="$page?bootstrap=$node_ws"

@@ -161,7 +161,29 @@ where
         .boxed())
 }
 
-/// A swarm with TCP, QUIC and WebSocket transports for `behaviour` (TCP only, its
+/// The listeners browsers can dial: WebSocket (`/tcp/.../ws`, with Noise
+/// and Yamux) and WebRTC-direct (`/udp/.../webrtc-direct`, authenticated by
+/// `certificate`'s hash in the address).
+fn browser_transports(
+    key: &identity::Keypair,
+    certificate: libp2p_webrtc::tokio::Certificate,
+) -> std::result::Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>>
+{
+    let websocket = secured(
+        libp2p_websocket::Config::new(tcp::tokio::Transport::new(
+            tcp::Config::default().nodelay(true),
+        )),
+        key,
+    )?;
+    let webrtc = libp2p_webrtc::tokio::Transport::new(key.clone(), certificate)
+        .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
+    Ok(websocket
+        .or_transport(webrtc)
+        .map(|either, _| either.into_inner())
+        .boxed())
+}
+
+/// A swarm with TCP, QUIC, WebSocket and WebRTC-direct transports for `behaviour` (TCP only, its
 /// bytes counted and maybe delayed, for measurements). Needs a tokio runtime (the node's
 /// loop runs on it).
 pub fn swarm(
@@ -223,20 +245,7 @@ pub fn swarm(
         )
         .map_err(|e| transport(&e))?
         .with_quic()
-        // WebSocket (`/ip4/.../tcp/.../ws`), which browsers can dial.
-        .with_other_transport(|key| {
-            secured(
-                libp2p_websocket::Config::new(tcp::tokio::Transport::new(
-                    tcp::Config::default().nodelay(true),
-                )),
-                key,
-            )
-        })
-        .map_err(|e| transport(&e))?
-        .with_other_transport(|key| {
-            libp2p_webrtc::tokio::Transport::new(key.clone(), certificate)
-                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
-        })
+        .with_other_transport(|key| browser_transports(key, certificate))
         .map_err(|e| transport(&e))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| transport(&e))?
@@ -281,19 +290,7 @@ pub fn server_swarm(
         )
         .map_err(|e| transport(&e))?
         .with_quic()
-        .with_other_transport(|key| {
-            secured(
-                libp2p_websocket::Config::new(tcp::tokio::Transport::new(
-                    tcp::Config::default().nodelay(true),
-                )),
-                key,
-            )
-        })
-        .map_err(|e| transport(&e))?
-        .with_other_transport(|key| {
-            webrtc::Transport::new(key.clone(), certificate)
-                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
-        })
+        .with_other_transport(|key| browser_transports(key, certificate))
         .map_err(|e| transport(&e))?
         .with_behaviour(|_| behaviour)
         .map_err(|e| transport(&e))?
