@@ -48,6 +48,22 @@ test("a tab pairs with a native device by code through a node; notes flow both w
   serving.child.kill("SIGTERM");
 });
 
+test("the reverse: a tab offers a code and a native device joins its store through the node's relay", async () => {
+  const { node, tcp, ws } = await startNode();
+  const tab = await device();
+  const tabPeer = await online(tab.page, "notes", ws);
+  await tab.page.evaluate(() => window.store.records("notes").put("from-tab", { title: "the tab's store" }));
+  await until(tab.page, () => window.persistEvents.some((e) => e.type === "listen" && e.addr.includes("/p2p-circuit")));
+  const code = await tab.page.evaluate(() => window.store.p2p.createPairingCode());
+  const db = join(env.work, "joiner.db");
+  const out = await persistDone(["pair", code, "--path", db, "--bootstrap", tcp, "--for", "30"]);
+  assert.match(out, new RegExp(`paired with ${tabPeer}`));
+  await node.waitFor(new RegExp(`^circuit: \\S+ -> ${tabPeer}$`));
+  assert.deepEqual(JSON.parse(await persistDone(["get", "--path", db, "notes", "from-tab"])), { title: "the tab's store" });
+  assert.deepEqual(tab.errors, []);
+  await tab.ctx.close();
+});
+
 test("two browsers pair through the relay; writes flow tab <-> tab <-> native, offline and back; revocation; strangers refused", async () => {
   const { node, tcp, ws } = await startNode();
   const db = join(env.work, "laptop.db");
