@@ -161,9 +161,9 @@ export interface P2POptions {
    * and their relay makes this tab reachable to other devices.
    */
   bootstrapPeers?: string[];
-  /** Only relayed addresses (`.../p2p-circuit`): a browser cannot listen on sockets. */
+  /** A browser cannot listen on sockets: only relayed addresses (`.../p2p-circuit`) are used, others are skipped with a warning. */
   listenAddrs?: string[];
-  /** `mdns: true` is refused in a browser; `dht` (client mode) defaults to on. */
+  /** A browser has no mDNS (`mdns: true` is skipped with a warning); `dht` (client mode) defaults to on. */
   discovery?: { dht?: boolean; mdns?: boolean; bootstrapPeers?: string[] };
 }
 

@@ -40,6 +40,17 @@ export async function sample(): Promise<Store> {
   const epoch: number = done.epoch + vault.crypto.epoch();
   // @ts-expect-error: a key is text
   await createStore({ name: "bad", key: 42 });
-  void [title, ids, theme, store2, epoch];
+  // The P2P page's calls.
+  const p2p = await store.enableP2P({ listenAddrs: ["/ip4/0.0.0.0/tcp/0"], bootstrapPeers: ["/dns4/node.example.com/tcp/443/wss/p2p/12D3KooW"] });
+  await store.enableP2P({ discovery: { mdns: true, dht: true, bootstrapPeers: ["..."] } });
+  const code: string = await store.p2p!.createPairingCode();
+  const host: string = await p2p.pair(code);
+  const peers: string[] = await p2p.trustedPeers();
+  await p2p.revokeTrust(peers[0]);
+  const stopListening: () => void = p2p.on("sync", (e) => console.log(e.peer, e.applied, e.remaining));
+  stopListening();
+  // @ts-expect-error: an unknown event
+  p2p.on("nope", () => {});
+  void [title, ids, theme, store2, epoch, host, p2p.peerId, p2p.isLeader];
   return store;
 }

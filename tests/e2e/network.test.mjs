@@ -51,9 +51,28 @@ test("a tab pairs with a native device by code through a node; notes flow both w
 test("the reverse: a tab offers a code and a native device joins its store through the node's relay", async () => {
   const { node, tcp, ws } = await startNode();
   const tab = await device();
-  const tabPeer = await online(tab.page, "notes", ws);
+  // The product page's P2P sample as written (a browser skips the TCP
+  // listener and mDNS, with a console warning), with a real node address.
+  const tabPeer = await tab.page.evaluate(async (node) => {
+    const { createStore } = await import("/pkg/index.js");
+    const store = await createStore("notes");
+    await store.enableP2P({ listenAddrs: ["/ip4/0.0.0.0/tcp/0"], bootstrapPeers: [node] });
+    await store.p2p.stop();
+    await store.enableP2P({ discovery: { mdns: true, dht: true, bootstrapPeers: [node] } });
+    window.persistEvents = [];
+    store.p2p.on("*", (e) => window.persistEvents.push(e));
+    window.store = store;
+    return store.p2p.peerId;
+  }, ws);
   await tab.page.evaluate(() => window.store.records("notes").put("from-tab", { title: "the tab's store" }));
-  await until(tab.page, () => window.persistEvents.some((e) => e.type === "listen" && e.addr.includes("/p2p-circuit")));
+  // Reachable through the relay (a reservation) before offering the code.
+  await tab.page.evaluate(async () => {
+    const until = Date.now() + 30_000;
+    while (!(await window.store.p2p.listenAddrs()).some((a) => a.includes("/p2p-circuit"))) {
+      if (Date.now() > until) throw new Error("no relay reservation in 30 s");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  });
   const code = await tab.page.evaluate(() => window.store.p2p.createPairingCode());
   const db = join(env.work, "joiner.db");
   const out = await persistDone(["pair", code, "--path", db, "--bootstrap", tcp, "--for", "30"]);

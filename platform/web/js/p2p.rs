@@ -49,28 +49,28 @@ fn addresses(options: &JsValue, key: &str) -> JsResult<Vec<Multiaddr>> {
 
 /// The node's options from `enableP2P`'s argument: `{ bootstrapPeers,
 /// listenAddrs, discovery: { dht, mdns, bootstrapPeers } }`. A browser
-/// cannot listen on sockets: `listenAddrs` may only name relayed
-/// addresses (`.../p2p-circuit`). `mdns: true` is refused.
+/// cannot listen on sockets or multicast: listen addresses other than
+/// relayed ones (`.../p2p-circuit`) and `mdns: true` are skipped with a
+/// console warning (the product page's samples run as written); the tab
+/// is reachable through its bootstrap nodes' relay instead.
 pub(crate) fn options(value: &JsValue) -> JsResult<P2pOptions> {
     let discovery = option(value, "discovery");
     if option(&discovery, "mdns").is_truthy() || option(value, "mdns").is_truthy() {
-        return Err(js_error(
-            "INVALID_OPTIONS",
-            "there is no mDNS in a browser: give bootstrapPeers (a persist node) instead",
-        ));
+        console_warn(
+            "persist: there is no mDNS in a browser; peers are found through bootstrapPeers",
+        );
     }
     let dht = option(&discovery, "dht");
-    let listen_addrs = addresses(value, "listenAddrs")?;
-    if let Some(addr) = listen_addrs
-        .iter()
-        .find(|a| !a.iter().any(|p| p == crate::net::Protocol::P2pCircuit))
-    {
-        return Err(js_error(
-            "INVALID_OPTIONS",
-            &format!(
-                "a browser cannot listen on {addr}: it is reachable through its bootstrap \
-                 node's relay (only .../p2p-circuit addresses may be listened on)"
-            ),
+    let (listen_addrs, skipped): (Vec<Multiaddr>, Vec<Multiaddr>) =
+        addresses(value, "listenAddrs")?
+            .into_iter()
+            .partition(|a| a.iter().any(|p| p == crate::net::Protocol::P2pCircuit));
+    if !skipped.is_empty() {
+        let skipped: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        console_warn(&format!(
+            "persist: a browser cannot listen on {}; it is reachable through its bootstrap \
+             nodes' relay",
+            skipped.join(", ")
         ));
     }
     Ok(P2pOptions {
@@ -81,6 +81,21 @@ pub(crate) fn options(value: &JsValue) -> JsResult<P2pOptions> {
         count_bytes: None,
         simulated_latency: None,
     })
+}
+
+fn console_warn(message: &str) {
+    console("warn", &JsValue::from_str(message), &JsValue::UNDEFINED);
+}
+
+/// Calls `console[level](first, second)` if there is a console.
+fn console(level: &str, first: &JsValue, second: &JsValue) {
+    let method = Reflect::get(&js_sys::global(), &JsValue::from_str("console"))
+        .ok()
+        .and_then(|c| Reflect::get(&c, &JsValue::from_str(level)).ok())
+        .and_then(|f| f.dyn_into::<Function>().ok());
+    if let Some(method) = method {
+        let _ = method.call2(&JsValue::NULL, first, second);
+    }
 }
 
 fn peer_id(text: &str) -> JsResult<PeerId> {
@@ -172,6 +187,8 @@ fn describe(event: &P2pEvent) -> Option<(&'static str, JsValue)> {
 pub struct JsP2p {
     node: P2p,
     listeners: Rc<RefCell<Listeners>>,
+    /// Set by `stop()`: `enableP2P` then starts a new node.
+    stopped: Rc<std::cell::Cell<bool>>,
 }
 
 impl JsP2p {
@@ -179,7 +196,13 @@ impl JsP2p {
         JsP2p {
             node,
             listeners: Rc::default(),
+            stopped: Rc::default(),
         }
+    }
+
+    /// True once `stop()` was called.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.get()
     }
 
     /// Delivers the node's events to `on(...)` listeners (one task, started
@@ -212,25 +235,15 @@ impl JsP2p {
                 );
                 for callback in callbacks {
                     if let Err(e) = callback.call1(&JsValue::NULL, &detail) {
-                        web_sys_console_error(&e);
+                        console(
+                            "error",
+                            &JsValue::from_str("persist: a p2p listener threw"),
+                            &e,
+                        );
                     }
                 }
             }
         });
-    }
-}
-
-fn web_sys_console_error(e: &JsValue) {
-    let console = Reflect::get(&js_sys::global(), &JsValue::from_str("console"))
-        .ok()
-        .and_then(|c| Reflect::get(&c, &JsValue::from_str("error")).ok())
-        .and_then(|f| f.dyn_into::<Function>().ok());
-    if let Some(error) = console {
-        let _ = error.call2(
-            &JsValue::NULL,
-            &JsValue::from_str("persist: a p2p listener threw"),
-            e,
-        );
     }
 }
 
@@ -379,6 +392,7 @@ impl JsP2p {
 
     /// Stops the node (connections close; the store stays open).
     pub fn stop(&self) {
+        self.stopped.set(true);
         self.node.shutdown();
     }
 }

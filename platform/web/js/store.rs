@@ -100,8 +100,8 @@ impl JsStore {
         self.store.device_id().to_string()
     }
 
-    /// Starts this store's P2P node: `{ bootstrapPeers: [multiaddr],
-    /// discovery: { dht } }`. A browser dials WebSocket and WebRTC-direct
+    /// Starts this store's P2P node (again after `stop()`): `{
+    /// bootstrapPeers: [multiaddr], discovery: { dht } }`. A browser dials WebSocket and WebRTC-direct
     /// addresses and is reachable through its bootstrap nodes' relay.
     /// Resolves to the node (`store.p2p` afterwards).
     #[wasm_bindgen(js_name = enableP2P)]
@@ -110,7 +110,7 @@ impl JsStore {
         let store = self.store.clone();
         let slot = self.p2p.clone();
         Ok(future_to_promise(async move {
-            if let Some(node) = slot.borrow().as_ref() {
+            if let Some(node) = slot.borrow().as_ref().filter(|n| !n.is_stopped()) {
                 return Ok(node.clone().into());
             }
             let node = JsP2p::new(store.enable_p2p(options).await?);
