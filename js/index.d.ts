@@ -151,6 +151,14 @@ export declare class StoreCrypto {
   rotateKey(options?: { onProgress?: (progress: RotationProgress) => void }): Promise<RotationProgress>;
   /** Finishes an interrupted rotation; `null` when there is none. */
   resumeRotation(options?: { onProgress?: (progress: RotationProgress) => void }): Promise<RotationProgress | null>;
+  /**
+   * An invite for another device (`invite.code` goes out of band): a long
+   * single-use secret and this device's addresses. Needs `enableP2P` first
+   * (P2P_UNAVAILABLE otherwise).
+   */
+  createInvite(options?: { ttlMs?: number }): Promise<{ code: string; expiresAt: number }>;
+  /** Joins the store of the device that created `code`; resolves to its peer id. */
+  acceptInvite(code: string): Promise<string>;
   free(): void;
 }
 

@@ -186,6 +186,26 @@ Object.defineProperty(Store.prototype, "p2p", {
   },
   configurable: true,
 });
+// The encryption page's invites (`store.crypto.createInvite()`,
+// `acceptInvite(code)`) run over the store's P2P node: an invite carries a
+// long secret and this device's addresses, and accepting it runs the same
+// PAKE exchange as a pairing code.
+const cryptoOf = Object.getOwnPropertyDescriptor(Store.prototype, "crypto").get;
+function nodeOf(store) {
+  if (!store.__p2p || store.__p2p._closed) {
+    throw codedError("P2P_UNAVAILABLE", "invites travel over P2P: call store.enableP2P({ bootstrapPeers }) first");
+  }
+  return store.__p2p;
+}
+Object.defineProperty(Store.prototype, "crypto", {
+  get() {
+    const crypto = cryptoOf.call(this);
+    crypto.createInvite = async (options) => nodeOf(this).createInvite(options);
+    crypto.acceptInvite = async (code) => nodeOf(this).pair(code);
+    return crypto;
+  },
+  configurable: true,
+});
 Store.prototype.close = function () {
   this.__p2p?.stop();
   return closeStore.call(this);

@@ -557,7 +557,10 @@ impl P2p {
         let mut last = Error::PairingFailed("the invite names no address".into());
         for addr in &invite.addrs {
             let mut addr = addr.clone();
-            addr.push(libp2p::multiaddr::Protocol::P2p(invite.host));
+            // Relayed addresses already end with the host's id.
+            if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+                addr.push(Protocol::P2p(invite.host));
+            }
             let label = self.store.name().to_string();
             let code = invite.code.clone();
             match self
@@ -582,6 +585,33 @@ impl P2p {
                 Err(e @ Error::PairingFailed(_)) => last = e,
                 Err(e) => return Err(e),
             }
+        }
+        // Last, the rendezvous points of the bootstrap nodes, where the
+        // inviting device registered the invite's nameplate (how a browser,
+        // reachable only through a relay, is found).
+        let bootstrapped = !self
+            .gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .bootstrap
+            .is_empty();
+        if bootstrapped {
+            let label = self.store.name().to_string();
+            let code = invite.code.clone();
+            let peer = self
+                .ask(|done| Command::Pair {
+                    code,
+                    host: None,
+                    label,
+                    done,
+                })
+                .await??;
+            if peer != invite.host || self.store.store_id() != invite.store {
+                return Err(Error::PairingFailed(
+                    "another device than the invite names answered".into(),
+                ));
+            }
+            return Ok(peer);
         }
         Err(last)
     }

@@ -49,6 +49,9 @@ export async function sample(): Promise<Store> {
   await p2p.revokeTrust(peers[0]);
   const stopListening: () => void = p2p.on("sync", (e) => console.log(e.peer, e.applied, e.remaining));
   stopListening();
+  const invite = await store.crypto.createInvite();
+  const inviter: string = await store.crypto.acceptInvite(invite.code);
+  void inviter;
   // @ts-expect-error: an unknown event
   p2p.on("nope", () => {});
   void [title, ids, theme, store2, epoch, host, p2p.peerId, p2p.isLeader];

@@ -83,6 +83,37 @@ test("the reverse: a tab offers a code and a native device joins its store throu
   await tab.ctx.close();
 });
 
+test("the encryption page's invites: one tab invites another browser with store.crypto.createInvite, which accepts it", async () => {
+  const { ws } = await startNode();
+  const a = await device();
+  const aPeer = await online(a.page, "vault", ws, { encrypt: true });
+  await a.page.evaluate(() => window.store.records("notes").put("sealed", { title: "only for invited devices" }));
+  await a.page.evaluate(async () => {
+    while (!(await window.store.p2p.listenAddrs()).some((x) => x.includes("/p2p-circuit"))) await new Promise((r) => setTimeout(r, 50));
+  });
+  const invite = await a.page.evaluate(() => window.store.crypto.createInvite());
+  assert.match(invite.code, /^persist-invite-v1-/);
+  const b = await device();
+  await online(b.page, "vault", ws);
+  assert.equal(await b.page.evaluate((code) => window.store.crypto.acceptInvite(code), invite.code), aPeer);
+  assert.deepEqual(await waitForRecord(b.page, "notes", "sealed"), { title: "only for invited devices" });
+  assert.equal(await b.page.evaluate(() => window.store.crypto.encrypted), true);
+  // Single use: a third browser cannot reuse it.
+  const c = await device();
+  await online(c.page, "vault", ws);
+  const reused = await c.page.evaluate((code) => window.store.crypto.acceptInvite(code).then(() => "accepted", (e) => e.code), invite.code);
+  assert.match(reused, /^PAIRING_(CODE_INVALID|FAILED)$/);
+  // Without P2P there is nothing to carry an invite.
+  const d = await device();
+  const offline = await d.page.evaluate(async () => {
+    const { createStore } = await import("/pkg/index.js");
+    const s = await createStore("alone", { encrypt: true });
+    return s.crypto.createInvite().then(() => "created", (e) => e.code);
+  });
+  assert.equal(offline, "P2P_UNAVAILABLE");
+  for (const x of [a, b, c, d]) await x.ctx.close();
+});
+
 test("two browsers pair through the relay; writes flow tab <-> tab <-> native, offline and back; revocation; strangers refused", async () => {
   const { node, tcp, ws } = await startNode();
   const db = join(env.work, "laptop.db");
