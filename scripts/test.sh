@@ -48,7 +48,9 @@ step "npm package @cuitty/persist (release wasm + wasm-bindgen)"
 bash scripts/build-pkg.sh
 
 step "end-to-end tests (playwright-core + headless Chromium + native persist processes, node --test)"
-cargo build --bin persist --locked
+# The `persist` binary the native tests built (a plain `cargo build` would
+# resolve dependency features without the dev-dependencies and rebuild).
+cargo test --no-run --locked --quiet
 export PERSIST_BIN="$CARGO_TARGET_DIR/debug/persist"
 (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error && npm test)
 

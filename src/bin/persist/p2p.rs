@@ -319,7 +319,12 @@ pub async fn notes(store: Store, code: Option<String>, net: NetArgs) -> persist:
             _ = &mut deadline => break,
             _ = term.recv() => break,
             _ = interrupt.recv() => break,
-            outcome = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
+            outcome = async {
+                match pending.as_mut() {
+                    Some(paired) => paired.await,
+                    None => std::future::pending().await,
+                }
+            }, if pending.is_some() => {
                 pending = None;
                 match outcome {
                     Ok(peer) => println!("paired: {peer} joined"),
