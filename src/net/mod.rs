@@ -460,7 +460,36 @@ pub struct P2p {
 }
 
 /// Where the node's events go.
-pub(crate) type Subscribers<E = P2pEvent> = Arc<Mutex<Vec<mpsc::UnboundedSender<E>>>>;
+pub(crate) struct Subscribers<E = P2pEvent>(Arc<Mutex<Vec<mpsc::UnboundedSender<E>>>>);
+
+impl<E> Default for Subscribers<E> {
+    fn default() -> Self {
+        Subscribers(Arc::default())
+    }
+}
+
+impl<E> Clone for Subscribers<E> {
+    fn clone(&self) -> Self {
+        Subscribers(self.0.clone())
+    }
+}
+
+impl<E: Clone> Subscribers<E> {
+    /// A receiver of every event published from now on.
+    pub(crate) fn subscribe(&self) -> mpsc::UnboundedReceiver<E> {
+        let (tx, rx) = mpsc::unbounded();
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        rx
+    }
+
+    /// Sends `event` to every subscriber still listening.
+    pub(crate) fn publish(&self, event: &E) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| s.unbounded_send(event.clone()).is_ok());
+    }
+}
 
 impl std::fmt::Debug for P2p {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -482,12 +511,7 @@ impl P2p {
 
     /// A stream of the node's events from now on.
     pub fn events(&self) -> mpsc::UnboundedReceiver<P2pEvent> {
-        let (tx, rx) = mpsc::unbounded();
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
-        rx
+        self.subscribers.subscribe()
     }
 
     async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {

@@ -202,12 +202,7 @@ impl Server {
 
     /// Events from now on.
     pub fn events(&self) -> mpsc::UnboundedReceiver<ServerEvent> {
-        let (tx, rx) = mpsc::unbounded();
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
-        rx
+        self.subscribers.subscribe()
     }
 
     /// The addresses the node listens on, each with `/p2p/<peer id>`.
@@ -254,12 +249,7 @@ async fn run(
     mut inbox: mpsc::UnboundedReceiver<ServerCommand>,
     subscribers: super::Subscribers<ServerEvent>,
 ) {
-    let emit = |event: ServerEvent| {
-        subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|s| s.unbounded_send(event.clone()).is_ok());
-    };
+    let emit = |event: ServerEvent| subscribers.publish(&event);
     let me = *swarm.local_peer_id();
     let done = loop {
         futures::select! {
