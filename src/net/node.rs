@@ -285,10 +285,7 @@ impl Node {
     }
 
     fn emit(&mut self, event: P2pEvent) {
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|s| s.unbounded_send(event.clone()).is_ok());
+        self.subscribers.publish(&event);
     }
 
     fn is_member(&self, peer: &PeerId) -> bool {
@@ -539,12 +536,9 @@ impl Node {
                     self.emit(P2pEvent::PairingFailed(e.code()));
                 }
             }
-            let joined = result.is_ok();
             let _ = joining.done.send(result);
-            if joined {
-                // The store id changed: meet its devices under the new one.
-                self.announce_presence();
-            }
+            // Meet the store's devices (under its new id after a join).
+            self.announce_presence();
         }
         self.refresh_members();
     }
@@ -765,7 +759,10 @@ impl Node {
     /// first, meet again after pairing).
     fn announce_presence(&mut self) {
         let servers = self.connected_rendezvous_points();
-        if servers.is_empty() {
+        // While joining, the store is about to change id: its devices are
+        // met once it has (and every empty lookup answered meanwhile is
+        // the code's, which counts them).
+        if servers.is_empty() || self.joining.is_some() {
             return;
         }
         self.presence_in = PRESENCE_TICKS;
