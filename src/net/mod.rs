@@ -499,6 +499,15 @@ impl std::fmt::Debug for P2p {
     }
 }
 
+/// `addr` ending with `/p2p/<peer>` (once: relayed addresses and
+/// addresses from rendezvous records may already end with it).
+pub fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
+    match addr.iter().last() {
+        Some(Protocol::P2p(_)) => addr.clone(),
+        _ => addr.clone().with(Protocol::P2p(peer)),
+    }
+}
+
 fn stopped() -> Error {
     Error::InvalidOptions("the P2P node has stopped".into())
 }
@@ -580,11 +589,8 @@ impl P2p {
         let invite = pairing::Invite::parse(invite)?;
         let mut last = Error::PairingFailed("the invite names no address".into());
         for addr in &invite.addrs {
-            let mut addr = addr.clone();
             // Relayed addresses already end with the host's id.
-            if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
-                addr.push(Protocol::P2p(invite.host));
-            }
+            let addr = with_peer(addr, invite.host);
             let label = self.store.name().to_string();
             let code = invite.code.clone();
             match self

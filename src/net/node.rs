@@ -705,14 +705,10 @@ impl Node {
         {
             return;
         }
-        let Some(addr) = self.bootstrap_addrs.get(&peer).cloned() else {
+        let Some(addr) = self.bootstrap_addrs.get(&peer) else {
             return;
         };
-        let mut circuit = addr;
-        if !matches!(circuit.iter().last(), Some(Protocol::P2p(_))) {
-            circuit.push(Protocol::P2p(peer));
-        }
-        circuit.push(Protocol::P2pCircuit);
+        let circuit = super::with_peer(addr, peer).with(Protocol::P2pCircuit);
         match self.swarm.listen_on(circuit.clone()) {
             Ok(_) => {
                 self.relays.insert(peer);

@@ -232,17 +232,7 @@ impl Server {
     }
 }
 
-fn stopped() -> Error {
-    Error::Closed
-}
-
-/// `addr` with `/p2p/<peer>` at its end (once).
-fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
-    match addr.iter().last() {
-        Some(libp2p::multiaddr::Protocol::P2p(_)) => addr.clone(),
-        _ => addr.clone().with(libp2p::multiaddr::Protocol::P2p(peer)),
-    }
-}
+use super::{stopped, with_peer};
 
 async fn run(
     mut swarm: Swarm<ServerBehaviour>,

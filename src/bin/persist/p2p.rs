@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use persist::net::{device_of, Multiaddr, P2p, P2pEvent, P2pOptions, PeerId};
+use persist::net::{device_of, with_peer, Multiaddr, P2p, P2pEvent, P2pOptions, PeerId};
 use persist::Store;
 
 /// Network flags shared by the P2P commands.
@@ -233,15 +233,6 @@ pub async fn revoke(store: Store, peer: String) -> persist::Result<()> {
         );
     }
     store.close().await
-}
-
-/// `addr` with `/p2p/<peer>` at its end, once (relayed addresses already
-/// end with it).
-fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
-    match addr.iter().last() {
-        Some(persist::net::Protocol::P2p(_)) => addr.clone(),
-        _ => addr.clone().with(persist::net::Protocol::P2p(peer)),
-    }
 }
 
 /// `persist notes`: an interactive notes device. It offers a pairing code
