@@ -28,6 +28,20 @@ pub use web::{
     DEFAULT_ADAPTER, ROTATION_BATCH_ROWS,
 };
 
+/// A place where tests of crash recovery stop the process: natively, when
+/// the environment variable `PERSIST_FAULT` names `point`, the process
+/// aborts there at once (as `kill -9` would stop it), leaving storage as it
+/// is at that step. Nothing happens otherwise, and nothing in a browser.
+pub fn fault_point(point: &str) {
+    #[cfg(not(wasm_browser))]
+    if std::env::var_os("PERSIST_FAULT").is_some_and(|v| v == point) {
+        eprintln!("PERSIST_FAULT: stopping at {point}");
+        std::process::abort();
+    }
+    #[cfg(wasm_browser)]
+    let _ = point;
+}
+
 /// `Send` natively; nothing in the browser, where JavaScript values and
 /// futures live on one thread.
 #[cfg(not(wasm_browser))]

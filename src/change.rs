@@ -1,26 +1,31 @@
 //! The change model: operations, commits and their signatures.
 //!
 //! Every local write or transaction becomes one [`Commit`]: its operations,
-//! the author device, a per-author sequence number and the hybrid-logical-clock
-//! stamp of its first operation (operation `i` is stamped `hlc + i`). A commit
-//! is encoded once with `postcard` (the body) and signed once with the
-//! author's Ed25519 key over a domain-separated SHA-256 of the body. The
-//! signed body is what the change log stores and what replication forwards,
-//! so any peer can relay a commit and every receiver can verify it.
+//! the author device, a per-author sequence number, the hash of the
+//! author's previous commit (each author's commits form a hash chain) and
+//! the hybrid-logical-clock stamp of its first operation (operation `i` is
+//! stamped `hlc + i`). A commit is encoded once with `postcard` (the body)
+//! and signed once with the author's Ed25519 key. The signed body is what
+//! the change log stores and what replication forwards, so any peer can
+//! relay a commit and every receiver can verify it.
 //!
 //! Wire and storage form of a commit ([`SignedCommit`]):
 //!
 //! ```text
-//! body      = postcard(CommitBody { format: 1, store, author, seq, hlc, ops })
-//! signature = Ed25519(author, "persist/commit/v1\0" || SHA-256(body))
+//! body      = postcard(CommitBody { format: 3, store, author, seq, prev, hlc, ops })
+//! hash      = SHA-256(body)
+//! signature = Ed25519(author, "persist/commit/v2\0" || store || author || seq (u64 BE) || hash)
 //! ```
+//!
+//! The signed message names store, author and sequence number outside the
+//! body, so `(seq, hash, signature)` alone proves that the author wrote a
+//! commit at that number: a removal's cut carries that proof.
 //!
 //! This module does no I/O.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::crypto::envelope::epoch_of;
 use crate::crypto::{Keyring, Opener, Sealer};
 use crate::error::{NameKind, RejectReason};
 use crate::hlc::Hlc;
@@ -28,12 +33,15 @@ use crate::identity::{DeviceId, DeviceIdentity};
 use crate::names;
 
 /// Encoding version of a [`CommitBody`] whose operations are in the clear.
-pub const COMMIT_FORMAT: u8 = 1;
+/// (Formats 1 and 2, without hash chains, are refused.)
+pub const COMMIT_FORMAT: u8 = 3;
 /// Encoding version of a commit of an encrypted store: the operations are
 /// one envelope ([`crate::crypto::envelope`]) sealed before signing, bound to
 /// the store, author, sequence number, stamp and operation count.
-pub const SEALED_COMMIT_FORMAT: u8 = 2;
-const SIGNING_DOMAIN: &[u8] = b"persist/commit/v1\0";
+pub const SEALED_COMMIT_FORMAT: u8 = 4;
+/// The highest commit format of an earlier Persist (no hash chain).
+pub const OLD_COMMIT_FORMAT: u8 = 2;
+const SIGNING_DOMAIN: &[u8] = b"persist/commit/v2\0";
 
 /// Random identifier of a store, fixed at creation and shared by every
 /// replica of it. It binds commits to their store.
@@ -175,6 +183,9 @@ pub struct CommitBody {
     pub author: DeviceId,
     /// Per-author sequence number, starting at 1, without gaps.
     pub seq: u64,
+    /// [`SignedCommit::hash`] of the author's commit `seq - 1` (zeros for
+    /// the first).
+    pub prev: [u8; 32],
     /// Stamp of the first operation; operation `i` has `hlc + i`.
     pub hlc: Hlc,
     /// The operations, in order.
@@ -200,6 +211,7 @@ struct SealedBodyWire {
     store: StoreId,
     author: DeviceId,
     seq: u64,
+    prev: [u8; 32],
     hlc: Hlc,
     op_count: u32,
     #[serde(with = "byte_buf")]
@@ -242,6 +254,7 @@ struct CommitHeader {
     _store: StoreId,
     author: DeviceId,
     seq: u64,
+    prev: [u8; 32],
 }
 
 impl SignedCommit {
@@ -252,6 +265,32 @@ impl SignedCommit {
             .ok()
             .map(|(h, _)| (h.author, h.seq))
     }
+
+    /// The hash of the author's previous commit named by the body,
+    /// unverified.
+    pub fn prev(&self) -> Option<[u8; 32]> {
+        postcard::take_from_bytes::<CommitHeader>(&self.body)
+            .ok()
+            .map(|(h, _)| h.prev)
+    }
+
+    /// SHA-256 of the body: the commit's identity in its author's chain.
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(&self.body).into()
+    }
+}
+
+/// True when `signature` is `author`'s signature of a commit `seq` of
+/// `store` whose body hashes to `hash`: proof that the author wrote that
+/// commit, without the commit.
+pub fn commit_signature_verifies(
+    store: StoreId,
+    author: &DeviceId,
+    seq: u64,
+    hash: &[u8; 32],
+    signature: &[u8; 64],
+) -> bool {
+    author.verify(&signing_message(store, author, seq, hash), signature)
 }
 
 /// Serde for byte vectors as one byte string rather than a sequence of
@@ -312,11 +351,13 @@ pub(crate) mod signature_bytes {
     }
 }
 
-fn signing_message(body: &[u8]) -> Vec<u8> {
-    let digest = Sha256::digest(body);
-    let mut message = Vec::with_capacity(SIGNING_DOMAIN.len() + digest.len());
+fn signing_message(store: StoreId, author: &DeviceId, seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(SIGNING_DOMAIN.len() + 16 + 32 + 8 + 32);
     message.extend_from_slice(SIGNING_DOMAIN);
-    message.extend_from_slice(&digest);
+    message.extend_from_slice(store.as_bytes());
+    message.extend_from_slice(author.as_bytes());
+    message.extend_from_slice(&seq.to_be_bytes());
+    message.extend_from_slice(hash);
     message
 }
 
@@ -362,6 +403,7 @@ impl Commit {
                     store: body.store,
                     author: body.author,
                     seq: body.seq,
+                    prev: body.prev,
                     hlc: body.hlc,
                     op_count: count,
                     sealed,
@@ -369,7 +411,8 @@ impl Commit {
                 .map_err(encode)?
             }
         };
-        let signature = identity.sign(&signing_message(&bytes));
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        let signature = identity.sign(&signing_message(body.store, &body.author, body.seq, &hash));
         Ok(Commit {
             body,
             signed: SignedCommit {
@@ -401,13 +444,13 @@ impl Commit {
             (Some(COMMIT_FORMAT), None) => {
                 let body: CommitBody = postcard::from_bytes(&signed.body)
                     .map_err(|e| RejectReason::Malformed(e.to_string()))?;
-                check_signed(&signed, body.store, &body.author, store)?;
+                check_signed(&signed, body.store, &body.author, body.seq, store)?;
                 body
             }
             (Some(SEALED_COMMIT_FORMAT), Some(keys)) => {
                 let wire: SealedBodyWire = postcard::from_bytes(&signed.body)
                     .map_err(|e| RejectReason::Malformed(e.to_string()))?;
-                check_signed(&signed, wire.store, &wire.author, store)?;
+                check_signed(&signed, wire.store, &wire.author, wire.seq, store)?;
                 if wire.op_count as usize > limits.max_commit_ops {
                     return Err(RejectReason::Malformed("too many operations".into()));
                 }
@@ -415,9 +458,7 @@ impl Commit {
                     sealed_ops_context(wire.store, &wire.author, wire.seq, wire.hlc, wire.op_count);
                 let decrypt =
                     |e: crate::crypto::CryptoError| RejectReason::Undecryptable(e.to_string());
-                let key = keys
-                    .key(epoch_of(&wire.sealed).map_err(decrypt)?)
-                    .map_err(decrypt)?;
+                let key = keys.key_for_envelope(&wire.sealed).map_err(decrypt)?;
                 let plain = zeroize::Zeroizing::new(
                     Opener::new()
                         .open(key, &context, &wire.sealed)
@@ -433,6 +474,7 @@ impl Commit {
                     store: wire.store,
                     author: wire.author,
                     seq: wire.seq,
+                    prev: wire.prev,
                     hlc: wire.hlc,
                     ops,
                 }
@@ -447,6 +489,11 @@ impl Commit {
                     "an unencrypted commit reached an encrypted store",
                 ))
             }
+            (Some(old), _) if old <= OLD_COMMIT_FORMAT => {
+                return Err(RejectReason::Malformed(format!(
+                    "commit format {old} of an earlier Persist (no hash chain)"
+                )))
+            }
             (other, _) => {
                 return Err(RejectReason::Malformed(format!(
                     "unknown commit format {other:?}"
@@ -456,6 +503,11 @@ impl Commit {
         if body.seq == 0 || body.ops.is_empty() || body.ops.len() > limits.max_commit_ops {
             return Err(RejectReason::Malformed(
                 "bad sequence number or operation count".into(),
+            ));
+        }
+        if body.seq == 1 && body.prev != [0; 32] {
+            return Err(RejectReason::Malformed(
+                "a first commit names a previous one".into(),
             ));
         }
         for op in &body.ops {
@@ -473,12 +525,13 @@ fn check_signed(
     signed: &SignedCommit,
     body_store: StoreId,
     author: &DeviceId,
+    seq: u64,
     store: StoreId,
 ) -> Result<(), RejectReason> {
     if body_store != store {
         return Err(RejectReason::WrongStore);
     }
-    if !author.verify(&signing_message(&signed.body), &signed.signature) {
+    if !commit_signature_verifies(store, author, seq, &signed.hash(), &signed.signature) {
         return Err(RejectReason::BadSignature);
     }
     Ok(())
@@ -549,6 +602,7 @@ mod tests {
             store,
             author: identity.device_id(),
             seq: 1,
+            prev: [0; 32],
             hlc: Hlc::from_millis(1_700_000_000_000),
             ops: vec![Op::RecordPut {
                 collection: "notes".into(),
@@ -628,7 +682,8 @@ mod tests {
         let mut body = sample(&forger, store).body;
         body.author = real.device_id();
         let bytes = postcard::to_stdvec(&body).expect("encodes");
-        let signature = forger.sign(&signing_message(&bytes));
+        let hash: [u8; 32] = Sha256::digest(&bytes).into();
+        let signature = forger.sign(&signing_message(store, &body.author, body.seq, &hash));
         let forged = SignedCommit {
             body: bytes,
             signature,

@@ -22,6 +22,10 @@ pub enum StorageError {
         /// Newest version this build knows.
         supported: u32,
     },
+    /// The store was written by an earlier Persist in a format this one no
+    /// longer reads (commits and membership entries without hash chains).
+    #[error("storage written by an earlier Persist: {0}")]
+    FormatOutdated(String),
     /// The operating system refused or failed an I/O operation (disk full,
     /// permission denied, read-only file system).
     #[error("storage I/O failed: {0}")]
@@ -54,7 +58,9 @@ impl StorageError {
     pub fn code(&self) -> &'static str {
         match self {
             StorageError::Corrupt(_) => "STORAGE_CORRUPT",
-            StorageError::VersionUnsupported { .. } => "STORAGE_VERSION_UNSUPPORTED",
+            StorageError::VersionUnsupported { .. } | StorageError::FormatOutdated(_) => {
+                "STORAGE_VERSION_UNSUPPORTED"
+            }
             StorageError::Io(_) => "STORAGE_IO",
             StorageError::Locked(_) => "STORAGE_LOCKED",
             StorageError::Conflict(_) => "STORAGE_CONFLICT",

@@ -49,6 +49,14 @@ impl DeviceId {
         &self.0
     }
 
+    /// True when the bytes are a valid device key: a canonical encoding of
+    /// an Ed25519 point that is not of small order (what a membership
+    /// `Add` must name).
+    pub fn is_valid_key(&self) -> bool {
+        VerifyingKey::from_bytes(&self.0)
+            .is_ok_and(|key| !key.is_weak() && key.to_edwards().compress().to_bytes() == self.0)
+    }
+
     /// A short, human-readable form (first 8 bytes in hex).
     pub fn short(&self) -> String {
         hex::encode(&self.0[..8])

@@ -1,30 +1,22 @@
 //! Membership: the devices trusted to sync a store, as a signed,
-//! replicated log of changes (DESIGN.md section 4).
+//! replicated log of changes.
 //!
 //! The log starts from a **founder** (the device that created the store;
 //! a device that pairs learns it through the PAKE-authenticated pairing
-//! exchange, never from the network). Every entry is signed by its author
-//! and names the store; it adds a device, removes one, or hands the current
-//! members the data key of a new epoch (sealed to each of them). Replicas
-//! exchange the entries they lack; membership is a pure function of the
-//! set of entries ([`MembershipLog::members`]), so replicas holding the
-//! same entries agree whatever order they arrived in.
+//! exchange, never from the network). Every entry is signed by its author,
+//! names the store, and names the hash of its author's previous entry:
+//! each author's entries form a hash chain. An entry adds a device,
+//! removes one (with *cuts* that say how far the remover had seen it), or
+//! records a new data-key epoch with a commitment to the key and the key
+//! sealed to each member.
 //!
-//! Rules of that function:
-//! - an entry counts when its author is admitted (the founder, or added by
-//!   an entry that counts) and, if the author was removed, is within the
-//!   removal's cut of the author's entries;
-//! - removal is final: a removed device is never a member again (it must
-//!   pair as a new device, with a new key);
-//! - a removal records how far the remover had seen the removed device
-//!   (its commits and its entries): the removed device's later commits and
-//!   entries are refused everywhere, whatever their clock says, so
-//!   backdating does not help it. Removals of one device keep the highest
-//!   cut: a replica that had applied more of the device's commits before
-//!   it learnt of the removal records its own removal with its own cut
-//!   (`Store::merge_membership` does), so every replica ends up accepting
-//!   exactly the same commits of the removed device: what any member had
-//!   before the removal reached it.
+//! Replicas exchange entries; who is a member is a pure function of the
+//! founder and the *set* of entries held ([`MembershipLog::members`]), so
+//! replicas holding the same entries agree whatever order they arrived in.
+//! The rule and the argument that it is order-independent are in
+//! [`derive`] and in `ARCHITECTURE.md`.
+//!
+//! This module does no I/O.
 
 use std::collections::BTreeMap;
 
@@ -35,15 +27,64 @@ use crate::change::StoreId;
 use crate::hlc::Hlc;
 use crate::identity::{DeviceId, DeviceIdentity};
 
-/// Encoding version of [`MemberEntry`].
-pub const MEMBER_ENTRY_FORMAT: u8 = 1;
+mod derive;
+#[cfg(test)]
+mod tests;
+
+pub use derive::{KeyEpoch, Members, Removal};
+
+/// Encoding version of [`MemberEntry`]. Version 1 (no hash chain, cuts as
+/// bare numbers) is refused with [`MemberError::OldFormat`].
+pub const MEMBER_ENTRY_FORMAT: u8 = 2;
 /// Most entries a membership log may hold (bounds what a peer can make us
 /// store and recompute).
 pub const MAX_MEMBER_ENTRIES: usize = 4_096;
 /// Longest device label, in bytes.
 pub const MAX_LABEL_BYTES: usize = 64;
+/// Most grants one key entry may carry.
+pub const MAX_GRANTS: usize = 1_024;
+/// Longest sealed key in a grant, in bytes.
+pub const MAX_GRANT_BYTES: usize = 256;
 
-const SIGNING_DOMAIN: &[u8] = b"persist member entry v1\0";
+const SIGNING_DOMAIN: &[u8] = b"persist member entry v2\0";
+const KEY_COMMITMENT_DOMAIN: &[u8] = b"persist key commitment v1\0";
+
+/// SHA-256 of an entry's encoded body: what the next entry of its author
+/// and removal cuts name.
+pub type EntryHash = [u8; 32];
+
+/// How far a remover had seen the removed device's membership entries:
+/// its entry `seq`, whose hash was `hash` (`seq` 0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EntryCut {
+    /// The last entry seen (0: none).
+    pub seq: u64,
+    /// Its hash (zeros when `seq` is 0).
+    pub hash: EntryHash,
+}
+
+impl EntryCut {
+    /// No entry seen.
+    pub const NONE: EntryCut = EntryCut {
+        seq: 0,
+        hash: [0; 32],
+    };
+}
+
+/// How far a remover had seen the removed device's commits, with the
+/// proof: the device's own signature over that commit's header (store,
+/// author, sequence number, body hash). A cut therefore names a commit the
+/// device really wrote; no member can raise it to a number of its choosing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitCut {
+    /// The commit's sequence number.
+    pub seq: u64,
+    /// SHA-256 of its encoded body ([`crate::change::SignedCommit::hash`]).
+    pub hash: [u8; 32],
+    /// The removed device's signature of that commit.
+    #[serde(with = "crate::change::signature_bytes")]
+    pub signature: [u8; 64],
+}
 
 /// What a membership entry changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,21 +96,25 @@ pub enum MemberChange {
         /// A name for people ("laptop"), at most [`MAX_LABEL_BYTES`].
         label: String,
     },
-    /// Stop trusting `device`, keeping what it wrote before.
+    /// Stop trusting `device`, keeping what it wrote before the cuts.
     Remove {
         /// The device.
         device: DeviceId,
-        /// Its commits up to this sequence number stay valid.
-        commits_upto: u64,
-        /// Its membership entries up to this sequence number stay valid.
-        entries_upto: u64,
+        /// Its membership entries up to this one stay valid.
+        entries: EntryCut,
+        /// Its commits up to this one stay valid (`None`: none).
+        commits: Option<CommitCut>,
     },
-    /// The data key of a new epoch, sealed to each member (an encrypted
-    /// store's rotation after a removal).
+    /// The data key of an epoch, sealed to members. `epoch` must be one
+    /// more than an epoch the log already records (epoch 0 is the store's
+    /// first key); `commitment` ([`key_commitment`]) lets every replica
+    /// tell two different keys for one epoch apart without the key.
     Key {
         /// The epoch.
         epoch: u32,
-        /// `(member, sealed key)` for every member at the time.
+        /// [`key_commitment`] of the key.
+        commitment: [u8; 32],
+        /// `(member, sealed key)`, at most [`MAX_GRANTS`].
         grants: Vec<(DeviceId, Vec<u8>)>,
     },
 }
@@ -85,7 +130,9 @@ pub struct MemberEntry {
     pub author: DeviceId,
     /// Per-author sequence number of membership entries, from 1.
     pub seq: u64,
-    /// When (orders entries; never decides validity).
+    /// Hash of the author's entry `seq - 1` (zeros for the first).
+    pub prev: EntryHash,
+    /// When (orders labels; never decides validity).
     pub hlc: Hlc,
     /// The change.
     pub change: MemberChange,
@@ -109,6 +156,9 @@ pub enum MemberError {
     /// The bytes are not an entry of a known format.
     #[error("malformed membership entry: {0}")]
     Malformed(String),
+    /// An entry of an earlier format (written by an earlier Persist).
+    #[error("membership entry of format {0}: written by an earlier Persist; this store cannot be opened by this version")]
+    OldFormat(u8),
     /// The signature does not verify under the author's key.
     #[error("membership entry signature does not verify")]
     BadSignature,
@@ -119,6 +169,10 @@ pub enum MemberError {
     /// More entries than [`MAX_MEMBER_ENTRIES`].
     #[error("membership log too large")]
     TooLarge,
+    /// An entry this device was about to sign is not allowed (a key that
+    /// is not a valid device key, an epoch that is not the next one).
+    #[error("refused membership change: {0}")]
+    Refused(String),
 }
 
 impl MemberError {
@@ -126,9 +180,11 @@ impl MemberError {
     pub fn code(&self) -> &'static str {
         match self {
             MemberError::Malformed(_) => "CHANGE_MALFORMED",
+            MemberError::OldFormat(_) => "STORE_FORMAT_UNSUPPORTED",
             MemberError::BadSignature => "SIGNATURE_INVALID",
             MemberError::WrongStore => "WRONG_STORE",
             MemberError::TooLarge => "VALUE_TOO_LARGE",
+            MemberError::Refused(_) => "INVALID_OPTIONS",
         }
     }
 }
@@ -139,38 +195,74 @@ fn signing_message(body: &[u8]) -> Vec<u8> {
     message
 }
 
+/// The commitment to the data key of `epoch`: SHA-256 over a domain, the
+/// store, the epoch and the key. Public (it goes in the log): the key is
+/// 256 random bits, so the hash reveals nothing usable about it.
+pub fn key_commitment(store: StoreId, epoch: u32, key: &[u8; 32]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(KEY_COMMITMENT_DOMAIN);
+    hash.update(store.as_bytes());
+    hash.update(epoch.to_be_bytes());
+    hash.update(key);
+    hash.finalize().into()
+}
+
 impl MemberEntry {
     /// Encodes and signs the entry (`identity` must be its author).
-    pub fn sign(&self, identity: &DeviceIdentity) -> SignedMemberEntry {
+    pub fn sign(&self, identity: &DeviceIdentity) -> Result<SignedMemberEntry, MemberError> {
         debug_assert_eq!(self.author, identity.device_id());
-        // Integers, keys and short strings always encode.
-        let body = postcard::to_stdvec(self).unwrap_or_default();
+        let body = postcard::to_stdvec(self)
+            .map_err(|e| MemberError::Malformed(format!("cannot encode: {e}")))?;
         let signature = identity.sign(&signing_message(&body));
-        SignedMemberEntry { body, signature }
+        Ok(SignedMemberEntry { body, signature })
     }
 }
 
 impl SignedMemberEntry {
-    /// Decodes the entry and checks its format, store and signature.
+    /// SHA-256 of the body: the entry's identity in its author's chain.
+    pub fn hash(&self) -> EntryHash {
+        Sha256::digest(&self.body).into()
+    }
+
+    /// Decodes the entry and checks its format, store, structure and
+    /// signature. Whether the entry *counts* is the log's business.
     pub fn verify(&self, store: StoreId) -> Result<MemberEntry, MemberError> {
+        match self.body.first() {
+            Some(&MEMBER_ENTRY_FORMAT) => {}
+            Some(&old) if old < MEMBER_ENTRY_FORMAT => return Err(MemberError::OldFormat(old)),
+            other => {
+                return Err(MemberError::Malformed(format!("unknown format {other:?}")));
+            }
+        }
         let entry: MemberEntry =
             postcard::from_bytes(&self.body).map_err(|e| MemberError::Malformed(e.to_string()))?;
-        if entry.format != MEMBER_ENTRY_FORMAT {
-            return Err(MemberError::Malformed(format!(
-                "unknown format {}",
-                entry.format
-            )));
-        }
         if entry.store != store {
             return Err(MemberError::WrongStore);
         }
         if entry.seq == 0 {
             return Err(MemberError::Malformed("sequence number 0".into()));
         }
-        if let MemberChange::Add { label, .. } = &entry.change {
-            if label.len() > MAX_LABEL_BYTES {
+        if entry.seq == 1 && entry.prev != [0; 32] {
+            return Err(MemberError::Malformed(
+                "a first entry names a previous one".into(),
+            ));
+        }
+        match &entry.change {
+            MemberChange::Add { label, .. } if label.len() > MAX_LABEL_BYTES => {
                 return Err(MemberError::Malformed("label too long".into()));
             }
+            MemberChange::Remove { entries, .. } if entries.seq == 0 && entries.hash != [0; 32] => {
+                return Err(MemberError::Malformed("a cut at 0 names a hash".into()));
+            }
+            MemberChange::Key { grants, .. }
+                if grants.len() > MAX_GRANTS
+                    || grants.iter().any(|(_, g)| g.len() > MAX_GRANT_BYTES) =>
+            {
+                return Err(MemberError::Malformed(
+                    "too many or too large grants".into(),
+                ));
+            }
+            _ => {}
         }
         if !entry
             .author
@@ -182,13 +274,25 @@ impl SignedMemberEntry {
     }
 }
 
-/// A store's membership log: its founder and every entry, verified.
+/// A verified entry as the log holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    signed: SignedMemberEntry,
+    entry: MemberEntry,
+    /// For a removal with a commit cut: whether the cut's signature is the
+    /// removed device's (checked once, when the entry arrives).
+    commit_cut_valid: bool,
+}
+
+/// A store's membership log: its founder and every entry held, verified.
+/// Entries are kept by (author, sequence number), then by hash: two
+/// entries under one (author, seq) are an equivocation, kept as evidence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MembershipLog {
     store: StoreId,
     founder: DeviceId,
-    /// Verified entries by their signed form (a set: duplicates vanish).
-    entries: BTreeMap<SignedMemberEntry, MemberEntry>,
+    entries: BTreeMap<(DeviceId, u64), BTreeMap<EntryHash, Held>>,
+    len: usize,
 }
 
 /// The wire and storage form of a [`MembershipLog`].
@@ -202,31 +306,6 @@ pub struct MembershipWire {
     pub entries: Vec<SignedMemberEntry>,
 }
 
-/// Who is trusted, as derived from a log.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Members {
-    /// Current members with their labels (the founder's is empty).
-    pub current: BTreeMap<DeviceId, String>,
-    /// Removed devices with their cuts: (commits, entries) that stay valid.
-    pub removed: BTreeMap<DeviceId, (u64, u64)>,
-}
-
-impl Members {
-    /// True when a commit `seq` of `author` is acceptable: the author is a
-    /// member, or was removed after writing it.
-    pub fn admits_commit(&self, author: &DeviceId, seq: u64) -> bool {
-        if let Some((commits_upto, _)) = self.removed.get(author) {
-            return seq <= *commits_upto;
-        }
-        self.current.contains_key(author)
-    }
-
-    /// True when `device` is a current member.
-    pub fn is_member(&self, device: &DeviceId) -> bool {
-        self.current.contains_key(device) && !self.removed.contains_key(device)
-    }
-}
-
 impl MembershipLog {
     /// A log with only its founder.
     pub fn founded_by(store: StoreId, founder: DeviceId) -> MembershipLog {
@@ -234,6 +313,7 @@ impl MembershipLog {
             store,
             founder,
             entries: BTreeMap::new(),
+            len: 0,
         }
     }
 
@@ -247,19 +327,23 @@ impl MembershipLog {
         self.founder
     }
 
-    /// Number of entries.
+    /// Number of entries held (both versions of an equivocation count).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     /// True with no entries.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
-    /// The entries, decoded.
+    /// The entries, decoded, by author then sequence number.
     pub fn entries(&self) -> impl Iterator<Item = &MemberEntry> {
-        self.entries.values()
+        self.held().map(|h| &h.entry)
+    }
+
+    fn held(&self) -> impl Iterator<Item = &Held> {
+        self.entries.values().flat_map(|versions| versions.values())
     }
 
     /// A digest of the whole log (founder and entries): equal digests, equal
@@ -268,44 +352,95 @@ impl MembershipLog {
         let mut hash = Sha256::new();
         hash.update(self.store.as_bytes());
         hash.update(self.founder.as_bytes());
-        for signed in self.entries.keys() {
-            hash.update((signed.body.len() as u64).to_be_bytes());
-            hash.update(&signed.body);
-            hash.update(signed.signature);
+        for held in self.held() {
+            hash.update((held.signed.body.len() as u64).to_be_bytes());
+            hash.update(&held.signed.body);
         }
         hash.finalize().into()
     }
 
-    /// The next sequence number of `author`'s entries.
-    pub fn next_seq(&self, author: &DeviceId) -> u64 {
-        self.entries
-            .values()
-            .filter(|e| &e.author == author)
-            .map(|e| e.seq)
-            .max()
-            .unwrap_or(0)
-            + 1
-    }
-
     /// The highest entry sequence number of `author` held.
     pub fn last_seq(&self, author: &DeviceId) -> u64 {
-        self.next_seq(author) - 1
+        self.entries
+            .range((*author, 0)..=(*author, u64::MAX))
+            .next_back()
+            .map_or(0, |((_, seq), _)| *seq)
     }
 
-    /// Adds a verified entry (its signature checked by the caller through
-    /// [`SignedMemberEntry::verify`]); false if it was already held.
+    /// Where `author`'s next entry goes: its sequence number and the hash
+    /// it must name (the author's last entry held, if only one version).
+    pub fn next_position(&self, author: &DeviceId) -> (u64, EntryHash) {
+        let last = self.last_seq(author);
+        let prev = self
+            .entries
+            .get(&(*author, last))
+            .and_then(|versions| versions.keys().next().copied())
+            .unwrap_or([0; 32]);
+        (last + 1, prev)
+    }
+
+    /// How far this log has seen `device`'s entries: its last entry of an
+    /// unbroken chain (what a removal's entry cut names).
+    pub fn entry_cut(&self, device: &DeviceId) -> EntryCut {
+        let mut cut = EntryCut::NONE;
+        let mut prev = [0u8; 32];
+        for ((_, seq), versions) in self.entries.range((*device, 0)..=(*device, u64::MAX)) {
+            let Some((hash, held)) = versions.iter().next() else {
+                break;
+            };
+            if *seq != cut.seq + 1 || versions.len() > 1 || held.entry.prev != prev {
+                break;
+            }
+            cut = EntryCut {
+                seq: *seq,
+                hash: *hash,
+            };
+            prev = *hash;
+        }
+        cut
+    }
+
+    /// Adds a verified entry; false if it was already held.
     fn insert(
         &mut self,
         signed: SignedMemberEntry,
         entry: MemberEntry,
     ) -> Result<bool, MemberError> {
-        if self.entries.contains_key(&signed) {
+        let hash = signed.hash();
+        let slot = (entry.author, entry.seq);
+        if self
+            .entries
+            .get(&slot)
+            .is_some_and(|versions| versions.contains_key(&hash))
+        {
             return Ok(false);
         }
-        if self.entries.len() >= MAX_MEMBER_ENTRIES {
+        if self.len >= MAX_MEMBER_ENTRIES {
             return Err(MemberError::TooLarge);
         }
-        self.entries.insert(signed, entry);
+        let commit_cut_valid = match &entry.change {
+            MemberChange::Remove {
+                device,
+                commits: Some(cut),
+                ..
+            } => crate::change::commit_signature_verifies(
+                self.store,
+                device,
+                cut.seq,
+                &cut.hash,
+                &cut.signature,
+            ),
+            _ => false,
+        };
+        self.entries.entry(slot).or_default().insert(
+            hash,
+            Held {
+                signed,
+                entry,
+                commit_cut_valid,
+            },
+        );
+        self.len += 1;
         Ok(true)
     }
 
@@ -325,12 +460,17 @@ impl MembershipLog {
         if other.entries.len() > MAX_MEMBER_ENTRIES {
             return Err(MemberError::TooLarge);
         }
-        let verified: Vec<(SignedMemberEntry, MemberEntry)> = other
-            .entries
-            .iter()
-            .filter(|s| !self.entries.contains_key(*s))
-            .map(|s| s.verify(self.store).map(|e| (s.clone(), e)))
-            .collect::<Result<_, _>>()?;
+        let mut verified = Vec::new();
+        for signed in &other.entries {
+            let entry = signed.verify(self.store)?;
+            let held = self
+                .entries
+                .get(&(entry.author, entry.seq))
+                .is_some_and(|versions| versions.contains_key(&signed.hash()));
+            if !held {
+                verified.push((signed.clone(), entry));
+            }
+        }
         let mut added = 0;
         for (signed, entry) in verified {
             added += usize::from(self.insert(signed, entry)?);
@@ -343,7 +483,7 @@ impl MembershipLog {
         MembershipWire {
             store: self.store,
             founder: self.founder,
-            entries: self.entries.keys().cloned().collect(),
+            entries: self.held().map(|h| h.signed.clone()).collect(),
         }
     }
 
@@ -355,8 +495,9 @@ impl MembershipLog {
     }
 
     /// Encodes for storage.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        postcard::to_stdvec(&self.to_wire()).unwrap_or_default()
+    pub fn to_bytes(&self) -> Result<Vec<u8>, MemberError> {
+        postcard::to_stdvec(&self.to_wire())
+            .map_err(|e| MemberError::Malformed(format!("cannot encode: {e}")))
     }
 
     /// Decodes a stored log.
@@ -366,252 +507,64 @@ impl MembershipLog {
         MembershipLog::from_wire(&wire)
     }
 
-    /// The key grants addressed to `device`: `(epoch, author, sealed key)`
-    /// from entries that count.
-    pub fn grants_for(&self, device: &DeviceId) -> Vec<(u32, DeviceId, Vec<u8>)> {
-        let counted = self.counted();
-        counted
-            .iter()
-            .filter_map(|e| match &e.change {
-                MemberChange::Key { epoch, grants } => grants
-                    .iter()
-                    .find(|(to, _)| to == device)
-                    .map(|(_, sealed)| (*epoch, e.author, sealed.clone())),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Who is trusted: a pure function of the founder and the set of
-    /// entries (see the module's rules).
-    pub fn members(&self) -> Members {
-        let (admitted, removed) = self.derive();
-        let mut current = BTreeMap::new();
-        for (device, label) in admitted {
-            if !removed.contains_key(&device) {
-                current.insert(device, label);
-            }
-        }
-        Members { current, removed }
-    }
-
-    /// Entries that count, in (clock, author, sequence) order.
-    fn counted(&self) -> Vec<&MemberEntry> {
-        let (admitted, removed) = self.derive();
-        self.sorted()
-            .into_iter()
-            .filter(|e| counts(e, &admitted, &removed))
-            .collect()
-    }
-
-    fn sorted(&self) -> Vec<&MemberEntry> {
-        let mut sorted: Vec<&MemberEntry> = self.entries.values().collect();
-        sorted.sort_by_key(|e| (e.hlc, e.author, e.seq));
-        sorted
-    }
-
-    /// Admitted devices (with labels) and removal cuts, at a fixed point:
-    /// cuts decide which entries count, and counted entries decide the
-    /// cuts. Bounded (each round either stops or changes the cuts; a
-    /// malicious history stops at the bound, the same on every replica).
-    #[allow(clippy::type_complexity)]
-    fn derive(&self) -> (BTreeMap<DeviceId, String>, BTreeMap<DeviceId, (u64, u64)>) {
-        let sorted = self.sorted();
-        let mut removed: BTreeMap<DeviceId, (u64, u64)> = BTreeMap::new();
-        let mut admitted = BTreeMap::from([(self.founder, String::new())]);
-        for _ in 0..=sorted.len().min(64) {
-            admitted = BTreeMap::from([(self.founder, String::new())]);
-            // Admission spreads along Add entries whatever their clocks say
-            // (a device added later by clock may have added others).
-            let mut grew = true;
-            while grew {
-                grew = false;
-                for entry in &sorted {
-                    if let MemberChange::Add { device, label } = &entry.change {
-                        if !admitted.contains_key(device) && counts(entry, &admitted, &removed) {
-                            admitted.insert(*device, label.clone());
-                            grew = true;
-                        }
-                    }
-                }
-            }
-            let mut cuts: BTreeMap<DeviceId, (u64, u64)> = BTreeMap::new();
-            for entry in &sorted {
-                if let MemberChange::Remove {
-                    device,
-                    commits_upto,
-                    entries_upto,
-                } = &entry.change
-                {
-                    if counts(entry, &admitted, &removed) {
-                        let cut = cuts
-                            .entry(*device)
-                            .or_insert((*commits_upto, *entries_upto));
-                        *cut = (cut.0.max(*commits_upto), cut.1.max(*entries_upto));
-                    }
-                }
-            }
-            if cuts == removed {
-                break;
-            }
-            removed = cuts;
-        }
-        (admitted, removed)
-    }
-}
-
-fn counts(
-    entry: &MemberEntry,
-    admitted: &BTreeMap<DeviceId, String>,
-    removed: &BTreeMap<DeviceId, (u64, u64)>,
-) -> bool {
-    admitted.contains_key(&entry.author)
-        && removed
-            .get(&entry.author)
-            .is_none_or(|(_, entries_upto)| entry.seq <= *entries_upto)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn device(n: u8) -> DeviceIdentity {
-        DeviceIdentity::from_secret(&[n; 32])
-    }
-
-    fn entry(
-        log: &MembershipLog,
-        author: &DeviceIdentity,
-        hlc: u64,
+    /// Signs `change` as `identity`'s next entry and adds it. Refuses an
+    /// `Add` of bytes that are not a valid device key and a `Key` entry
+    /// whose epoch is not one more than an epoch the log records.
+    pub fn append(
+        &mut self,
+        identity: &DeviceIdentity,
+        hlc: Hlc,
         change: MemberChange,
-    ) -> SignedMemberEntry {
-        MemberEntry {
+    ) -> Result<SignedMemberEntry, MemberError> {
+        match &change {
+            MemberChange::Add { device, .. } if !device.is_valid_key() => {
+                return Err(MemberError::Refused(format!(
+                    "{} is not a valid device key",
+                    device.short()
+                )));
+            }
+            MemberChange::Key {
+                epoch, commitment, ..
+            } => {
+                let members = self.members();
+                let known = members.epoch;
+                if *epoch != known.saturating_add(1) && !members.has_epoch(*epoch) {
+                    return Err(MemberError::Refused(format!(
+                        "key epoch {epoch} does not follow the log's epoch {known}"
+                    )));
+                }
+                if members
+                    .epochs
+                    .get(epoch)
+                    .is_some_and(|recorded| recorded.commitment != *commitment)
+                {
+                    return Err(MemberError::Refused(format!(
+                        "epoch {epoch} is recorded with another key"
+                    )));
+                }
+            }
+            _ => {}
+        }
+        let author = identity.device_id();
+        let (seq, prev) = self.next_position(&author);
+        let signed = MemberEntry {
             format: MEMBER_ENTRY_FORMAT,
-            store: log.store(),
-            author: author.device_id(),
-            seq: log.next_seq(&author.device_id()),
-            hlc: Hlc::from_u64(hlc),
+            store: self.store,
+            author,
+            seq,
+            prev,
+            hlc,
             change,
         }
-        .sign(author)
+        .sign(identity)?;
+        self.add(signed.clone())?;
+        Ok(signed)
     }
 
-    fn add(d: &DeviceIdentity) -> MemberChange {
-        MemberChange::Add {
-            device: d.device_id(),
-            label: String::new(),
-        }
-    }
-
-    fn remove(d: &DeviceIdentity, commits: u64, entries: u64) -> MemberChange {
-        MemberChange::Remove {
-            device: d.device_id(),
-            commits_upto: commits,
-            entries_upto: entries,
-        }
-    }
-
-    #[test]
-    fn pairing_a_b_and_a_c_makes_b_and_c_trust_each_other() {
-        let (a, b, c) = (device(1), device(2), device(3));
-        let mut log = MembershipLog::founded_by(StoreId::from_bytes([7; 16]), a.device_id());
-        let e = entry(&log, &a, 10, add(&b));
-        log.add(e).expect("add b");
-        let e = entry(&log, &a, 11, add(&c));
-        log.add(e).expect("add c");
-        let members = log.members();
-        for d in [&a, &b, &c] {
-            assert!(members.is_member(&d.device_id()));
-        }
-        // B's replica, holding the same entries, agrees.
-        let copy = MembershipLog::from_wire(&log.to_wire()).expect("copy");
-        assert_eq!(copy.members(), members);
-        assert_eq!(copy.digest(), log.digest());
-    }
-
-    #[test]
-    fn strangers_forged_and_foreign_entries_count_for_nothing() {
-        let (a, b, x) = (device(1), device(2), device(9));
-        let store = StoreId::from_bytes([7; 16]);
-        let mut log = MembershipLog::founded_by(store, a.device_id());
-        // A stranger adding itself: verified (it signed it) but not counted.
-        let e = entry(&log, &x, 5, add(&x));
-        log.add(e).expect("a signed entry is kept");
-        assert!(!log.members().is_member(&x.device_id()));
-        // A flipped byte anywhere: refused.
-        let good = entry(&log, &a, 6, add(&b));
-        for i in 0..good.body.len() {
-            let mut bad = good.clone();
-            bad.body[i] ^= 0x01;
-            assert!(log.clone().add(bad).is_err(), "byte {i}");
-        }
-        let mut bad = good.clone();
-        bad.signature[0] ^= 1;
-        assert_eq!(log.clone().add(bad), Err(MemberError::BadSignature));
-        // Another store's entry: refused.
-        let other = MembershipLog::founded_by(StoreId::from_bytes([8; 16]), a.device_id());
-        let foreign = entry(&other, &a, 6, add(&b));
-        assert_eq!(log.clone().add(foreign), Err(MemberError::WrongStore));
-        // A log from another founder: refused whole.
-        let mut wire = log.to_wire();
-        wire.founder = x.device_id();
-        assert_eq!(log.clone().merge(&wire), Err(MemberError::WrongStore));
-    }
-
-    #[test]
-    fn removal_is_final_and_cuts_what_the_removed_device_does_later() {
-        let (a, b, c, d) = (device(1), device(2), device(3), device(4));
-        let mut log = MembershipLog::founded_by(StoreId::from_bytes([7; 16]), a.device_id());
-        let e = entry(&log, &a, 10, add(&b));
-        log.add(e).expect("add");
-        // B adds C (its entry 1), then A removes B having seen 1 entry and
-        // 5 commits of B.
-        let e = entry(&log, &b, 11, add(&c));
-        log.add(e).expect("add");
-        let e = entry(&log, &a, 12, remove(&b, 5, 1));
-        log.add(e).expect("remove");
-        // B, removed, adds D backdated before its removal: entry 2 > cut.
-        let e = entry(&log, &b, 1, add(&d));
-        log.add(e).expect("kept, not counted");
-        let m = log.members();
-        assert!(!m.is_member(&b.device_id()));
-        assert!(m.is_member(&c.device_id()), "what B did before stays");
-        assert!(!m.is_member(&d.device_id()), "what B did after does not");
-        assert!(m.admits_commit(&b.device_id(), 5));
-        assert!(!m.admits_commit(&b.device_id(), 6));
-        // Re-adding B does not bring it back.
-        let e = entry(&log, &a, 20, add(&b));
-        log.add(e).expect("add again");
-        assert!(!log.members().is_member(&b.device_id()));
-    }
-
-    #[test]
-    fn concurrent_removals_agree_in_any_order() {
-        let (a, b, c) = (device(1), device(2), device(3));
-        let store = StoreId::from_bytes([7; 16]);
-        let mut base = MembershipLog::founded_by(store, a.device_id());
-        let e = entry(&base, &a, 1, add(&b));
-        base.add(e).expect("add");
-        let e = entry(&base, &a, 2, add(&c));
-        base.add(e).expect("add");
-        // On two partitions: A removes C (cut 3), B removes C (cut 7) and
-        // C removes B.
-        let e1 = entry(&base, &a, 5, remove(&c, 3, 0));
-        let e2 = entry(&base, &b, 5, remove(&c, 7, 0));
-        let e3 = entry(&base, &c, 5, remove(&b, 2, 0));
-        let orders = [[&e1, &e2, &e3], [&e3, &e2, &e1], [&e2, &e3, &e1]];
-        let results: Vec<Members> = orders
-            .iter()
-            .map(|order| {
-                let mut log = base.clone();
-                for e in order {
-                    log.add((*e).clone()).expect("add");
-                }
-                log.members()
-            })
-            .collect();
-        assert!(results.windows(2).all(|w| w[0] == w[1]));
-        assert_eq!(results[0].removed[&c.device_id()], (7, 0), "highest cut");
-        assert!(results[0].is_member(&a.device_id()));
+    /// Who is trusted, the removal cuts, the key epochs and the
+    /// equivocations: a pure function of the founder and the set of
+    /// entries (see [`derive`]).
+    pub fn members(&self) -> Members {
+        derive::derive(self)
     }
 }

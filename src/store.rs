@@ -320,9 +320,28 @@ impl Store {
             store = %options.name, backend = %backend.describe(), keys = %key_store.describe(),
             device = %device.device_id().short(), encrypted = sealed.is_some(), "store opened"
         );
+        let outdated = |what: String| {
+            StorageError::FormatOutdated(format!(
+                "{what}; this version cannot read it. No release wrote that format: \
+                 delete the store and create it again (or pair it again from a device \
+                 that holds its data)"
+            ))
+        };
+        if let Some((author, seq)) = meta.heads.first() {
+            let first = raw_backend.get_commit(*author, *seq).await?;
+            if let Some(format) = first.and_then(|c| c.body.first().copied()) {
+                if format <= crate::change::OLD_COMMIT_FORMAT {
+                    return Err(outdated(format!("its commits are of format {format}")).into());
+                }
+            }
+        }
         let log = match meta.entries.get(&MetaKey::Membership) {
-            Some(bytes) => MembershipLog::from_bytes(bytes)
-                .map_err(|e| StorageError::Corrupt(format!("membership: {e}")))?,
+            Some(bytes) => MembershipLog::from_bytes(bytes).map_err(|e| match e {
+                crate::membership::MemberError::OldFormat(format) => {
+                    outdated(format!("its membership entries are of format {format}"))
+                }
+                e => StorageError::Corrupt(format!("membership: {e}")),
+            })?,
             // Until it pairs into another device's store, a store trusts
             // the device that created it.
             None => MembershipLog::founded_by(store_id, device.device_id()),
@@ -374,6 +393,9 @@ impl Store {
             crate::platform::spawn(subscribe::deliver_external(Arc::downgrade(&inner), changes));
         }
         let store = Store { inner };
+        // A revocation interrupted before its new key was recorded ends now,
+        // before any write can go out under the old key.
+        store.resume_revocations().await?;
         if let Some(epoch) = resume {
             // A rotation stopped midway: finish it in the background.
             let crypto = store.crypto();
@@ -578,7 +600,13 @@ impl Store {
             match Commit::verify(signed, bound.store_id, &self.inner.limits, keyring.as_ref()) {
                 // Signature first, then membership: only a verified author
                 // is looked up.
-                Ok(commit) if !members.admits_commit(&commit.body.author, commit.body.seq) => {
+                Ok(commit)
+                    if !members.admits_commit(
+                        &commit.body.author,
+                        commit.body.seq,
+                        &commit.signed.hash(),
+                    ) =>
+                {
                     let reason = RejectReason::NotTrusted(commit.body.author.short());
                     tracing::warn!(index, code = reason.code(), %reason, "rejected received commit");
                     report.rejected.push((index, reason));

@@ -496,7 +496,7 @@ fn replicas_agree_on_a_revoked_devices_commits_whatever_reached_them_first() {
     // own removal with cut 2; A learns that and accepts commit 2 from B.
     block_on(b.merge_membership(&block_on(a.membership()))).unwrap();
     block_on(a.merge_membership(&block_on(b.membership()))).unwrap();
-    assert_eq!(a.members().removed[&c.device_id()].0, 2);
+    assert_eq!(a.members().removed[&c.device_id()].commits_upto, 2);
     let report = give(b, a);
     assert_eq!(report.applied, 1, "{report:?}");
     // What C writes now is refused everywhere.

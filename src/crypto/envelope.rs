@@ -198,6 +198,22 @@ pub fn epoch_of(envelope: &[u8]) -> Result<u32, CryptoError> {
     Ok(u32::from_be_bytes(epoch))
 }
 
+/// True when `envelope` carries the key commitment of `key` (it was sealed
+/// under `key`); nothing is decrypted.
+pub fn made_with(key: &DataKey, envelope: &[u8]) -> bool {
+    if epoch_of(envelope).is_err() {
+        return false;
+    }
+    let mut salt = [0u8; SALT_LEN];
+    salt.copy_from_slice(&envelope[5..5 + SALT_LEN]);
+    let derived = Derived::new(key, salt);
+    bool::from(
+        derived
+            .commitment
+            .ct_eq(&envelope[9 + SALT_LEN..HEADER_LEN]),
+    )
+}
+
 /// How many recent salts' subkeys an [`Opener`] keeps.
 const OPENER_CACHE: usize = 32;
 

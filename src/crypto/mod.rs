@@ -166,6 +166,11 @@ pub struct Keyring {
     store: StoreId,
     current: u32,
     keys: BTreeMap<u32, DataKey>,
+    /// Other keys of an epoch for which two members made keys at once (a
+    /// fork of the epoch): the losing ones, kept to read what was sealed
+    /// under them. An envelope names its epoch, and among that epoch's keys
+    /// the one whose key commitment the envelope carries is the one used.
+    alternates: Vec<(u32, DataKey)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -174,6 +179,13 @@ struct KeyringWire {
     store: StoreId,
     current: u32,
     keys: Vec<(u32, [u8; 32])>,
+}
+
+/// Version 2 of the keyring's form: version 1 and the alternates.
+#[derive(Serialize, Deserialize)]
+struct KeyringWireV2 {
+    v1: KeyringWire,
+    alternates: Vec<(u32, [u8; 32])>,
 }
 
 impl Keyring {
@@ -188,6 +200,7 @@ impl Keyring {
             store,
             current: epoch,
             keys: BTreeMap::from([(epoch, key)]),
+            alternates: Vec::new(),
         }
     }
 
@@ -210,6 +223,60 @@ impl Keyring {
         self.keys
             .get(&epoch)
             .ok_or(CryptoError::UnknownEpoch(epoch))
+    }
+
+    /// The key that sealed `envelope`: the key of the epoch it names, or,
+    /// where that epoch forked, the one of its keys whose commitment the
+    /// envelope carries (never a trial decryption).
+    pub fn key_for_envelope(&self, envelope: &[u8]) -> Result<&DataKey, CryptoError> {
+        let epoch = envelope::epoch_of(envelope)?;
+        let primary = self.key(epoch)?;
+        if !self.alternates.iter().any(|(e, _)| *e == epoch) {
+            return Ok(primary);
+        }
+        std::iter::once(primary)
+            .chain(
+                self.alternates
+                    .iter()
+                    .filter(|(e, _)| *e == epoch)
+                    .map(|(_, k)| k),
+            )
+            .find(|key| envelope::made_with(key, envelope))
+            .ok_or(CryptoError::WrongKey)
+    }
+
+    /// Makes `key` the key of `epoch` (the winner of a fork of that epoch,
+    /// or an epoch this keyring lacked); a different key held for the
+    /// epoch is kept as an alternate. Returns true when something changed.
+    pub fn adopt(&mut self, epoch: u32, key: DataKey) -> bool {
+        match self.keys.insert(epoch, key.clone()) {
+            Some(old) if old == key => false,
+            Some(old) => {
+                self.alternates.retain(|(e, k)| !(*e == epoch && *k == key));
+                self.alternates.push((epoch, old));
+                true
+            }
+            None => {
+                self.alternates.retain(|(e, k)| !(*e == epoch && *k == key));
+                self.current = self.current.max(epoch);
+                true
+            }
+        }
+    }
+
+    /// Keeps `key` as an alternate of `epoch` (a fork's losing key, to read
+    /// what was sealed under it). Returns true when it was new.
+    pub fn keep_alternate(&mut self, epoch: u32, key: DataKey) -> bool {
+        if self.keys.get(&epoch) == Some(&key)
+            || self
+                .alternates
+                .iter()
+                .any(|(e, k)| *e == epoch && *k == key)
+        {
+            return false;
+        }
+        self.alternates.push((epoch, key));
+        true
     }
 
     /// Epochs held, oldest first.
@@ -238,6 +305,9 @@ impl Keyring {
         for (epoch, key) in &other.keys {
             self.keys.entry(*epoch).or_insert_with(|| key.clone());
         }
+        for (epoch, key) in &other.alternates {
+            self.keep_alternate(*epoch, key.clone());
+        }
         if other.current > self.current {
             self.current = other.current;
         }
@@ -245,16 +315,29 @@ impl Keyring {
 
     /// The keyring's binary form (to be sealed before it is stored).
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let wire = KeyringWire {
-            version: 1,
+        let v1 = KeyringWire {
+            version: if self.alternates.is_empty() { 1 } else { 2 },
             store: self.store,
             current: self.current,
             keys: self.keys.iter().map(|(e, k)| (*e, *k.as_bytes())).collect(),
         };
-        // Encoding plain integers and byte arrays into a Vec cannot fail.
-        let bytes = Zeroizing::new(postcard::to_stdvec(&wire).unwrap_or_default());
-        let mut wire = wire;
-        for (_, key) in &mut wire.keys {
+        let mut wire = KeyringWireV2 {
+            v1,
+            alternates: self
+                .alternates
+                .iter()
+                .map(|(e, k)| (*e, *k.as_bytes()))
+                .collect(),
+        };
+        // Plain integers and byte arrays always encode; a failure would be
+        // a bug, and an empty keyring fails to read rather than misreads.
+        let encoded = if wire.alternates.is_empty() {
+            postcard::to_stdvec(&wire.v1)
+        } else {
+            postcard::to_stdvec(&wire)
+        };
+        let bytes = Zeroizing::new(encoded.unwrap_or_default());
+        for (_, key) in wire.v1.keys.iter_mut().chain(wire.alternates.iter_mut()) {
             zeroize::Zeroize::zeroize(key);
         }
         bytes
@@ -262,14 +345,24 @@ impl Keyring {
 
     /// Reads [`Keyring::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Keyring, CryptoError> {
-        let wire: KeyringWire = postcard::from_bytes(bytes)
-            .map_err(|e| CryptoError::Malformed(format!("keyring: {e}")))?;
-        if wire.version != 1 {
-            return Err(CryptoError::Malformed(format!(
-                "keyring version {}",
-                wire.version
-            )));
-        }
+        let malformed = |e: postcard::Error| CryptoError::Malformed(format!("keyring: {e}"));
+        let (wire, alternates) = match bytes.first() {
+            Some(1) => (
+                postcard::from_bytes::<KeyringWire>(bytes).map_err(malformed)?,
+                Vec::new(),
+            ),
+            Some(2) => {
+                let both: KeyringWireV2 = postcard::from_bytes(bytes).map_err(malformed)?;
+                (both.v1, both.alternates)
+            }
+            other => {
+                return Err(CryptoError::Malformed(format!("keyring version {other:?}")));
+            }
+        };
+        let alternates = alternates
+            .into_iter()
+            .map(|(e, k)| (e, DataKey::from_bytes(k)))
+            .collect();
         let keys: BTreeMap<u32, DataKey> = wire
             .keys
             .into_iter()
@@ -284,6 +377,7 @@ impl Keyring {
             store: wire.store,
             current: wire.current,
             keys,
+            alternates,
         })
     }
 }

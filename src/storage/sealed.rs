@@ -264,9 +264,7 @@ impl SealedStorage {
             Ok((epoch_of(&envelope).map_err(crypto_error)? != epoch).then_some(envelope))
         };
         let mut reseal = |context: &[u8], envelope: Vec<u8>| -> StorageResult<String> {
-            let old = keyring
-                .key(epoch_of(&envelope).map_err(crypto_error)?)
-                .map_err(crypto_error)?;
+            let old = keyring.key_for_envelope(&envelope).map_err(crypto_error)?;
             let plain = zeroize::Zeroizing::new(
                 opener.open(old, context, &envelope).map_err(crypto_error)?,
             );
@@ -346,9 +344,8 @@ impl SealedStorage {
         let envelope = BASE64_NOPAD
             .decode(text.as_bytes())
             .map_err(|_| StorageError::Decrypt("a sealed row is not base64".into()))?;
-        let epoch = epoch_of(&envelope).map_err(crypto_error)?;
         let keyring = self.keyring.read().unwrap_or_else(|p| p.into_inner());
-        let key = keyring.key(epoch).map_err(crypto_error)?;
+        let key = keyring.key_for_envelope(&envelope).map_err(crypto_error)?;
         opener.open(key, context, &envelope).map_err(crypto_error)
     }
 

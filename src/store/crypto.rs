@@ -309,6 +309,9 @@ impl StoreCrypto {
         };
         self.begin(&sealed, keyring, &start).await?;
         tracing::info!(store = %inner.name, epoch, "rotating the store key");
+        crate::platform::fault_point("rotate:begun");
+        // The other members get the new key now, before any row is resealed.
+        self.store.record_keys().await?;
         self.reencrypt(&sealed, start, on_progress).await
     }
 

@@ -18,7 +18,7 @@ use crate::error::{Error, Result, StorageError};
 use crate::hlc::Hlc;
 use crate::identity::DeviceId;
 use crate::membership::{
-    MemberChange, MemberEntry, Members, MembershipLog, MembershipWire, MEMBER_ENTRY_FORMAT,
+    key_commitment, CommitCut, MemberChange, Members, MembershipLog, MembershipWire,
 };
 use crate::storage::{MetaKey, SealedStorage, StorageBackend, WriteBatch};
 
@@ -29,6 +29,9 @@ pub struct MembershipUpdate {
     pub added: Vec<DeviceId>,
     /// Devices that stopped being members.
     pub removed: Vec<DeviceId>,
+    /// Devices newly found to have signed two different entries under one
+    /// sequence number (equivocation): removed, and worth telling the user.
+    pub equivocators: Vec<DeviceId>,
     /// True when the log gained entries (peers that lack them are told).
     pub changed: bool,
 }
@@ -51,6 +54,28 @@ impl std::fmt::Debug for Welcome {
             .field("store", &self.store)
             .field("encrypted", &self.keyring.is_some())
             .finish()
+    }
+}
+
+/// A `Key` entry recording `key` as epoch `epoch`, sealed to each of `to`
+/// (a member whose key cannot be sealed to is left out and logged).
+fn key_change(store: StoreId, epoch: u32, key: &DataKey, to: &[DeviceId]) -> MemberChange {
+    let grants = to
+        .iter()
+        .filter_map(
+            |d| match seal_to_device(d, &grant_context(store, epoch, d), key.as_bytes()) {
+                Ok(sealed) => Some((*d, sealed)),
+                Err(e) => {
+                    tracing::warn!(device = %d.short(), %e, "cannot seal the key to a member");
+                    None
+                }
+            },
+        )
+        .collect();
+    MemberChange::Key {
+        epoch,
+        commitment: key_commitment(store, epoch, key.as_bytes()),
+        grants,
     }
 }
 
@@ -143,6 +168,11 @@ fn diff(before: &Members, after: &Members) -> MembershipUpdate {
             .filter(|d| !after.current.contains_key(*d))
             .copied()
             .collect(),
+        equivocators: after
+            .equivocators
+            .difference(&before.equivocators)
+            .copied()
+            .collect(),
         changed: true,
     }
 }
@@ -173,8 +203,9 @@ impl Store {
     }
 
     /// Merges a membership log received from a peer: same store and
-    /// founder, every entry signed. New entries are stored; a key granted
-    /// to this device joins its keyring.
+    /// founder, every entry signed. New entries are stored; keys granted
+    /// to this device join its keyring; members that lack the current key
+    /// are granted it.
     pub async fn merge_membership(&self, wire: &MembershipWire) -> Result<MembershipUpdate> {
         self.check_open()?;
         let mut state = self.inner.members.lock().await;
@@ -184,14 +215,22 @@ impl Store {
         }
         let update = self.replace_log(&mut state, log).await?;
         drop(state);
+        for device in &update.equivocators {
+            tracing::warn!(
+                store = %self.inner.name, device = %device.short(),
+                "a device signed two different membership entries under one number: removed"
+            );
+        }
         self.keep_what_was_applied().await?;
         self.take_key_grants().await?;
+        self.record_keys().await?;
         Ok(update)
     }
 
     /// For each removed device of which this replica holds more commits
-    /// than the removal's cut allows, records a removal with
-    /// this replica's own cut: removals keep the highest cut, so every
+    /// than the removals' cuts keep, records a removal with this
+    /// replica's own cut (with the device's signature of its last commit
+    /// held, as proof): removals keep the highest proven cut, so every
     /// replica ends up accepting the same commits of the removed device
     /// (and pulls those it lacks) instead of this one keeping commits the
     /// others refuse.
@@ -205,26 +244,44 @@ impl Store {
             return Ok(());
         }
         let held: BTreeMap<DeviceId, u64> = self.version_vector().await?.into_iter().collect();
-        for (device, (commits_upto, entries_upto)) in removed {
+        for (device, removal) in removed {
             // Commits past the cut are never stored once the removal is
             // known, so what is held beyond it was applied before.
-            // (Entries need nothing: membership is recomputed from the
-            // whole set, and the device's later entries stay past the cut.)
             let commits = held.get(&device).copied().unwrap_or(0);
-            if commits > commits_upto {
-                tracing::info!(
-                    device = %device.short(), commits, commits_upto,
-                    "keeping what this replica applied before the removal reached it"
-                );
-                self.append_entry(MemberChange::Remove {
-                    device,
-                    commits_upto: commits,
-                    entries_upto,
-                })
-                .await?;
+            if commits <= removal.commits_upto {
+                continue;
             }
+            let Some(cut) = self.commit_cut(device, commits).await? else {
+                continue;
+            };
+            tracing::info!(
+                device = %device.short(), commits, commits_upto = removal.commits_upto,
+                "keeping what this replica applied before the removal reached it"
+            );
+            let entries = self.inner.members.lock().await.log.entry_cut(&device);
+            self.append_entry(MemberChange::Remove {
+                device,
+                entries,
+                commits: Some(cut),
+            })
+            .await?;
         }
         Ok(())
+    }
+
+    /// The proof that `device` wrote its commit `seq`, from the change log.
+    async fn commit_cut(&self, device: DeviceId, seq: u64) -> Result<Option<CommitCut>> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        let Some(signed) = self.bound().backend.get_commit(device, seq).await? else {
+            return Ok(None);
+        };
+        Ok(Some(CommitCut {
+            seq,
+            hash: signed.hash(),
+            signature: signed.signature,
+        }))
     }
 
     /// Stores `log`, derives the membership again and tells P2P nodes.
@@ -236,7 +293,7 @@ impl Store {
         self.inner
             .raw_backend
             .write(WriteBatch {
-                meta: vec![(MetaKey::Membership, log.to_bytes())],
+                meta: vec![(MetaKey::Membership, log.to_bytes()?)],
                 ..WriteBatch::default()
             })
             .await?;
@@ -297,19 +354,10 @@ impl Store {
     /// Signs an entry of this device and adds it.
     async fn append_entry(&self, change: MemberChange) -> Result<MembershipUpdate> {
         let mut state = self.inner.members.lock().await;
-        let me = self.inner.device.device_id();
         let last = state.log.entries().map(|e| e.hlc).max().unwrap_or_default();
         let now = Hlc::from_millis((self.inner.wall_clock)());
-        let entry = MemberEntry {
-            format: MEMBER_ENTRY_FORMAT,
-            store: self.store_id(),
-            author: me,
-            seq: state.log.next_seq(&me),
-            hlc: now.max(last.plus(1)),
-            change,
-        };
         let mut log = state.log.clone();
-        log.add(entry.sign(&self.inner.device))?;
+        log.append(&self.inner.device, now.max(last.plus(1)), change)?;
         self.replace_log(&mut state, log).await
     }
 
@@ -341,6 +389,11 @@ impl Store {
     /// moves to a new data key that only the remaining members receive
     /// (sealed to each of them), so the device cannot read what is written
     /// afterwards. P2P nodes close its connections.
+    ///
+    /// The removal entry is the durable intent: if the process stops before
+    /// the new key is recorded, the store finishes the revocation when it
+    /// opens again. Revoking a device already removed finishes what is left
+    /// and succeeds.
     pub async fn revoke(&self, device: DeviceId) -> Result<()> {
         self.check_open()?;
         if device == self.device_id() {
@@ -348,74 +401,134 @@ impl Store {
                 "a device cannot revoke itself; revoke it from another member".into(),
             ));
         }
-        if !self.is_trusted(&device) {
+        let members = self.members();
+        if members.removed.contains_key(&device) {
+            return self.resume_revocations().await;
+        }
+        if !members.is_member(&device) {
             return Err(Error::NotTrusted(format!(
                 "device {} is not a member of this store",
                 device.short()
             )));
         }
-        let commits_upto = self
+        let head = self
             .version_vector()
             .await?
             .into_iter()
             .find(|(author, _)| *author == device)
             .map_or(0, |(_, seq)| seq);
-        let entries_upto = self.inner.members.lock().await.log.last_seq(&device);
+        let commits = self.commit_cut(device, head).await?;
+        let entries = self.inner.members.lock().await.log.entry_cut(&device);
         self.append_entry(MemberChange::Remove {
             device,
-            commits_upto,
-            entries_upto,
+            entries,
+            commits,
         })
         .await?;
-        if self.crypto().is_encrypted() {
-            self.crypto().rotate_key(|_| {}).await?;
-            self.grant_current_key().await?;
-        }
-        Ok(())
+        crate::platform::fault_point("revoke:removed");
+        self.resume_revocations().await
     }
 
-    /// Seals the current data key to every other member, in one entry.
-    async fn grant_current_key(&self) -> Result<()> {
+    /// Finishes this device's revocations: a removal it signed with no key
+    /// epoch of its own recorded after it gets a new data key (rotation),
+    /// recorded and granted to the remaining members. Runs when the store
+    /// opens and after every revocation; does nothing on a store without
+    /// encryption.
+    pub(crate) async fn resume_revocations(&self) -> Result<()> {
         let Some(sealed) = self.bound().sealed.clone() else {
             return Ok(());
         };
-        let keyring = sealed.keyring();
-        let (epoch, key) = keyring.current();
-        let store = self.store_id();
         let me = self.device_id();
-        let grants = self
-            .members()
-            .current
-            .keys()
-            .filter(|d| **d != me)
-            .map(|d| {
-                seal_to_device(d, &grant_context(store, epoch, d), key.as_bytes())
-                    .map(|sealed| (*d, sealed))
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        if grants.is_empty() {
-            return Ok(());
+        let pending = {
+            let state = self.inner.members.lock().await;
+            let mut last_removal = 0;
+            let mut last_key = 0;
+            for entry in state.log.entries().filter(|e| e.author == me) {
+                match entry.change {
+                    MemberChange::Remove { .. } => last_removal = last_removal.max(entry.seq),
+                    MemberChange::Key { .. } => last_key = last_key.max(entry.seq),
+                    MemberChange::Add { .. } => {}
+                }
+            }
+            last_removal > last_key
+        };
+        if !pending {
+            return self.record_keys().await;
         }
-        self.append_entry(MemberChange::Key { epoch, grants })
-            .await?;
+        if sealed.keyring().current().0 > self.members().epoch {
+            // The rotation began (its key is saved) but was not recorded.
+            tracing::info!(store = %self.inner.name, "recording the key of an interrupted revocation");
+            return self.record_keys().await;
+        }
+        tracing::info!(store = %self.inner.name, "rotating the store key after a removal");
+        self.crypto().rotate_key(|_| {}).await?;
         Ok(())
     }
 
-    /// Adds to this device's keyring the epochs granted to it that it lacks.
+    /// Records in the membership log the key epochs this device holds and
+    /// the log lacks (each sealed to every other member), and grants the
+    /// current epoch's key to members that lack it. Encrypted stores only.
+    pub(crate) async fn record_keys(&self) -> Result<()> {
+        let Some(sealed) = self.bound().sealed.clone() else {
+            return Ok(());
+        };
+        let me = self.device_id();
+        let store = self.store_id();
+        let keyring = sealed.keyring();
+        let mut last_lacking = Vec::new();
+        loop {
+            let members = self.members();
+            let next = members.epoch.saturating_add(1);
+            let (change, to) = if next <= keyring.current().0 && next > members.epoch {
+                let Ok(key) = keyring.key(next) else { break };
+                let to: Vec<DeviceId> = members
+                    .current
+                    .keys()
+                    .filter(|d| **d != me)
+                    .copied()
+                    .collect();
+                (key_change(store, next, key, &to), to.len())
+            } else {
+                let epoch = members.epoch;
+                let Some(recorded) = members.epochs.get(&epoch) else {
+                    break;
+                };
+                let Ok(key) = keyring.key(epoch) else { break };
+                if key_commitment(store, epoch, key.as_bytes()) != recorded.commitment {
+                    // Our key of this epoch lost a fork: the winner's
+                    // holders grant it.
+                    break;
+                }
+                let lacking = members.lacking_current_key(&me);
+                if lacking.is_empty() || lacking == last_lacking {
+                    // Nobody left, or only members the key cannot be sealed to.
+                    break;
+                }
+                last_lacking.clone_from(&lacking);
+                (key_change(store, epoch, key, &lacking), lacking.len())
+            };
+            tracing::info!(store = %self.inner.name, to, "recording a key epoch for the members");
+            self.append_entry(change).await?;
+            crate::platform::fault_point("keys:recorded");
+        }
+        Ok(())
+    }
+
+    /// Adds to this device's keyring the epochs granted to it: the winning
+    /// key of each epoch, and the losing keys of forked epochs (to read
+    /// what was sealed under them). A key whose commitment does not match
+    /// is refused.
     async fn take_key_grants(&self) -> Result<()> {
         let Some(sealed) = self.bound().sealed.clone() else {
             return Ok(());
         };
         let me = self.device_id();
         let store = self.store_id();
-        let grants = self.inner.members.lock().await.log.grants_for(&me);
+        let members = self.members();
         let mut keyring = sealed.keyring();
         let mut learnt = false;
-        for (epoch, author, grant) in grants {
-            if keyring.key(epoch).is_ok() {
-                continue;
-            }
-            match open_as_device(
+        for (epoch, commitment, winner, author, grant) in members.grants_for(&me) {
+            let key = match open_as_device(
                 &self.inner.device,
                 &grant_context(store, epoch, &me),
                 &grant,
@@ -423,11 +536,25 @@ impl Store {
                 Ok(bytes) if bytes.len() == 32 => {
                     let mut raw = Zeroizing::new([0u8; 32]);
                     raw.copy_from_slice(&bytes);
-                    keyring.merge(&Keyring::from_key(store, epoch, DataKey::from_bytes(*raw)));
-                    learnt = true;
-                    tracing::info!(store = %self.inner.name, epoch, from = %author.short(), "received a new data key");
+                    DataKey::from_bytes(*raw)
                 }
-                _ => tracing::warn!(epoch, from = %author.short(), "a key grant does not open"),
+                _ => {
+                    tracing::warn!(epoch, from = %author.short(), "a key grant does not open");
+                    continue;
+                }
+            };
+            if key_commitment(store, epoch, key.as_bytes()) != commitment {
+                tracing::warn!(epoch, from = %author.short(), "a key grant is not the key its entry commits to");
+                continue;
+            }
+            let changed = if winner {
+                keyring.adopt(epoch, key)
+            } else {
+                keyring.keep_alternate(epoch, key)
+            };
+            if changed {
+                learnt = true;
+                tracing::info!(store = %self.inner.name, epoch, winner, from = %author.short(), "received a data key");
             }
         }
         if learnt {
@@ -502,7 +629,7 @@ impl Store {
         self.inner
             .writer
             .exclusive_then_reload(async {
-                let mut meta = vec![(MetaKey::Membership, log.to_bytes())];
+                let mut meta = vec![(MetaKey::Membership, log.to_bytes()?)];
                 if let Some(keyring) = &keyring {
                     key_store.save_keyring(keyring).await?;
                     meta.push((

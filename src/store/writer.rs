@@ -124,6 +124,9 @@ type Reply = oneshot::Sender<Result<Outcome>>;
 struct WriterState {
     clock: HybridClock,
     heads: BTreeMap<DeviceId, u64>,
+    /// Hashes of the commits at `heads` (what the next commit of each
+    /// author must name), filled as they are needed.
+    tips: BTreeMap<DeviceId, [u8; 32]>,
     me: DeviceId,
     /// Reload `heads` and the clock from storage before the next batch. Set
     /// when a batch starts and cleared when it ends without a conflict, so it
@@ -150,6 +153,7 @@ impl Writer {
             state: futures::lock::Mutex::new(WriterState {
                 clock,
                 heads,
+                tips: BTreeMap::new(),
                 me,
                 reload: false,
             }),
@@ -371,6 +375,7 @@ async fn run_batch(store: &Store, state: &mut WriterState, requests: Vec<Request
     }
     state.reload = true;
     let heads_before = state.heads.clone();
+    let tips_before = state.tips.clone();
     let mut batch = Batch {
         subscribed: store.subscribed_collections(),
         ..Batch::default()
@@ -438,6 +443,7 @@ async fn run_batch(store: &Store, state: &mut WriterState, requests: Vec<Request
         Err(e) => {
             // Nothing was stored: sequence numbers are not consumed.
             state.heads = heads_before;
+            state.tips = tips_before;
             if conflict {
                 return BatchEnd::Conflict(e);
             }
@@ -458,10 +464,37 @@ async fn prepare(store: &Store, state: &mut WriterState) -> Result<()> {
     if state.reload {
         let meta = backend.load_meta().await?;
         state.heads = meta.heads.into_iter().collect();
+        state.tips.clear();
         state.clock.observe(meta.clock);
         state.reload = false;
     }
     Ok(())
+}
+
+/// The hash of `author`'s last commit held (zeros before its first): what
+/// its next commit names as `prev`.
+async fn tip(store: &Store, state: &mut WriterState, author: DeviceId) -> Result<[u8; 32]> {
+    let head = state.heads.get(&author).copied().unwrap_or(0);
+    if head == 0 {
+        return Ok([0; 32]);
+    }
+    if let Some(hash) = state.tips.get(&author) {
+        return Ok(*hash);
+    }
+    let stored = store
+        .bound()
+        .backend
+        .get_commit(author, head)
+        .await?
+        .ok_or_else(|| {
+            StorageError::Corrupt(format!(
+                "the change log lacks commit {head} of {}",
+                author.short()
+            ))
+        })?;
+    let hash = stored.hash();
+    state.tips.insert(author, hash);
+    Ok(hash)
 }
 
 /// Local writes queued together become one commit: one signature and one
@@ -606,11 +639,13 @@ impl LocalGroup {
         let requests = std::mem::take(&mut self.requests);
         self.bytes = 0;
         let seq = state.heads.get(&state.me).copied().unwrap_or(0) + 1;
+        let prev = tip(store, state, state.me).await?;
         let body = CommitBody {
             format: COMMIT_FORMAT,
             store: store.bound().store_id,
             author: state.me,
             seq,
+            prev,
             hlc,
             ops,
         };
@@ -628,6 +663,7 @@ impl LocalGroup {
             });
         }
         state.heads.insert(state.me, seq);
+        state.tips.insert(state.me, commit.signed.hash());
         let last_hlc = hlc.plus(commit.body.ops.len().saturating_sub(1) as u64);
         batch.commits.insert((state.me, seq));
         batch.write.log.push(LogEntry {
@@ -760,12 +796,19 @@ async fn remote_commits(
             ));
             continue;
         }
+        if commit.body.prev != tip(store, state, author).await? {
+            // The author signed this on top of another commit `seq - 1`
+            // than the one held: two different commits under one number.
+            report.rejected.push((index, RejectReason::Equivocation));
+            continue;
+        }
         let last = commit
             .body
             .hlc
             .plus(commit.body.ops.len().saturating_sub(1) as u64);
         state.clock.observe(last);
         state.heads.insert(author, seq);
+        state.tips.insert(author, commit.signed.hash());
         batch.commits.insert((author, seq));
         batch.write.log.push(LogEntry {
             author,

@@ -276,8 +276,19 @@ fn pair_peers_and_revoke_from_the_command_line() {
     let text = stdout(&out);
     assert!(text.contains(&format!("revoked  {phone_peer}")), "{text}");
     assert_eq!(text.matches("trusted ").count(), 1, "{text}");
-    // Revoking it again: NOT_TRUSTED, status 1.
+    // Revoking it again finishes what is left (nothing): success. A device
+    // that never was a member: NOT_TRUSTED, status 1.
     let out = persist(&["revoke", "--path", "laptop.db", &phone_peer], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stranger = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string();
+    let out = persist(&["revoke", "--path", "laptop.db", &stranger], dir.path());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("error[NOT_TRUSTED]"));
 }

@@ -343,6 +343,7 @@ async fn sealed_commits_replicate_and_refuse_tampering() {
         store: a.store_id(),
         author: forger.device_id(),
         seq: 1,
+        prev: [0; 32],
         hlc: Hlc::from_millis(1_700_000_000_000),
         ops: vec![Op::KvSet {
             key: "k".into(),

@@ -1,0 +1,599 @@
+//! The membership rule under attack: each test builds the history a
+//! misbehaving member or a revoked device can sign, and checks the outcome
+//! on every arrival order.
+
+use super::*;
+use crate::change::{Commit, CommitBody, Op, COMMIT_FORMAT};
+
+const STORE: StoreId = StoreId::from_bytes([7; 16]);
+
+fn device(n: u8) -> DeviceIdentity {
+    DeviceIdentity::from_secret(&[n; 32])
+}
+
+fn founded(a: &DeviceIdentity) -> MembershipLog {
+    MembershipLog::founded_by(STORE, a.device_id())
+}
+
+fn append(
+    log: &mut MembershipLog,
+    author: &DeviceIdentity,
+    hlc: u64,
+    change: MemberChange,
+) -> SignedMemberEntry {
+    log.append(author, Hlc::from_u64(hlc), change)
+        .expect("append")
+}
+
+/// An entry signed at an explicit position (what a misbehaving device can
+/// sign: any number, any predecessor).
+fn forged(
+    author: &DeviceIdentity,
+    seq: u64,
+    prev: EntryHash,
+    hlc: u64,
+    change: MemberChange,
+) -> SignedMemberEntry {
+    MemberEntry {
+        format: MEMBER_ENTRY_FORMAT,
+        store: STORE,
+        author: author.device_id(),
+        seq,
+        prev,
+        hlc: Hlc::from_u64(hlc),
+        change,
+    }
+    .sign(author)
+    .expect("signs")
+}
+
+fn add(d: &DeviceIdentity) -> MemberChange {
+    MemberChange::Add {
+        device: d.device_id(),
+        label: String::new(),
+    }
+}
+
+fn remove(log: &MembershipLog, d: &DeviceIdentity, commits: Option<CommitCut>) -> MemberChange {
+    MemberChange::Remove {
+        device: d.device_id(),
+        entries: log.entry_cut(&d.device_id()),
+        commits,
+    }
+}
+
+/// A real commit of `author` at `seq`, and the cut that proves it.
+fn commit_cut(author: &DeviceIdentity, seq: u64) -> CommitCut {
+    let commit = Commit::sign(
+        CommitBody {
+            format: COMMIT_FORMAT,
+            store: STORE,
+            author: author.device_id(),
+            seq,
+            prev: [seq as u8; 32],
+            hlc: Hlc::from_millis(1_700_000_000_000),
+            ops: vec![Op::KvSet {
+                key: "k".into(),
+                value: "1".into(),
+            }],
+        },
+        author,
+        None,
+    )
+    .expect("signs");
+    CommitCut {
+        seq,
+        hash: commit.signed.hash(),
+        signature: commit.signed.signature,
+    }
+}
+
+/// Members derived from `entries` added in every rotation and the reverse
+/// order: all must agree (returns the first).
+fn in_every_order(founder: &DeviceIdentity, entries: &[SignedMemberEntry]) -> Members {
+    let mut results = Vec::new();
+    let n = entries.len();
+    for start in 0..n.max(1) {
+        for reverse in [false, true] {
+            let mut order: Vec<&SignedMemberEntry> =
+                entries.iter().cycle().skip(start).take(n).collect();
+            if reverse {
+                order.reverse();
+            }
+            let mut log = founded(founder);
+            for e in order {
+                log.add(e.clone()).expect("verified");
+            }
+            results.push((log.digest(), log.members()));
+        }
+    }
+    assert!(results.windows(2).all(|w| w[0] == w[1]), "orders disagree");
+    results.remove(0).1
+}
+
+fn wire_entries(log: &MembershipLog) -> Vec<SignedMemberEntry> {
+    log.to_wire().entries
+}
+
+#[test]
+fn pairing_a_b_and_a_c_makes_b_and_c_trust_each_other() {
+    let (a, b, c) = (device(1), device(2), device(3));
+    let mut log = founded(&a);
+    append(&mut log, &a, 10, add(&b));
+    append(&mut log, &a, 11, add(&c));
+    let members = log.members();
+    for d in [&a, &b, &c] {
+        assert!(members.is_member(&d.device_id()));
+    }
+    let copy = MembershipLog::from_wire(&log.to_wire()).expect("copy");
+    assert_eq!(copy.members(), members);
+    assert_eq!(copy.digest(), log.digest());
+}
+
+#[test]
+fn strangers_forged_and_foreign_entries_count_for_nothing() {
+    let (a, b, x) = (device(1), device(2), device(9));
+    let mut log = founded(&a);
+    // A stranger adding itself: verified (it signed it) but not counted.
+    log.add(forged(&x, 1, [0; 32], 5, add(&x))).expect("kept");
+    assert!(!log.members().is_member(&x.device_id()));
+    let good = forged(&a, 1, [0; 32], 6, add(&b));
+    for i in 0..good.body.len() {
+        let mut bad = good.clone();
+        bad.body[i] ^= 0x01;
+        assert!(log.clone().add(bad).is_err(), "byte {i}");
+    }
+    let mut bad = good.clone();
+    bad.signature[0] ^= 1;
+    assert_eq!(log.clone().add(bad), Err(MemberError::BadSignature));
+    let mut other = MembershipLog::founded_by(StoreId::from_bytes([8; 16]), a.device_id());
+    let foreign = append(&mut other, &a, 6, add(&b));
+    assert_eq!(log.clone().add(foreign), Err(MemberError::WrongStore));
+    let mut wire = log.to_wire();
+    wire.founder = x.device_id();
+    assert_eq!(log.clone().merge(&wire), Err(MemberError::WrongStore));
+}
+
+#[test]
+fn entries_of_the_previous_format_are_refused_as_such() {
+    let a = device(1);
+    let mut signed = forged(&a, 1, [0; 32], 1, add(&device(2)));
+    signed.body[0] = 1;
+    assert_eq!(signed.verify(STORE), Err(MemberError::OldFormat(1)));
+}
+
+#[test]
+fn removal_is_final_and_cuts_what_the_removed_device_does_later() {
+    let (a, b, c, d) = (device(1), device(2), device(3), device(4));
+    let mut log = founded(&a);
+    append(&mut log, &a, 10, add(&b));
+    append(&mut log, &b, 11, add(&c));
+    let cut = commit_cut(&b, 5);
+    let change = remove(&log, &b, Some(cut));
+    append(&mut log, &a, 12, change);
+    // B, removed, signs its next entry, backdated before its removal.
+    let (seq, prev) = log.next_position(&b.device_id());
+    log.add(forged(&b, seq, prev, 1, add(&d)))
+        .expect("kept, not counted");
+    let m = in_every_order(&a, &wire_entries(&log));
+    assert!(!m.is_member(&b.device_id()));
+    assert!(m.is_member(&c.device_id()), "what B did before stays");
+    assert!(!m.is_member(&d.device_id()), "what B did after does not");
+    assert!(m.admits_commit(&b.device_id(), 4, &[0; 32]));
+    assert!(m.admits_commit(&b.device_id(), 5, &cut.hash));
+    assert!(
+        !m.admits_commit(&b.device_id(), 5, &[1; 32]),
+        "another commit 5"
+    );
+    assert!(!m.admits_commit(&b.device_id(), 6, &[0; 32]));
+    // Re-adding B does not bring it back.
+    append(&mut log, &a, 20, add(&b));
+    assert!(!log.members().is_member(&b.device_id()));
+}
+
+/// A revoked device re-signs an entry number it used before, as an `Add`
+/// of a key it controls: an equivocation. Neither version counts, the
+/// device is removed (it already was), and nothing it added counts.
+#[test]
+fn a_reused_entry_number_adds_nobody() {
+    let (a, c, d, e) = (device(1), device(3), device(4), device(5));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&c));
+    append(&mut log, &c, 2, add(&d));
+    let change = remove(&log, &c, None);
+    append(&mut log, &a, 3, change);
+    let reuse = forged(&c, 1, [0; 32], 4, add(&e));
+    let mut entries = wire_entries(&log);
+    entries.push(reuse);
+    let m = in_every_order(&a, &entries);
+    assert!(
+        !m.is_member(&e.device_id()),
+        "the reused number admits no one"
+    );
+    assert!(!m.is_member(&c.device_id()));
+    assert!(m.equivocators.contains(&c.device_id()));
+    assert!(
+        !m.is_member(&d.device_id()),
+        "both versions of the forked entry are dropped"
+    );
+    assert!(m.is_member(&a.device_id()));
+}
+
+/// The same with a `Remove` of the founder: before, it removed A and every
+/// member A had added.
+#[test]
+fn a_reused_entry_number_removes_nobody() {
+    let (a, b, c) = (device(1), device(2), device(3));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&b));
+    append(&mut log, &a, 2, add(&c));
+    append(
+        &mut log,
+        &c,
+        3,
+        MemberChange::Add {
+            device: b.device_id(),
+            label: "again".into(),
+        },
+    );
+    let change = remove(&log, &c, None);
+    append(&mut log, &a, 4, change);
+    let reuse = forged(
+        &c,
+        1,
+        [0; 32],
+        5,
+        MemberChange::Remove {
+            device: a.device_id(),
+            entries: EntryCut::NONE,
+            commits: None,
+        },
+    );
+    let mut entries = wire_entries(&log);
+    entries.push(reuse);
+    let m = in_every_order(&a, &entries);
+    assert!(m.is_member(&a.device_id()));
+    assert!(m.is_member(&b.device_id()));
+    assert!(!m.is_member(&c.device_id()));
+    // An entry naming another predecessor than the one held is the same fork.
+    let mut log2 = founded(&a);
+    for e in wire_entries(&log) {
+        log2.add(e).expect("add");
+    }
+    log2.add(forged(&c, 2, [9; 32], 6, add(&device(8))))
+        .expect("kept");
+    let m2 = log2.members();
+    assert!(m2.equivocators.contains(&c.device_id()));
+    assert!(!m2.is_member(&device(8).device_id()));
+}
+
+/// A removed device keeps signing with fresh numbers: past the cut, none of
+/// it counts, whatever its clock says.
+#[test]
+fn a_revoked_device_that_keeps_trying_changes_nothing() {
+    let (a, b, c) = (device(1), device(2), device(3));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&b));
+    append(&mut log, &a, 2, add(&c));
+    let change = remove(&log, &c, None);
+    append(&mut log, &a, 3, change);
+    let mut entries = wire_entries(&log);
+    let mut prev = [0u8; 32];
+    for (i, change) in [
+        MemberChange::Remove {
+            device: a.device_id(),
+            entries: EntryCut::NONE,
+            commits: None,
+        },
+        MemberChange::Remove {
+            device: b.device_id(),
+            entries: EntryCut::NONE,
+            commits: None,
+        },
+        add(&device(9)),
+        MemberChange::Key {
+            epoch: 1,
+            commitment: [0; 32],
+            grants: vec![],
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let e = forged(&c, i as u64 + 1, prev, 0, change);
+        prev = e.hash();
+        entries.push(e);
+    }
+    let m = in_every_order(&a, &entries);
+    assert!(m.is_member(&a.device_id()) && m.is_member(&b.device_id()));
+    assert!(!m.is_member(&device(9).device_id()));
+    assert_eq!(m.epoch, 0);
+}
+
+/// A member raises a removal's cut to re-admit the removed device's future
+/// commits: without the device's signature of a real commit at that
+/// number, the cut counts for nothing.
+#[test]
+fn a_raised_cut_admits_no_later_commit() {
+    let (a, b, c) = (device(1), device(2), device(3));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&b));
+    append(&mut log, &a, 2, add(&c));
+    let real = commit_cut(&c, 3);
+    let change = remove(&log, &c, Some(real));
+    append(&mut log, &a, 3, change);
+    for raised in [
+        CommitCut {
+            seq: u64::MAX,
+            hash: [1; 32],
+            signature: [2; 64],
+        },
+        CommitCut {
+            seq: 1_000,
+            hash: real.hash,
+            signature: real.signature,
+        },
+        // B's own signature is no proof of C's commit.
+        {
+            let mut forged = commit_cut(&b, 1_000);
+            forged.hash = real.hash;
+            forged
+        },
+    ] {
+        let mut log = log.clone();
+        let change = MemberChange::Remove {
+            device: c.device_id(),
+            entries: log.entry_cut(&c.device_id()),
+            commits: Some(raised),
+        };
+        append(&mut log, &b, 4, change);
+        let m = log.members();
+        assert_eq!(m.removed[&c.device_id()].commits_upto, 3);
+        assert!(!m.admits_commit(&c.device_id(), 4, &[0; 32]));
+        assert!(!m.admits_commit(&c.device_id(), 999, &real.hash));
+    }
+    // A real, higher cut (a replica that had applied more) counts.
+    let mut higher = log.clone();
+    let change = MemberChange::Remove {
+        device: c.device_id(),
+        entries: higher.entry_cut(&c.device_id()),
+        commits: Some(commit_cut(&c, 7)),
+    };
+    append(&mut higher, &b, 4, change);
+    assert_eq!(higher.members().removed[&c.device_id()].commits_upto, 7);
+}
+
+#[test]
+fn two_devices_that_remove_each_other_are_both_removed_in_any_order() {
+    let (a, b, c) = (device(1), device(2), device(3));
+    let mut base = founded(&a);
+    append(&mut base, &a, 1, add(&b));
+    append(&mut base, &a, 2, add(&c));
+    // On two partitions: A removes B; B removes A.
+    let mut left = base.clone();
+    let change = remove(&left, &b, None);
+    append(&mut left, &a, 5, change);
+    let mut right = base.clone();
+    let change = remove(&right, &a, None);
+    append(&mut right, &b, 5, change);
+    let mut entries = wire_entries(&left);
+    entries.extend(wire_entries(&right));
+    entries.dedup();
+    let m = in_every_order(&a, &entries);
+    assert!(!m.is_member(&a.device_id()));
+    assert!(!m.is_member(&b.device_id()));
+    assert!(m.is_member(&c.device_id()), "the others stay");
+}
+
+#[test]
+fn concurrent_removals_of_one_device_keep_the_highest_proven_cut() {
+    let (a, b, c) = (device(1), device(2), device(3));
+    let mut base = founded(&a);
+    append(&mut base, &a, 1, add(&b));
+    append(&mut base, &a, 2, add(&c));
+    let mut left = base.clone();
+    let change = remove(&left, &c, Some(commit_cut(&c, 3)));
+    append(&mut left, &a, 5, change);
+    let mut right = base.clone();
+    let change = remove(&right, &c, Some(commit_cut(&c, 7)));
+    append(&mut right, &b, 5, change);
+    let mut entries = wire_entries(&left);
+    entries.extend(wire_entries(&right));
+    entries.sort();
+    entries.dedup();
+    let m = in_every_order(&a, &entries);
+    assert_eq!(m.removed[&c.device_id()].commits_upto, 7);
+    assert!(m.is_member(&a.device_id()) && m.is_member(&b.device_id()));
+}
+
+#[test]
+fn key_epochs_rise_by_one_and_a_skipped_epoch_records_nothing() {
+    let (a, b) = (device(1), device(2));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&b));
+    let key = |epoch: u32| MemberChange::Key {
+        epoch,
+        commitment: key_commitment(STORE, epoch, &[epoch as u8; 32]),
+        grants: vec![],
+    };
+    // Signing it locally is refused; a member can still sign it by hand.
+    assert!(matches!(
+        log.append(&b, Hlc::from_u64(2), key(u32::MAX)),
+        Err(MemberError::Refused(_))
+    ));
+    let (seq, prev) = log.next_position(&b.device_id());
+    log.add(forged(&b, seq, prev, 2, key(u32::MAX)))
+        .expect("kept");
+    assert_eq!(log.members().epoch, 0, "u32::MAX pins nothing");
+    append(&mut log, &a, 3, key(1));
+    append(&mut log, &a, 4, key(2));
+    let m = log.members();
+    assert_eq!(m.epoch, 2);
+    assert!(m.has_epoch(1) && m.has_epoch(2) && !m.has_epoch(3));
+}
+
+#[test]
+fn two_keys_for_one_epoch_resolve_to_the_lowest_commitment_in_any_order() {
+    let (a, b) = (device(1), device(2));
+    let mut base = founded(&a);
+    append(&mut base, &a, 1, add(&b));
+    let k1 = key_commitment(STORE, 1, &[1; 32]);
+    let k2 = key_commitment(STORE, 1, &[2; 32]);
+    let mut left = base.clone();
+    append(
+        &mut left,
+        &a,
+        2,
+        MemberChange::Key {
+            epoch: 1,
+            commitment: k1,
+            grants: vec![(b.device_id(), vec![1])],
+        },
+    );
+    let mut right = base.clone();
+    append(
+        &mut right,
+        &b,
+        2,
+        MemberChange::Key {
+            epoch: 1,
+            commitment: k2,
+            grants: vec![(a.device_id(), vec![2])],
+        },
+    );
+    let mut entries = wire_entries(&left);
+    entries.extend(wire_entries(&right));
+    entries.sort();
+    entries.dedup();
+    let m = in_every_order(&a, &entries);
+    let winner = k1.min(k2);
+    assert_eq!(m.epochs[&1].commitment, winner);
+    assert_eq!(m.epochs[&1].rivals, vec![k1.max(k2)]);
+    // Each side gets the other's key too: the loser's, marked as such.
+    let for_a = m.grants_for(&a.device_id());
+    assert_eq!(for_a.len(), 1);
+    assert_eq!(for_a[0].2, k2 == winner);
+    // A re-grant under another commitment for a recorded epoch is refused.
+    let mut log = founded(&a);
+    for e in entries {
+        log.add(e).expect("add");
+    }
+    let fork = MemberChange::Key {
+        epoch: 1,
+        commitment: [0xff; 32],
+        grants: vec![],
+    };
+    assert!(log.append(&a, Hlc::from_u64(9), fork).is_err());
+}
+
+#[test]
+fn a_member_entry_with_a_bad_point_breaks_nothing() {
+    let (a, b) = (device(1), device(2));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&b));
+    // Not a point, and a small-order point.
+    let mut small = [0u8; 32];
+    small[0] = 1;
+    for bad in [
+        DeviceId::from_bytes([0xff; 32]),
+        DeviceId::from_bytes(small),
+    ] {
+        assert!(!bad.is_valid_key());
+        let change = MemberChange::Add {
+            device: bad,
+            label: String::new(),
+        };
+        assert!(matches!(
+            log.clone().append(&b, Hlc::from_u64(2), change.clone()),
+            Err(MemberError::Refused(_))
+        ));
+        let mut log = log.clone();
+        let (seq, prev) = log.next_position(&b.device_id());
+        log.add(forged(&b, seq, prev, 2, change)).expect("kept");
+        let m = log.members();
+        assert!(!m.is_member(&bad));
+        assert!(m.is_member(&b.device_id()));
+        // Nobody needs a key grant that cannot be made.
+        assert!(!m.lacking_current_key(&a.device_id()).contains(&bad));
+    }
+}
+
+#[test]
+fn an_unprovable_entry_cut_keeps_nothing_of_the_removed_device() {
+    let (a, b, c) = (device(1), device(2), device(3));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&b));
+    append(&mut log, &b, 2, add(&c));
+    // A names B's entry 1 with another hash: it proves nothing held.
+    append(
+        &mut log,
+        &a,
+        3,
+        MemberChange::Remove {
+            device: b.device_id(),
+            entries: EntryCut {
+                seq: 1,
+                hash: [3; 32],
+            },
+            commits: None,
+        },
+    );
+    let m = log.members();
+    assert!(!m.is_member(&b.device_id()));
+    assert!(!m.is_member(&c.device_id()));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    /// Random histories of five devices (adds, removals with true or
+    /// understated cuts, key epochs, forks by a misbehaving device): every
+    /// arrival order gives the same members, removals and epochs.
+    #[test]
+    fn membership_is_a_function_of_the_set_of_entries(
+        steps in proptest::collection::vec((0u8..5, 0u8..5, 0u8..6), 1..24),
+        seed in proptest::prelude::any::<u64>(),
+    ) {
+        let devices: Vec<DeviceIdentity> = (1..=5).map(device).collect();
+        // Each device's view of the log (what it has heard of).
+        let mut views: Vec<MembershipLog> = (0..5).map(|_| founded(&devices[0])).collect();
+        let mut all: Vec<SignedMemberEntry> = Vec::new();
+        for (i, (who, target, what)) in steps.into_iter().enumerate() {
+            let (who, target) = (who as usize, target as usize);
+            let author = &devices[who];
+            let hlc = i as u64 + 1;
+            let change = match what {
+                0 | 1 => add(&devices[target]),
+                2 => remove(&views[who], &devices[target], None),
+                3 => MemberChange::Remove {
+                    device: devices[target].device_id(),
+                    entries: EntryCut::NONE,
+                    commits: Some(commit_cut(&devices[target], (seed % 5) + 1)),
+                },
+                4 => {
+                    let epoch = views[who].members().epoch + 1;
+                    MemberChange::Key { epoch, commitment: key_commitment(STORE, epoch, &[who as u8; 32]), grants: vec![] }
+                }
+                _ => {
+                    // A fork: re-sign the author's last number.
+                    let last = views[who].last_seq(&author.device_id()).max(1);
+                    let e = forged(author, last, [0; 32], hlc, add(&devices[target]));
+                    let _ = views[who].add(e.clone());
+                    all.push(e);
+                    continue;
+                }
+            };
+            let (seq, prev) = views[who].next_position(&author.device_id());
+            let e = forged(author, seq, prev, hlc, change);
+            views[who].add(e.clone()).expect("own entry");
+            all.push(e);
+            // Gossip: the author's view reaches one other device.
+            let other = (who + 1 + (seed as usize + i) % 4) % 5;
+            let wire = views[who].to_wire();
+            views[other].merge(&wire).expect("merge");
+        }
+        all.sort();
+        all.dedup();
+        in_every_order(&devices[0], &all);
+    }
+}

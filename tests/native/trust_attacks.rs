@@ -1,0 +1,299 @@
+//! Attacks on membership and keys through the public API, on real SQLite
+//! files: a rotation shares its key, concurrent rotations fork an epoch
+//! and resolve, a revocation killed at each of its steps resumes on open,
+//! and a member that signs two commits under one number is caught.
+
+use std::path::Path;
+use std::process::Command;
+
+use persist::change::{CommitBody, Op, COMMIT_FORMAT};
+use persist::hlc::Hlc;
+use persist::{Commit, DeviceIdentity, Store, StoreOptions};
+use serde_json::json;
+
+fn options(path: &Path) -> StoreOptions {
+    StoreOptions::new("vault").path(path).encrypt(true)
+}
+
+async fn open(path: &Path) -> Store {
+    Store::open(options(path)).await.expect("opens encrypted")
+}
+
+/// `joiner` joins `host`'s store, as pairing would.
+async fn pair(host: &Store, joiner: &Store) {
+    let welcome = host
+        .admit_device(joiner.device_id(), "device")
+        .await
+        .expect("admit");
+    joiner.join(welcome).await.expect("join");
+}
+
+/// Brings `to` up to date with `from`: membership first, then commits.
+async fn sync(from: &Store, to: &Store) -> persist::IngestReport {
+    to.merge_membership(&from.membership().await)
+        .await
+        .expect("membership");
+    let theirs = to.version_vector().await.expect("vv");
+    let missing = from
+        .commits_missing_from(&theirs, usize::MAX)
+        .await
+        .expect("missing");
+    to.ingest(missing).await.expect("ingest")
+}
+
+#[tokio::test]
+async fn a_rotation_on_a_paired_store_shares_the_new_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let a = open(&dir.path().join("a.db")).await;
+    let b = open(&dir.path().join("b.db")).await;
+    pair(&a, &b).await;
+    a.crypto().rotate_key(|_| {}).await.expect("rotate");
+    a.kv().set("after", json!("rotated")).await.expect("write");
+    let report = sync(&a, &b).await;
+    assert!(report.rejected.is_empty(), "{report:?}");
+    assert_eq!(
+        b.kv().get("after").await.expect("get"),
+        Some(json!("rotated"))
+    );
+    // And back: B writes under the new epoch, A reads it.
+    assert_eq!(b.crypto().epoch().expect("epoch"), 1);
+    b.kv().set("reply", json!("from b")).await.expect("write");
+    let report = sync(&b, &a).await;
+    assert!(report.rejected.is_empty(), "{report:?}");
+    assert_eq!(
+        a.kv().get("reply").await.expect("get"),
+        Some(json!("from b"))
+    );
+}
+
+/// Two members rotate at once (both make an epoch 1): every replica keeps
+/// the lower commitment's key for writing, keeps the other to read what
+/// was sealed under it, and both end writing under one key.
+#[tokio::test]
+async fn two_members_rotating_at_once_end_on_one_key_and_read_everything() {
+    let dir = tempfile::tempdir().expect("dir");
+    let a = open(&dir.path().join("a.db")).await;
+    let b = open(&dir.path().join("b.db")).await;
+    pair(&a, &b).await;
+    a.crypto().rotate_key(|_| {}).await.expect("rotate a");
+    b.crypto().rotate_key(|_| {}).await.expect("rotate b");
+    a.kv()
+        .set("a", json!("under a's key"))
+        .await
+        .expect("write");
+    b.kv()
+        .set("b", json!("under b's key"))
+        .await
+        .expect("write");
+    for _ in 0..2 {
+        let report = sync(&a, &b).await;
+        assert!(report.rejected.is_empty(), "{report:?}");
+        let report = sync(&b, &a).await;
+        assert!(report.rejected.is_empty(), "{report:?}");
+    }
+    for store in [&a, &b] {
+        assert_eq!(
+            store.kv().get("a").await.expect("get"),
+            Some(json!("under a's key"))
+        );
+        assert_eq!(
+            store.kv().get("b").await.expect("get"),
+            Some(json!("under b's key"))
+        );
+        let members = store.members();
+        assert_eq!(members.epoch, 1);
+        assert_eq!(members.epochs[&1].rivals.len(), 1, "the fork is recorded");
+    }
+    assert_eq!(
+        *a.crypto().export_key().expect("key"),
+        *b.crypto().export_key().expect("key"),
+        "both write under the winning key"
+    );
+    // New writes cross without a hitch.
+    a.kv().set("later", json!(1)).await.expect("write");
+    let report = sync(&a, &b).await;
+    assert!(report.rejected.is_empty(), "{report:?}");
+    assert_eq!(b.kv().get("later").await.expect("get"), Some(json!(1)));
+}
+
+/// A revocation stopped dead (the process aborts) after each of its steps:
+/// removal recorded; new key saved; new key recorded. Opening the store
+/// finishes it, and every remaining member reads what is written next
+/// while the revoked device holds no key for it.
+#[test]
+fn a_revocation_killed_at_each_step_resumes_on_open() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    for point in ["revoke:removed", "rotate:begun", "keys:recorded"] {
+        let dir = tempfile::tempdir().expect("dir");
+        let (a_path, b_path, c_path) = (
+            dir.path().join("a.db"),
+            dir.path().join("b.db"),
+            dir.path().join("c.db"),
+        );
+        let c_peer = runtime.block_on(async {
+            let a = open(&a_path).await;
+            let b = open(&b_path).await;
+            let c = open(&c_path).await;
+            pair(&a, &b).await;
+            pair(&a, &c).await;
+            b.merge_membership(&a.membership().await)
+                .await
+                .expect("merge");
+            a.kv().set("before", json!(0)).await.expect("write");
+            let peer = libp2p::PeerId::from_public_key(
+                &libp2p::identity::ed25519::PublicKey::try_from_bytes(c.device_id().as_bytes())
+                    .expect("key")
+                    .into(),
+            );
+            for s in [a, b, c] {
+                s.close().await.expect("close");
+            }
+            peer
+        });
+        let out = Command::new(env!("CARGO_BIN_EXE_persist"))
+            .args([
+                "revoke",
+                "--path",
+                a_path.to_str().expect("utf-8"),
+                &c_peer.to_string(),
+            ])
+            .env("PERSIST_FAULT", point)
+            .env("PERSIST_KEYCHAIN", "off")
+            .output()
+            .expect("runs");
+        assert!(!out.status.success(), "{point}: the process was to stop");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!("stopping at {point}")),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        runtime.block_on(async {
+            let a = open(&a_path).await;
+            let members = a.members();
+            assert!(
+                members.removed.contains_key(&open_id(&c_path).await),
+                "{point}"
+            );
+            assert_eq!(members.epoch, 1, "{point}: the new key is recorded on open");
+            assert_eq!(a.crypto().epoch().expect("epoch"), 1, "{point}");
+            a.kv().set("after", json!("secret")).await.expect("write");
+            // Revoking again has nothing left to do.
+            a.revoke(open_id(&c_path).await).await.expect("idempotent");
+            assert_eq!(a.members().epoch, 1, "{point}");
+            let b = open(&b_path).await;
+            let report = sync(&a, &b).await;
+            assert!(report.rejected.is_empty(), "{point}: {report:?}");
+            assert_eq!(
+                b.kv().get("after").await.expect("get"),
+                Some(json!("secret"))
+            );
+            // The revoked device: no grant of epoch 1, and A's new commit
+            // does not open for it.
+            let c = open(&c_path).await;
+            let granted = a.members().grants_for(&c.device_id());
+            assert!(
+                granted.iter().all(|g| g.0 != 1),
+                "{point}: C was granted the new key"
+            );
+            c.merge_membership(&a.membership().await)
+                .await
+                .expect("merge");
+            assert_eq!(c.crypto().epoch().expect("epoch"), 0, "{point}");
+            let theirs = c.version_vector().await.expect("vv");
+            let missing = a
+                .commits_missing_from(&theirs, usize::MAX)
+                .await
+                .expect("missing");
+            let report = c.ingest(missing).await.expect("ingest");
+            assert!(
+                report
+                    .rejected
+                    .iter()
+                    .any(|(_, r)| r.code() == "DECRYPT_FAILED"),
+                "{point}: {report:?}"
+            );
+            assert_eq!(c.kv().get("after").await.expect("get"), None);
+            for s in [a, b, c] {
+                s.close().await.expect("close");
+            }
+        });
+    }
+}
+
+async fn open_id(path: &Path) -> persist::DeviceId {
+    let store = open(path).await;
+    let id = store.device_id();
+    store.close().await.expect("close");
+    id
+}
+
+fn commit(
+    author: &DeviceIdentity,
+    store: persist::StoreId,
+    seq: u64,
+    prev: [u8; 32],
+    key: &str,
+) -> Commit {
+    Commit::sign(
+        CommitBody {
+            format: COMMIT_FORMAT,
+            store,
+            author: author.device_id(),
+            seq,
+            prev,
+            hlc: Hlc::from_millis(1_700_000_000_000 + seq),
+            ops: vec![Op::KvSet {
+                key: key.into(),
+                value: "1".into(),
+            }],
+        },
+        author,
+        None,
+    )
+    .expect("signs")
+}
+
+/// A member signs two different commits under one number and hands one
+/// to each replica: the second version is refused as `CHANGE_CONFLICT`
+/// wherever it arrives, and so is the next commit built on the other
+/// branch (its hash chain names the other commit).
+#[tokio::test]
+async fn equivocating_commits_are_detected_on_every_path() {
+    let a = Store::open(StoreOptions::new("a").adapter(persist::Adapter::Memory))
+        .await
+        .expect("a");
+    let b = Store::open(StoreOptions::new("b").adapter(persist::Adapter::Memory))
+        .await
+        .expect("b");
+    pair(&a, &b).await;
+    let m = DeviceIdentity::from_secret(&[77; 32]);
+    a.admit_device(m.device_id(), "member")
+        .await
+        .expect("admit");
+    b.merge_membership(&a.membership().await)
+        .await
+        .expect("merge");
+    let store = a.store_id();
+    let x1 = commit(&m, store, 1, [0; 32], "x");
+    let y1 = commit(&m, store, 1, [0; 32], "y");
+    let x2 = commit(&m, store, 2, x1.signed.hash(), "x2");
+    assert_eq!(
+        a.ingest(vec![x1.signed.clone()]).await.expect("a").applied,
+        1
+    );
+    assert_eq!(
+        b.ingest(vec![y1.signed.clone()]).await.expect("b").applied,
+        1
+    );
+    let report = a.ingest(vec![y1.signed]).await.expect("a");
+    assert_eq!(report.rejected[0].1.code(), "CHANGE_CONFLICT", "{report:?}");
+    let report = b.ingest(vec![x1.signed, x2.signed]).await.expect("b");
+    assert_eq!(report.applied, 0, "{report:?}");
+    assert!(
+        report
+            .rejected
+            .iter()
+            .all(|(_, r)| r.code() == "CHANGE_CONFLICT"),
+        "{report:?}"
+    );
+}
