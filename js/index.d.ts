@@ -177,7 +177,7 @@ export interface P2POptions {
 
 export type P2PEventName =
   | "peer:connect" | "peer:disconnect" | "sync" | "pair" | "pair:failed"
-  | "member:add" | "member:remove" | "listen" | "leader" | "*";
+  | "member:add" | "member:remove" | "listen" | "leader" | "alert" | "*";
 
 export interface P2PEvent {
   type: Exclude<P2PEventName, "*">;
@@ -187,7 +187,9 @@ export interface P2PEvent {
   applied?: number;
   rejected?: number;
   remaining?: number;
-  /** `pair:failed`: the error's stable code. */
+  /** `pair:failed`: the error's stable code. `alert`: what was seen
+   *  (`"EQUIVOCATION"`: `peer` signed two different membership entries under one
+   *  number and is removed on every replica). */
   code?: string;
   /** `listen`: the address. */
   addr?: string;

@@ -34,6 +34,7 @@ use crate::storage::{MetaKey, SealedStorage, StorageBackend};
 mod crypto;
 mod handles;
 mod members;
+mod replica;
 mod subscribe;
 mod writer;
 
@@ -433,6 +434,13 @@ impl Store {
         self.bound().store_id
     }
 
+    /// The device's libp2p identity (the key of its PeerId): what a
+    /// headless node (`persist node`) that runs under this store's device
+    /// identity listens with.
+    pub fn p2p_keypair(&self) -> Result<libp2p::identity::Keypair> {
+        crate::net::keypair(self.device_identity())
+    }
+
     /// This device's signing identity.
     pub(crate) fn device_identity(&self) -> &DeviceIdentity {
         &self.inner.device
@@ -508,7 +516,10 @@ impl Store {
             |relay| crate::net::Behaviour::new(&keypair, &options, gate.clone(), relay),
             &options,
         )?;
-        crate::net::start(self.clone(), swarm, &options, gate)
+        // One thread in the browser: the store is not Send there, as below.
+        #[allow(clippy::arc_with_non_send_sync)]
+        let replica = Arc::new(self.clone());
+        crate::net::start(replica, swarm, &options, gate)
     }
 
     /// A signal after every durable batch of commits (local or received).

@@ -29,7 +29,6 @@
 //! (who may then speak only `/persist/pair/1`, see [`pairing`]: the sync
 //! protocol refuses non-members).
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use futures::channel::{mpsc, oneshot};
@@ -44,13 +43,14 @@ use crate::change::{SignedCommit, StoreId};
 use crate::error::{Error, Result};
 use crate::identity::{DeviceId, DeviceIdentity};
 use crate::membership::MembershipWire;
-use crate::store::Store;
 
 pub mod codec;
 pub mod gate;
 pub mod live;
 mod node;
 pub mod pairing;
+pub mod replica;
+pub mod replication;
 pub mod server;
 
 pub use codec::Codec;
@@ -131,7 +131,7 @@ impl ByteCounter {
     }
 }
 
-/// Options of [`Store::enable_p2p`].
+/// Options of `Store::enable_p2p`.
 #[derive(Debug, Clone)]
 pub struct P2pOptions {
     /// Addresses to listen on (e.g. `/ip4/0.0.0.0/tcp/0`,
@@ -221,6 +221,11 @@ pub enum P2pEvent {
     Paired(PeerId),
     /// A pairing exchange failed, with the error's stable code.
     PairingFailed(&'static str),
+    /// A device signed two different membership entries under one number
+    /// (equivocation): it is removed on every replica. Worth telling the
+    /// user: a member's key is misused or a device was restored from an
+    /// old copy.
+    Equivocation(PeerId),
 }
 
 /// A request of the sync protocol.
@@ -451,7 +456,7 @@ enum Command {
 #[derive(Clone)]
 pub struct P2p {
     peer_id: PeerId,
-    store: Store,
+    replica: Arc<dyn replica::Replica>,
     commands: mpsc::UnboundedSender<Command>,
     gate: Arc<Mutex<gate::GateState>>,
     /// Event subscribers, shared with the loop: one that subscribes sees
@@ -591,7 +596,7 @@ impl P2p {
         for addr in &invite.addrs {
             // Relayed addresses already end with the host's id.
             let addr = with_peer(addr, invite.host);
-            let label = self.store.name().to_string();
+            let label = self.replica.name();
             let code = invite.code.clone();
             match self
                 .ask(|done| Command::Pair {
@@ -603,7 +608,7 @@ impl P2p {
                 .await?
             {
                 Ok(peer) => {
-                    if self.store.store_id() != invite.store {
+                    if self.replica.store_id() != invite.store {
                         return Err(Error::PairingFailed(
                             "the inviting device offered another store than its invite names"
                                 .into(),
@@ -626,7 +631,7 @@ impl P2p {
             .bootstrap
             .is_empty();
         if bootstrapped {
-            let label = self.store.name().to_string();
+            let label = self.replica.name();
             let code = invite.code.clone();
             let peer = self
                 .ask(|done| Command::Pair {
@@ -636,7 +641,7 @@ impl P2p {
                     done,
                 })
                 .await??;
-            if peer != invite.host || self.store.store_id() != invite.store {
+            if peer != invite.host || self.replica.store_id() != invite.store {
                 return Err(Error::PairingFailed(
                     "another device than the invite names answered".into(),
                 ));
@@ -653,7 +658,7 @@ impl P2p {
     /// Resolves with the host's peer id once this device is a member.
     pub async fn pair(&self, code: &str, host: Option<Multiaddr>) -> Result<PeerId> {
         let code = PairingCode::parse(code)?;
-        let label = self.store.name().to_string();
+        let label = self.replica.name();
         self.ask(|done| Command::Pair {
             code,
             host,
@@ -665,7 +670,7 @@ impl P2p {
 
     /// The devices trusted to sync the store (this one included).
     pub fn trusted_peers(&self) -> Result<Vec<PeerId>> {
-        self.store
+        self.replica
             .members()
             .current
             .keys()
@@ -675,12 +680,12 @@ impl P2p {
 
     /// Removes `peer` from the store's membership on every replica, closes
     /// its connections and (encrypted stores) rotates the data key so it
-    /// cannot read later writes. See [`Store::revoke`].
+    /// cannot read later writes. See `Store::revoke`.
     pub async fn revoke_trust(&self, peer: PeerId) -> Result<()> {
         let device = device_of(&peer).ok_or_else(|| {
             Error::NotTrusted(format!("{peer} is not the peer id of a Persist device"))
         })?;
-        self.store.revoke(device).await
+        self.replica.revoke(device).await
     }
 
     /// Stops the node (connections close; the store stays open).
@@ -692,7 +697,7 @@ impl P2p {
 /// Starts a node for `store` on `swarm` (built by the platform with a
 /// behaviour gated by `gate`); returns the handle at once.
 pub(crate) fn start(
-    store: Store,
+    replica: Arc<dyn replica::Replica>,
     swarm: libp2p::Swarm<Behaviour>,
     options: &P2pOptions,
     gate: Arc<Mutex<gate::GateState>>,
@@ -701,7 +706,7 @@ pub(crate) fn start(
     let (commands, inbox) = mpsc::unbounded();
     let subscribers = Subscribers::default();
     node::run(
-        store.clone(),
+        replica.clone(),
         swarm,
         options,
         gate.clone(),
@@ -710,20 +715,11 @@ pub(crate) fn start(
     )?;
     Ok(P2p {
         peer_id,
-        store,
+        replica,
         commands,
         gate,
         subscribers,
     })
-}
-
-/// Records in `known` that the peer will hold `commits` (optimistic: its
-/// next pull or ack corrects it).
-fn advance(known: &mut BTreeMap<DeviceId, u64>, commits: &[SignedCommit]) {
-    for (author, seq) in commits.iter().filter_map(SignedCommit::author_seq) {
-        let entry = known.entry(author).or_insert(0);
-        *entry = (*entry).max(seq);
-    }
 }
 
 #[cfg(test)]

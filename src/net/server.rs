@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identity, Multiaddr, PeerId, Swarm};
+use libp2p::{Multiaddr, PeerId, Swarm};
 
 use crate::error::{Error, Result};
 
@@ -290,10 +290,4 @@ async fn run(
     if let Some(done) = done {
         let _ = done.send(());
     }
-}
-
-/// The libp2p identity of a headless node kept in `store` (the device's
-/// identity of the node's own store).
-pub fn keypair_of(store: &crate::store::Store) -> Result<identity::Keypair> {
-    super::keypair(store.device_identity())
 }

@@ -177,6 +177,11 @@ fn describe(event: &P2pEvent) -> Option<(&'static str, JsValue)> {
             set("code", JsValue::from_str(code));
             "pair:failed"
         }
+        P2pEvent::Equivocation(peer) => {
+            set("peer", JsValue::from_str(&peer.to_string()));
+            set("code", JsValue::from_str("EQUIVOCATION"));
+            "alert"
+        }
     };
     Some((name, object.into()))
 }

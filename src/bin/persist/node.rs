@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
-use persist::net::server::{keypair_of, Server, ServerEvent, ServerOptions};
+use persist::net::server::{Server, ServerEvent, ServerOptions};
 use persist::net::Multiaddr;
 use persist::{Store, StoreOptions};
 use serde::Deserialize;
@@ -162,7 +162,7 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
             .encrypt(true),
     )
     .await?;
-    let keypair = keypair_of(&store)?;
+    let keypair = store.p2p_keypair()?;
     let certificate = store
         .kv()
         .get(CERTIFICATE_KEY)

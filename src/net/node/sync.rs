@@ -1,0 +1,431 @@
+//! The executor of the replication protocol ([`crate::net::replication`]):
+//! it turns requests, responses and live messages into the core's input,
+//! and the core's actions into sends, storage reads and ingests. Storage
+//! work runs in tasks of its own, never on the loop (the swarm keeps being
+//! polled while a page is read or a batch verified); each task reports
+//! through a bounded channel, so a burst of work waits for the loop
+//! instead of queueing without end.
+
+use futures::channel::mpsc;
+use futures::SinkExt;
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::PeerId;
+
+use super::Node;
+use crate::change::SignedCommit;
+use crate::error::Result;
+use crate::membership::MembershipWire;
+use crate::net::codec::frame;
+use crate::net::live::{self, LiveMessage};
+use crate::net::replica::{Merged, Replica};
+use crate::net::replication::{Action, Arrival, Digest, Incoming, Ingested, Purpose, Token};
+use crate::net::{peer_id_of, P2pEvent, SyncRequest, SyncResponse, PAGE_BYTES, PULL_LIMIT};
+
+/// Storage tasks' results waiting for the loop, at most.
+pub(super) const DONE_QUEUE: usize = 64;
+
+/// The live stream to a connected peer.
+#[derive(Default)]
+pub(super) struct Link {
+    /// Frames for the live stream to the peer, once opened.
+    live: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// The live stream failed on this connection: pushes use
+    /// request-response.
+    failed: bool,
+}
+
+/// What a storage task reports to the loop.
+pub(super) enum Done {
+    /// A pull to send.
+    Pull {
+        peer: PeerId,
+        request: Result<SyncRequest>,
+    },
+    /// Commits read for a peer.
+    Read {
+        peer: PeerId,
+        purpose: Purpose,
+        result: Result<(Vec<SignedCommit>, u64, Option<MembershipWire>, Digest)>,
+    },
+    /// Received commits verified and stored.
+    Ingested {
+        peer: PeerId,
+        arrival: Arrival,
+        merged: Option<Merged>,
+        result: Result<Ingested>,
+    },
+}
+
+/// Reads what a [`Action::Read`] asks for.
+async fn read(
+    replica: &dyn Replica,
+    have: Vec<(crate::identity::DeviceId, u64)>,
+    limit: usize,
+    theirs: Option<Digest>,
+    purpose: Purpose,
+) -> Result<(Vec<SignedCommit>, u64, Option<MembershipWire>, Digest)> {
+    // One more than the limit says whether more remain.
+    let want = match purpose {
+        Purpose::Answer { .. } => limit + 1,
+        Purpose::Push => limit,
+    };
+    let commits = replica
+        .commits_missing(have.clone(), want, PAGE_BYTES)
+        .await?;
+    let lacking = match purpose {
+        Purpose::Answer { .. } => {
+            let have: std::collections::BTreeMap<_, _> = have.into_iter().collect();
+            replica
+                .version_vector()
+                .await?
+                .into_iter()
+                .map(|(author, seq)| seq.saturating_sub(have.get(&author).copied().unwrap_or(0)))
+                .sum()
+        }
+        Purpose::Push => 0,
+    };
+    let ours = replica.membership_digest().await;
+    let log = if theirs == Some(ours) {
+        None
+    } else {
+        Some(replica.membership().await)
+    };
+    Ok((commits, lacking, log, ours))
+}
+
+impl Node {
+    /// Runs `work` off the loop; its result comes back as a [`Done`].
+    fn off_loop<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = Done> + crate::platform::MaybeSend + 'static,
+    {
+        let mut done = self.done.clone();
+        crate::platform::spawn(async move {
+            // The loop is gone when this fails: nothing to report to.
+            let _ = done.send(work.await).await;
+        });
+    }
+
+    /// Carries out the core's actions.
+    pub(super) fn execute(&mut self, actions: Vec<Action<PeerId>>) {
+        for action in actions {
+            match action {
+                Action::Pull { peer } => {
+                    let replica = self.replica.clone();
+                    self.off_loop(async move {
+                        let request = async {
+                            Ok(SyncRequest::Pull {
+                                store: replica.store_id(),
+                                have: replica.version_vector().await?,
+                                limit: PULL_LIMIT,
+                                members: replica.membership_digest().await,
+                            })
+                        }
+                        .await;
+                        Done::Pull { peer, request }
+                    });
+                }
+                Action::Read {
+                    peer,
+                    have,
+                    limit,
+                    theirs,
+                    purpose,
+                } => {
+                    let replica = self.replica.clone();
+                    self.off_loop(async move {
+                        let result = read(&*replica, have, limit, theirs, purpose).await;
+                        Done::Read {
+                            peer,
+                            purpose,
+                            result,
+                        }
+                    });
+                }
+                Action::Reply { token, response } => {
+                    if let Some(channel) = self.replies.remove(&token) {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_response(channel, response);
+                    }
+                }
+                Action::Push {
+                    peer,
+                    commits,
+                    members,
+                } => self.send(peer, commits, members),
+                Action::Have { peer, have } => {
+                    self.send_live(peer, &LiveMessage::Have { have });
+                }
+                Action::Ingest {
+                    peer,
+                    members,
+                    commits,
+                    arrival,
+                } => {
+                    let replica = self.replica.clone();
+                    self.off_loop(async move {
+                        // The log first: it admits the commits.
+                        let merged = match members {
+                            Some(log) => match replica.merge_membership(log).await {
+                                Ok(merged) => Some(merged),
+                                Err(e) => {
+                                    tracing::warn!(%peer, code = e.code(), %e, "membership log refused");
+                                    None
+                                }
+                            },
+                            None => None,
+                        };
+                        let result = replica.ingest(commits).await;
+                        Done::Ingested {
+                            peer,
+                            arrival,
+                            merged,
+                            result,
+                        }
+                    });
+                }
+                Action::Synced {
+                    peer,
+                    applied,
+                    rejected,
+                    remaining,
+                } => self.emit(P2pEvent::Synced {
+                    peer,
+                    applied,
+                    rejected,
+                    remaining,
+                }),
+            }
+        }
+    }
+
+    /// A storage task finished.
+    pub(super) fn done(&mut self, done: Done) {
+        let actions = match done {
+            Done::Pull { peer, request } => {
+                match request {
+                    Ok(request) if self.replication.is_connected(&peer) => {
+                        self.swarm.behaviour_mut().sync.send_request(&peer, request);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(%peer, code = e.code(), "cannot pull"),
+                }
+                Vec::new()
+            }
+            Done::Read {
+                peer,
+                purpose,
+                result,
+            } => match result {
+                Ok((commits, lacking, log, ours)) => self
+                    .replication
+                    .read_done(peer, purpose, commits, lacking, log, ours),
+                Err(e) => {
+                    tracing::warn!(%peer, code = e.code(), "cannot read commits for a peer");
+                    self.replication.read_failed(peer, purpose, e.code())
+                }
+            },
+            Done::Ingested {
+                peer,
+                arrival,
+                merged,
+                result,
+            } => {
+                if let Some(merged) = merged {
+                    for device in &merged.equivocators {
+                        if let Ok(device) = peer_id_of(device) {
+                            self.emit(P2pEvent::Equivocation(device));
+                        }
+                    }
+                    if merged.changed {
+                        self.refresh_members();
+                    }
+                }
+                match result {
+                    Ok(outcome) => self.replication.ingested(peer, arrival, outcome),
+                    Err(e) => {
+                        tracing::warn!(%peer, code = e.code(), "received commits not applied");
+                        self.replication.ingest_failed(arrival, e.code())
+                    }
+                }
+            }
+        };
+        self.execute(actions);
+    }
+
+    /// Local commits (or a membership change): push to the members.
+    pub(super) fn local_changes(&mut self) {
+        self.refresh_members();
+        let members = self.members.clone();
+        let actions = self.replication.on_local_commits(|peer| {
+            crate::net::device_of(peer).is_some_and(|d| members.contains(&d))
+        });
+        self.execute(actions);
+    }
+
+    /// Pulls from `peer` now (after joining its store).
+    pub(super) fn pull(&mut self, peer: PeerId) {
+        let actions = self.replication.pull_from(peer);
+        self.execute(actions);
+    }
+
+    fn incoming(&mut self, peer: PeerId, message: Incoming) {
+        let member = self.is_member(&peer);
+        let store = self.replica.store_id();
+        let actions = self.replication.handle(peer, member, store, message);
+        self.execute(actions);
+    }
+
+    fn token(&mut self, channel: ResponseChannel<SyncResponse>) -> Token {
+        self.next_token = self.next_token.wrapping_add(1);
+        self.replies.insert(self.next_token, channel);
+        self.next_token
+    }
+
+    /// Sends commits (and the membership log) to `peer`: on its live
+    /// stream, or as a request when that stream failed.
+    fn send(&mut self, peer: PeerId, commits: Vec<SignedCommit>, members: Option<MembershipWire>) {
+        let message = LiveMessage::Commits { commits, members };
+        if self.send_live(peer, &message) {
+            return;
+        }
+        if let LiveMessage::Commits { commits, members } = message {
+            let request = SyncRequest::Push {
+                store: self.replica.store_id(),
+                commits,
+                members,
+            };
+            self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        }
+    }
+
+    /// Queues `message` on the live stream to `peer` (opening it first);
+    /// false when there is none.
+    fn send_live(&mut self, peer: PeerId, message: &LiveMessage) -> bool {
+        let control = self.control.clone();
+        let failed = self.live_failed.clone();
+        let Some(link) = self.links.get_mut(&peer) else {
+            return false;
+        };
+        if link.failed {
+            return false;
+        }
+        let frames = link
+            .live
+            .get_or_insert_with(|| live::open(control, peer, failed));
+        match frame(message) {
+            Ok(bytes) => frames.unbounded_send(bytes).is_ok(),
+            Err(e) => {
+                tracing::warn!(%peer, %e, "cannot frame a live message");
+                false
+            }
+        }
+    }
+
+    /// A live stream failed: later pushes to that peer go as requests,
+    /// starting again from what the peer last confirmed having.
+    pub(super) fn live_broke(&mut self, peer: PeerId) {
+        if let Some(link) = self.links.get_mut(&peer) {
+            link.live = None;
+            link.failed = true;
+            let actions = self.replication.live_broke(peer);
+            self.execute(actions);
+        }
+    }
+
+    /// What arrived on a peer's live stream.
+    pub(super) fn live_message(&mut self, peer: PeerId, message: LiveMessage) {
+        if !self.is_member(&peer) {
+            tracing::info!(%peer, "live message from a non-member dropped");
+            return;
+        }
+        let message = match message {
+            LiveMessage::Have { have } => Incoming::Have { have },
+            LiveMessage::Commits { commits, members } => Incoming::Push {
+                store: self.replica.store_id(),
+                commits,
+                members,
+                reply: None,
+            },
+        };
+        self.incoming(peer, message);
+    }
+
+    pub(super) fn sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let reply = self.token(channel);
+                let message = match request {
+                    SyncRequest::Pull {
+                        store,
+                        have,
+                        limit,
+                        members,
+                    } => Incoming::Pull {
+                        store,
+                        have,
+                        limit,
+                        members,
+                        reply,
+                    },
+                    SyncRequest::Push {
+                        store,
+                        commits,
+                        members,
+                    } => Incoming::Push {
+                        store,
+                        commits,
+                        members,
+                        reply: Some(reply),
+                    },
+                };
+                self.incoming(peer, message);
+            }
+            Event::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            } => match response {
+                SyncResponse::Commits {
+                    commits,
+                    more,
+                    remaining,
+                    members,
+                } => self.incoming(
+                    peer,
+                    Incoming::Commits {
+                        commits,
+                        more,
+                        remaining,
+                        members,
+                    },
+                ),
+                SyncResponse::Ack {
+                    have: Some(have), ..
+                } => self.incoming(peer, Incoming::Have { have }),
+                SyncResponse::Ack { have: None, .. } => {}
+                SyncResponse::Refused(reason) => {
+                    tracing::warn!(%peer, %reason, "sync request refused");
+                }
+            },
+            Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "sync request failed");
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "sync request not answered");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+}

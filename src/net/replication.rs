@@ -1,0 +1,588 @@
+//! The replication protocol as a sans-IO state machine: per-peer state,
+//! messages in, actions out. No libp2p, no storage, no clock: the device's
+//! node (and any other executor, such as the in-memory one of the protocol
+//! property test) reads storage, ingests and sends as the actions say, and
+//! reports back ([`Replication::read_done`], [`Replication::ingested`]).
+//!
+//! ```text
+//! on connect with a member     -> Pull
+//! Pull { have, limit, digest } -> Read(answer) -> Reply Commits { page, more, remaining, log? }
+//!                                 (+ Pull, if this side never pulled from that peer)
+//! Commits (our pull's answer)  -> Ingest (log merged first) -> Synced; Pull again while `more`
+//! local commits                -> Read(push) for each member that told its version vector
+//!                              -> Push { commits, log? } (live stream, or a request)
+//! Push                         -> Ingest -> Synced; a gap pulls; refusals answer `have`
+//! Ack / Have { have }          -> what the peer has (pushes restart from it)
+//! ```
+//!
+//! What this side believes a peer has (`known`) advances with every page
+//! and push it sends or receives, so nothing is sent twice and nothing is
+//! echoed back; what the peer *confirmed* (its pull, an ack, a `have`) is
+//! where `known` restarts when a live stream breaks.
+
+use std::collections::BTreeMap;
+
+use super::{page_of, SyncResponse, PULL_LIMIT};
+use crate::change::{SignedCommit, StoreId};
+use crate::identity::DeviceId;
+use crate::membership::MembershipWire;
+
+/// A version vector: the highest sequence number held per author.
+pub type VersionVector = Vec<(DeviceId, u64)>;
+/// A digest of a membership log.
+pub type Digest = [u8; 32];
+/// Names a request awaiting its response, for the executor to match.
+pub type Token = u64;
+
+/// A message from a peer, as the core sees it.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    /// The peer asks for what it lacks.
+    Pull {
+        /// The store it replicates.
+        store: StoreId,
+        /// Its version vector.
+        have: VersionVector,
+        /// At most this many commits.
+        limit: u32,
+        /// Its membership digest.
+        members: Digest,
+        /// Where the answer goes.
+        reply: Token,
+    },
+    /// The peer pushes commits it believes this side lacks.
+    Push {
+        /// The store.
+        store: StoreId,
+        /// Its commits.
+        commits: Vec<SignedCommit>,
+        /// Its membership log, when it believes ours differs.
+        members: Option<MembershipWire>,
+        /// Where the acknowledgement goes (`None`: the live stream).
+        reply: Option<Token>,
+    },
+    /// The answer to this side's pull.
+    Commits {
+        /// A page of commits.
+        commits: Vec<SignedCommit>,
+        /// More remain.
+        more: bool,
+        /// How many this side still lacks after the page.
+        remaining: u64,
+        /// The peer's membership log, when ours differs.
+        members: Option<MembershipWire>,
+    },
+    /// The peer's version vector (after a push of ours it partly refused).
+    Have {
+        /// Its version vector.
+        have: VersionVector,
+    },
+}
+
+/// Why commits are read for a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// To answer its pull (at most `limit` commits).
+    Answer {
+        /// Most commits to send.
+        limit: usize,
+        /// Where the answer goes.
+        reply: Token,
+    },
+    /// To push what it lacks.
+    Push,
+}
+
+/// How received commits came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// As the answer to this side's pull.
+    Pulled {
+        /// More remain at the peer.
+        more: bool,
+        /// How many.
+        remaining: u64,
+    },
+    /// Pushed by the peer (`reply`: its request, or `None` on the live
+    /// stream).
+    Pushed {
+        /// Where the acknowledgement goes.
+        reply: Option<Token>,
+    },
+}
+
+/// What ingesting received commits did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// Commits stored.
+    pub applied: usize,
+    /// Commits already held.
+    pub duplicates: usize,
+    /// Commits refused.
+    pub rejected: usize,
+    /// Some were refused because they skip commits of their author.
+    pub gap: bool,
+    /// This side's version vector afterwards, when some were refused.
+    pub have: Option<VersionVector>,
+}
+
+/// What the executor does next.
+#[derive(Debug, Clone)]
+pub enum Action<P> {
+    /// Send `peer` a pull (this side's version vector and membership
+    /// digest, at most [`PULL_LIMIT`] commits).
+    Pull {
+        /// To whom.
+        peer: P,
+    },
+    /// Read the commits a peer with version vector `have` lacks (at most
+    /// `limit`, within a page of bytes) and the membership log if `theirs`
+    /// is not this side's digest; then [`Replication::read_done`].
+    Read {
+        /// For whom.
+        peer: P,
+        /// What it has.
+        have: VersionVector,
+        /// Most commits to read.
+        limit: usize,
+        /// Its membership digest, if known.
+        theirs: Option<Digest>,
+        /// Why.
+        purpose: Purpose,
+    },
+    /// Answer a request.
+    Reply {
+        /// The request.
+        token: Token,
+        /// The answer.
+        response: SyncResponse,
+    },
+    /// Push commits (and the log) to `peer`: on its live stream, or as a
+    /// request when there is none.
+    Push {
+        /// To whom.
+        peer: P,
+        /// The commits.
+        commits: Vec<SignedCommit>,
+        /// The log, when the peer's digest differs.
+        members: Option<MembershipWire>,
+    },
+    /// Tell `peer` on its live stream what this side has.
+    Have {
+        /// To whom.
+        peer: P,
+        /// This side's version vector.
+        have: VersionVector,
+    },
+    /// Merge the log (if any), then verify and store the commits; then
+    /// [`Replication::ingested`].
+    Ingest {
+        /// From whom.
+        peer: P,
+        /// Its log, merged before the commits it admits.
+        members: Option<MembershipWire>,
+        /// The commits.
+        commits: Vec<SignedCommit>,
+        /// How they came.
+        arrival: Arrival,
+    },
+    /// Tell the application what a sync step did.
+    Synced {
+        /// With whom.
+        peer: P,
+        /// Commits stored.
+        applied: usize,
+        /// Commits refused.
+        rejected: usize,
+        /// Commits the peer still has for this side.
+        remaining: u64,
+    },
+}
+
+/// What this side knows of one peer.
+#[derive(Debug, Default, Clone)]
+struct PeerSync {
+    /// The peer's version vector as this side believes it.
+    known: BTreeMap<DeviceId, u64>,
+    /// Its version vector as it last confirmed it.
+    confirmed: BTreeMap<DeviceId, u64>,
+    /// Its membership digest as last learnt (`None`: unknown).
+    members: Option<Digest>,
+    /// It told its version vector (pulled): pushes wait for that.
+    heard: bool,
+    /// This side pulled from it.
+    pulled: bool,
+    /// A read for a push is under way.
+    pushing: bool,
+    /// Local commits arrived while a push was being read.
+    push_again: bool,
+}
+
+/// The replication state of one store with its connected peers.
+#[derive(Debug, Clone)]
+pub struct Replication<P: Ord + Copy> {
+    peers: BTreeMap<P, PeerSync>,
+}
+
+impl<P: Ord + Copy> Default for Replication<P> {
+    fn default() -> Self {
+        Replication {
+            peers: BTreeMap::new(),
+        }
+    }
+}
+
+fn vector(map: &BTreeMap<DeviceId, u64>) -> VersionVector {
+    map.iter().map(|(d, n)| (*d, *n)).collect()
+}
+
+fn advance(known: &mut BTreeMap<DeviceId, u64>, commits: &[SignedCommit]) {
+    for (author, seq) in commits.iter().filter_map(SignedCommit::author_seq) {
+        let entry = known.entry(author).or_insert(0);
+        *entry = (*entry).max(seq);
+    }
+}
+
+impl<P: Ord + Copy> Replication<P> {
+    /// No peers yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A peer connected; `member` says whether it is a member.
+    pub fn connected(&mut self, peer: P, member: bool) -> Vec<Action<P>> {
+        self.peers.insert(peer, PeerSync::default());
+        if member {
+            self.pull(peer)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// A peer's last connection closed.
+    pub fn disconnected(&mut self, peer: P) {
+        self.peers.remove(&peer);
+    }
+
+    /// True while `peer` is connected.
+    pub fn is_connected(&self, peer: &P) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// Pull from `peer` now (after joining its store by pairing).
+    pub fn pull_from(&mut self, peer: P) -> Vec<Action<P>> {
+        self.pull(peer)
+    }
+
+    fn pull(&mut self, peer: P) -> Vec<Action<P>> {
+        match self.peers.get_mut(&peer) {
+            Some(state) => {
+                state.pulled = true;
+                vec![Action::Pull { peer }]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// This side committed (or its membership changed): read a push for
+    /// every member that told its version vector. `is_member` says who is.
+    pub fn on_local_commits(&mut self, is_member: impl Fn(&P) -> bool) -> Vec<Action<P>> {
+        let peers: Vec<P> = self
+            .peers
+            .iter()
+            .filter(|(p, s)| s.heard && is_member(p))
+            .map(|(p, _)| *p)
+            .collect();
+        peers
+            .into_iter()
+            .flat_map(|peer| self.read_push(peer))
+            .collect()
+    }
+
+    fn read_push(&mut self, peer: P) -> Vec<Action<P>> {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return Vec::new();
+        };
+        if state.pushing {
+            state.push_again = true;
+            return Vec::new();
+        }
+        state.pushing = true;
+        state.push_again = false;
+        vec![Action::Read {
+            peer,
+            have: vector(&state.known),
+            limit: PULL_LIMIT as usize,
+            theirs: state.members,
+            purpose: Purpose::Push,
+        }]
+    }
+
+    /// A message from `peer` (`member`: whether it is a member now;
+    /// `store`: this side's store id).
+    pub fn handle(
+        &mut self,
+        peer: P,
+        member: bool,
+        store: StoreId,
+        message: Incoming,
+    ) -> Vec<Action<P>> {
+        let refuse = |code: &str, reply: Option<Token>| -> Vec<Action<P>> {
+            reply
+                .map(|token| Action::Reply {
+                    token,
+                    response: SyncResponse::Refused(code.into()),
+                })
+                .into_iter()
+                .collect()
+        };
+        if !member {
+            let reply = match &message {
+                Incoming::Pull { reply, .. } => Some(*reply),
+                Incoming::Push { reply, .. } => *reply,
+                _ => None,
+            };
+            return refuse("NOT_TRUSTED", reply);
+        }
+        match message {
+            Incoming::Pull {
+                store: theirs,
+                reply,
+                ..
+            } if theirs != store => refuse("WRONG_STORE", Some(reply)),
+            Incoming::Push {
+                store: theirs,
+                reply,
+                ..
+            } if theirs != store => refuse("WRONG_STORE", reply),
+            Incoming::Pull {
+                have,
+                limit,
+                members,
+                reply,
+                ..
+            } => {
+                let state = self.peers.entry(peer).or_default();
+                state.known = have.iter().copied().collect();
+                state.confirmed = state.known.clone();
+                state.members = Some(members);
+                state.heard = true;
+                let mut actions = vec![Action::Read {
+                    peer,
+                    have,
+                    limit: limit.min(PULL_LIMIT) as usize,
+                    theirs: Some(members),
+                    purpose: Purpose::Answer {
+                        limit: limit.min(PULL_LIMIT) as usize,
+                        reply,
+                    },
+                }];
+                // A member that pulled from us before we pulled from it.
+                if !state.pulled {
+                    actions.extend(self.pull(peer));
+                }
+                actions
+            }
+            Incoming::Push {
+                commits,
+                members,
+                reply,
+                ..
+            } => self.received(peer, commits, members, Arrival::Pushed { reply }),
+            Incoming::Commits {
+                commits,
+                more,
+                remaining,
+                members,
+            } => self.received(peer, commits, members, Arrival::Pulled { more, remaining }),
+            Incoming::Have { have } => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.known = have.into_iter().collect();
+                    state.confirmed = state.known.clone();
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn received(
+        &mut self,
+        peer: P,
+        commits: Vec<SignedCommit>,
+        members: Option<MembershipWire>,
+        arrival: Arrival,
+    ) -> Vec<Action<P>> {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            // The sender has what it sent: never echo it back.
+            advance(&mut state.known, &commits);
+            if members.is_some() {
+                // Its digest is about to be ours (after the merge), or
+                // unknown: the next push sends the log again if needed.
+                state.members = None;
+            }
+        }
+        vec![Action::Ingest {
+            peer,
+            members,
+            commits,
+            arrival,
+        }]
+    }
+
+    /// The result of an [`Action::Read`]: up to `limit + 1` commits the
+    /// peer lacks (`lacking`: how many in all), this side's log if the
+    /// peer's digest differed, and this side's digest.
+    pub fn read_done(
+        &mut self,
+        peer: P,
+        purpose: Purpose,
+        mut commits: Vec<SignedCommit>,
+        lacking: u64,
+        members: Option<MembershipWire>,
+        ours: Digest,
+    ) -> Vec<Action<P>> {
+        match purpose {
+            Purpose::Answer { limit, reply } => {
+                let over_count = commits.len() > limit;
+                commits.truncate(limit);
+                let (commits, over_bytes) = page_of(commits);
+                let remaining = lacking.saturating_sub(commits.len() as u64);
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    advance(&mut state.known, &commits);
+                    if members.is_some() {
+                        state.members = Some(ours);
+                    }
+                }
+                vec![Action::Reply {
+                    token: reply,
+                    response: SyncResponse::Commits {
+                        commits,
+                        more: over_count || over_bytes,
+                        remaining,
+                        members,
+                    },
+                }]
+            }
+            Purpose::Push => {
+                let Some(state) = self.peers.get_mut(&peer) else {
+                    return Vec::new();
+                };
+                state.pushing = false;
+                let again = std::mem::take(&mut state.push_again);
+                let mut actions = Vec::new();
+                commits.truncate(PULL_LIMIT as usize);
+                if !commits.is_empty() || members.is_some() {
+                    // A peer far behind catches up by pulling.
+                    let (commits, _) = page_of(commits);
+                    advance(&mut state.known, &commits);
+                    state.members = Some(ours);
+                    actions.push(Action::Push {
+                        peer,
+                        commits,
+                        members,
+                    });
+                }
+                if again {
+                    actions.extend(self.read_push(peer));
+                }
+                actions
+            }
+        }
+    }
+
+    /// The result of an [`Action::Ingest`].
+    pub fn ingested(&mut self, peer: P, arrival: Arrival, outcome: Ingested) -> Vec<Action<P>> {
+        let mut actions = Vec::new();
+        let count = outcome.applied + outcome.duplicates + outcome.rejected;
+        match arrival {
+            Arrival::Pulled { more, remaining } => {
+                if count > 0 {
+                    actions.push(Action::Synced {
+                        peer,
+                        applied: outcome.applied,
+                        rejected: outcome.rejected,
+                        remaining,
+                    });
+                }
+                // Keep paging while pages make progress (duplicates count:
+                // a relay may have delivered them first).
+                if more && outcome.applied + outcome.duplicates > 0 {
+                    actions.extend(self.pull(peer));
+                }
+            }
+            Arrival::Pushed { reply } => {
+                actions.push(Action::Synced {
+                    peer,
+                    applied: outcome.applied,
+                    rejected: outcome.rejected,
+                    remaining: 0,
+                });
+                // Commits that skip some of their author's: pull the gap.
+                if outcome.gap {
+                    actions.extend(self.pull(peer));
+                }
+                match reply {
+                    Some(token) => actions.push(Action::Reply {
+                        token,
+                        response: SyncResponse::Ack {
+                            applied: outcome.applied as u32,
+                            rejected: outcome.rejected as u32,
+                            have: outcome.have,
+                        },
+                    }),
+                    None => {
+                        if let Some(have) = outcome.have {
+                            actions.push(Action::Have { peer, have });
+                        }
+                    }
+                }
+            }
+        }
+        actions
+    }
+
+    /// A push could not be stored by the executor (storage failed): the
+    /// peer gets a refusal if it asked by request.
+    pub fn ingest_failed(&mut self, arrival: Arrival, code: &str) -> Vec<Action<P>> {
+        match arrival {
+            Arrival::Pushed { reply: Some(token) } => vec![Action::Reply {
+                token,
+                response: SyncResponse::Refused(code.into()),
+            }],
+            _ => Vec::new(),
+        }
+    }
+
+    /// A read failed: answer a pull with a refusal; a push is abandoned.
+    pub fn read_failed(&mut self, peer: P, purpose: Purpose, code: &str) -> Vec<Action<P>> {
+        match purpose {
+            Purpose::Answer { reply, .. } => vec![Action::Reply {
+                token: reply,
+                response: SyncResponse::Refused(code.into()),
+            }],
+            Purpose::Push => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.pushing = false;
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// The live stream to `peer` broke: pushes restart from what it last
+    /// confirmed, as requests.
+    pub fn live_broke(&mut self, peer: P) -> Vec<Action<P>> {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return Vec::new();
+        };
+        state.known = state.confirmed.clone();
+        if state.heard {
+            self.read_push(peer)
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
