@@ -31,7 +31,7 @@ mod derive;
 #[cfg(test)]
 mod tests;
 
-pub use derive::{KeyEpoch, Members, Removal};
+pub use derive::{KeyEpoch, Members, Removal, SealedGrant};
 
 /// Encoding version of [`MemberEntry`]. Version 1 (no hash chain, cuts as
 /// bare numbers) is refused with [`MemberError::OldFormat`].
@@ -111,6 +111,19 @@ pub enum MemberChange {
     /// tell two different keys for one epoch apart without the key.
     Key {
         /// The epoch.
+        epoch: u32,
+        /// [`key_commitment`] of the key.
+        commitment: [u8; 32],
+        /// `(member, sealed key)`, at most [`MAX_GRANTS`].
+        grants: Vec<(DeviceId, Vec<u8>)>,
+    },
+    /// A key this member holds that the log does not record for the
+    /// members (a key another device made and granted while its entry
+    /// counted, or the losing key of a fork), sealed to members so they
+    /// can read what it sealed. Never a key to write under: it records no
+    /// epoch and never wins one.
+    KeyCopy {
+        /// The epoch the key belongs to.
         epoch: u32,
         /// [`key_commitment`] of the key.
         commitment: [u8; 32],
@@ -254,7 +267,7 @@ impl SignedMemberEntry {
             MemberChange::Remove { entries, .. } if entries.seq == 0 && entries.hash != [0; 32] => {
                 return Err(MemberError::Malformed("a cut at 0 names a hash".into()));
             }
-            MemberChange::Key { grants, .. }
+            MemberChange::Key { grants, .. } | MemberChange::KeyCopy { grants, .. }
                 if grants.len() > MAX_GRANTS
                     || grants.iter().any(|(_, g)| g.len() > MAX_GRANT_BYTES) =>
             {
@@ -533,11 +546,9 @@ impl MembershipLog {
                         "key epoch {epoch} does not follow the log's epoch {known}"
                     )));
                 }
-                if members
-                    .epochs
-                    .get(epoch)
-                    .is_some_and(|recorded| recorded.commitment != *commitment)
-                {
+                if members.epochs.get(epoch).is_some_and(|recorded| {
+                    recorded.commitment != *commitment && !recorded.rivals.contains(commitment)
+                }) {
                     return Err(MemberError::Refused(format!(
                         "epoch {epoch} is recorded with another key"
                     )));
@@ -559,6 +570,34 @@ impl MembershipLog {
         .sign(identity)?;
         self.add(signed.clone())?;
         Ok(signed)
+    }
+
+    /// True when a device in `removed` may hold the key of `epoch` with
+    /// `commitment`: an entry of a removed device records it, or an entry
+    /// grants it to a removed device (whether or not those entries count:
+    /// what was signed or sealed to it, it has).
+    pub fn exposed(
+        &self,
+        epoch: u32,
+        commitment: &[u8; 32],
+        removed: &BTreeMap<DeviceId, Removal>,
+    ) -> bool {
+        self.held().any(|held| match &held.entry.change {
+            MemberChange::Key {
+                epoch: e,
+                commitment: c,
+                grants,
+            }
+            | MemberChange::KeyCopy {
+                epoch: e,
+                commitment: c,
+                grants,
+            } if *e == epoch && c == commitment => {
+                removed.contains_key(&held.entry.author)
+                    || grants.iter().any(|(to, _)| removed.contains_key(to))
+            }
+            _ => false,
+        })
     }
 
     /// Who is trusted, the removal cuts, the key epochs and the

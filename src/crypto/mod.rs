@@ -245,6 +245,20 @@ impl Keyring {
             .ok_or(CryptoError::WrongKey)
     }
 
+    /// Every key held for `epoch`: its key, then the alternates of a fork.
+    pub fn keys_of(&self, epoch: u32) -> Vec<&DataKey> {
+        self.keys
+            .get(&epoch)
+            .into_iter()
+            .chain(
+                self.alternates
+                    .iter()
+                    .filter(|(e, _)| *e == epoch)
+                    .map(|(_, k)| k),
+            )
+            .collect()
+    }
+
     /// Makes `key` the key of `epoch` (the winner of a fork of that epoch,
     /// or an epoch this keyring lacked); a different key held for the
     /// epoch is kept as an alternate. Returns true when something changed.

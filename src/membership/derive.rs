@@ -71,6 +71,10 @@ impl Removal {
     }
 }
 
+/// A key sealed to a member by an entry: `(granter, member, commitment of
+/// the key, sealed key)`.
+pub type SealedGrant = (DeviceId, DeviceId, [u8; 32], Vec<u8>);
+
 /// A recorded data-key epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEpoch {
@@ -80,7 +84,7 @@ pub struct KeyEpoch {
     pub rivals: Vec<[u8; 32]>,
     /// Every grant of the epoch's keys: `(granter, member, commitment of
     /// the key, sealed key)`.
-    pub grants: Vec<(DeviceId, DeviceId, [u8; 32], Vec<u8>)>,
+    pub grants: Vec<SealedGrant>,
 }
 
 /// Who is trusted, as derived from a log.
@@ -97,6 +101,8 @@ pub struct Members {
     pub epoch: u32,
     /// Epochs 1..=`epoch`.
     pub epochs: BTreeMap<u32, KeyEpoch>,
+    /// Copies of keys of epochs not recorded (`KeyCopy` entries), by epoch.
+    pub copies: Vec<(u32, SealedGrant)>,
 }
 
 impl Members {
@@ -124,22 +130,39 @@ impl Members {
     /// of a forked epoch (still needed to read what they sealed).
     #[allow(clippy::type_complexity)]
     pub fn grants_for(&self, device: &DeviceId) -> Vec<(u32, [u8; 32], bool, DeviceId, Vec<u8>)> {
-        self.epochs
+        let recorded = self.epochs.iter().flat_map(|(epoch, key)| {
+            key.grants.iter().filter(|(_, to, _, _)| to == device).map(
+                |(from, _, commitment, sealed)| {
+                    (
+                        *epoch,
+                        *commitment,
+                        *commitment == key.commitment,
+                        *from,
+                        sealed.clone(),
+                    )
+                },
+            )
+        });
+        let copies = self
+            .copies
             .iter()
-            .flat_map(|(epoch, key)| {
-                key.grants.iter().filter(|(_, to, _, _)| to == device).map(
-                    |(from, _, commitment, sealed)| {
-                        (
-                            *epoch,
-                            *commitment,
-                            *commitment == key.commitment,
-                            *from,
-                            sealed.clone(),
-                        )
-                    },
-                )
-            })
-            .collect()
+            .filter(|(_, (_, to, _, _))| to == device)
+            .map(|(epoch, (from, _, commitment, sealed))| {
+                (*epoch, *commitment, false, *from, sealed.clone())
+            });
+        recorded.chain(copies).collect()
+    }
+
+    /// True when the key of `epoch` with `commitment` is known to the log
+    /// (recorded, a fork's loser, or copied).
+    pub fn knows_key(&self, epoch: u32, commitment: &[u8; 32]) -> bool {
+        self.epochs
+            .get(&epoch)
+            .is_some_and(|key| key.commitment == *commitment || key.rivals.contains(commitment))
+            || self
+                .copies
+                .iter()
+                .any(|(e, (_, _, c, _))| *e == epoch && c == commitment)
     }
 
     /// Current members (other than `except`) that hold no grant of the
@@ -148,12 +171,57 @@ impl Members {
         let Some(key) = self.epochs.get(&self.epoch) else {
             return Vec::new();
         };
-        let granted: BTreeSet<&DeviceId> = key
+        let granted = key
             .grants
             .iter()
-            .filter(|(_, _, commitment, _)| *commitment == key.commitment)
-            .map(|(_, to, _, _)| to)
+            .filter(|(_, _, c, _)| *c == key.commitment)
+            .map(|(_, to, _, _)| to);
+        self.lacking(except, granted)
+    }
+
+    /// For every recorded key (each epoch's winner and the losing keys of
+    /// forks), the current members other than `except` that hold no grant
+    /// of it: `(epoch, commitment, members)`. A member admitted while a key
+    /// was granted without it (or re-admitted when the removal of it stopped
+    /// counting) needs it to read what was sealed under it.
+    pub fn lacking_grants(&self, except: &DeviceId) -> Vec<(u32, [u8; 32], Vec<DeviceId>)> {
+        let recorded = self.epochs.iter().flat_map(|(epoch, key)| {
+            std::iter::once(&key.commitment)
+                .chain(&key.rivals)
+                .map(move |commitment| {
+                    let granted = key
+                        .grants
+                        .iter()
+                        .filter(|(_, _, c, _)| c == commitment)
+                        .map(|(_, to, _, _)| to);
+                    (*epoch, *commitment, self.lacking(except, granted))
+                })
+        });
+        let copied: BTreeSet<(u32, [u8; 32])> = self
+            .copies
+            .iter()
+            .map(|(e, (_, _, c, _))| (*e, *c))
             .collect();
+        let copies = copied.into_iter().map(|(epoch, commitment)| {
+            let granted = self
+                .copies
+                .iter()
+                .filter(move |(e, (_, _, c, _))| *e == epoch && *c == commitment)
+                .map(|(_, (_, to, _, _))| to);
+            (epoch, commitment, self.lacking(except, granted))
+        });
+        recorded
+            .chain(copies)
+            .filter(|(_, _, lacking)| !lacking.is_empty())
+            .collect()
+    }
+
+    fn lacking<'a>(
+        &self,
+        except: &DeviceId,
+        granted: impl Iterator<Item = &'a DeviceId>,
+    ) -> Vec<DeviceId> {
+        let granted: BTreeSet<&DeviceId> = granted.collect();
         self.current
             .keys()
             .filter(|d| *d != except && !granted.contains(d))
@@ -177,6 +245,8 @@ enum Kind<'a> {
         epoch: u32,
         commitment: [u8; 32],
         grants: &'a [(DeviceId, Vec<u8>)],
+        /// A `KeyCopy`: read-only, records no epoch.
+        copy: bool,
     },
 }
 
@@ -362,6 +432,17 @@ pub(super) fn derive(log: &MembershipLog) -> Members {
                 epoch: *epoch,
                 commitment: *commitment,
                 grants,
+                copy: false,
+            },
+            MemberChange::KeyCopy {
+                epoch,
+                commitment,
+                grants,
+            } => Kind::Key {
+                epoch: *epoch,
+                commitment: *commitment,
+                grants,
+                copy: true,
             },
         };
         nodes.push(Node {
@@ -437,11 +518,9 @@ pub(super) fn derive(log: &MembershipLog) -> Members {
         .collect();
     counted.sort_by_key(|n| n.order);
     members.current.insert(graph.founder, String::new());
-    #[allow(clippy::type_complexity)]
-    let mut epochs: BTreeMap<
-        u32,
-        BTreeMap<[u8; 32], Vec<(DeviceId, DeviceId, [u8; 32], Vec<u8>)>>,
-    > = BTreeMap::new();
+    type Grants = BTreeMap<u32, BTreeMap<[u8; 32], Vec<SealedGrant>>>;
+    let mut epochs: Grants = BTreeMap::new();
+    let mut copied: Grants = BTreeMap::new();
     for node in counted {
         match &node.kind {
             Kind::Add { device, label } if definite.admitted.contains(device) => {
@@ -454,8 +533,10 @@ pub(super) fn derive(log: &MembershipLog) -> Members {
                 epoch,
                 commitment,
                 grants,
+                copy,
             } => {
-                let slot = epochs
+                let target = if *copy { &mut copied } else { &mut epochs };
+                let slot = target
                     .entry(*epoch)
                     .or_default()
                     .entry(*commitment)
@@ -473,15 +554,23 @@ pub(super) fn derive(log: &MembershipLog) -> Members {
         .current
         .retain(|device, _| !members.removed.contains_key(device));
     let mut next = 1u32;
-    while let Some(versions) = epochs.remove(&next) {
+    while let Some(mut versions) = epochs.remove(&next) {
         let Some(commitment) = versions.keys().next().copied() else {
             break;
         };
+        // Copies of this epoch's keys join it (read-only: never the winner).
+        for (c, grants) in copied.remove(&next).unwrap_or_default() {
+            versions.entry(c).or_default().extend(grants);
+        }
         members.epochs.insert(
             next,
             KeyEpoch {
                 commitment,
-                rivals: versions.keys().skip(1).copied().collect(),
+                rivals: versions
+                    .keys()
+                    .filter(|c| **c != commitment)
+                    .copied()
+                    .collect(),
                 grants: versions.into_values().flatten().collect(),
             },
         );
@@ -491,5 +580,14 @@ pub(super) fn derive(log: &MembershipLog) -> Members {
         };
         next = after;
     }
+    members.copies = copied
+        .into_iter()
+        .flat_map(|(epoch, versions)| {
+            versions
+                .into_values()
+                .flatten()
+                .map(move |grant| (epoch, grant))
+        })
+        .collect();
     members
 }

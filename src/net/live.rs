@@ -1,6 +1,6 @@
-//! The live stream `/persist/live/1`: one long-lived stream per member and
+//! The live stream `/persist/live/2`: one long-lived stream per member and
 //! direction, opened at the first push, carrying new commits as they are
-//! written. Each message is framed as on `/persist/sync/1`; nothing is
+//! written. Each message is framed as on `/persist/sync/2`; nothing is
 //! acknowledged unless something was refused (the receiver then tells its
 //! version vector). A stream costs its opening once, instead of a stream
 //! (Yamux, multistream-select, Noise frames) per change.
@@ -17,7 +17,7 @@ use crate::identity::DeviceId;
 use crate::membership::MembershipWire;
 
 /// The live protocol's name and version.
-pub const LIVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/live/1");
+pub const LIVE_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/live/2");
 
 /// A message of the live stream.
 #[derive(Debug, Clone, Serialize, Deserialize)]

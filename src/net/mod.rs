@@ -3,7 +3,7 @@
 //! Platform code only builds the transports and runs the loop
 //! (`platform::native::net`). The wire format is in `docs/sync-protocol.md`.
 //!
-//! Sync protocol `/persist/sync/1` (request-response, one message each way,
+//! Sync protocol `/persist/sync/2` (request-response, one message each way,
 //! length-prefixed `postcard`, at most [`MAX_MESSAGE_BYTES`], pages of at
 //! most 8 MiB of commits):
 //!
@@ -26,7 +26,7 @@
 //!
 //! Trust: the [`gate`] refuses connections from non-members right after
 //! the handshake, except bootstrap peers and anyone while a pairing is open
-//! (who may then speak only `/persist/pair/1`, see [`pairing`]: the sync
+//! (who may then speak only `/persist/pair/2`, see [`pairing`]: the sync
 //! protocol refuses non-members).
 
 use std::sync::{Arc, Mutex};
@@ -57,9 +57,9 @@ pub use codec::Codec;
 pub use pairing::{Invite, PairRequest, PairResponse, PairingCode};
 
 /// The sync protocol's name and version.
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/sync/1");
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/sync/2");
 /// The pairing protocol's name and version.
-pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/pair/1");
+pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/pair/2");
 /// Largest sync message read or written: one commit of the largest size a
 /// store accepts by default, plus room for framing.
 pub const MAX_MESSAGE_BYTES: usize = crate::names::DEFAULT_MAX_COMMIT_BYTES + (1 << 20);

@@ -1,4 +1,4 @@
-//! Pairing codes and the PAKE exchange behind them (`/persist/pair/1`).
+//! Pairing codes and the PAKE exchange behind them (`/persist/pair/2`).
 //!
 //! A code looks like `ABCD-7KQ2`: Crockford base32, the first four
 //! characters a public **nameplate** (which pending code a request is for),
@@ -227,7 +227,7 @@ impl Invite {
     }
 }
 
-/// A request of `/persist/pair/1`.
+/// A request of `/persist/pair/2`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PairRequest {
     /// The joiner's first move.
@@ -248,7 +248,7 @@ pub enum PairRequest {
     Abort,
 }
 
-/// A response of `/persist/pair/1`.
+/// A response of `/persist/pair/2`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PairResponse {
     /// The host's move and proof.

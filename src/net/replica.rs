@@ -9,7 +9,7 @@ use crate::identity::DeviceId;
 use crate::membership::{Members, MembershipWire};
 use crate::platform::{BoxFuture, BoxStream, MaybeSend, MaybeSync};
 
-use super::replication::{Digest, Ingested, VersionVector};
+use super::replication::{Digest, Ingested, Purpose, VersionVector};
 
 /// What merging a peer's membership log changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,4 +60,44 @@ pub trait Replica: MaybeSend + MaybeSync {
     fn revoke(&self, device: DeviceId) -> BoxFuture<'_, Result<()>>;
     /// A signal after every durable batch of commits or membership change.
     fn changes(&self) -> BoxStream<'static, ()>;
+}
+
+/// Reads what an [`Action::Read`](super::replication::Action::Read) asks
+/// for: the commits (one more than `limit` when answering a pull, to tell
+/// whether more remain), how many the peer lacks in all, this side's log
+/// when the peer's digest differs, and this side's digest.
+pub async fn read(
+    replica: &dyn Replica,
+    have: VersionVector,
+    limit: usize,
+    theirs: Option<Digest>,
+    purpose: Purpose,
+) -> Result<(Vec<SignedCommit>, u64, Option<MembershipWire>, Digest)> {
+    // One more than the limit says whether more remain.
+    let want = match purpose {
+        Purpose::Answer { .. } => limit + 1,
+        Purpose::Push => limit,
+    };
+    let commits = replica
+        .commits_missing(have.clone(), want, super::PAGE_BYTES)
+        .await?;
+    let lacking = match purpose {
+        Purpose::Answer { .. } => {
+            let have: std::collections::BTreeMap<_, _> = have.into_iter().collect();
+            replica
+                .version_vector()
+                .await?
+                .into_iter()
+                .map(|(author, seq)| seq.saturating_sub(have.get(&author).copied().unwrap_or(0)))
+                .sum()
+        }
+        Purpose::Push => 0,
+    };
+    let ours = replica.membership_digest().await;
+    let log = if theirs == Some(ours) {
+        None
+    } else {
+        Some(replica.membership().await)
+    };
+    Ok((commits, lacking, log, ours))
 }

@@ -585,4 +585,6 @@ impl<P: Ord + Copy> Replication<P> {
 }
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;

@@ -224,6 +224,7 @@ impl Store {
         self.keep_what_was_applied().await?;
         self.take_key_grants().await?;
         self.record_keys().await?;
+        self.rotate_if_exposed().await?;
         Ok(update)
     }
 
@@ -447,13 +448,14 @@ impl Store {
                 match entry.change {
                     MemberChange::Remove { .. } => last_removal = last_removal.max(entry.seq),
                     MemberChange::Key { .. } => last_key = last_key.max(entry.seq),
-                    MemberChange::Add { .. } => {}
+                    MemberChange::Add { .. } | MemberChange::KeyCopy { .. } => {}
                 }
             }
             last_removal > last_key
         };
         if !pending {
-            return self.record_keys().await;
+            self.record_keys().await?;
+            return self.rotate_if_exposed().await;
         }
         if sealed.keyring().current().0 > self.members().epoch {
             // The rotation began (its key is saved) but was not recorded.
@@ -475,41 +477,105 @@ impl Store {
         let me = self.device_id();
         let store = self.store_id();
         let keyring = sealed.keyring();
-        let mut last_lacking = Vec::new();
+        // Epochs this device holds and the log lacks, in order.
         loop {
             let members = self.members();
-            let next = members.epoch.saturating_add(1);
-            let (change, to) = if next <= keyring.current().0 && next > members.epoch {
-                let Ok(key) = keyring.key(next) else { break };
-                let to: Vec<DeviceId> = members
-                    .current
-                    .keys()
-                    .filter(|d| **d != me)
-                    .copied()
-                    .collect();
-                (key_change(store, next, key, &to), to.len())
-            } else {
-                let epoch = members.epoch;
-                let Some(recorded) = members.epochs.get(&epoch) else {
-                    break;
-                };
-                let Ok(key) = keyring.key(epoch) else { break };
-                if key_commitment(store, epoch, key.as_bytes()) != recorded.commitment {
-                    // Our key of this epoch lost a fork: the winner's
-                    // holders grant it.
-                    break;
-                }
-                let lacking = members.lacking_current_key(&me);
-                if lacking.is_empty() || lacking == last_lacking {
-                    // Nobody left, or only members the key cannot be sealed to.
-                    break;
-                }
-                last_lacking.clone_from(&lacking);
-                (key_change(store, epoch, key, &lacking), lacking.len())
+            let Some(next) = members.epoch.checked_add(1) else {
+                break;
             };
-            tracing::info!(store = %self.inner.name, to, "recording a key epoch for the members");
-            self.append_entry(change).await?;
+            if next > keyring.current().0 {
+                break;
+            }
+            let Ok(key) = keyring.key(next) else { break };
+            let to: Vec<DeviceId> = members
+                .current
+                .keys()
+                .filter(|d| **d != me)
+                .copied()
+                .collect();
+            tracing::info!(store = %self.inner.name, epoch = next, "recording a key epoch for the members");
+            self.append_entry(key_change(store, next, key, &to)).await?;
             crate::platform::fault_point("keys:recorded");
+        }
+        // Recorded keys this device holds that some member lacks.
+        let members = self.members();
+        for (epoch, commitment, lacking) in members.lacking_grants(&me) {
+            let held = keyring
+                .keys_of(epoch)
+                .into_iter()
+                .find(|k| key_commitment(store, epoch, k.as_bytes()) == commitment);
+            let Some(key) = held else { continue };
+            let change = key_change(store, epoch, key, &lacking);
+            if matches!(&change, MemberChange::Key { grants, .. } if grants.is_empty()) {
+                // Only members the key cannot be sealed to.
+                continue;
+            }
+            tracing::info!(store = %self.inner.name, epoch, to = lacking.len(), "granting a key to members that lack it");
+            self.append_entry(change).await?;
+        }
+        // Keys this device holds that the log does not know (granted by a
+        // device whose entry no longer counts, say): copied to the members,
+        // who may hold commits sealed under them.
+        let to: Vec<DeviceId> = self
+            .members()
+            .current
+            .keys()
+            .filter(|d| **d != me)
+            .copied()
+            .collect();
+        if to.is_empty() {
+            return Ok(());
+        }
+        for epoch in keyring.epochs().filter(|e| *e > 0).collect::<Vec<_>>() {
+            for key in keyring.keys_of(epoch) {
+                let commitment = key_commitment(store, epoch, key.as_bytes());
+                if self.members().knows_key(epoch, &commitment) {
+                    continue;
+                }
+                let MemberChange::Key { grants, .. } = key_change(store, epoch, key, &to) else {
+                    continue;
+                };
+                if grants.is_empty() {
+                    continue;
+                }
+                tracing::info!(store = %self.inner.name, epoch, "copying a key the log does not record to the members");
+                self.append_entry(MemberChange::KeyCopy {
+                    epoch,
+                    commitment,
+                    grants,
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves to a new data key when a removed device may hold the one this
+    /// device writes under (two members rotated at once while one of them
+    /// removed a device the other still granted its key to; or a key that
+    /// came from a device removed since). Only a current member does.
+    async fn rotate_if_exposed(&self) -> Result<()> {
+        let Some(sealed) = self.bound().sealed.clone() else {
+            return Ok(());
+        };
+        let me = self.device_id();
+        let members = self.members();
+        if !members.is_member(&me) || members.removed.is_empty() {
+            return Ok(());
+        }
+        let keyring = sealed.keyring();
+        let (epoch, key) = keyring.current();
+        let commitment = key_commitment(self.store_id(), epoch, key.as_bytes());
+        let exposed =
+            self.inner
+                .members
+                .lock()
+                .await
+                .log
+                .exposed(epoch, &commitment, &members.removed);
+        if exposed {
+            tracing::info!(store = %self.inner.name, epoch, "a removed device may hold the current key: rotating");
+            self.crypto().rotate_key(|_| {}).await?;
         }
         Ok(())
     }

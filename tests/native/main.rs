@@ -12,6 +12,7 @@ mod p2p_trust;
 mod sealed;
 mod sqlite;
 mod trust_attacks;
+mod vectors;
 
 /// A small deterministic generator for test schedules (seed printed by callers).
 pub(crate) struct Rng(u64);

@@ -186,7 +186,7 @@ fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(
         .build()
 }
 
-/// A raw libp2p client speaking `/persist/sync/1` with a given identity.
+/// A raw libp2p client speaking `/persist/sync/2` with a given identity.
 fn raw_client(identity: &DeviceIdentity) -> Swarm<request_response::Behaviour<SyncCodec>> {
     raw_swarm(
         identity,

@@ -299,7 +299,7 @@ impl Node {
         }
     }
 
-    /// The host's side of `/persist/pair/1`.
+    /// The host's side of `/persist/pair/2`.
     pub(super) async fn host_request(
         &mut self,
         peer: PeerId,
@@ -407,7 +407,7 @@ impl Node {
         Ok(seal_once(key, &context, &plain)?)
     }
 
-    /// The joiner's side of `/persist/pair/1`.
+    /// The joiner's side of `/persist/pair/2`.
     pub(super) async fn joiner_response(&mut self, peer: PeerId, response: PairResponse) {
         let me = self.swarm.local_peer_id().to_bytes();
         let Some(joining) = self.joining.as_mut() else {

@@ -17,9 +17,9 @@ use crate::error::Result;
 use crate::membership::MembershipWire;
 use crate::net::codec::frame;
 use crate::net::live::{self, LiveMessage};
-use crate::net::replica::{Merged, Replica};
+use crate::net::replica::Merged;
 use crate::net::replication::{Action, Arrival, Digest, Incoming, Ingested, Purpose, Token};
-use crate::net::{peer_id_of, P2pEvent, SyncRequest, SyncResponse, PAGE_BYTES, PULL_LIMIT};
+use crate::net::{peer_id_of, P2pEvent, SyncRequest, SyncResponse, PULL_LIMIT};
 
 /// Storage tasks' results waiting for the loop, at most.
 pub(super) const DONE_QUEUE: usize = 64;
@@ -54,43 +54,6 @@ pub(super) enum Done {
         merged: Option<Merged>,
         result: Result<Ingested>,
     },
-}
-
-/// Reads what a [`Action::Read`] asks for.
-async fn read(
-    replica: &dyn Replica,
-    have: Vec<(crate::identity::DeviceId, u64)>,
-    limit: usize,
-    theirs: Option<Digest>,
-    purpose: Purpose,
-) -> Result<(Vec<SignedCommit>, u64, Option<MembershipWire>, Digest)> {
-    // One more than the limit says whether more remain.
-    let want = match purpose {
-        Purpose::Answer { .. } => limit + 1,
-        Purpose::Push => limit,
-    };
-    let commits = replica
-        .commits_missing(have.clone(), want, PAGE_BYTES)
-        .await?;
-    let lacking = match purpose {
-        Purpose::Answer { .. } => {
-            let have: std::collections::BTreeMap<_, _> = have.into_iter().collect();
-            replica
-                .version_vector()
-                .await?
-                .into_iter()
-                .map(|(author, seq)| seq.saturating_sub(have.get(&author).copied().unwrap_or(0)))
-                .sum()
-        }
-        Purpose::Push => 0,
-    };
-    let ours = replica.membership_digest().await;
-    let log = if theirs == Some(ours) {
-        None
-    } else {
-        Some(replica.membership().await)
-    };
-    Ok((commits, lacking, log, ours))
 }
 
 impl Node {
@@ -134,7 +97,9 @@ impl Node {
                 } => {
                     let replica = self.replica.clone();
                     self.off_loop(async move {
-                        let result = read(&*replica, have, limit, theirs, purpose).await;
+                        let result =
+                            crate::net::replica::read(&*replica, have, limit, theirs, purpose)
+                                .await;
                         Done::Read {
                             peer,
                             purpose,
