@@ -291,7 +291,7 @@ impl FileKeyStore {
         self.write_secrets(&Secrets {
             version: 1,
             identity: *identity.secret(),
-            keyring: Some(keyring.to_bytes().to_vec()),
+            keyring: Some(keyring.to_bytes()?.to_vec()),
         })
     }
 }

@@ -219,6 +219,6 @@ pub(super) async fn load_keyring(db: &IdbStore, store: StoreId) -> Result<Option
 /// Seals and stores `keyring`, replacing the one held for its store.
 pub(super) async fn save_keyring(db: &IdbStore, keyring: &Keyring) -> Result<()> {
     let (key, associated) = keyring_entry(keyring.store());
-    let sealed = seal(db, &associated, &keyring.to_bytes()).await?;
+    let sealed = seal(db, &associated, &keyring.to_bytes()?).await?;
     Ok(db.meta_put(&key, &sealed, None).await?)
 }

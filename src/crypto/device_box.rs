@@ -12,8 +12,6 @@
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
-use hkdf::Hkdf;
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::CryptoError;
@@ -22,13 +20,10 @@ use crate::identity::{DeviceId, DeviceIdentity};
 const VERSION: u8 = 1;
 const INFO: &[u8] = b"persist device box v1\0";
 
-fn cipher(shared: &[u8; 32], salt: &[u8], info: &[&[u8]]) -> Aes256Gcm {
-    let kdf = Hkdf::<Sha256>::new(Some(salt), shared);
+fn cipher(shared: &[u8; 32], salt: &[u8], info: &[&[u8]]) -> Result<Aes256Gcm, CryptoError> {
     let mut key = Zeroizing::new([0u8; 32]);
-    let info: Vec<u8> = info.concat();
-    // 32 bytes are always within HKDF's output bound.
-    let _ = kdf.expand(&info, key.as_mut());
-    Aes256Gcm::new(&(*key).into())
+    super::expand(Some(salt), shared, &info.concat(), key.as_mut())?;
+    Ok(Aes256Gcm::new(&(*key).into()))
 }
 
 fn zero_nonce() -> aes_gcm::Nonce<aes_gcm::aead::consts::U12> {
@@ -49,7 +44,7 @@ pub fn seal_to_device(to: &DeviceId, context: &[u8], plain: &[u8]) -> Result<Vec
         return Err(CryptoError::Malformed("low-order device key".into()));
     }
     let salt = [ephemeral_public.as_slice(), public.as_slice()].concat();
-    let sealed = cipher(&shared, &salt, &[INFO, context])
+    let sealed = cipher(&shared, &salt, &[INFO, context])?
         .encrypt(
             &zero_nonce(),
             Payload {
@@ -85,7 +80,7 @@ pub fn open_as_device(
         return Err(CryptoError::Inauthentic);
     }
     let salt = [ephemeral_public.as_slice(), public.as_slice()].concat();
-    cipher(&shared, &salt, &[INFO, context])
+    cipher(&shared, &salt, &[INFO, context])?
         .decrypt(
             &zero_nonce(),
             Payload {

@@ -37,8 +37,6 @@
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
-use hkdf::Hkdf;
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -62,20 +60,18 @@ struct Derived {
 }
 
 impl Derived {
-    fn new(key: &DataKey, salt: [u8; SALT_LEN]) -> Derived {
-        let kdf = Hkdf::<Sha256>::new(Some(&salt), key.as_bytes());
+    fn new(key: &DataKey, salt: [u8; SALT_LEN]) -> Result<Derived, CryptoError> {
         let mut okm = Zeroizing::new([0u8; 64]);
-        // 64 bytes is far below HKDF-SHA256's limit of 255 * 32.
-        let _ = kdf.expand(KDF_INFO, okm.as_mut());
+        super::expand(Some(&salt), key.as_bytes(), KDF_INFO, okm.as_mut())?;
         let mut subkey = Zeroizing::new([0u8; 32]);
         subkey.copy_from_slice(&okm[..32]);
         let mut commitment = [0u8; 32];
         commitment.copy_from_slice(&okm[32..]);
-        Derived {
+        Ok(Derived {
             salt,
             cipher: Aes256Gcm::new(&(*subkey).into()),
             commitment,
-        }
+        })
     }
 }
 
@@ -117,23 +113,23 @@ pub struct Sealer {
 impl Sealer {
     /// A sealer with a fresh random salt.
     pub fn new(key: &DataKey, epoch: u32) -> Result<Sealer, CryptoError> {
-        Ok(Sealer::with_salt_for_test_vectors(
-            key,
-            epoch,
-            random_salt()?,
-        ))
+        Sealer::with_salt_for_test_vectors(key, epoch, random_salt()?)
     }
 
     /// A sealer with a given salt: for known-answer tests only. Sealing two
     /// different messages with one salt and index reuses a nonce.
     #[doc(hidden)]
-    pub fn with_salt_for_test_vectors(key: &DataKey, epoch: u32, salt: [u8; 24]) -> Sealer {
-        Sealer {
+    pub fn with_salt_for_test_vectors(
+        key: &DataKey,
+        epoch: u32,
+        salt: [u8; 24],
+    ) -> Result<Sealer, CryptoError> {
+        Ok(Sealer {
             epoch,
             key: key.clone(),
-            derived: Derived::new(key, salt),
+            derived: Derived::new(key, salt)?,
             next: 0,
-        }
+        })
     }
 
     /// The epoch this sealer writes.
@@ -145,7 +141,7 @@ impl Sealer {
     pub fn seal(&mut self, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         if self.next == u32::MAX {
             // 2^32 - 1 messages under one salt: take a new one.
-            self.derived = Derived::new(&self.key, random_salt()?);
+            self.derived = Derived::new(&self.key, random_salt()?)?;
             self.next = 0;
         }
         let index = self.next;
@@ -206,12 +202,13 @@ pub fn made_with(key: &DataKey, envelope: &[u8]) -> bool {
     }
     let mut salt = [0u8; SALT_LEN];
     salt.copy_from_slice(&envelope[5..5 + SALT_LEN]);
-    let derived = Derived::new(key, salt);
-    bool::from(
-        derived
-            .commitment
-            .ct_eq(&envelope[9 + SALT_LEN..HEADER_LEN]),
-    )
+    Derived::new(key, salt).is_ok_and(|derived| {
+        bool::from(
+            derived
+                .commitment
+                .ct_eq(&envelope[9 + SALT_LEN..HEADER_LEN]),
+        )
+    })
 }
 
 /// How many recent salts' subkeys an [`Opener`] keeps.
@@ -255,7 +252,7 @@ impl Opener {
                 if self.recent.len() == OPENER_CACHE {
                     self.recent.remove(0);
                 }
-                self.recent.push((key.clone(), Derived::new(key, salt)));
+                self.recent.push((key.clone(), Derived::new(key, salt)?));
                 self.recent.len() - 1
             }
         };

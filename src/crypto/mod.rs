@@ -129,18 +129,29 @@ impl PartialEq for NameKey {
 
 impl Eq for NameKey {}
 
+/// HKDF-SHA256 of `ikm` (with `salt` and `info`) into `out`. Fails only for
+/// an output longer than HKDF allows (255 x 32 bytes): a bug, reported as
+/// an error rather than left as zeros.
+pub(crate) fn expand(
+    salt: Option<&[u8]>,
+    ikm: &[u8],
+    info: &[u8],
+    out: &mut [u8],
+) -> Result<(), CryptoError> {
+    hkdf::Hkdf::<Sha256>::new(salt, ikm)
+        .expand(info, out)
+        .map_err(|_| CryptoError::Malformed(format!("HKDF output of {} bytes", out.len())))
+}
+
 impl NameKey {
     /// The name key of a store, derived from its first (epoch 0) data key,
     /// so it never changes with rotation (rows keep their keys).
-    pub fn derive(root: &DataKey) -> NameKey {
-        let kdf = hkdf::Hkdf::<Sha256>::new(None, root.as_bytes());
+    pub fn derive(root: &DataKey) -> Result<NameKey, CryptoError> {
         let mut key = Zeroizing::new([0u8; 32]);
-        // 32 bytes is within HKDF-SHA256's output limit.
-        let _ = kdf.expand(b"persist/names/v1", key.as_mut());
-        let Ok(keyed) = hmac::Hmac::<Sha256>::new_from_slice(key.as_ref()) else {
-            unreachable!("HMAC accepts keys of any length")
-        };
-        NameKey { key, keyed }
+        expand(None, root.as_bytes(), b"persist/names/v1", key.as_mut())?;
+        let keyed = hmac::Hmac::<Sha256>::new_from_slice(key.as_ref())
+            .map_err(|_| CryptoError::Malformed("HMAC key".into()))?;
+        Ok(NameKey { key, keyed })
     }
 
     /// The keyed hash of `name`: 128 bits as 22 base64url characters,
@@ -300,7 +311,7 @@ impl Keyring {
 
     /// The store's name key (from epoch 0), if the keyring holds epoch 0.
     pub fn name_key(&self) -> Result<NameKey, CryptoError> {
-        Ok(NameKey::derive(self.key(0)?))
+        NameKey::derive(self.key(0)?)
     }
 
     /// Starts a new epoch with a new random key and returns it.
@@ -328,7 +339,7 @@ impl Keyring {
     }
 
     /// The keyring's binary form (to be sealed before it is stored).
-    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+    pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let v1 = KeyringWire {
             version: if self.alternates.is_empty() { 1 } else { 2 },
             store: self.store,
@@ -343,18 +354,17 @@ impl Keyring {
                 .map(|(e, k)| (*e, *k.as_bytes()))
                 .collect(),
         };
-        // Plain integers and byte arrays always encode; a failure would be
-        // a bug, and an empty keyring fails to read rather than misreads.
         let encoded = if wire.alternates.is_empty() {
             postcard::to_stdvec(&wire.v1)
         } else {
             postcard::to_stdvec(&wire)
         };
-        let bytes = Zeroizing::new(encoded.unwrap_or_default());
         for (_, key) in wire.v1.keys.iter_mut().chain(wire.alternates.iter_mut()) {
             zeroize::Zeroize::zeroize(key);
         }
-        bytes
+        encoded
+            .map(Zeroizing::new)
+            .map_err(|e| CryptoError::Malformed(format!("keyring: {e}")))
     }
 
     /// Reads [`Keyring::to_bytes`].

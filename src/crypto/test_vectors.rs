@@ -29,7 +29,8 @@ pub fn check() -> Result<(), String> {
     let key = DataKey::from_bytes(hex_field(env, "key")?);
     let epoch = env["epoch"].as_u64().ok_or("no epoch")? as u32;
     let context = hex_vec(env, "context")?;
-    let mut sealer = Sealer::with_salt_for_test_vectors(&key, epoch, hex_field(env, "salt")?);
+    let mut sealer = Sealer::with_salt_for_test_vectors(&key, epoch, hex_field(env, "salt")?)
+        .map_err(|e| e.to_string())?;
     let mut opener = Opener::new();
     for message in env["messages"].as_array().ok_or("no messages")? {
         let plaintext = hex_vec(message, "plaintext")?;
@@ -57,7 +58,8 @@ pub fn check() -> Result<(), String> {
     }
 
     let names = &all["names"];
-    let name_key = NameKey::derive(&DataKey::from_bytes(hex_field(names, "root_key")?));
+    let name_key = NameKey::derive(&DataKey::from_bytes(hex_field(names, "root_key")?))
+        .map_err(|e| e.to_string())?;
     for case in names["hashes"].as_array().ok_or("no hashes")? {
         let kind = match case["kind"].as_u64() {
             Some(1) => NameKind::Collection,

@@ -132,7 +132,7 @@ fn keyring_round_trips_and_merges() {
         .hash(NameKind::Collection, "", "notes");
     ring.rotate().unwrap();
     ring.rotate().unwrap();
-    let back = Keyring::from_bytes(&ring.to_bytes()).unwrap();
+    let back = Keyring::from_bytes(&ring.to_bytes().unwrap()).unwrap();
     assert_eq!(back, ring);
     assert_eq!(back.epochs().collect::<Vec<_>>(), vec![0, 1, 2]);
     // Rotation never changes the name key (rows keep their keys).
@@ -152,14 +152,16 @@ fn keyring_round_trips_and_merges() {
 
 #[test]
 fn name_hashes_separate_kinds_and_scopes() {
-    let names = NameKey::derive(&key(5));
+    let names = NameKey::derive(&key(5)).expect("derives");
     let a = names.hash(NameKind::Record, "notes", "n1");
     assert_eq!(a, names.hash(NameKind::Record, "notes", "n1"));
     assert_ne!(a, names.hash(NameKind::Record, "todos", "n1"));
     assert_ne!(a, names.hash(NameKind::Key, "notes", "n1"));
     assert_ne!(
         a,
-        NameKey::derive(&key(6)).hash(NameKind::Record, "notes", "n1")
+        NameKey::derive(&key(6))
+            .expect("derives")
+            .hash(NameKind::Record, "notes", "n1")
     );
     assert!(a.starts_with('~') && a.len() == 23);
     assert!(a[1..]

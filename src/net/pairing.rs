@@ -172,7 +172,7 @@ impl std::fmt::Debug for Invite {
 
 impl Invite {
     /// The invite as text (`persist-invite-v1-...`).
-    pub fn to_text(&self) -> Zeroizing<String> {
+    pub fn to_text(&self) -> Result<Zeroizing<String>> {
         let wire = InviteWire {
             store: self.store,
             host: self.host.to_bytes(),
@@ -180,14 +180,16 @@ impl Invite {
             nameplate: self.code.nameplate.clone(),
             secret: self.code.secret.to_string(),
         };
-        // Strings and byte strings always encode.
-        let bytes = Zeroizing::new(postcard::to_stdvec(&wire).unwrap_or_default());
-        Zeroizing::new(format!(
+        let bytes = Zeroizing::new(
+            postcard::to_stdvec(&wire)
+                .map_err(|e| Error::InvalidOptions(format!("cannot encode the invite: {e}")))?,
+        );
+        Ok(Zeroizing::new(format!(
             "{INVITE_PREFIX}{}",
             data_encoding::BASE32_NOPAD
                 .encode(&bytes)
                 .to_ascii_lowercase()
-        ))
+        )))
     }
 
     /// Reads an invite's text.
@@ -288,13 +290,12 @@ fn derive(
     joiner: &[u8],
     host_msg: &[u8],
     joiner_msg: &[u8],
-) -> PairKeys {
+) -> Result<PairKeys> {
     let transcript = Sha256::new()
         .chain_update((host_msg.len() as u32).to_be_bytes())
         .chain_update(host_msg)
         .chain_update(joiner_msg)
         .finalize();
-    let kdf = hkdf::Hkdf::<Sha256>::new(Some(&transcript), key);
     let mut out = Zeroizing::new([0u8; 96]);
     let info = [
         b"persist pair v1\0".as_slice(),
@@ -305,8 +306,7 @@ fn derive(
         joiner,
     ]
     .concat();
-    // 96 bytes are within HKDF-SHA256's bound.
-    let _ = kdf.expand(&info, out.as_mut());
+    crate::crypto::expand(Some(&transcript), key, &info, out.as_mut())?;
     let mut keys = PairKeys {
         confirm_host: [0; 32],
         confirm_joiner: [0; 32],
@@ -315,7 +315,7 @@ fn derive(
     keys.confirm_host.copy_from_slice(&out[..32]);
     keys.confirm_joiner.copy_from_slice(&out[32..64]);
     keys.welcome.copy_from_slice(&out[64..]);
-    keys
+    Ok(keys)
 }
 
 /// Associated data of the sealed welcome.
@@ -347,7 +347,7 @@ impl HostSession {
                 .finish(joiner_msg)
                 .map_err(|_| Error::PairingCodeInvalid("malformed pairing message".into()))?,
         );
-        let keys = derive(&key, code.nameplate(), host, joiner, &host_msg, joiner_msg);
+        let keys = derive(&key, code.nameplate(), host, joiner, &host_msg, joiner_msg)?;
         let confirm = keys.confirm_host;
         Ok((HostSession { keys }, host_msg, confirm))
     }
@@ -415,7 +415,7 @@ impl JoinerSession {
             &self.joiner,
             host_msg,
             &self.joiner_msg,
-        );
+        )?;
         if !bool::from(keys.confirm_host.ct_eq(confirm)) {
             return Err(Error::PairingCodeInvalid(
                 "the code does not match the other device's".into(),
@@ -488,7 +488,7 @@ mod tests {
             host: libp2p::PeerId::random(),
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".parse().expect("addr")],
         };
-        let text = invite.to_text();
+        let text = invite.to_text().expect("encodes");
         assert!(text.starts_with(INVITE_PREFIX));
         let read = Invite::parse(&text).expect("parse");
         assert_eq!(read.code, invite.code);

@@ -68,9 +68,9 @@ impl RotationState {
         TABLES.get(usize::from(self.table)).copied()
     }
 
-    fn encode(&self) -> Vec<u8> {
-        // A small struct of integers and strings always encodes.
-        postcard::to_stdvec(self).unwrap_or_default()
+    fn encode(&self) -> Result<Vec<u8>> {
+        postcard::to_stdvec(self)
+            .map_err(|e| Error::InvalidValue(format!("cannot encode the rotation state: {e}")))
     }
 
     fn decode(bytes: &[u8]) -> Result<RotationState> {
@@ -86,7 +86,7 @@ fn keyring_context(store: StoreId) -> Vec<u8> {
 /// The keyring sealed under its current key, for [`MetaKey::SealedKeyring`].
 pub(super) fn seal_keyring(keyring: &Keyring) -> Result<Vec<u8>> {
     let (epoch, key) = keyring.current();
-    let plain = keyring.to_bytes();
+    let plain = keyring.to_bytes()?;
     Ok(Sealer::new(key, epoch)?.seal(&keyring_context(keyring.store()), &plain)?)
 }
 
@@ -349,7 +349,7 @@ impl StoreCrypto {
     ) -> Result<()> {
         let mut meta = vec![(MetaKey::SealedKeyring, seal_keyring(&keyring)?)];
         if let Some(start) = rotation {
-            meta.push((MetaKey::Rotation, start.encode()));
+            meta.push((MetaKey::Rotation, start.encode()?));
         }
         self.store
             .inner
@@ -449,7 +449,7 @@ impl StoreCrypto {
                     let started = crate::platform::monotonic_ms();
                     let (mut batch, resealed) = sealed.reseal(rows)?;
                     let reseal_ms = crate::platform::monotonic_ms() - started;
-                    batch.meta.push((MetaKey::Rotation, next.encode()));
+                    batch.meta.push((MetaKey::Rotation, next.encode()?));
                     sealed.inner().write(batch).await?;
                     Ok::<_, Error>((next, scanned, resealed, reseal_ms))
                 })

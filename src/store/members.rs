@@ -640,7 +640,8 @@ impl Store {
             .bound()
             .sealed
             .as_ref()
-            .map(|s| s.keyring().to_bytes().to_vec());
+            .map(|s| s.keyring().to_bytes().map(|b| b.to_vec()))
+            .transpose()?;
         Ok(Welcome {
             store: self.store_id(),
             membership: self.membership().await,

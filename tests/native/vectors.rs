@@ -59,7 +59,8 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Check)> {
     let plain = Commit::sign(body(&a, 1, [0; 32]), &a, None)
         .expect("signs")
         .signed;
-    let mut sealer = Sealer::with_salt_for_test_vectors(&DataKey::from_bytes([9; 32]), 0, [5; 24]);
+    let mut sealer = Sealer::with_salt_for_test_vectors(&DataKey::from_bytes([9; 32]), 0, [5; 24])
+        .expect("sealer");
     let sealed = Commit::sign(body(&a, 2, plain.hash()), &a, Some(&mut sealer))
         .expect("signs")
         .signed;

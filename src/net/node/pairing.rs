@@ -68,7 +68,7 @@ impl Node {
                 host: *self.swarm.local_peer_id(),
                 addrs: self.swarm.listeners().cloned().collect(),
             }
-            .to_text()
+            .to_text()?
         } else {
             code.text()
         };
