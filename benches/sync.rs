@@ -212,6 +212,7 @@ async fn main() {
     let have = b.version_vector().await.expect("vv");
     let pull = SyncRequest::Pull {
         store: a.store_id(),
+        tips: vec![[0; 32]; have.len()],
         have,
         limit: persist::net::PULL_LIMIT,
         members: [0; 32],
@@ -358,6 +359,7 @@ async fn pull_everything(
         let request = SyncRequest::Pull {
             store,
             have: have.iter().map(|(d, s)| (*d, *s)).collect(),
+            tips: vec![[0; 32]; have.len()],
             limit: persist::net::PULL_LIMIT,
             members: [0; 32],
         };

@@ -117,6 +117,18 @@ pub enum MemberChange {
         /// `(member, sealed key)`, at most [`MAX_GRANTS`].
         grants: Vec<(DeviceId, Vec<u8>)>,
     },
+    /// Evidence that `device` signed two different commits under one
+    /// sequence number: both commits' proofs (same number, different
+    /// hashes, both signatures its own). Whoever records it, the device is
+    /// removed everywhere with no commit at or after that number admitted.
+    Fork {
+        /// The device that equivocated.
+        device: DeviceId,
+        /// One commit.
+        a: CommitCut,
+        /// The other, under the same number.
+        b: CommitCut,
+    },
     /// A key this member holds that the log does not record for the
     /// members (a key another device made and granted while its entry
     /// counted, or the losing key of a fork), sealed to members so they
@@ -293,7 +305,8 @@ struct Held {
     signed: SignedMemberEntry,
     entry: MemberEntry,
     /// For a removal with a commit cut: whether the cut's signature is the
-    /// removed device's (checked once, when the entry arrives).
+    /// removed device's; for fork evidence: whether both commits are the
+    /// device's, under one number, different (checked once, on arrival).
     commit_cut_valid: bool,
 }
 
@@ -443,6 +456,19 @@ impl MembershipLog {
                 &cut.hash,
                 &cut.signature,
             ),
+            MemberChange::Fork { device, a, b } => {
+                a.seq == b.seq
+                    && a.hash != b.hash
+                    && [a, b].iter().all(|c| {
+                        crate::change::commit_signature_verifies(
+                            self.store,
+                            device,
+                            c.seq,
+                            &c.hash,
+                            &c.signature,
+                        )
+                    })
+            }
             _ => false,
         };
         self.entries.entry(slot).or_default().insert(

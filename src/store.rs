@@ -651,7 +651,9 @@ impl Store {
             .writer
             .submit(self, writer::Request::Remote(verified))
             .await?;
-        Ok(report.merge(applied.into_ingest()))
+        let report = report.merge(applied.into_ingest());
+        self.record_forks(&report.forks).await?;
+        Ok(report)
     }
 
     /// Closes the store: waits for in-flight writes, then releases storage.

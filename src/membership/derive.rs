@@ -94,9 +94,12 @@ pub struct Members {
     pub current: BTreeMap<DeviceId, String>,
     /// Removed devices, with what of their commits stays valid.
     pub removed: BTreeMap<DeviceId, Removal>,
-    /// Devices that signed two different entries under one sequence
-    /// number (they are in `removed` too).
+    /// Devices that signed two different entries, or two different
+    /// commits, under one sequence number (they are in `removed` too).
     pub equivocators: BTreeSet<DeviceId>,
+    /// For devices proven to have signed two commits under one number:
+    /// the lowest such number (nothing from it on is admitted).
+    pub commit_forks: BTreeMap<DeviceId, u64>,
     /// The highest key epoch recorded (0: only the store's first key).
     pub epoch: u32,
     /// Epochs 1..=`epoch`.
@@ -409,6 +412,7 @@ pub(super) fn derive(log: &MembershipLog) -> Members {
             continue;
         }
         let kind = match &entry.change {
+            MemberChange::Fork { .. } => continue,
             MemberChange::Add { device, label } => Kind::Add {
                 device: *device,
                 label,
@@ -483,6 +487,7 @@ pub(super) fn derive(log: &MembershipLog) -> Members {
     let definite = graph.count(&maybe);
 
     let mut members = Members::default();
+    let mut forked_commits = BTreeSet::new();
     for (node, _) in graph.nodes.iter().zip(&maybe).filter(|(_, m)| **m) {
         if let Kind::Remove {
             target, commits, ..
@@ -496,15 +501,45 @@ pub(super) fn derive(log: &MembershipLog) -> Members {
                         commit_hash: Some(*hash),
                     };
                 } else if *seq == removal.commits_upto && removal.commit_hash != Some(*hash) {
+                    // Two proven commits under one number: a fork, proven
+                    // by the device's own signatures.
                     removal.commit_hash = None;
+                    forked_commits.insert(*target);
+                    let fork = members.commit_forks.entry(*target).or_insert(*seq);
+                    *fork = (*fork).min(*seq);
                 }
             }
         }
     }
-    for device in &chains.forked {
+    for device in chains.forked.iter().chain(&forked_commits) {
         if possible.admitted.contains(device) {
             members.equivocators.insert(*device);
             members.removed.entry(*device).or_default();
+        }
+    }
+    // Proven forks of commits, whoever recorded them (the proof is the
+    // device's own signatures): removed, nothing from the fork on admitted.
+    for held in log.held().filter(|h| h.commit_cut_valid) {
+        if let MemberChange::Fork { device, a, .. } = &held.entry.change {
+            if possible.admitted.contains(device) {
+                members.equivocators.insert(*device);
+                let fork = members.commit_forks.entry(*device).or_insert(a.seq);
+                *fork = (*fork).min(a.seq);
+            }
+        }
+    }
+    for (device, seq) in &members.commit_forks {
+        // Commits before the fork stay valid (unless a removal cut lower).
+        let capped = Removal {
+            commits_upto: *seq,
+            commit_hash: None,
+        };
+        match members.removed.get_mut(device) {
+            Some(removal) if removal.commits_upto < *seq => {}
+            Some(removal) => *removal = capped,
+            None => {
+                members.removed.insert(*device, capped);
+            }
         }
     }
 

@@ -519,6 +519,70 @@ fn a_member_entry_with_a_bad_point_breaks_nothing() {
 }
 
 #[test]
+fn proven_commit_forks_remove_their_author_and_forged_evidence_does_not() {
+    let (a, b, m) = (device(1), device(2), device(3));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&b));
+    append(&mut log, &a, 2, add(&m));
+    let x = commit_cut(&m, 4);
+    // Another commit 4 of m (a different body: another predecessor).
+    let other = Commit::sign(
+        CommitBody {
+            format: COMMIT_FORMAT,
+            store: STORE,
+            author: m.device_id(),
+            seq: 4,
+            prev: [0xee; 32],
+            hlc: Hlc::from_millis(1_700_000_000_000),
+            ops: vec![Op::KvSet {
+                key: "k".into(),
+                value: "2".into(),
+            }],
+        },
+        &m,
+        None,
+    )
+    .expect("signs");
+    let y = CommitCut {
+        seq: 4,
+        hash: other.signed.hash(),
+        signature: other.signed.signature,
+    };
+    // Forged evidence (a signature by another device) proves nothing.
+    let mut fake = y;
+    fake.signature = commit_cut(&b, 4).signature;
+    let mut forged_log = log.clone();
+    append(
+        &mut forged_log,
+        &b,
+        3,
+        MemberChange::Fork {
+            device: m.device_id(),
+            a: x,
+            b: fake,
+        },
+    );
+    assert!(forged_log.members().is_member(&m.device_id()));
+    // Real evidence, recorded by any member: m is removed, commits from 4 on refused.
+    append(
+        &mut log,
+        &b,
+        3,
+        MemberChange::Fork {
+            device: m.device_id(),
+            a: x,
+            b: y,
+        },
+    );
+    let members = in_every_order(&a, &wire_entries(&log));
+    assert!(members.equivocators.contains(&m.device_id()));
+    assert!(!members.is_member(&m.device_id()));
+    assert!(members.admits_commit(&m.device_id(), 3, &[0; 32]));
+    assert!(!members.admits_commit(&m.device_id(), 4, &x.hash));
+    assert!(!members.admits_commit(&m.device_id(), 4, &y.hash));
+}
+
+#[test]
 fn an_unprovable_entry_cut_keeps_nothing_of_the_removed_device() {
     let (a, b, c) = (device(1), device(2), device(3));
     let mut log = founded(&a);

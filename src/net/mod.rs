@@ -237,6 +237,11 @@ pub enum SyncRequest {
         store: StoreId,
         /// The requester's version vector.
         have: Vec<(DeviceId, u64)>,
+        /// The hash of the requester's commit at each entry of `have`, in
+        /// the same order: a responder that holds another commit there
+        /// sends its own, and the requester holds both (an equivocation,
+        /// proven).
+        tips: Vec<[u8; 32]>,
         /// At most this many commits.
         limit: u32,
         /// Digest of the requester's membership log.
@@ -744,6 +749,7 @@ mod tests {
             let request = SyncRequest::Pull {
                 store: StoreId::from_bytes([1; 16]),
                 have: vec![(DeviceIdentity::from_secret(&[2; 32]).device_id(), 7)],
+                tips: vec![[3; 32]],
                 limit: 10,
                 members: [0; 32],
             };

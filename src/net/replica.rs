@@ -10,6 +10,25 @@ use crate::membership::{Members, MembershipWire};
 use crate::platform::{BoxFuture, BoxStream, MaybeSend, MaybeSync};
 
 use super::replication::{Digest, Ingested, Purpose, VersionVector};
+use super::{SyncRequest, PULL_LIMIT};
+
+/// A pull: this side's version vector, the hash of its last commit of each
+/// author, its membership digest.
+pub async fn pull_request(replica: &dyn Replica) -> Result<SyncRequest> {
+    let have = replica.version_vector().await?;
+    let mut tips = Vec::with_capacity(have.len());
+    for (author, seq) in &have {
+        let commit = replica.commit_at(*author, *seq).await?;
+        tips.push(commit.map_or([0; 32], |c| c.hash()));
+    }
+    Ok(SyncRequest::Pull {
+        store: replica.store_id(),
+        have,
+        tips,
+        limit: PULL_LIMIT,
+        members: replica.membership_digest().await,
+    })
+}
 
 /// What merging a peer's membership log changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,6 +60,8 @@ pub trait Replica: MaybeSend + MaybeSync {
         limit: usize,
         max_bytes: usize,
     ) -> BoxFuture<'_, Result<Vec<SignedCommit>>>;
+    /// The commit `seq` of `author`, if held.
+    fn commit_at(&self, author: DeviceId, seq: u64) -> BoxFuture<'_, Result<Option<SignedCommit>>>;
     /// Verifies and stores received commits.
     fn ingest(&self, commits: Vec<SignedCommit>) -> BoxFuture<'_, Result<Ingested>>;
     /// The membership log.
@@ -72,15 +93,30 @@ pub async fn read(
     limit: usize,
     theirs: Option<Digest>,
     purpose: Purpose,
+    tips: Vec<[u8; 32]>,
 ) -> Result<(Vec<SignedCommit>, u64, Option<MembershipWire>, Digest)> {
     // One more than the limit says whether more remain.
     let want = match purpose {
         Purpose::Answer { .. } => limit + 1,
         Purpose::Push => limit,
     };
-    let commits = replica
-        .commits_missing(have.clone(), want, super::PAGE_BYTES)
-        .await?;
+    let mut commits = Vec::new();
+    // Where the peer's last commit of an author is not ours under that
+    // number, ours goes first: the peer then holds both (proof of a fork).
+    if tips.len() == have.len() {
+        for ((author, seq), tip) in have.iter().zip(&tips) {
+            if let Some(ours) = replica.commit_at(*author, *seq).await? {
+                if ours.hash() != *tip {
+                    commits.push(ours);
+                }
+            }
+        }
+    }
+    commits.extend(
+        replica
+            .commits_missing(have.clone(), want, super::PAGE_BYTES)
+            .await?,
+    );
     let lacking = match purpose {
         Purpose::Answer { .. } => {
             let have: std::collections::BTreeMap<_, _> = have.into_iter().collect();

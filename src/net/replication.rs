@@ -43,6 +43,8 @@ pub enum Incoming {
         store: StoreId,
         /// Its version vector.
         have: VersionVector,
+        /// The hash of its commit at each entry of `have`.
+        tips: Vec<[u8; 32]>,
         /// At most this many commits.
         limit: u32,
         /// Its membership digest.
@@ -124,6 +126,8 @@ pub struct Ingested {
     pub gap: bool,
     /// This side's version vector afterwards, when some were refused.
     pub have: Option<VersionVector>,
+    /// Authors caught signing two different commits under one number.
+    pub equivocators: Vec<DeviceId>,
 }
 
 /// What the executor does next.
@@ -149,6 +153,8 @@ pub enum Action<P> {
         theirs: Option<Digest>,
         /// Why.
         purpose: Purpose,
+        /// The hashes of its commits at `have` (a pull's), to find forks.
+        tips: Vec<[u8; 32]>,
     },
     /// Answer a request.
     Reply {
@@ -315,6 +321,7 @@ impl<P: Ord + Copy> Replication<P> {
             limit: PULL_LIMIT as usize,
             theirs: state.members,
             purpose: Purpose::Push,
+            tips: Vec::new(),
         }]
     }
 
@@ -357,6 +364,7 @@ impl<P: Ord + Copy> Replication<P> {
             } if theirs != store => refuse("WRONG_STORE", reply),
             Incoming::Pull {
                 have,
+                tips,
                 limit,
                 members,
                 reply,
@@ -376,6 +384,7 @@ impl<P: Ord + Copy> Replication<P> {
                         limit: limit.min(PULL_LIMIT) as usize,
                         reply,
                     },
+                    tips,
                 }];
                 // A member that pulled from us before we pulled from it.
                 if !state.pulled {

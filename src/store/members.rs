@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use super::writer::Intent;
 use super::{Bound, MemberState, Store};
-use crate::change::{Commit, Op, StoreId};
+use crate::change::{Commit, Op, SignedCommit, StoreId};
 use crate::crypto::device_box::{open_as_device, seal_to_device};
 use crate::crypto::envelope::context;
 use crate::crypto::{DataKey, Keyring};
@@ -245,7 +245,13 @@ impl Store {
             return Ok(());
         }
         let held: BTreeMap<DeviceId, u64> = self.version_vector().await?.into_iter().collect();
+        let forks = self.members().commit_forks.clone();
         for (device, removal) in removed {
+            if forks.contains_key(&device) {
+                // Removed at its fork: nothing from there on is admitted,
+                // whatever each replica applied first.
+                continue;
+            }
             // Commits past the cut are never stored once the removal is
             // known, so what is held beyond it was applied before.
             let commits = held.get(&device).copied().unwrap_or(0);
@@ -264,6 +270,40 @@ impl Store {
                 device,
                 entries,
                 commits: Some(cut),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Records evidence of commit equivocation found while ingesting: two
+    /// different commits of one author under one number, both signed by it.
+    /// The author is then removed on every replica that gets the entry,
+    /// with nothing from that number on admitted.
+    pub(crate) async fn record_forks(&self, forks: &[(SignedCommit, SignedCommit)]) -> Result<()> {
+        if forks.is_empty() || !self.is_trusted(&self.device_id()) {
+            return Ok(());
+        }
+        for (held, received) in forks {
+            let Some((device, seq)) = held.author_seq() else {
+                continue;
+            };
+            if self.members().equivocators.contains(&device) {
+                continue;
+            }
+            let cut = |c: &SignedCommit| CommitCut {
+                seq,
+                hash: c.hash(),
+                signature: c.signature,
+            };
+            tracing::warn!(
+                store = %self.inner.name, device = %device.short(), seq,
+                "a device signed two different commits under one number: removed"
+            );
+            self.append_entry(MemberChange::Fork {
+                device,
+                a: cut(held),
+                b: cut(received),
             })
             .await?;
         }
@@ -448,7 +488,9 @@ impl Store {
                 match entry.change {
                     MemberChange::Remove { .. } => last_removal = last_removal.max(entry.seq),
                     MemberChange::Key { .. } => last_key = last_key.max(entry.seq),
-                    MemberChange::Add { .. } | MemberChange::KeyCopy { .. } => {}
+                    MemberChange::Add { .. }
+                    | MemberChange::KeyCopy { .. }
+                    | MemberChange::Fork { .. } => {}
                 }
             }
             last_removal > last_key

@@ -37,6 +37,10 @@ impl Replica for Store {
         Box::pin(async move { self.commits_missing_within(&have, limit, max_bytes).await })
     }
 
+    fn commit_at(&self, author: DeviceId, seq: u64) -> BoxFuture<'_, Result<Option<SignedCommit>>> {
+        Box::pin(async move { Ok(self.bound().backend.get_commit(author, seq).await?) })
+    }
+
     fn ingest(&self, commits: Vec<SignedCommit>) -> BoxFuture<'_, Result<Ingested>> {
         Box::pin(async move {
             let report = Store::ingest(self, commits).await?;
@@ -54,6 +58,11 @@ impl Replica for Store {
                     .iter()
                     .any(|(_, r)| matches!(r, RejectReason::Gap { .. })),
                 have,
+                equivocators: report
+                    .forks
+                    .iter()
+                    .filter_map(|(held, _)| held.author_seq().map(|(a, _)| a))
+                    .collect(),
             })
         })
     }

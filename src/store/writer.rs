@@ -26,7 +26,7 @@ use serde_json::Value;
 use super::handles::AppendedEvent;
 use super::subscribe::{Origin, RecordChange};
 use super::Store;
-use crate::change::{Commit, CommitBody, Op, Stamp, COMMIT_FORMAT};
+use crate::change::{Commit, CommitBody, Op, SignedCommit, Stamp, COMMIT_FORMAT};
 use crate::error::{Error, RejectReason, Result, StorageError};
 use crate::hlc::{Hlc, HybridClock};
 use crate::identity::DeviceId;
@@ -107,6 +107,9 @@ pub struct IngestReport {
     pub duplicates: usize,
     /// Commits refused: their index in the input and why.
     pub rejected: Vec<(usize, RejectReason)>,
+    /// Two different commits of one author under one number: the one held
+    /// and the one received (both signed by that author: the evidence).
+    pub forks: Vec<(SignedCommit, SignedCommit)>,
 }
 
 impl IngestReport {
@@ -115,6 +118,7 @@ impl IngestReport {
         self.duplicates += other.duplicates;
         self.rejected.extend(other.rejected);
         self.rejected.sort_by_key(|(i, _)| *i);
+        self.forks.extend(other.forks);
         self
     }
 }
@@ -774,18 +778,28 @@ async fn remote_commits(
     let mut report = IngestReport::default();
     for (index, commit) in commits {
         let (author, seq) = (commit.body.author, commit.body.seq);
-        if batch.commits.contains(&(author, seq)) {
-            report.duplicates += 1;
-            continue;
-        }
-        let head = state.heads.get(&author).copied().unwrap_or(0);
-        if seq <= head {
-            match store.bound().backend.get_commit(author, seq).await? {
-                Some(stored) if stored == commit.signed => report.duplicates += 1,
-                _ => report.rejected.push((index, RejectReason::Equivocation)),
+        let held = if batch.commits.contains(&(author, seq)) {
+            batch
+                .write
+                .log
+                .iter()
+                .find(|e| e.author == author && e.seq == seq)
+                .map(|e| e.commit.clone())
+        } else if seq <= state.heads.get(&author).copied().unwrap_or(0) {
+            store.bound().backend.get_commit(author, seq).await?
+        } else {
+            None
+        };
+        if let Some(held) = held {
+            if held.hash() == commit.signed.hash() {
+                report.duplicates += 1;
+            } else {
+                report.rejected.push((index, RejectReason::Equivocation));
+                report.forks.push((held, commit.signed));
             }
             continue;
         }
+        let head = state.heads.get(&author).copied().unwrap_or(0);
         if seq != head + 1 {
             report.rejected.push((
                 index,

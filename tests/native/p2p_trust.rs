@@ -428,6 +428,7 @@ async fn forged_tampered_untrusted_replayed_and_oversize_messages_are_refused() 
     let pull = SyncRequest::Pull {
         store,
         have: Vec::new(),
+        tips: Vec::new(),
         limit: 10,
         members: [0; 32],
     };

@@ -256,7 +256,9 @@ fn commit(
 /// A member signs two different commits under one number and hands one
 /// to each replica: the second version is refused as `CHANGE_CONFLICT`
 /// wherever it arrives, and so is the next commit built on the other
-/// branch (its hash chain names the other commit).
+/// branch (its hash chain names the other commit). A replica holding both
+/// records the evidence: the member is removed there, then on every
+/// replica the log reaches, and nothing it signs from the fork on counts.
 #[tokio::test]
 async fn equivocating_commits_are_detected_on_every_path() {
     let a = Store::open(StoreOptions::new("a").adapter(persist::Adapter::Memory))
@@ -277,6 +279,7 @@ async fn equivocating_commits_are_detected_on_every_path() {
     let x1 = commit(&m, store, 1, [0; 32], "x");
     let y1 = commit(&m, store, 1, [0; 32], "y");
     let x2 = commit(&m, store, 2, x1.signed.hash(), "x2");
+    let y1_hash = y1.signed.hash();
     assert_eq!(
         a.ingest(vec![x1.signed.clone()]).await.expect("a").applied,
         1
@@ -287,7 +290,10 @@ async fn equivocating_commits_are_detected_on_every_path() {
     );
     let report = a.ingest(vec![y1.signed]).await.expect("a");
     assert_eq!(report.rejected[0].1.code(), "CHANGE_CONFLICT", "{report:?}");
-    let report = b.ingest(vec![x1.signed, x2.signed]).await.expect("b");
+    let report = b
+        .ingest(vec![x1.signed, x2.signed.clone()])
+        .await
+        .expect("b");
     assert_eq!(report.applied, 0, "{report:?}");
     assert!(
         report
@@ -296,4 +302,16 @@ async fn equivocating_commits_are_detected_on_every_path() {
             .all(|(_, r)| r.code() == "CHANGE_CONFLICT"),
         "{report:?}"
     );
+    for store in [&a, &b] {
+        let members = store.members();
+        assert!(members.equivocators.contains(&m.device_id()));
+        assert!(!members.is_member(&m.device_id()));
+        assert!(!members.admits_commit(&m.device_id(), 1, &y1_hash));
+    }
+    a.merge_membership(&b.membership().await)
+        .await
+        .expect("merge");
+    let y2 = commit(&m, store, 2, y1_hash, "y2");
+    let report = a.ingest(vec![x2.signed, y2.signed]).await.expect("a");
+    assert_eq!(report.applied, 0, "{report:?}");
 }

@@ -148,6 +148,7 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Check)> {
             encode(&SyncRequest::Pull {
                 store,
                 have: have.clone(),
+                tips: vec![plain.hash(), of_b.hash()],
                 limit: 1_000,
                 members: [0xdd; 32],
             }),

@@ -19,7 +19,7 @@ use crate::net::codec::frame;
 use crate::net::live::{self, LiveMessage};
 use crate::net::replica::Merged;
 use crate::net::replication::{Action, Arrival, Digest, Incoming, Ingested, Purpose, Token};
-use crate::net::{peer_id_of, P2pEvent, SyncRequest, SyncResponse, PULL_LIMIT};
+use crate::net::{peer_id_of, P2pEvent, SyncRequest, SyncResponse};
 
 /// Storage tasks' results waiting for the loop, at most.
 pub(super) const DONE_QUEUE: usize = 64;
@@ -76,15 +76,7 @@ impl Node {
                 Action::Pull { peer } => {
                     let replica = self.replica.clone();
                     self.off_loop(async move {
-                        let request = async {
-                            Ok(SyncRequest::Pull {
-                                store: replica.store_id(),
-                                have: replica.version_vector().await?,
-                                limit: PULL_LIMIT,
-                                members: replica.membership_digest().await,
-                            })
-                        }
-                        .await;
+                        let request = crate::net::replica::pull_request(&*replica).await;
                         Done::Pull { peer, request }
                     });
                 }
@@ -94,12 +86,14 @@ impl Node {
                     limit,
                     theirs,
                     purpose,
+                    tips,
                 } => {
                     let replica = self.replica.clone();
                     self.off_loop(async move {
-                        let result =
-                            crate::net::replica::read(&*replica, have, limit, theirs, purpose)
-                                .await;
+                        let result = crate::net::replica::read(
+                            &*replica, have, limit, theirs, purpose, tips,
+                        )
+                        .await;
                         Done::Read {
                             peer,
                             purpose,
@@ -210,7 +204,17 @@ impl Node {
                     }
                 }
                 match result {
-                    Ok(outcome) => self.replication.ingested(peer, arrival, outcome),
+                    Ok(outcome) => {
+                        for device in &outcome.equivocators {
+                            if let Ok(device) = peer_id_of(device) {
+                                self.emit(P2pEvent::Equivocation(device));
+                            }
+                        }
+                        if !outcome.equivocators.is_empty() {
+                            self.refresh_members();
+                        }
+                        self.replication.ingested(peer, arrival, outcome)
+                    }
                     Err(e) => {
                         tracing::warn!(%peer, code = e.code(), "received commits not applied");
                         self.replication.ingest_failed(arrival, e.code())
@@ -335,11 +339,13 @@ impl Node {
                     SyncRequest::Pull {
                         store,
                         have,
+                        tips,
                         limit,
                         members,
                     } => Incoming::Pull {
                         store,
                         have,
+                        tips,
                         limit,
                         members,
                         reply,

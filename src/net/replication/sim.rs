@@ -17,7 +17,7 @@ use crate::keys::MemoryKeyStore;
 use crate::membership::{MemberChange, MemberEntry, MEMBER_ENTRY_FORMAT};
 use crate::net::live::LiveMessage;
 use crate::net::replica::Replica;
-use crate::net::{SyncRequest, SyncResponse, PULL_LIMIT};
+use crate::net::{SyncRequest, SyncResponse};
 use crate::storage::{MemoryStore, StorageBackend};
 use crate::store::{Store, StoreOptions};
 
@@ -210,14 +210,8 @@ impl Sim {
             let store = self.nodes[at].store.clone();
             let more = match action {
                 Action::Pull { peer } => {
-                    let request = block_on(async {
-                        SyncRequest::Pull {
-                            store: store.store_id(),
-                            have: store.version_vector().await.expect("vv"),
-                            limit: PULL_LIMIT,
-                            members: store.membership_digest().await,
-                        }
-                    });
+                    let request =
+                        block_on(crate::net::replica::pull_request(&store)).expect("pull");
                     self.next_token += 1;
                     self.askers.insert(self.next_token, at);
                     let token = self.next_token;
@@ -235,9 +229,10 @@ impl Sim {
                     limit,
                     theirs,
                     purpose,
+                    tips,
                 } => {
                     let (commits, lacking, log, ours) = block_on(crate::net::replica::read(
-                        &store, have, limit, theirs, purpose,
+                        &store, have, limit, theirs, purpose, tips,
                     ))
                     .expect("read");
                     self.nodes[at]
@@ -332,11 +327,13 @@ impl Sim {
                     SyncRequest::Pull {
                         store,
                         have,
+                        tips,
                         limit,
                         members,
                     } => Incoming::Pull {
                         store,
                         have,
+                        tips,
                         limit,
                         members,
                         reply: token,
@@ -450,6 +447,41 @@ impl Sim {
 
     pub(super) fn id(&self, at: usize) -> DeviceId {
         self.ids[at]
+    }
+
+    /// A commit of a device that is not a replica (a rogue member holding
+    /// its own key), sealed under the current key of replica `at`.
+    pub(super) fn forged_commit(
+        &self,
+        at: usize,
+        author: &DeviceIdentity,
+        seq: u64,
+        prev: [u8; 32],
+        key: &str,
+        value: u64,
+    ) -> crate::change::SignedCommit {
+        let store = &self.nodes[at].store;
+        let keyring = store.bound().sealed.as_ref().expect("encrypted").keyring();
+        let (epoch, data_key) = keyring.current();
+        let mut sealer = crate::crypto::Sealer::new(data_key, epoch).expect("sealer");
+        crate::change::Commit::sign(
+            crate::change::CommitBody {
+                format: crate::change::SEALED_COMMIT_FORMAT,
+                store: store.store_id(),
+                author: author.device_id(),
+                seq,
+                prev,
+                hlc: Hlc::from_millis(self.clock.load(Ordering::SeqCst)),
+                ops: vec![crate::change::Op::KvSet {
+                    key: key.into(),
+                    value: value.to_string(),
+                }],
+            },
+            author,
+            Some(&mut sealer),
+        )
+        .expect("signs")
+        .signed
     }
 
     /// A membership entry of `author` at an explicit position.
