@@ -480,6 +480,9 @@ impl Store {
             return Ok(());
         };
         let me = self.device_id();
+        if !self.is_trusted(&me) {
+            return Ok(());
+        }
         let pending = {
             let state = self.inner.members.lock().await;
             let mut last_removal = 0;
@@ -517,6 +520,10 @@ impl Store {
             return Ok(());
         };
         let me = self.device_id();
+        if !self.is_trusted(&me) {
+            // A removed device's entries would count for nothing.
+            return Ok(());
+        }
         let store = self.store_id();
         let keyring = sealed.keyring();
         // Epochs this device holds and the log lacks, in order.
