@@ -545,6 +545,10 @@ impl Store {
             tracing::info!(store = %self.inner.name, epoch = next, "recording a key epoch for the members");
             self.append_entry(key_change(store, next, key, &to)).await?;
             crate::platform::fault_point("keys:recorded");
+            if self.members().epoch < next {
+                // Not recorded after all (it cannot count): stop here.
+                break;
+            }
         }
         // Recorded keys this device holds that some member lacks.
         let members = self.members();

@@ -574,3 +574,39 @@ async fn a_handshake_flood_is_capped_and_the_node_survives() {
     node_a.shutdown();
     node_b.shutdown();
 }
+
+/// A member speaking the previous version of the sync protocol finds no
+/// common protocol: its request fails before any byte of it is read as
+/// the current version, and the node goes on serving the current one.
+#[tokio::test]
+async fn a_peer_of_another_protocol_version_is_refused_cleanly() {
+    let a = memory_store("a").await;
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
+    let identity = member_with(43, &node_a).await;
+    let old = libp2p::StreamProtocol::new("/persist/sync/1");
+    let mut client = raw_swarm(
+        &identity,
+        request_response::Behaviour::<SyncCodec>::new(
+            [(old, ProtocolSupport::Full)],
+            request_response::Config::default(),
+        ),
+    );
+    let pull = SyncRequest::Pull {
+        store: a.store_id(),
+        have: Vec::new(),
+        tips: Vec::new(),
+        limit: 10,
+        members: [0; 32],
+    };
+    let error = ask(&mut client, &node_a, pull.clone())
+        .await
+        .expect_err("no common protocol");
+    assert!(error.contains("protocol"), "{error}");
+    // The current version is served to the same member.
+    let mut current = raw_client(&identity);
+    assert!(matches!(
+        ask(&mut current, &node_a, pull).await,
+        Ok(SyncResponse::Commits { .. })
+    ));
+    node_a.shutdown();
+}

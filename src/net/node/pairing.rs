@@ -291,6 +291,17 @@ impl Node {
                 message: Message::Response { response, .. },
                 ..
             } => self.joiner_response(peer, response).await,
+            Event::OutboundFailure {
+                peer,
+                error: request_response::OutboundFailure::UnsupportedProtocols,
+                ..
+            } if self.joining.as_ref().is_some_and(|j| j.host == Some(peer)) => {
+                self.finish_joining(Err(Error::PairingFailed(format!(
+                    "the other device speaks another version of the pairing protocol (this one \
+                     speaks {}): update the older one",
+                    crate::net::PAIR_PROTOCOL
+                ))));
+            }
             Event::OutboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "pairing request failed");
                 self.host_left(peer);

@@ -390,6 +390,16 @@ impl Node {
                     tracing::warn!(%peer, %reason, "sync request refused");
                 }
             },
+            Event::OutboundFailure {
+                peer,
+                error: request_response::OutboundFailure::UnsupportedProtocols,
+                ..
+            } => {
+                tracing::warn!(
+                    %peer, protocol = %crate::net::SYNC_PROTOCOL,
+                    "the peer speaks another version of the sync protocol: no sync with it"
+                );
+            }
             Event::OutboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "sync request failed");
             }
