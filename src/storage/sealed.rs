@@ -15,8 +15,8 @@
 //! row kind, the hashed names and, for records and keys, the row's stamp; a
 //! row moved to another key, record or store does not open. Stamps, event
 //! ids and times, authors, sizes and liveness (a tombstone's `value` is NULL)
-//! stay visible: the metadata storage needs to merge and order, as DESIGN.md
-//! allows.
+//! stay visible: the metadata storage needs to merge and order (opaque
+//! metadata, by design).
 //!
 //! Listing cannot use the inner order (hashes do not keep it). The first
 //! listing of a collection reads and decrypts its live rows once and keeps

@@ -315,3 +315,47 @@ async fn equivocating_commits_are_detected_on_every_path() {
     let report = a.ingest(vec![x2.signed, y2.signed]).await.expect("a");
     assert_eq!(report.applied, 0, "{report:?}");
 }
+
+/// A store whose change log holds commits of the previous format (no hash
+/// chain) is refused when it opens, with a code and a message that say
+/// what to do, and is left untouched.
+#[tokio::test]
+async fn a_store_of_the_previous_format_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("old.db");
+    let plain = |path: &Path| StoreOptions::new("old").path(path);
+    let store = Store::open(plain(&path)).await.expect("opens");
+    let author = store.device_id();
+    // A commit as the previous format wrote it: format byte 1.
+    let mut body = vec![1u8];
+    body.extend_from_slice(store.store_id().as_bytes());
+    body.extend_from_slice(author.as_bytes());
+    body.push(1);
+    store
+        .inner_backend_for_tests()
+        .write(persist::storage::WriteBatch {
+            log: vec![persist::storage::LogEntry {
+                author,
+                seq: 1,
+                last_hlc: Hlc::from_millis(1_700_000_000_000),
+                commit: persist::SignedCommit {
+                    body,
+                    signature: [0; 64],
+                },
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("write");
+    store.close().await.expect("close");
+    let before = std::fs::read(&path).expect("file");
+    let error = Store::open(plain(&path)).await.expect_err("refused");
+    assert_eq!(error.code(), "STORAGE_VERSION_UNSUPPORTED");
+    assert!(error.to_string().contains("format 1"), "{error}");
+    assert!(error.to_string().contains("create it again"), "{error}");
+    assert_eq!(
+        std::fs::read(&path).expect("file"),
+        before,
+        "left untouched"
+    );
+}
