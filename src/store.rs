@@ -32,6 +32,7 @@ use crate::names;
 use crate::storage::{MetaKey, SealedStorage, StorageBackend};
 
 mod crypto;
+mod forks;
 mod handles;
 mod members;
 mod replica;
@@ -397,6 +398,8 @@ impl Store {
         // A revocation interrupted before its new key was recorded ends now,
         // before any write can go out under the old key.
         store.resume_revocations().await?;
+        // A fork recorded before the process stopped: finish answering it.
+        store.drop_forked_commits().await?;
         if let Some(epoch) = resume {
             // A rotation stopped midway: finish it in the background.
             let crypto = store.crypto();
@@ -607,7 +610,38 @@ impl Store {
         let keyring = bound.sealed.as_ref().map(|s| s.keyring());
         let members = self.members();
         let horizon = (self.inner.wall_clock)().saturating_add(self.inner.limits.max_clock_skew_ms);
+        let mut heads: Option<BTreeMap<DeviceId, u64>> = None;
         for (index, signed) in commits.into_iter().enumerate() {
+            // Another commit under a number this replica holds, signed by
+            // its author: a fork, proven before anything is decrypted (this
+            // replica may lack the key the other version is sealed under).
+            if let Some((author, seq)) = signed.author_seq() {
+                if heads.is_none() {
+                    heads = Some(bound.backend.version_vector().await?.into_iter().collect());
+                }
+                let held_up_to = heads
+                    .as_ref()
+                    .and_then(|h| h.get(&author))
+                    .copied()
+                    .unwrap_or(0);
+                if seq <= held_up_to {
+                    if let Some(held) = bound.backend.get_commit(author, seq).await? {
+                        if held.hash() != signed.hash()
+                            && crate::change::commit_signature_verifies(
+                                bound.store_id,
+                                &author,
+                                seq,
+                                &signed.hash(),
+                                &signed.signature,
+                            )
+                        {
+                            report.rejected.push((index, RejectReason::Equivocation));
+                            report.forks.push((held, signed));
+                            continue;
+                        }
+                    }
+                }
+            }
             match Commit::verify(signed, bound.store_id, &self.inner.limits, keyring.as_ref()) {
                 // Signature first, then membership: only a verified author
                 // is looked up.
@@ -643,16 +677,20 @@ impl Store {
                 }
             }
         }
-        if verified.is_empty() {
-            return Ok(report);
-        }
-        let applied = self
-            .inner
-            .writer
-            .submit(self, writer::Request::Remote(verified))
-            .await?;
-        let report = report.merge(applied.into_ingest());
+        let report = if verified.is_empty() {
+            report
+        } else {
+            let applied = self
+                .inner
+                .writer
+                .submit(self, writer::Request::Remote(verified))
+                .await?;
+            report.merge(applied.into_ingest())
+        };
         self.record_forks(&report.forks).await?;
+        if !report.forks.is_empty() {
+            self.drop_forked_commits().await?;
+        }
         Ok(report)
     }
 

@@ -222,6 +222,7 @@ impl Store {
             );
         }
         self.keep_what_was_applied().await?;
+        self.drop_forked_commits().await?;
         self.take_key_grants().await?;
         self.record_keys().await?;
         self.rotate_if_exposed().await?;
@@ -240,27 +241,36 @@ impl Store {
         if !self.is_trusted(&me) {
             return Ok(());
         }
-        let removed = self.members().removed.clone();
+        let members = self.members();
+        let held: BTreeMap<DeviceId, u64> = self.version_vector().await?.into_iter().collect();
+        // Removed devices, and devices no longer admitted at all (the entry
+        // that added them stopped counting) whose commits this replica
+        // applied while they were: the latter get a removal too.
+        let mut removed = members.removed.clone();
+        for device in held.keys() {
+            if !members.current.contains_key(device) && !removed.contains_key(device) {
+                removed.insert(*device, crate::membership::Removal::default());
+            }
+        }
         if removed.is_empty() {
             return Ok(());
         }
-        let held: BTreeMap<DeviceId, u64> = self.version_vector().await?.into_iter().collect();
-        let forks = self.members().commit_forks.clone();
+        let forks = members.commit_forks.clone();
         for (device, removal) in removed {
-            if forks.contains_key(&device) {
-                // Removed at its fork: nothing from there on is admitted,
-                // whatever each replica applied first.
-                continue;
-            }
             // Commits past the cut are never stored once the removal is
-            // known, so what is held beyond it was applied before.
-            let commits = held.get(&device).copied().unwrap_or(0);
-            if commits <= removal.commits_upto {
-                continue;
-            }
+            // known, so what is held beyond it was applied before. Of a
+            // device that forked, only what precedes the fork can stay.
+            let held_up_to = held.get(&device).copied().unwrap_or(0);
+            let commits = match forks.get(&device) {
+                Some(fork) => held_up_to.min(fork.saturating_sub(1)),
+                None => held_up_to,
+            };
             let Some(cut) = self.commit_cut(device, commits).await? else {
                 continue;
             };
+            if removal.admits(cut.seq, &cut.hash) {
+                continue;
+            }
             tracing::info!(
                 device = %device.short(), commits, commits_upto = removal.commits_upto,
                 "keeping what this replica applied before the removal reached it"
@@ -288,7 +298,12 @@ impl Store {
             let Some((device, seq)) = held.author_seq() else {
                 continue;
             };
-            if self.members().equivocators.contains(&device) {
+            if self
+                .members()
+                .commit_forks
+                .get(&device)
+                .is_some_and(|fork| *fork <= seq)
+            {
                 continue;
             }
             let cut = |c: &SignedCommit| CommitCut {

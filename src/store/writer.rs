@@ -226,6 +226,61 @@ impl Writer {
 
     /// As [`Writer::exclusive`], for work that replaces what storage holds
     /// (joining another store): the next batch reloads heads and clock.
+    /// Rewrites the store from `commits` alone, in one durable batch:
+    /// storage is cleared (log, rows, metadata entries: `meta` is written
+    /// again) and every commit applied anew, as received ones are. What
+    /// the store held and `commits` lack is gone. Any refusal leaves
+    /// storage as it was.
+    pub(crate) async fn rebuild(
+        &self,
+        store: &Store,
+        commits: Vec<Commit>,
+        meta: Vec<(crate::storage::MetaKey, Vec<u8>)>,
+    ) -> Result<usize> {
+        let mut state = self.state.lock().await;
+        state.reload = true;
+        let heads_before = std::mem::take(&mut state.heads);
+        let tips_before = std::mem::take(&mut state.tips);
+        let mut batch = Batch {
+            fresh: true,
+            ..Batch::default()
+        };
+        batch.write.clear = true;
+        batch.write.store_id = Some(store.bound().store_id);
+        batch.write.meta = meta;
+        let count = commits.len();
+        let report = remote_commits(
+            store,
+            &mut state,
+            &mut batch,
+            commits.into_iter().enumerate().collect(),
+        )
+        .await;
+        let result = match report {
+            Ok(report) if report.rejected.is_empty() && report.applied == count => {
+                batch.write.clock = Some(state.clock.last());
+                store
+                    .bound()
+                    .backend
+                    .write(std::mem::take(&mut batch.write))
+                    .await
+                    .map_err(Error::from)
+            }
+            Ok(report) => Err(Error::Storage(StorageError::Corrupt(format!(
+                "the change log does not replay: {:?}",
+                report.rejected.first()
+            )))),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            state.heads = heads_before;
+            state.tips = tips_before;
+        }
+        // Heads, tips and clock come from storage at the next batch.
+        state.reload = true;
+        result.map(|()| count)
+    }
+
     pub(crate) async fn exclusive_then_reload<T>(
         &self,
         work: impl std::future::Future<Output = T>,
@@ -272,6 +327,9 @@ struct Batch {
     indexed_records: usize,
     kv_index: HashMap<String, usize>,
     indexed_kv: usize,
+    /// The batch rewrites the store from nothing (`write.clear`): rows
+    /// stored before it do not exist for it.
+    fresh: bool,
 }
 
 impl Batch {
@@ -299,6 +357,9 @@ impl Batch {
         if let Some(row) = self.read_records.get(&key) {
             return Ok(row.clone());
         }
+        if self.fresh {
+            return Ok(None);
+        }
         let row = store.bound().backend.get_record(collection, id).await?;
         self.read_records.insert(key, row.clone());
         Ok(row)
@@ -314,6 +375,9 @@ impl Batch {
         }
         if let Some(row) = self.read_kv.get(key) {
             return Ok(row.clone());
+        }
+        if self.fresh {
+            return Ok(None);
         }
         let row = store.bound().backend.get_kv(key).await?;
         self.read_kv.insert(key.to_owned(), row.clone());

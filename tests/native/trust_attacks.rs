@@ -267,6 +267,46 @@ async fn equivocating_commits_are_detected_on_every_path() {
     let b = Store::open(StoreOptions::new("b").adapter(persist::Adapter::Memory))
         .await
         .expect("b");
+    equivocation(a, b).await;
+    // The same on SQLite files, where dropping the forked commits rewrites
+    // the file in one transaction.
+    let dir = tempfile::tempdir().expect("dir");
+    let a = Store::open(StoreOptions::new("a").path(dir.path().join("a.db")))
+        .await
+        .expect("a");
+    let b = Store::open(StoreOptions::new("b").path(dir.path().join("b.db")))
+        .await
+        .expect("b");
+    a.kv().set("before", json!("kept")).await.expect("write");
+    equivocation(a.clone(), b.clone()).await;
+    assert_eq!(
+        a.kv().get("before").await.expect("get"),
+        Some(json!("kept"))
+    );
+    let theirs = b.version_vector().await.expect("vv");
+    let missing = a
+        .commits_missing_from(&theirs, usize::MAX)
+        .await
+        .expect("missing");
+    b.ingest(missing).await.expect("ingest");
+    assert_eq!(
+        b.kv().get("before").await.expect("get"),
+        Some(json!("kept"))
+    );
+    // Reopened: the rewrite was durable.
+    let path = dir.path().join("a.db");
+    a.close().await.expect("close");
+    let a = Store::open(StoreOptions::new("a").path(&path))
+        .await
+        .expect("reopens");
+    assert_eq!(
+        a.kv().get("before").await.expect("get"),
+        Some(json!("kept"))
+    );
+    assert_eq!(a.kv().get("x").await.expect("get"), None);
+}
+
+async fn equivocation(a: Store, b: Store) {
     pair(&a, &b).await;
     let m = DeviceIdentity::from_secret(&[77; 32]);
     a.admit_device(m.device_id(), "member")
@@ -307,6 +347,17 @@ async fn equivocating_commits_are_detected_on_every_path() {
         assert!(members.equivocators.contains(&m.device_id()));
         assert!(!members.is_member(&m.device_id()));
         assert!(!members.admits_commit(&m.device_id(), 1, &y1_hash));
+    }
+    // Both versions are dropped wherever they were applied: the same rows.
+    for store in [&a, &b] {
+        assert_eq!(store.kv().get("x").await.expect("get"), None);
+        assert_eq!(store.kv().get("y").await.expect("get"), None);
+        assert!(store
+            .version_vector()
+            .await
+            .expect("vv")
+            .iter()
+            .all(|(author, _)| *author != m.device_id()));
     }
     a.merge_membership(&b.membership().await)
         .await
