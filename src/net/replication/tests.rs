@@ -172,7 +172,9 @@ mod protocol {
     use crate::identity::DeviceIdentity;
     use crate::membership::{MemberChange, MembershipWire};
 
-    /// Schedules per CI run; `PERSIST_PROTOCOL_CASES` raises it locally.
+    /// Schedules per CI run; `PERSIST_PROTOCOL_CASES` raises it locally
+    /// (`PERSIST_TEST_SEED` picks the series, `PERSIST_SIM_SEED` replays one
+    /// schedule, `PERSIST_SIM_DEBUG` prints what diverged).
     fn cases() -> u32 {
         std::env::var("PERSIST_PROTOCOL_CASES")
             .ok()
@@ -330,12 +332,10 @@ mod protocol {
                 None => groups.push(vec![i]),
             }
         }
-        let mut store_id = None;
         let mut forks_found = 0;
         for group in &groups {
             let reference = group[0];
             let members = sim.nodes[reference].store.members();
-            store_id.get_or_insert(sim.nodes[reference].store.store_id());
             for &i in group {
                 let store = &sim.nodes[i].store;
                 assert_eq!(
@@ -469,7 +469,6 @@ mod protocol {
                 }
             }
         }
-        let _ = (revoked, rogue_revoked);
         // Groups other than the largest whose devices the largest did not
         // remove: split off by removals they made while cut off.
         groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
