@@ -232,6 +232,17 @@ pub fn key_commitment(store: StoreId, epoch: u32, key: &[u8; 32]) -> [u8; 32] {
     hash.finalize().into()
 }
 
+/// Associated data of a key grant: the key of `epoch` of `store`, sealed
+/// to `to` (`crate::crypto::device_box`).
+pub fn grant_context(store: StoreId, epoch: u32, to: &DeviceId) -> Vec<u8> {
+    crate::crypto::envelope::context(&[
+        store.as_bytes(),
+        b"key grant",
+        &epoch.to_be_bytes(),
+        to.as_bytes(),
+    ])
+}
+
 impl MemberEntry {
     /// Encodes and signs the entry (`identity` must be its author).
     pub fn sign(&self, identity: &DeviceIdentity) -> Result<SignedMemberEntry, MemberError> {

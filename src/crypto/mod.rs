@@ -316,8 +316,16 @@ impl Keyring {
 
     /// Starts a new epoch with a new random key and returns it.
     pub fn rotate(&mut self) -> Result<u32, CryptoError> {
+        self.rotate_past(0)
+    }
+
+    /// Starts a new epoch above both this keyring's current one and
+    /// `known` (the highest epoch recorded elsewhere, whose key this
+    /// keyring may lack), with a new random key; returns it.
+    pub fn rotate_past(&mut self, known: u32) -> Result<u32, CryptoError> {
         let next = self
             .current
+            .max(known)
             .checked_add(1)
             .ok_or_else(|| CryptoError::Malformed("epoch numbers exhausted".into()))?;
         self.keys.insert(next, DataKey::generate()?);

@@ -300,7 +300,9 @@ impl StoreCrypto {
         let inner = &self.store.inner;
         let _one = inner.rotation.lock().await;
         let mut keyring = sealed.keyring();
-        let epoch = keyring.rotate()?;
+        // Above every epoch the membership records, even one whose key
+        // this device lacks (its grant did not open).
+        let epoch = keyring.rotate_past(self.store.members().epoch)?;
         inner.key_store.save_keyring(&keyring).await?;
         let start = RotationState {
             epoch,

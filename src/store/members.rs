@@ -12,13 +12,12 @@ use super::writer::Intent;
 use super::{Bound, MemberState, Store};
 use crate::change::{Commit, Op, SignedCommit, StoreId};
 use crate::crypto::device_box::{open_as_device, seal_to_device};
-use crate::crypto::envelope::context;
 use crate::crypto::{DataKey, Keyring};
 use crate::error::{Error, Result, StorageError};
 use crate::hlc::Hlc;
 use crate::identity::DeviceId;
 use crate::membership::{
-    key_commitment, CommitCut, MemberChange, Members, MembershipLog, MembershipWire,
+    grant_context, key_commitment, CommitCut, MemberChange, Members, MembershipLog, MembershipWire,
 };
 use crate::storage::{MetaKey, SealedStorage, StorageBackend, WriteBatch};
 
@@ -143,15 +142,6 @@ fn fold_into_writes(ops: Vec<Op>) -> Vec<Intent> {
         .into_iter()
         .filter_map(|(key, text)| text.map(|text| Intent::Set { key, text }));
     records.chain(kv).chain(events).collect()
-}
-
-fn grant_context(store: StoreId, epoch: u32, to: &DeviceId) -> Vec<u8> {
-    context(&[
-        store.as_bytes(),
-        b"key grant",
-        &epoch.to_be_bytes(),
-        to.as_bytes(),
-    ])
 }
 
 fn diff(before: &Members, after: &Members) -> MembershipUpdate {
@@ -661,7 +651,9 @@ impl Store {
         let members = self.members();
         let mut keyring = sealed.keyring();
         let mut learnt = false;
+        let mut refused_current = false;
         for (epoch, commitment, winner, author, grant) in members.grants_for(&me) {
+            let current = winner && epoch == members.epoch;
             let key = match open_as_device(
                 &self.inner.device,
                 &grant_context(store, epoch, &me),
@@ -674,11 +666,13 @@ impl Store {
                 }
                 _ => {
                     tracing::warn!(epoch, from = %author.short(), "a key grant does not open");
+                    refused_current |= current;
                     continue;
                 }
             };
             if key_commitment(store, epoch, key.as_bytes()) != commitment {
                 tracing::warn!(epoch, from = %author.short(), "a key grant is not the key its entry commits to");
+                refused_current |= current;
                 continue;
             }
             let changed = if winner {
@@ -693,6 +687,20 @@ impl Store {
         }
         if learnt {
             self.crypto().adopt_keyring(&sealed, keyring).await?;
+        }
+        // The current key reached this device only as a bad grant (a member
+        // gone bad sealed another key to it): a new epoch, made here and
+        // granted to every member, replaces it.
+        let holds_current = members.epochs.get(&members.epoch).is_none_or(|recorded| {
+            sealed
+                .keyring()
+                .keys_of(members.epoch)
+                .into_iter()
+                .any(|k| key_commitment(store, members.epoch, k.as_bytes()) == recorded.commitment)
+        });
+        if refused_current && !holds_current && members.is_member(&me) {
+            tracing::warn!(store = %self.inner.name, epoch = members.epoch, "the current key was granted to this device wrongly: rotating");
+            self.crypto().rotate_key(|_| {}).await?;
         }
         Ok(())
     }

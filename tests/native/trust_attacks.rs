@@ -410,3 +410,70 @@ async fn a_store_of_the_previous_format_is_refused_clearly() {
         "left untouched"
     );
 }
+
+/// A member gone bad records a new epoch whose grant to one member seals
+/// another key than the entry commits to. That member refuses the grant
+/// and, lacking the current key, makes a new epoch for everyone: both
+/// honest members end on one key and read each other.
+#[tokio::test]
+async fn a_wrong_key_granted_to_one_member_is_replaced() {
+    use persist::crypto::device_box::seal_to_device;
+    use persist::membership::{grant_context, key_commitment, MemberChange, MembershipWire};
+
+    let dir = tempfile::tempdir().expect("dir");
+    let a = open(&dir.path().join("a.db")).await;
+    let b = open(&dir.path().join("b.db")).await;
+    pair(&a, &b).await;
+    let m = DeviceIdentity::from_secret(&[66; 32]);
+    a.admit_device(m.device_id(), "bad").await.expect("admit");
+    b.merge_membership(&a.membership().await)
+        .await
+        .expect("merge");
+    let store = a.store_id();
+    let (k1, k2) = ([1u8; 32], [2u8; 32]);
+    let grant = |to: persist::DeviceId, key: &[u8; 32]| {
+        (
+            to,
+            seal_to_device(&to, &grant_context(store, 1, &to), key).expect("seal"),
+        )
+    };
+    let log = a.membership().await;
+    let (seq, prev) = persist::membership::MembershipLog::from_wire(&log)
+        .expect("log")
+        .next_position(&m.device_id());
+    let entry = persist::membership::MemberEntry {
+        format: persist::membership::MEMBER_ENTRY_FORMAT,
+        store,
+        author: m.device_id(),
+        seq,
+        prev,
+        hlc: Hlc::from_millis(1_700_000_000_000),
+        change: MemberChange::Key {
+            epoch: 1,
+            commitment: key_commitment(store, 1, &k1),
+            grants: vec![grant(a.device_id(), &k1), grant(b.device_id(), &k2)],
+        },
+    }
+    .sign(&m)
+    .expect("signs");
+    let wire = MembershipWire {
+        store,
+        founder: log.founder,
+        entries: vec![entry],
+    };
+    a.merge_membership(&wire).await.expect("a merges");
+    b.merge_membership(&wire).await.expect("b merges");
+    // B refused the bad grant and made epoch 2, granted to A and M.
+    assert_eq!(b.members().epoch, 2);
+    assert_eq!(b.crypto().epoch().expect("epoch"), 2);
+    sync(&b, &a).await;
+    assert_eq!(a.crypto().epoch().expect("epoch"), 2);
+    a.kv().set("from a", json!(1)).await.expect("write");
+    b.kv().set("from b", json!(2)).await.expect("write");
+    let report = sync(&a, &b).await;
+    assert!(report.rejected.is_empty(), "{report:?}");
+    let report = sync(&b, &a).await;
+    assert!(report.rejected.is_empty(), "{report:?}");
+    assert_eq!(b.kv().get("from a").await.expect("get"), Some(json!(1)));
+    assert_eq!(a.kv().get("from b").await.expect("get"), Some(json!(2)));
+}
