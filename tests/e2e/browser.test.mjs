@@ -1,7 +1,7 @@
 // End-to-end tests of the npm package in headless Chromium (Debian's
 // /usr/bin/chromium, driven by playwright-core): the package is imported by
 // a page as a plain ES module, with no init() call, and exercised the way
-// the product pages show. Run by scripts/test.sh after scripts/build-pkg.sh.
+// the README shows. Run by scripts/test.sh after scripts/build-pkg.sh.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";

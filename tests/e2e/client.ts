@@ -1,5 +1,5 @@
 // Compiled by tsc (no emit) against the package's declarations: the API as
-// DESIGN.md shows it must type-check, and misuse must not.
+// the README shows it must type-check, and misuse must not.
 import { createStore, type PersistError, type Store } from "@cuitty/persist";
 
 export async function sample(): Promise<Store> {

@@ -51,7 +51,7 @@ test("a tab pairs with a native device by code through a node; notes flow both w
 test("the reverse: a tab offers a code and a native device joins its store through the node's relay", async () => {
   const { node, tcp, ws } = await startNode();
   const tab = await device();
-  // The product page's P2P sample as written (a browser skips the TCP
+  // The README's P2P sample as written (a browser skips the TCP
   // listener and mDNS, with a console warning), with a real node address.
   const tabPeer = await tab.page.evaluate(async (node) => {
     const { createStore } = await import("/pkg/index.js");

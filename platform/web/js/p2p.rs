@@ -51,8 +51,8 @@ fn addresses(options: &JsValue, key: &str) -> JsResult<Vec<Multiaddr>> {
 /// listenAddrs, discovery: { dht, mdns, bootstrapPeers } }`. A browser
 /// cannot listen on sockets or multicast: listen addresses other than
 /// relayed ones (`.../p2p-circuit`) and `mdns: true` are skipped with a
-/// console warning (the product page's samples run as written); the tab
-/// is reachable through its bootstrap nodes' relay instead.
+/// console warning (code written for Node.js or native runs unchanged);
+/// the tab is reachable through its bootstrap nodes' relay instead.
 pub(crate) fn options(value: &JsValue) -> JsResult<P2pOptions> {
     let discovery = option(value, "discovery");
     if option(&discovery, "mdns").is_truthy() || option(value, "mdns").is_truthy() {
