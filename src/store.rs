@@ -612,9 +612,10 @@ impl Store {
         let horizon = (self.inner.wall_clock)().saturating_add(self.inner.limits.max_clock_skew_ms);
         let mut heads: Option<BTreeMap<DeviceId, u64>> = None;
         for (index, signed) in commits.into_iter().enumerate() {
-            // Another commit under a number this replica holds, signed by
-            // its author: a fork, proven before anything is decrypted (this
-            // replica may lack the key the other version is sealed under).
+            // Under a number this replica holds: the same commit (counted,
+            // skipped) or another one signed by its author, a fork proven
+            // before anything is decrypted (this replica may lack the key
+            // the other version is sealed under).
             if let Some((author, seq)) = signed.author_seq() {
                 if heads.is_none() {
                     heads = Some(bound.backend.version_vector().await?.into_iter().collect());
@@ -626,12 +627,19 @@ impl Store {
                     .unwrap_or(0);
                 if seq <= held_up_to {
                     if let Some(held) = bound.backend.get_commit(author, seq).await? {
-                        if held.hash() != signed.hash()
+                        if held == signed {
+                            // Held already, byte for byte: nothing to verify
+                            // or apply.
+                            report.duplicates += 1;
+                            continue;
+                        }
+                        let hash = signed.hash();
+                        if held.hash() != hash
                             && crate::change::commit_signature_verifies(
                                 bound.store_id,
                                 &author,
                                 seq,
-                                &signed.hash(),
+                                &hash,
                                 &signed.signature,
                             )
                         {

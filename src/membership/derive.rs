@@ -168,20 +168,6 @@ impl Members {
                 .any(|(e, (_, _, c, _))| *e == epoch && c == commitment)
     }
 
-    /// Current members (other than `except`) that hold no grant of the
-    /// current epoch's winning key: who still needs it.
-    pub fn lacking_current_key(&self, except: &DeviceId) -> Vec<DeviceId> {
-        let Some(key) = self.epochs.get(&self.epoch) else {
-            return Vec::new();
-        };
-        let granted = key
-            .grants
-            .iter()
-            .filter(|(_, _, c, _)| *c == key.commitment)
-            .map(|(_, to, _, _)| to);
-        self.lacking(except, granted)
-    }
-
     /// For every recorded key (each epoch's winner and the losing keys of
     /// forks), the current members other than `except` that hold no grant
     /// of it: `(epoch, commitment, members)`. A member admitted while a key
@@ -432,13 +418,8 @@ pub(super) fn derive(log: &MembershipLog) -> Members {
                 epoch,
                 commitment,
                 grants,
-            } => Kind::Key {
-                epoch: *epoch,
-                commitment: *commitment,
-                grants,
-                copy: false,
-            },
-            MemberChange::KeyCopy {
+            }
+            | MemberChange::KeyCopy {
                 epoch,
                 commitment,
                 grants,
@@ -446,7 +427,7 @@ pub(super) fn derive(log: &MembershipLog) -> Members {
                 epoch: *epoch,
                 commitment: *commitment,
                 grants,
-                copy: true,
+                copy: matches!(entry.change, MemberChange::KeyCopy { .. }),
             },
         };
         nodes.push(Node {

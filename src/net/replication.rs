@@ -22,7 +22,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{page_of, SyncResponse, PULL_LIMIT};
+use super::live::LiveMessage;
+use super::{page_of, SyncRequest, SyncResponse, PULL_LIMIT};
 use crate::change::{SignedCommit, StoreId};
 use crate::identity::DeviceId;
 use crate::membership::MembershipWire;
@@ -79,6 +80,75 @@ pub enum Incoming {
         /// Its version vector.
         have: VersionVector,
     },
+}
+
+impl Incoming {
+    /// A request of `/persist/sync/2`, its answer to go under `reply`.
+    pub fn request(request: SyncRequest, reply: Token) -> Incoming {
+        match request {
+            SyncRequest::Pull {
+                store,
+                have,
+                tips,
+                limit,
+                members,
+            } => Incoming::Pull {
+                store,
+                have,
+                tips,
+                limit,
+                members,
+                reply,
+            },
+            SyncRequest::Push {
+                store,
+                commits,
+                members,
+            } => Incoming::Push {
+                store,
+                commits,
+                members,
+                reply: Some(reply),
+            },
+        }
+    }
+
+    /// The answer to one of this side's requests (`Err`: the peer refused
+    /// it, with a code; `Ok(None)`: nothing to act on).
+    pub fn response(response: SyncResponse) -> Result<Option<Incoming>, String> {
+        Ok(match response {
+            SyncResponse::Commits {
+                commits,
+                more,
+                remaining,
+                members,
+            } => Some(Incoming::Commits {
+                commits,
+                more,
+                remaining,
+                members,
+            }),
+            SyncResponse::Ack {
+                have: Some(have), ..
+            } => Some(Incoming::Have { have }),
+            SyncResponse::Ack { have: None, .. } => None,
+            SyncResponse::Refused(code) => return Err(code),
+        })
+    }
+
+    /// A message of the live stream (`store`: this side's, which a live
+    /// message does not name).
+    pub fn live(message: LiveMessage, store: StoreId) -> Incoming {
+        match message {
+            LiveMessage::Have { have } => Incoming::Have { have },
+            LiveMessage::Commits { commits, members } => Incoming::Push {
+                store,
+                commits,
+                members,
+                reply: None,
+            },
+        }
+    }
 }
 
 /// Why commits are read for a peer.

@@ -238,9 +238,11 @@ impl Writer {
         meta: Vec<(crate::storage::MetaKey, Vec<u8>)>,
     ) -> Result<usize> {
         let mut state = self.state.lock().await;
+        // Heads, tips and clock come from storage again at the next batch,
+        // whatever happens here.
         state.reload = true;
-        let heads_before = std::mem::take(&mut state.heads);
-        let tips_before = std::mem::take(&mut state.tips);
+        state.heads.clear();
+        state.tips.clear();
         let mut batch = Batch {
             fresh: true,
             ..Batch::default()
@@ -255,30 +257,16 @@ impl Writer {
             &mut batch,
             commits.into_iter().enumerate().collect(),
         )
-        .await;
-        let result = match report {
-            Ok(report) if report.rejected.is_empty() && report.applied == count => {
-                batch.write.clock = Some(state.clock.last());
-                store
-                    .bound()
-                    .backend
-                    .write(std::mem::take(&mut batch.write))
-                    .await
-                    .map_err(Error::from)
-            }
-            Ok(report) => Err(Error::Storage(StorageError::Corrupt(format!(
+        .await?;
+        if !report.rejected.is_empty() || report.applied != count {
+            return Err(StorageError::Corrupt(format!(
                 "the change log does not replay: {:?}",
                 report.rejected.first()
-            )))),
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            state.heads = heads_before;
-            state.tips = tips_before;
+            ))
+            .into());
         }
-        // Heads, tips and clock come from storage at the next batch.
-        state.reload = true;
-        result.map(|()| count)
+        store_batch(store, &state, &mut batch).await?;
+        Ok(count)
     }
 
     pub(crate) async fn exclusive_then_reload<T>(
@@ -494,15 +482,7 @@ async fn run_batch(store: &Store, state: &mut WriterState, requests: Vec<Request
     let result = match fatal {
         Some(e) => Err(e),
         None if batch.write.log.is_empty() => Ok(()),
-        None => {
-            batch.write.clock = Some(state.clock.last());
-            store
-                .bound()
-                .backend
-                .write(std::mem::take(&mut batch.write))
-                .await
-                .map_err(Error::from)
-        }
+        None => store_batch(store, state, &mut batch).await,
     };
     let conflict = matches!(result, Err(Error::Storage(StorageError::Conflict(_))));
     state.reload = conflict;
@@ -523,6 +503,17 @@ async fn run_batch(store: &Store, state: &mut WriterState, requests: Vec<Request
             BatchEnd::Done(answers, Vec::new())
         }
     }
+}
+
+/// Writes the batch durably, with the clock it reached.
+async fn store_batch(store: &Store, state: &WriterState, batch: &mut Batch) -> Result<()> {
+    batch.write.clock = Some(state.clock.last());
+    store
+        .bound()
+        .backend
+        .write(std::mem::take(&mut batch.write))
+        .await
+        .map_err(Error::from)
 }
 
 /// Reloads what a cancelled batch, or another writer of shared storage

@@ -311,15 +311,7 @@ impl Node {
             tracing::info!(%peer, "live message from a non-member dropped");
             return;
         }
-        let message = match message {
-            LiveMessage::Have { have } => Incoming::Have { have },
-            LiveMessage::Commits { commits, members } => Incoming::Push {
-                store: self.replica.store_id(),
-                commits,
-                members,
-                reply: None,
-            },
-        };
+        let message = Incoming::live(message, self.replica.store_id());
         self.incoming(peer, message);
     }
 
@@ -335,60 +327,17 @@ impl Node {
                 ..
             } => {
                 let reply = self.token(channel);
-                let message = match request {
-                    SyncRequest::Pull {
-                        store,
-                        have,
-                        tips,
-                        limit,
-                        members,
-                    } => Incoming::Pull {
-                        store,
-                        have,
-                        tips,
-                        limit,
-                        members,
-                        reply,
-                    },
-                    SyncRequest::Push {
-                        store,
-                        commits,
-                        members,
-                    } => Incoming::Push {
-                        store,
-                        commits,
-                        members,
-                        reply: Some(reply),
-                    },
-                };
+                let message = Incoming::request(request, reply);
                 self.incoming(peer, message);
             }
             Event::Message {
                 peer,
                 message: Message::Response { response, .. },
                 ..
-            } => match response {
-                SyncResponse::Commits {
-                    commits,
-                    more,
-                    remaining,
-                    members,
-                } => self.incoming(
-                    peer,
-                    Incoming::Commits {
-                        commits,
-                        more,
-                        remaining,
-                        members,
-                    },
-                ),
-                SyncResponse::Ack {
-                    have: Some(have), ..
-                } => self.incoming(peer, Incoming::Have { have }),
-                SyncResponse::Ack { have: None, .. } => {}
-                SyncResponse::Refused(reason) => {
-                    tracing::warn!(%peer, %reason, "sync request refused");
-                }
+            } => match Incoming::response(response) {
+                Ok(Some(message)) => self.incoming(peer, message),
+                Ok(None) => {}
+                Err(reason) => tracing::warn!(%peer, %reason, "sync request refused"),
             },
             Event::OutboundFailure {
                 peer,

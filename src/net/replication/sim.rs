@@ -204,6 +204,19 @@ impl Sim {
         self.clock.fetch_add(step, Ordering::SeqCst);
     }
 
+    /// Sends a request from `from` to `to`; the answer comes back to `from`.
+    fn ask(&mut self, from: usize, to: usize, request: SyncRequest) {
+        self.next_token += 1;
+        self.askers.insert(self.next_token, from);
+        let token = self.next_token;
+        self.send(Wire::Request {
+            from,
+            to,
+            token,
+            request,
+        });
+    }
+
     fn execute(&mut self, at: usize, actions: Vec<Action<usize>>) {
         let mut pending: VecDeque<Action<usize>> = actions.into();
         while let Some(action) = pending.pop_front() {
@@ -212,15 +225,7 @@ impl Sim {
                 Action::Pull { peer } => {
                     let request =
                         block_on(crate::net::replica::pull_request(&store)).expect("pull");
-                    self.next_token += 1;
-                    self.askers.insert(self.next_token, at);
-                    let token = self.next_token;
-                    self.send(Wire::Request {
-                        from: at,
-                        to: peer,
-                        token,
-                        request,
-                    });
+                    self.ask(at, peer, request);
                     Vec::new()
                 }
                 Action::Read {
@@ -262,19 +267,12 @@ impl Sim {
                             message: LiveMessage::Commits { commits, members },
                         });
                     } else {
-                        self.next_token += 1;
-                        self.askers.insert(self.next_token, at);
-                        let token = self.next_token;
-                        self.send(Wire::Request {
-                            from: at,
-                            to: peer,
-                            token,
-                            request: SyncRequest::Push {
-                                store: store.store_id(),
-                                commits,
-                                members,
-                            },
-                        });
+                        let request = SyncRequest::Push {
+                            store: store.store_id(),
+                            commits,
+                            members,
+                        };
+                        self.ask(at, peer, request);
                     }
                     Vec::new()
                 }
@@ -320,67 +318,14 @@ impl Sim {
         let member = self.is_member(to, from);
         let store = self.nodes[to].store.store_id();
         let incoming = match wire {
-            Wire::Request { token, request, .. } => {
-                // The answer goes back under the same token.
-                self.askers.insert(token, from);
-                match request {
-                    SyncRequest::Pull {
-                        store,
-                        have,
-                        tips,
-                        limit,
-                        members,
-                    } => Incoming::Pull {
-                        store,
-                        have,
-                        tips,
-                        limit,
-                        members,
-                        reply: token,
-                    },
-                    SyncRequest::Push {
-                        store,
-                        commits,
-                        members,
-                    } => Incoming::Push {
-                        store,
-                        commits,
-                        members,
-                        reply: Some(token),
-                    },
-                }
-            }
-            Wire::Response { response, .. } => match response {
-                SyncResponse::Commits {
-                    commits,
-                    more,
-                    remaining,
-                    members,
-                } => Incoming::Commits {
-                    commits,
-                    more,
-                    remaining,
-                    members,
-                },
-                SyncResponse::Ack {
-                    have: Some(have), ..
-                } => Incoming::Have { have },
-                SyncResponse::Ack { have: None, .. } | SyncResponse::Refused(_) => return,
+            Wire::Request { token, request, .. } => Incoming::request(request, token),
+            Wire::Response { response, .. } => match Incoming::response(response) {
+                Ok(Some(message)) => message,
+                Ok(None) | Err(_) => return,
             },
-            Wire::Live { message, .. } => {
-                if !member {
-                    return;
-                }
-                match message {
-                    LiveMessage::Have { have } => Incoming::Have { have },
-                    LiveMessage::Commits { commits, members } => Incoming::Push {
-                        store,
-                        commits,
-                        members,
-                        reply: None,
-                    },
-                }
-            }
+            // A non-member's live messages are dropped, as a node does.
+            Wire::Live { message, .. } if member => Incoming::live(message, store),
+            Wire::Live { .. } => return,
         };
         let actions = self.nodes[to].core.handle(from, member, store, incoming);
         self.execute(to, actions);
