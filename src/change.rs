@@ -368,6 +368,8 @@ pub struct Commit {
     pub body: CommitBody,
     /// The stored form it came from.
     pub signed: SignedCommit,
+    /// [`SignedCommit::hash`] of `signed`, computed once.
+    pub hash: [u8; 32],
 }
 
 impl Commit {
@@ -419,6 +421,7 @@ impl Commit {
                 body: bytes,
                 signature,
             },
+            hash,
         })
     }
 
@@ -440,17 +443,18 @@ impl Commit {
             )));
         }
         let format = signed.body.first().copied();
+        let hash = signed.hash();
         let body: CommitBody = match (format, keys) {
             (Some(COMMIT_FORMAT), None) => {
                 let body: CommitBody = postcard::from_bytes(&signed.body)
                     .map_err(|e| RejectReason::Malformed(e.to_string()))?;
-                check_signed(&signed, body.store, &body.author, body.seq, store)?;
+                check_signed(&signed, &hash, body.store, &body.author, body.seq, store)?;
                 body
             }
             (Some(SEALED_COMMIT_FORMAT), Some(keys)) => {
                 let wire: SealedBodyWire = postcard::from_bytes(&signed.body)
                     .map_err(|e| RejectReason::Malformed(e.to_string()))?;
-                check_signed(&signed, wire.store, &wire.author, wire.seq, store)?;
+                check_signed(&signed, &hash, wire.store, &wire.author, wire.seq, store)?;
                 if wire.op_count as usize > limits.max_commit_ops {
                     return Err(RejectReason::Malformed("too many operations".into()));
                 }
@@ -516,13 +520,14 @@ impl Commit {
                 other => RejectReason::InvalidContent(other.to_string()),
             })?;
         }
-        Ok(Commit { body, signed })
+        Ok(Commit { body, signed, hash })
     }
 }
 
 /// Store binding, then the author's signature over the encoded body.
 fn check_signed(
     signed: &SignedCommit,
+    hash: &[u8; 32],
     body_store: StoreId,
     author: &DeviceId,
     seq: u64,
@@ -531,7 +536,7 @@ fn check_signed(
     if body_store != store {
         return Err(RejectReason::WrongStore);
     }
-    if !commit_signature_verifies(store, author, seq, &signed.hash(), &signed.signature) {
+    if !commit_signature_verifies(store, author, seq, hash, &signed.signature) {
         return Err(RejectReason::BadSignature);
     }
     Ok(())

@@ -657,7 +657,7 @@ impl Store {
                     if !members.admits_commit(
                         &commit.body.author,
                         commit.body.seq,
-                        &commit.signed.hash(),
+                        &commit.hash,
                     ) =>
                 {
                     let reason = RejectReason::NotTrusted(commit.body.author.short());

@@ -722,7 +722,7 @@ impl LocalGroup {
             });
         }
         state.heads.insert(state.me, seq);
-        state.tips.insert(state.me, commit.signed.hash());
+        state.tips.insert(state.me, commit.hash);
         let last_hlc = hlc.plus(commit.body.ops.len().saturating_sub(1) as u64);
         batch.commits.insert((state.me, seq));
         batch.write.log.push(LogEntry {
@@ -846,7 +846,7 @@ async fn remote_commits(
             None
         };
         if let Some(held) = held {
-            if held.hash() == commit.signed.hash() {
+            if held.hash() == commit.hash {
                 report.duplicates += 1;
             } else {
                 report.rejected.push((index, RejectReason::Equivocation));
@@ -877,7 +877,7 @@ async fn remote_commits(
             .plus(commit.body.ops.len().saturating_sub(1) as u64);
         state.clock.observe(last);
         state.heads.insert(author, seq);
-        state.tips.insert(author, commit.signed.hash());
+        state.tips.insert(author, commit.hash);
         batch.commits.insert((author, seq));
         batch.write.log.push(LogEntry {
             author,
