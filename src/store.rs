@@ -244,7 +244,7 @@ struct Inner {
     writer: writer::Writer,
     subscribers: Mutex<subscribe::Subscribers>,
     /// Told after every durable batch (P2P nodes push what peers lack).
-    commit_listeners: Mutex<Vec<futures::channel::mpsc::UnboundedSender<()>>>,
+    commit_listeners: Mutex<Vec<futures::channel::mpsc::Sender<()>>>,
 }
 
 /// The store a handle is bound to: its id and storage.
@@ -525,9 +525,11 @@ impl Store {
         crate::net::start(replica, swarm, &options, gate)
     }
 
-    /// A signal after every durable batch of commits (local or received).
-    pub(crate) fn commit_notifications(&self) -> futures::channel::mpsc::UnboundedReceiver<()> {
-        let (tx, rx) = futures::channel::mpsc::unbounded();
+    /// A signal after durable batches of commits (local or received):
+    /// signals not yet taken merge into one (the listener looks at the
+    /// store, not at the signals).
+    pub(crate) fn commit_notifications(&self) -> futures::channel::mpsc::Receiver<()> {
+        let (tx, rx) = futures::channel::mpsc::channel(0);
         self.inner
             .commit_listeners
             .lock()
@@ -541,7 +543,10 @@ impl Store {
             .commit_listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|tx| tx.unbounded_send(()).is_ok());
+            .retain_mut(|tx| match tx.try_send(()) {
+                Ok(()) => true,
+                Err(e) => e.is_full(),
+            });
     }
 
     /// The highest commit sequence number stored per author.

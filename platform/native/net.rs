@@ -198,6 +198,7 @@ pub fn swarm(
     let config = |c: libp2p::swarm::Config| {
         c.with_idle_connection_timeout(Duration::from_secs(60))
             .with_substream_upgrade_protocol_override(upgrade::Version::V1Lazy)
+            .with_max_negotiating_inbound_streams(crate::net::MAX_NEGOTIATING_STREAMS)
     };
     let latency = options.simulated_latency;
     let counter = match (&options.count_bytes, latency) {

@@ -67,6 +67,7 @@ pub fn swarm(
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(Duration::from_secs(60))
                 .with_substream_upgrade_protocol_override(upgrade::Version::V1Lazy)
+                .with_max_negotiating_inbound_streams(crate::net::MAX_NEGOTIATING_STREAMS)
         })
         .build())
 }

@@ -9,7 +9,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{connection_limits, identify, identity, kad, ping, relay, rendezvous};
 
-use super::gate::{Gate, GateState};
+use super::gate::{Admit, Gate, GateState, Gated};
 use super::{P2pOptions, PairCodec, SyncCodec, PAIR_PROTOCOL, SYNC_PROTOCOL};
 use crate::error::Result;
 
@@ -30,9 +30,12 @@ pub struct Behaviour {
     /// Finds the device that offers a pairing code through a bootstrap
     /// node (a browser has no mDNS).
     pub(super) rendezvous: rendezvous::client::Behaviour,
-    pub(super) sync: request_response::Behaviour<SyncCodec>,
-    pub(super) pair: request_response::Behaviour<PairCodec>,
-    pub(super) live: libp2p_stream::Behaviour,
+    /// Members only.
+    pub(super) sync: Gated<request_response::Behaviour<SyncCodec>>,
+    /// Anyone, while this device offers a code.
+    pub(super) pair: Gated<request_response::Behaviour<PairCodec>>,
+    /// Members only.
+    pub(super) live: Gated<libp2p_stream::Behaviour>,
 }
 
 impl Behaviour {
@@ -56,7 +59,7 @@ impl Behaviour {
             None
         };
         Ok(Behaviour {
-            gate: Gate::new(gate),
+            gate: Gate::new(gate.clone()),
             // Handshake floods and connection hoarding: bounded.
             limits: connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default()
@@ -73,16 +76,30 @@ impl Behaviour {
             mdns: mdns.into(),
             relay,
             rendezvous: rendezvous::client::Behaviour::new(keypair.clone()),
-            sync: request_response::Behaviour::new(
-                [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default(),
+            // A request and its answer within the timeout (a stream that
+            // trickles is cut there), a few streams at once per connection
+            // (more are dropped unread).
+            sync: Gated::new(
+                request_response::Behaviour::new(
+                    [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(options.message_timeout)
+                        .with_max_concurrent_streams(super::SYNC_STREAMS),
+                ),
+                gate.clone(),
+                Admit::Members,
             ),
-            pair: request_response::Behaviour::new(
-                [(PAIR_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(std::time::Duration::from_secs(30)),
+            pair: Gated::new(
+                request_response::Behaviour::new(
+                    [(PAIR_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(options.message_timeout)
+                        .with_max_concurrent_streams(super::PAIR_STREAMS),
+                ),
+                gate.clone(),
+                Admit::Pairing,
             ),
-            live: libp2p_stream::Behaviour::new(),
+            live: Gated::new(libp2p_stream::Behaviour::new(), gate, Admit::Members),
         })
     }
 }

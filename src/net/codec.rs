@@ -1,5 +1,8 @@
 //! The wire framing of Persist's protocols: one length-prefixed `postcard`
-//! message each way per stream, at most [`MAX_MESSAGE_BYTES`].
+//! message each way per stream, at most what its kind of message can need
+//! ([`Bounded`]) and never more than [`MAX_MESSAGE_BYTES`]. The limit is
+//! checked on the length prefix and the message's first byte (its
+//! variant), before the body is read.
 
 use std::io;
 use std::marker::PhantomData;
@@ -10,6 +13,13 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 use super::MAX_MESSAGE_BYTES;
+
+/// A message whose encoding is capped per variant.
+pub trait Bounded {
+    /// The largest encoding of a message whose first byte (`postcard`'s
+    /// variant index) is `tag`; 0 for a tag that is no variant.
+    fn max_bytes(tag: u8) -> usize;
+}
 
 /// Length-prefixed `postcard` messages, bounded.
 /// (`Req` and `Resp`: the protocol's request and response types.)
@@ -27,43 +37,81 @@ impl<Req, Resp> Clone for Codec<Req, Resp> {
     }
 }
 
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
 pub(crate) async fn read_message<T, M>(io: &mut T) -> io::Result<M>
 where
     T: AsyncRead + Unpin + Send,
-    M: for<'de> Deserialize<'de>,
+    M: for<'de> Deserialize<'de> + Bounded,
 {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_MESSAGE_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("sync message of {len} bytes exceeds {MAX_MESSAGE_BYTES}"),
-        ));
+    let mut first = [0u8; 1];
+    io.read_exact(&mut first).await?;
+    read_message_from(first[0], io).await
+}
+
+/// Reads the rest of a message whose first byte was `first` (a reader
+/// that waits for messages without a deadline, then reads each within
+/// one).
+pub(crate) async fn read_message_from<T, M>(first: u8, io: &mut T) -> io::Result<M>
+where
+    T: AsyncRead + Unpin + Send,
+    M: for<'de> Deserialize<'de> + Bounded,
+{
+    let mut head = [first, 0, 0, 0, 0];
+    io.read_exact(&mut head[1..4]).await?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len == 0 || len > MAX_MESSAGE_BYTES {
+        return Err(invalid(format!(
+            "a message of {len} bytes (at most {MAX_MESSAGE_BYTES})"
+        )));
+    }
+    io.read_exact(&mut head[4..]).await?;
+    let limit = M::max_bytes(head[4]).min(MAX_MESSAGE_BYTES);
+    if len > limit {
+        return Err(invalid(format!(
+            "a message of kind {} and {len} bytes (at most {limit})",
+            head[4]
+        )));
     }
     // Grown as bytes arrive: a peer announcing a large message and sending
     // little costs little memory.
     let mut bytes = Vec::with_capacity(len.min(64 << 10));
-    (&mut *io).take(len as u64).read_to_end(&mut bytes).await?;
+    bytes.push(head[4]);
+    (&mut *io)
+        .take(len as u64 - 1)
+        .read_to_end(&mut bytes)
+        .await?;
     if bytes.len() != len {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "sync message shorter than its length",
         ));
     }
-    postcard::from_bytes(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    match postcard::take_from_bytes(&bytes) {
+        Ok((message, [])) => Ok(message),
+        Ok((_, rest)) => Err(invalid(format!(
+            "{} bytes after the end of a message",
+            rest.len()
+        ))),
+        Err(e) => Err(invalid(e.to_string())),
+    }
 }
 
 /// A message with its length prefix, ready to write at once (one
-/// encrypted transport frame for a small message).
-pub(crate) fn frame<M: Serialize>(message: &M) -> io::Result<Vec<u8>> {
-    let bytes =
-        postcard::to_stdvec(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "sync message too large",
-        ));
+/// encrypted transport frame for a small message). A message over its
+/// kind's limit is refused here too: the peer would refuse it.
+pub(crate) fn frame<M: Serialize + Bounded>(message: &M) -> io::Result<Vec<u8>> {
+    let bytes = postcard::to_stdvec(message).map_err(|e| invalid(e.to_string()))?;
+    let limit = bytes
+        .first()
+        .map_or(0, |tag| M::max_bytes(*tag).min(MAX_MESSAGE_BYTES));
+    if bytes.len() > limit {
+        return Err(invalid(format!(
+            "a message of {} bytes (at most {limit})",
+            bytes.len()
+        )));
     }
     let mut framed = Vec::with_capacity(4 + bytes.len());
     framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
@@ -74,7 +122,7 @@ pub(crate) fn frame<M: Serialize>(message: &M) -> io::Result<Vec<u8>> {
 pub(crate) async fn write_message<T, M>(io: &mut T, message: &M) -> io::Result<()>
 where
     T: AsyncWrite + Unpin + Send,
-    M: Serialize,
+    M: Serialize + Bounded,
 {
     io.write_all(&frame(message)?).await?;
     io.close().await
@@ -82,8 +130,8 @@ where
 
 impl<Req, Resp> request_response::Codec for Codec<Req, Resp>
 where
-    Req: Serialize + for<'de> Deserialize<'de> + Send + Sync + 'static,
-    Resp: Serialize + for<'de> Deserialize<'de> + Send + Sync + 'static,
+    Req: Serialize + for<'de> Deserialize<'de> + Bounded + Send + Sync + 'static,
+    Resp: Serialize + for<'de> Deserialize<'de> + Bounded + Send + Sync + 'static,
 {
     type Protocol = StreamProtocol;
     type Request = Req;

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use futures::channel::{mpsc, oneshot};
+use futures::SinkExt;
 use zeroize::Zeroizing;
 
 use super::{
@@ -70,15 +71,22 @@ pub(crate) enum Command {
 pub struct P2p {
     peer_id: PeerId,
     replica: Arc<dyn replica::Replica>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
     gate: Arc<Mutex<gate::GateState>>,
     /// Event subscribers, shared with the loop: one that subscribes sees
     /// every event emitted after `events()` returned.
     subscribers: Subscribers,
 }
 
+/// Commands waiting for the node's loop, at most (callers then wait).
+pub(crate) const COMMAND_QUEUE: usize = 32;
+/// Events waiting for one subscriber, at most: a subscriber that does not
+/// keep up misses the events past this (and a warning says so) instead of
+/// growing a queue without end.
+pub(crate) const EVENT_QUEUE: usize = 1_024;
+
 /// Where the node's events go.
-pub(crate) struct Subscribers<E = P2pEvent>(Arc<Mutex<Vec<mpsc::UnboundedSender<E>>>>);
+pub(crate) struct Subscribers<E = P2pEvent>(Arc<Mutex<Vec<mpsc::Sender<E>>>>);
 
 impl<E> Default for Subscribers<E> {
     fn default() -> Self {
@@ -94,18 +102,29 @@ impl<E> Clone for Subscribers<E> {
 
 impl<E: Clone> Subscribers<E> {
     /// A receiver of every event published from now on.
-    pub(crate) fn subscribe(&self) -> mpsc::UnboundedReceiver<E> {
-        let (tx, rx) = mpsc::unbounded();
+    pub(crate) fn subscribe(&self) -> mpsc::Receiver<E> {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
         rx
     }
 
-    /// Sends `event` to every subscriber still listening.
+    /// Sends `event` to every subscriber still listening (one whose queue
+    /// is full misses it).
     pub(crate) fn publish(&self, event: &E) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|s| s.unbounded_send(event.clone()).is_ok());
+            .retain_mut(|s| match s.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(e) if e.is_full() => {
+                    tracing::warn!(
+                        "an event subscriber keeps more than {EVENT_QUEUE} events unread: \
+                         this event is dropped for it"
+                    );
+                    true
+                }
+                Err(_) => false,
+            });
     }
 }
 
@@ -137,14 +156,16 @@ impl P2p {
     }
 
     /// A stream of the node's events from now on.
-    pub fn events(&self) -> mpsc::UnboundedReceiver<P2pEvent> {
+    pub fn events(&self) -> mpsc::Receiver<P2pEvent> {
         self.subscribers.subscribe()
     }
 
     async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.commands
-            .unbounded_send(command(tx))
+            .clone()
+            .send(command(tx))
+            .await
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())
     }
@@ -303,7 +324,9 @@ impl P2p {
 
     /// Stops the node (connections close; the store stays open).
     pub fn shutdown(&self) {
-        let _ = self.commands.unbounded_send(Command::Shutdown);
+        // A sender's first message always has room: the loop gets this
+        // even when callers fill the queue.
+        let _ = self.commands.clone().try_send(Command::Shutdown);
     }
 }
 
@@ -316,7 +339,7 @@ pub(crate) fn start(
     gate: Arc<Mutex<gate::GateState>>,
 ) -> Result<P2p> {
     let peer_id = *swarm.local_peer_id();
-    let (commands, inbox) = mpsc::unbounded();
+    let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     let subscribers = Subscribers::default();
     node::run(
         replica.clone(),

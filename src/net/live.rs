@@ -5,12 +5,15 @@
 //! version vector). A stream costs its opening once, instead of a stream
 //! (Yamux, multistream-select, Noise frames) per change.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use futures::channel::mpsc;
-use futures::{AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, SinkExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
-use super::codec::read_message;
+use super::codec::read_message_from;
 use crate::change::SignedCommit;
 use crate::error::{Error, Result};
 use crate::identity::DeviceId;
@@ -37,32 +40,117 @@ pub enum LiveMessage {
     },
 }
 
-/// Where readers deliver what arrives: `(peer, message)`.
-pub(super) type Inbox = mpsc::UnboundedSender<(PeerId, LiveMessage)>;
+impl super::codec::Bounded for LiveMessage {
+    fn max_bytes(tag: u8) -> usize {
+        match tag {
+            0 => super::MAX_MESSAGE_BYTES, // Commits
+            1 => super::MAX_VECTOR_BYTES,  // Have
+            _ => 0,
+        }
+    }
+}
 
-/// Accepts the live streams peers open, reading each in a task of its own.
-pub(super) fn accept(control: &mut libp2p_stream::Control, inbox: Inbox) -> Result<()> {
+/// Received messages waiting for the loop, at most (readers then wait,
+/// and the transport's flow control slows the senders down).
+pub(super) const LIVE_QUEUE: usize = 16;
+/// Frames waiting to be written on one live stream, at most (a peer that
+/// reads slower than this device writes gets its pushes as requests).
+pub(super) const LIVE_FRAMES: usize = 8;
+/// Inbound live streams per peer at once, at most (one per connection is
+/// all a node opens; a reconnection may briefly overlap).
+pub(super) const LIVE_STREAMS_PER_PEER: usize = 2;
+
+/// Where readers deliver what arrives: `(peer, message)`.
+pub(super) type Inbox = mpsc::Sender<(PeerId, LiveMessage)>;
+
+/// Accepts the live streams peers open (the gate lets only members open
+/// them), reading each in a task of its own.
+pub(super) fn accept(
+    control: &mut libp2p_stream::Control,
+    inbox: Inbox,
+    timeout: std::time::Duration,
+) -> Result<()> {
     let mut incoming = control
         .accept(LIVE_PROTOCOL)
         .map_err(|e| Error::InvalidOptions(format!("live protocol: {e}")))?;
+    let open = Arc::new(Mutex::new(HashMap::new()));
     crate::platform::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {
-            crate::platform::spawn(read(peer, stream, inbox.clone()));
+            let Some(slot) = Slot::take(&open, peer) else {
+                tracing::info!(%peer, "live stream refused: too many from this peer");
+                continue;
+            };
+            crate::platform::spawn(read(peer, stream, inbox.clone(), slot, timeout));
         }
     });
     Ok(())
 }
 
-async fn read(peer: PeerId, mut stream: libp2p::Stream, inbox: Inbox) {
+/// One of a peer's inbound live streams, counted while it is read.
+struct Slot {
+    open: Arc<Mutex<HashMap<PeerId, usize>>>,
+    peer: PeerId,
+}
+
+impl Slot {
+    fn take(open: &Arc<Mutex<HashMap<PeerId, usize>>>, peer: PeerId) -> Option<Slot> {
+        let mut counts = open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(peer).or_insert(0);
+        if *count >= LIVE_STREAMS_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            open: open.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Reads a live stream: it may stay idle between messages, but a message
+/// once begun must arrive whole within `timeout` (a peer that trickles
+/// bytes is cut off).
+async fn read(
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+    mut inbox: Inbox,
+    _slot: Slot,
+    timeout: std::time::Duration,
+) {
+    let deadline_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     loop {
-        match read_message::<_, LiveMessage>(&mut stream).await {
+        let mut first = [0u8; 1];
+        if let Err(e) = stream.read_exact(&mut first).await {
+            tracing::debug!(%peer, %e, "live stream ended");
+            break;
+        }
+        let message = futures::select! {
+            message = read_message_from::<_, LiveMessage>(first[0], &mut stream).fuse() => message,
+            _ = crate::platform::sleep_ms(deadline_ms).fuse() => {
+                tracing::info!(%peer, "live stream cut: a message did not arrive in time");
+                break;
+            }
+        };
+        match message {
             Ok(message) => {
-                if inbox.unbounded_send((peer, message)).is_err() {
+                if inbox.send((peer, message)).await.is_err() {
                     break;
                 }
             }
             Err(e) => {
-                tracing::debug!(%peer, %e, "live stream ended");
+                tracing::info!(%peer, %e, "live stream cut: a message was refused");
                 break;
             }
         }
@@ -70,20 +158,22 @@ async fn read(peer: PeerId, mut stream: libp2p::Stream, inbox: Inbox) {
 }
 
 /// Opens the live stream to `peer` in a task: frames sent to the returned
-/// channel are written in order. When the stream cannot open or breaks,
-/// the task reports `peer` to `failed` and ends (the channel closes).
+/// channel (at most [`LIVE_FRAMES`] waiting) are written in order. When
+/// the stream cannot open or breaks, the task reports `peer` to `failed`
+/// (once: its own sender's slot always has room) and ends (the channel
+/// closes).
 pub(super) fn open(
     mut control: libp2p_stream::Control,
     peer: PeerId,
-    failed: mpsc::UnboundedSender<PeerId>,
-) -> mpsc::UnboundedSender<Vec<u8>> {
-    let (frames, mut queue) = mpsc::unbounded::<Vec<u8>>();
+    mut failed: mpsc::Sender<PeerId>,
+) -> mpsc::Sender<Vec<u8>> {
+    let (frames, mut queue) = mpsc::channel::<Vec<u8>>(LIVE_FRAMES);
     crate::platform::spawn(async move {
         let mut stream = match control.open_stream(peer, LIVE_PROTOCOL).await {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::debug!(%peer, %e, "live stream not opened");
-                let _ = failed.unbounded_send(peer);
+                let _ = failed.try_send(peer);
                 return;
             }
         };
@@ -95,7 +185,7 @@ pub(super) fn open(
             .await;
             if let Err(e) = written {
                 tracing::debug!(%peer, %e, "live stream broke");
-                let _ = failed.unbounded_send(peer);
+                let _ = failed.try_send(peer);
                 return;
             }
         }

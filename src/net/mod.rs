@@ -4,8 +4,9 @@
 //! (`platform::native::net`). The wire format is in `docs/sync-protocol.md`.
 //!
 //! Sync protocol `/persist/sync/2` (request-response, one message each way,
-//! length-prefixed `postcard`, at most [`MAX_MESSAGE_BYTES`], pages of at
-//! most 8 MiB of commits):
+//! length-prefixed `postcard`, at most [`MAX_MESSAGE_BYTES`] for commits
+//! and [`MAX_VECTOR_BYTES`] for a version vector, pages of at most 8 MiB of
+//! commits):
 //!
 //! ```text
 //! Pull { store, have: [(author, seq)], limit, members: digest }
@@ -25,9 +26,11 @@
 //! before the commits it admits.
 //!
 //! Trust: the [`gate`] refuses connections from non-members right after
-//! the handshake, except bootstrap peers and anyone while a pairing is open
-//! (who may then speak only `/persist/pair/2`, see [`pairing`]: the sync
-//! protocol refuses non-members).
+//! the handshake, except bootstrap peers and anyone while a pairing is open;
+//! such a peer may open only `/persist/pair/2` streams, and only while this
+//! node offers a code ([`gate::Gated`]: other streams fail at negotiation).
+//! Each kind of message has a size limit ([`codec::Bounded`]) checked before
+//! its body is read.
 
 use libp2p::{identity, StreamProtocol};
 use serde::{Deserialize, Serialize};
@@ -64,6 +67,25 @@ pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/pair/2")
 /// Largest sync message read or written: one commit of the largest size a
 /// store accepts by default, plus room for framing.
 pub const MAX_MESSAGE_BYTES: usize = crate::names::DEFAULT_MAX_COMMIT_BYTES + (1 << 20);
+/// The largest version vector a message can carry: one entry per device
+/// that was ever a member (each needs an entry of the membership log),
+/// with its sequence number and tip hash, plus room for the message.
+pub const MAX_VECTOR_BYTES: usize = 1024 + (crate::membership::MAX_MEMBER_ENTRIES + 1) * 80;
+/// The largest message of a kind that carries neither commits nor a
+/// version vector (pairing moves, refusals).
+pub const MAX_SMALL_MESSAGE_BYTES: usize = 4 << 10;
+/// By default, a request and its answer, or a live message once begun,
+/// complete within this (a stream that trickles is cut here): see
+/// [`P2pOptions::message_timeout`].
+pub const MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Sync streams open at once per connection, at most (more are dropped
+/// unread).
+pub const SYNC_STREAMS: usize = 16;
+/// Pairing streams open at once per connection, at most.
+pub const PAIR_STREAMS: usize = 2;
+/// Inbound streams still negotiating their protocol per connection, at
+/// most (a stream flood waits here instead of growing).
+pub const MAX_NEGOTIATING_STREAMS: usize = 16;
 /// Incoming connections still in their handshake, at most (a flood of
 /// handshakes is cut here; the gate refuses non-members after theirs).
 pub const MAX_PENDING_INCOMING: u32 = 32;
@@ -153,6 +175,10 @@ pub struct P2pOptions {
     /// simulated one-way latency, natively; QUIC is then off). For
     /// measurements of round trips.
     pub simulated_latency: Option<std::time::Duration>,
+    /// A request and its answer, or a message on a live stream once its
+    /// first byte arrived, must complete within this; a stream that
+    /// trickles bytes slower is cut. [`MESSAGE_TIMEOUT`] by default.
+    pub message_timeout: std::time::Duration,
 }
 
 impl P2pOptions {
@@ -168,6 +194,7 @@ impl P2pOptions {
             dht: false,
             count_bytes: None,
             simulated_latency: None,
+            message_timeout: MESSAGE_TIMEOUT,
         }
     }
 }
@@ -188,6 +215,7 @@ impl Default for P2pOptions {
             dht: true,
             count_bytes: None,
             simulated_latency: None,
+            message_timeout: MESSAGE_TIMEOUT,
         }
     }
 }
@@ -288,6 +316,27 @@ pub enum SyncResponse {
     Refused(String),
 }
 
+impl codec::Bounded for SyncRequest {
+    fn max_bytes(tag: u8) -> usize {
+        match tag {
+            0 => MAX_VECTOR_BYTES,  // Pull
+            1 => MAX_MESSAGE_BYTES, // Push
+            _ => 0,
+        }
+    }
+}
+
+impl codec::Bounded for SyncResponse {
+    fn max_bytes(tag: u8) -> usize {
+        match tag {
+            0 => MAX_MESSAGE_BYTES,       // Commits
+            1 => MAX_VECTOR_BYTES,        // Ack
+            2 => MAX_SMALL_MESSAGE_BYTES, // Refused
+            _ => 0,
+        }
+    }
+}
+
 /// The libp2p keypair of a device: its Ed25519 identity (PeerId = device).
 pub fn keypair(device: &DeviceIdentity) -> Result<identity::Keypair> {
     let mut secret = device.secret();
@@ -367,6 +416,96 @@ mod tests {
             // An empty stream.
             let mut input = Cursor::new(Vec::new());
             assert!(read_message::<_, SyncResponse>(&mut input).await.is_err());
+        });
+    }
+
+    /// The largest message of each bounded kind fits its limit (the
+    /// limits are what the messages can need, no less).
+    #[test]
+    fn the_largest_messages_fit_their_limits() {
+        use crate::membership::{MAX_LABEL_BYTES, MAX_MEMBER_ENTRIES};
+        let authors: Vec<(DeviceId, u64)> = (0..=MAX_MEMBER_ENTRIES)
+            .map(|i| {
+                let mut bytes = [0xFF; 32];
+                bytes[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                (DeviceId::from_bytes(bytes), u64::MAX)
+            })
+            .collect();
+        let pull = SyncRequest::Pull {
+            store: StoreId::from_bytes([0xFF; 16]),
+            have: authors.clone(),
+            tips: vec![[0xFF; 32]; authors.len()],
+            limit: u32::MAX,
+            members: [0xFF; 32],
+        };
+        let ack = SyncResponse::Ack {
+            applied: u32::MAX,
+            rejected: u32::MAX,
+            have: Some(authors.clone()),
+        };
+        let have = live::LiveMessage::Have { have: authors };
+        codec::frame(&pull).expect("the largest pull");
+        codec::frame(&ack).expect("the largest ack");
+        codec::frame(&have).expect("the largest have");
+        let start = PairRequest::Start {
+            nameplate: "ZZZZ".into(),
+            pake: vec![0xFF; 33],
+            label: "\u{10FFFF}".repeat(MAX_LABEL_BYTES / 4),
+        };
+        codec::frame(&start).expect("the largest start");
+        // One more author than can exist does not fit.
+        let mut too_many = Vec::new();
+        if let SyncRequest::Pull { have, .. } = &pull {
+            too_many = have.clone();
+        }
+        too_many.extend(too_many.clone());
+        let pull = SyncRequest::Pull {
+            store: StoreId::from_bytes([0; 16]),
+            tips: vec![[0xFF; 32]; too_many.len()],
+            have: too_many,
+            limit: 0,
+            members: [0; 32],
+        };
+        assert!(codec::frame(&pull).is_err());
+    }
+
+    #[test]
+    fn a_message_over_its_kinds_limit_is_refused_before_its_body() {
+        futures::executor::block_on(async {
+            // A pull (tag 0) announced one byte over the vector limit: only
+            // its head was sent, and the error is the limit, not the end.
+            let mut head = ((MAX_VECTOR_BYTES + 1) as u32).to_be_bytes().to_vec();
+            head.push(0);
+            let err = read_message::<_, SyncRequest>(&mut Cursor::new(head))
+                .await
+                .expect_err("over the limit");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            // The same length for a push (tag 1) is within its limit: the
+            // reader waits for the body (here: the stream ends).
+            let mut head = ((MAX_VECTOR_BYTES + 1) as u32).to_be_bytes().to_vec();
+            head.push(1);
+            let err = read_message::<_, SyncRequest>(&mut Cursor::new(head))
+                .await
+                .expect_err("short");
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+            // A pairing move is a few KiB at most; a tag that is no
+            // variant has no room at all.
+            for (len, tag) in [(MAX_SMALL_MESSAGE_BYTES + 1, 0), (2, 7)] {
+                let mut head = (len as u32).to_be_bytes().to_vec();
+                head.push(tag);
+                let err = read_message::<_, PairRequest>(&mut Cursor::new(head))
+                    .await
+                    .expect_err("refused");
+                assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            }
+            // Bytes after the end of a message.
+            let mut framed_abort = codec::frame(&PairRequest::Abort).expect("frame");
+            framed_abort[3] += 1;
+            framed_abort.push(0);
+            let err = read_message::<_, PairRequest>(&mut Cursor::new(framed_abort))
+                .await
+                .expect_err("trailing bytes");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         });
     }
 

@@ -46,8 +46,8 @@ struct Node {
     done: mpsc::Sender<Done>,
     /// Opens live streams.
     control: libp2p_stream::Control,
-    /// Live streams that failed (their peer).
-    live_failed: mpsc::UnboundedSender<PeerId>,
+    /// Live streams that failed (their peer; each writer reports once).
+    live_failed: mpsc::Sender<PeerId>,
     gate: Arc<Mutex<GateState>>,
     subscribers: Subscribers,
     /// Live streams of connected peers.
@@ -75,7 +75,7 @@ pub(super) fn run(
     options: &P2pOptions,
     gate: Arc<Mutex<GateState>>,
     subscribers: Subscribers,
-    inbox: mpsc::UnboundedReceiver<Command>,
+    inbox: mpsc::Receiver<Command>,
 ) -> Result<()> {
     for addr in &options.listen_addrs {
         swarm
@@ -94,9 +94,9 @@ pub(super) fn run(
         }
     }
     let mut control = swarm.behaviour().live.new_control();
-    let (live_inbox, live_in) = mpsc::unbounded();
-    live::accept(&mut control, live_inbox)?;
-    let (live_failed, failed_in) = mpsc::unbounded();
+    let (live_inbox, live_in) = mpsc::channel(live::LIVE_QUEUE);
+    live::accept(&mut control, live_inbox, options.message_timeout)?;
+    let (live_failed, failed_in) = mpsc::channel(0);
     let (done, done_in) = mpsc::channel(DONE_QUEUE);
     let mut node = Node {
         replica,
@@ -136,9 +136,9 @@ pub(super) fn now() -> u64 {
 impl Node {
     async fn run(
         mut self,
-        mut inbox: mpsc::UnboundedReceiver<Command>,
-        mut live_in: mpsc::UnboundedReceiver<(PeerId, LiveMessage)>,
-        mut failed_in: mpsc::UnboundedReceiver<PeerId>,
+        mut inbox: mpsc::Receiver<Command>,
+        mut live_in: mpsc::Receiver<(PeerId, LiveMessage)>,
+        mut failed_in: mpsc::Receiver<PeerId>,
         mut done_in: mpsc::Receiver<Done>,
     ) {
         let mut local_changes = self.replica.changes().fuse();
@@ -203,8 +203,8 @@ impl Node {
                 .iter()
                 .filter_map(|d| peer_id_of(d).ok())
                 .collect();
-            gate.pairing_open =
-                !self.codes.is_empty() || !self.hosting.is_empty() || self.joining.is_some();
+            gate.hosting_pairing = !self.codes.is_empty() || !self.hosting.is_empty();
+            gate.pairing_open = gate.hosting_pairing || self.joining.is_some();
         }
         if !first {
             for device in added {

@@ -276,6 +276,29 @@ pub enum PairResponse {
     Aborted,
 }
 
+/// Every move of the joiner is small: a stranger cannot make the host
+/// read more than a few KiB.
+impl crate::net::codec::Bounded for PairRequest {
+    fn max_bytes(tag: u8) -> usize {
+        match tag {
+            0..=2 => crate::net::MAX_SMALL_MESSAGE_BYTES, // Start, Finish, Abort
+            _ => 0,
+        }
+    }
+}
+
+/// The welcome carries the store's membership log and keys; the joiner
+/// reads it only from the host it chose, after both proved the code.
+impl crate::net::codec::Bounded for PairResponse {
+    fn max_bytes(tag: u8) -> usize {
+        match tag {
+            1 => crate::net::MAX_MESSAGE_BYTES,               // Welcome
+            0 | 2 | 3 => crate::net::MAX_SMALL_MESSAGE_BYTES, // Challenge, Refused, Aborted
+            _ => 0,
+        }
+    }
+}
+
 /// Keys both sides derive from the SPAKE2 key.
 struct PairKeys {
     confirm_host: [u8; 32],

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 
@@ -163,7 +163,7 @@ enum ServerCommand {
 #[derive(Clone)]
 pub struct Server {
     peer_id: PeerId,
-    commands: mpsc::UnboundedSender<ServerCommand>,
+    commands: mpsc::Sender<ServerCommand>,
     subscribers: super::Subscribers<ServerEvent>,
 }
 
@@ -185,7 +185,7 @@ impl Server {
                 .map_err(|e| Error::InvalidOptions(format!("cannot listen on {addr}: {e}")))?;
         }
         let peer_id = *swarm.local_peer_id();
-        let (commands, inbox) = mpsc::unbounded();
+        let (commands, inbox) = mpsc::channel(super::handle::COMMAND_QUEUE);
         let subscribers = super::Subscribers::default();
         crate::platform::spawn(run(swarm, inbox, subscribers.clone()));
         Ok(Server {
@@ -201,34 +201,38 @@ impl Server {
     }
 
     /// Events from now on.
-    pub fn events(&self) -> mpsc::UnboundedReceiver<ServerEvent> {
+    pub fn events(&self) -> mpsc::Receiver<ServerEvent> {
         self.subscribers.subscribe()
     }
 
     /// The addresses the node listens on, each with `/p2p/<peer id>`.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>> {
         let (tx, rx) = oneshot::channel();
-        self.send(ServerCommand::ListenAddrs(tx))?;
+        self.send(ServerCommand::ListenAddrs(tx)).await?;
         rx.await.map_err(|_| stopped())
     }
 
     /// How many peers are connected.
     pub async fn connected_peers(&self) -> Result<usize> {
         let (tx, rx) = oneshot::channel();
-        self.send(ServerCommand::Connected(tx))?;
+        self.send(ServerCommand::Connected(tx)).await?;
         rx.await.map_err(|_| stopped())
     }
 
     /// Stops the node: closes its listeners and connections.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.send(ServerCommand::Shutdown(tx)).is_ok() {
+        if self.send(ServerCommand::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
 
-    fn send(&self, command: ServerCommand) -> Result<()> {
-        self.commands.unbounded_send(command).map_err(|_| stopped())
+    async fn send(&self, command: ServerCommand) -> Result<()> {
+        self.commands
+            .clone()
+            .send(command)
+            .await
+            .map_err(|_| stopped())
     }
 }
 
@@ -236,7 +240,7 @@ use super::{stopped, with_peer};
 
 async fn run(
     mut swarm: Swarm<ServerBehaviour>,
-    mut inbox: mpsc::UnboundedReceiver<ServerCommand>,
+    mut inbox: mpsc::Receiver<ServerCommand>,
     subscribers: super::Subscribers<ServerEvent>,
 ) {
     let emit = |event: ServerEvent| subscribers.publish(&event);

@@ -11,6 +11,7 @@ mod p2p;
 mod p2p_trust;
 mod sealed;
 mod sqlite;
+mod strangers;
 mod trust_attacks;
 mod vectors;
 

@@ -168,7 +168,7 @@ async fn a_revoked_device_is_cut_off_and_cannot_read_later_writes() {
 
 /// A raw TCP swarm (Noise, Yamux) with `identity` and `behaviour`: a
 /// client that does what a node would not.
-fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(
+pub(crate) fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(
     identity: &DeviceIdentity,
     behaviour: B,
 ) -> Swarm<B> {
@@ -238,7 +238,7 @@ fn bad_commits(store: persist::StoreId, member: &DeviceIdentity) -> [SignedCommi
 
 /// A member the test holds the identity of, paired into `host`'s store
 /// (its node stopped again).
-async fn member_with(seed: u8, host: &P2p) -> DeviceIdentity {
+pub(crate) async fn member_with(seed: u8, host: &P2p) -> DeviceIdentity {
     let identity = DeviceIdentity::from_secret(&[seed; 32]);
     let store = Store::open(
         StoreOptions::new("member")

@@ -80,6 +80,7 @@ pub(crate) fn options(value: &JsValue) -> JsResult<P2pOptions> {
         dht: dht.is_undefined() || dht.is_truthy(),
         count_bytes: None,
         simulated_latency: None,
+        message_timeout: crate::net::MESSAGE_TIMEOUT,
     })
 }
 

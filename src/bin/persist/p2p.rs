@@ -49,6 +49,7 @@ impl NetArgs {
             dht: false,
             count_bytes: None,
             simulated_latency: None,
+            message_timeout: persist::net::MESSAGE_TIMEOUT,
         }
     }
 }
@@ -67,7 +68,7 @@ async fn listen_addrs(node: &P2p) -> persist::Result<Vec<Multiaddr>> {
 /// Waits until sync goes quiet: no commits received for `quiet` after the
 /// last batch (or nothing happened at all), at most until `deadline`.
 async fn until_quiet(
-    events: &mut futures::channel::mpsc::UnboundedReceiver<P2pEvent>,
+    events: &mut futures::channel::mpsc::Receiver<P2pEvent>,
     quiet: Duration,
     deadline: Instant,
 ) -> usize {

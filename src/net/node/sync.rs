@@ -28,7 +28,7 @@ pub(super) const DONE_QUEUE: usize = 64;
 #[derive(Default)]
 pub(super) struct Link {
     /// Frames for the live stream to the peer, once opened.
-    live: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    live: Option<mpsc::Sender<Vec<u8>>>,
     /// The live stream failed on this connection: pushes use
     /// request-response.
     failed: bool,
@@ -272,7 +272,10 @@ impl Node {
     }
 
     /// Queues `message` on the live stream to `peer` (opening it first);
-    /// false when there is none.
+    /// false when there is none. A peer whose stream has a full queue (it
+    /// reads slower than this device writes) gets this and later pushes
+    /// as requests, each answered with what it applied: the frames already
+    /// queued are still written, then the stream closes.
     fn send_live(&mut self, peer: PeerId, message: &LiveMessage) -> bool {
         let control = self.control.clone();
         let failed = self.live_failed.clone();
@@ -285,10 +288,21 @@ impl Node {
         let frames = link
             .live
             .get_or_insert_with(|| live::open(control, peer, failed));
-        match frame(message) {
-            Ok(bytes) => frames.unbounded_send(bytes).is_ok(),
+        let bytes = match frame(message) {
+            Ok(bytes) => bytes,
             Err(e) => {
                 tracing::warn!(%peer, %e, "cannot frame a live message");
+                return false;
+            }
+        };
+        match frames.try_send(bytes) {
+            Ok(()) => true,
+            Err(e) => {
+                if e.is_full() {
+                    tracing::debug!(%peer, "live stream queue full: pushes go as requests");
+                }
+                link.live = None;
+                link.failed = true;
                 false
             }
         }

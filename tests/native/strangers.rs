@@ -1,0 +1,317 @@
+//! What a stranger or a member gone bad can make a device do with raw
+//! libp2p clients: a stranger admitted for a pairing window may open the
+//! pairing protocol only, and only small messages; a member that trickles
+//! a live message or opens live streams without end is cut off; the device
+//! keeps pairing and syncing meanwhile.
+
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{PeerId, StreamProtocol, Swarm};
+use persist::net::live::LIVE_PROTOCOL;
+use persist::net::{
+    P2p, P2pOptions, SyncCodec, SyncRequest, MAX_SMALL_MESSAGE_BYTES, PAIR_PROTOCOL, SYNC_PROTOCOL,
+};
+use persist::DeviceIdentity;
+use serde_json::json;
+
+use crate::p2p::{arrives, dial_addr, memory_store, new_member, pair_into};
+use crate::p2p_trust::{member_with, raw_swarm};
+
+/// A client that speaks every protocol of a device, as a stranger would.
+#[derive(NetworkBehaviour)]
+struct Raw {
+    sync: request_response::Behaviour<SyncCodec>,
+    pair: request_response::Behaviour<Announce>,
+    streams: libp2p_stream::Behaviour,
+}
+
+fn raw(identity: &DeviceIdentity) -> Swarm<Raw> {
+    raw_swarm(
+        identity,
+        Raw {
+            sync: request_response::Behaviour::new(
+                [(SYNC_PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default(),
+            ),
+            pair: request_response::Behaviour::new(
+                [(PAIR_PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default(),
+            ),
+            streams: libp2p_stream::Behaviour::new(),
+        },
+    )
+}
+
+/// A pairing codec whose request announces `.0` bytes, sends a few, and
+/// then waits for an answer's length.
+#[derive(Clone, Default)]
+struct Announce;
+
+impl request_response::Codec for Announce {
+    type Protocol = StreamProtocol;
+    type Request = u32;
+    type Response = ();
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+    ) -> std::io::Result<u32> {
+        Ok(0)
+    }
+
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<()> {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        len: u32,
+    ) -> std::io::Result<()> {
+        io.write_all(&len.to_be_bytes()).await?;
+        // Tag 0: a `Start`.
+        io.write_all(&[0]).await?;
+        io.write_all(&[0xAB; 1024]).await?;
+        io.close().await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: (),
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Drives `client` until `node` is connected.
+async fn connect(client: &mut Swarm<Raw>, node: &P2p) {
+    client.dial(dial_addr(node).await).expect("dial");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(
+            client.select_next_some().await,
+            SwarmEvent::ConnectionEstablished { .. }
+        ) {}
+    })
+    .await
+    .expect("connected in 10 s");
+}
+
+/// What became of a request: `Ok` answered, `Err` the failure.
+async fn outcome<E: std::fmt::Debug>(
+    client: &mut Swarm<Raw>,
+    mut pick: impl FnMut(RawEvent) -> Option<Result<(), E>>,
+) -> Result<(), E> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let SwarmEvent::Behaviour(event) = client.select_next_some().await {
+                if let Some(result) = pick(event) {
+                    return result;
+                }
+            }
+        }
+    })
+    .await
+    .expect("an outcome in 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_in_a_pairing_window_may_only_pair_and_only_briefly() {
+    let a = memory_store("a").await;
+    a.records("notes")
+        .put("private", json!({ "secret": true }))
+        .await
+        .expect("put");
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
+    let pending = node_a.create_pairing_code().await.expect("code");
+    let stranger = DeviceIdentity::from_secret(&[66; 32]);
+    let mut client = raw(&stranger);
+    connect(&mut client, &node_a).await;
+    let peer = node_a.peer_id();
+
+    // Sync: refused at protocol negotiation (the stream never reaches the
+    // sync protocol's reader).
+    let pull = SyncRequest::Pull {
+        store: a.store_id(),
+        have: Vec::new(),
+        tips: Vec::new(),
+        limit: 10,
+        members: [0; 32],
+    };
+    let id = client.behaviour_mut().sync.send_request(&peer, pull);
+    let failure = outcome(&mut client, |event| match event {
+        RawEvent::Sync(request_response::Event::OutboundFailure {
+            request_id, error, ..
+        }) if request_id == id => Some(Err(error.to_string())),
+        RawEvent::Sync(request_response::Event::Message { .. }) => Some(Ok(())),
+        _ => None,
+    })
+    .await
+    .expect_err("a stranger's pull is refused");
+    assert!(failure.contains("protocol"), "{failure}");
+
+    // Live: the same.
+    let mut control = client.behaviour().streams.new_control();
+    let driver = tokio::spawn(async move {
+        loop {
+            client.select_next_some().await;
+        }
+    });
+    let opened = tokio::time::timeout(
+        Duration::from_secs(10),
+        control.open_stream(peer, LIVE_PROTOCOL),
+    )
+    .await
+    .expect("an answer in 10 s");
+    assert!(
+        matches!(
+            opened,
+            Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))
+        ),
+        "a stranger opened a live stream: {opened:?}"
+    );
+    driver.abort();
+    let _ = driver.await;
+
+    // Pairing: open while the code is offered, but a move larger than a
+    // few KiB is refused on its length.
+    let mut client = raw(&stranger);
+    connect(&mut client, &node_a).await;
+    let id = client
+        .behaviour_mut()
+        .pair
+        .send_request(&peer, (MAX_SMALL_MESSAGE_BYTES + 1) as u32);
+    let refused = outcome(&mut client, |event| match event {
+        RawEvent::Pair(request_response::Event::OutboundFailure {
+            request_id, error, ..
+        }) if request_id == id => Some(Err(error.to_string())),
+        RawEvent::Pair(request_response::Event::Message { .. }) => Some(Ok(())),
+        _ => None,
+    })
+    .await;
+    assert!(refused.is_err(), "an oversize pairing move was answered");
+
+    // The code was not burnt by bytes that were never a move: a device
+    // pairs with it, and the window closes.
+    let b = memory_store("b").await;
+    let node_b = b.enable_p2p(P2pOptions::loopback()).await.expect("b");
+    let code = pending.code().to_string();
+    let (joined, hosted) = tokio::join!(
+        node_b.pair(&code, Some(dial_addr(&node_a).await)),
+        pending.paired()
+    );
+    assert_eq!(joined.expect("joined"), peer);
+    assert_eq!(hosted.expect("hosted"), node_b.peer_id());
+    arrives(&b, "private", &json!({ "secret": true })).await;
+
+    // With no window open the stranger is not even connected.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.select_next_some().await {
+                SwarmEvent::ConnectionClosed { peer_id, .. } if peer_id == peer => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stranger's connection stayed open");
+    let mut late = raw(&stranger);
+    late.dial(dial_addr(&node_a).await).expect("dial");
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match late.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => {}
+                SwarmEvent::ConnectionClosed { .. }
+                | SwarmEvent::OutgoingConnectionError { .. } => return true,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(refused, Ok(true));
+    node_a.shutdown();
+    node_b.shutdown();
+}
+
+/// True when the other side closed or reset `stream` within `wait`.
+async fn closed_within(stream: &mut libp2p::Stream, wait: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(wait, stream.read(&mut byte)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) => panic!("the node wrote on a live stream it only reads"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_trickles_or_hoards_live_streams_is_cut_off() {
+    let a = memory_store("a").await;
+    let options = P2pOptions {
+        message_timeout: Duration::from_secs(1),
+        ..P2pOptions::loopback()
+    };
+    let node_a = a.enable_p2p(options).await.expect("a");
+    let identity = member_with(44, &node_a).await;
+    let mut client = raw(&identity);
+    connect(&mut client, &node_a).await;
+    let control = client.behaviour().streams.new_control();
+    let driver = tokio::spawn(async move {
+        loop {
+            client.select_next_some().await;
+        }
+    });
+    let peer: PeerId = node_a.peer_id();
+    let open = || {
+        let mut control = control.clone();
+        async move {
+            control
+                .open_stream(peer, LIVE_PROTOCOL)
+                .await
+                .expect("a member opens live streams")
+        }
+    };
+
+    // Idle streams are fine (a live stream waits for commits), but only
+    // two at once: the third is closed at once.
+    let mut first = open().await;
+    let mut second = open().await;
+    let mut third = open().await;
+    assert!(closed_within(&mut third, Duration::from_secs(5)).await);
+    assert!(!closed_within(&mut first, Duration::from_millis(300)).await);
+    assert!(!closed_within(&mut second, Duration::from_millis(300)).await);
+
+    // A message begun and never finished: cut after the timeout.
+    first.write_all(&[0, 0, 1]).await.expect("write");
+    first.flush().await.expect("flush");
+    assert!(!closed_within(&mut first, Duration::from_millis(300)).await);
+    assert!(closed_within(&mut first, Duration::from_secs(5)).await);
+    // Its slot is free again.
+    let mut fourth = open().await;
+    assert!(!closed_within(&mut fourth, Duration::from_millis(300)).await);
+    driver.abort();
+
+    // Meanwhile the node pairs and syncs.
+    let (b, node_b) = new_member("b", &node_a).await;
+    a.records("notes")
+        .put("alive", json!({ "ok": true }))
+        .await
+        .expect("put");
+    arrives(&b, "alive", &json!({ "ok": true })).await;
+    let c = memory_store("c").await;
+    let node_c = pair_into(&c, &node_a, P2pOptions::loopback()).await;
+    arrives(&c, "alive", &json!({ "ok": true })).await;
+    for node in [node_a, node_b, node_c] {
+        node.shutdown();
+    }
+}
