@@ -39,6 +39,13 @@ pub const MEMBER_ENTRY_FORMAT: u8 = 2;
 /// Most entries a membership log may hold (bounds what a peer can make us
 /// store and recompute).
 pub const MAX_MEMBER_ENTRIES: usize = 4_096;
+/// Entry sequence numbers one author may use, at most: one member gone bad
+/// fills its own budget, not the log.
+pub const MAX_ENTRIES_PER_AUTHOR: u64 = 512;
+/// Versions of one entry (author, number) held, at most: two prove an
+/// equivocation, a third proves nothing more. The lowest hashes are kept,
+/// so every replica keeps the same two.
+const MAX_VERSIONS: usize = 2;
 /// Longest device label, in bytes.
 pub const MAX_LABEL_BYTES: usize = 64;
 /// Most grants one key entry may carry.
@@ -198,6 +205,10 @@ pub enum MemberError {
     /// is not a valid device key, an epoch that is not the next one).
     #[error("refused membership change: {0}")]
     Refused(String),
+    /// An entry whose author no entry of the log adds, or past the
+    /// author's budget.
+    #[error("membership entry not admitted: {0}")]
+    NotAdmitted(String),
 }
 
 impl MemberError {
@@ -210,6 +221,7 @@ impl MemberError {
             MemberError::WrongStore => "WRONG_STORE",
             MemberError::TooLarge => "VALUE_TOO_LARGE",
             MemberError::Refused(_) => "INVALID_OPTIONS",
+            MemberError::NotAdmitted(_) => "NOT_TRUSTED",
         }
     }
 }
@@ -330,6 +342,22 @@ pub struct MembershipLog {
     founder: DeviceId,
     entries: BTreeMap<(DeviceId, u64), BTreeMap<EntryHash, Held>>,
     len: usize,
+    /// How many held `Add` entries name each device: the devices whose
+    /// entries this log may hold (with the founder).
+    adds: BTreeMap<DeviceId, usize>,
+}
+
+/// What a merge did with the other log's entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MergeCount {
+    /// Entries new to this log, now held.
+    pub added: usize,
+    /// Entries not held: their author was never added by an entry of the
+    /// log (a throw-away key), or past its budget, or a third version.
+    pub refused: usize,
+    /// Entries stamped later than the horizon: not held yet (they are
+    /// taken when a later exchange brings them within it).
+    pub waiting: usize,
 }
 
 /// The wire and storage form of a [`MembershipLog`].
@@ -351,7 +379,17 @@ impl MembershipLog {
             founder,
             entries: BTreeMap::new(),
             len: 0,
+            adds: BTreeMap::new(),
         }
+    }
+
+    /// Whether this log may hold an entry of `author` numbered `seq`: the
+    /// author is the founder or a device an entry of the log adds (a
+    /// member at some point of the log, whatever happened later), and
+    /// `seq` is within its budget. Entries of throw-away keys are never
+    /// stored, so they cannot fill the log.
+    pub fn may_hold(&self, author: &DeviceId, seq: u64) -> bool {
+        seq <= MAX_ENTRIES_PER_AUTHOR && (*author == self.founder || self.adds.contains_key(author))
     }
 
     /// The store.
@@ -445,12 +483,25 @@ impl MembershipLog {
     ) -> Result<bool, MemberError> {
         let hash = signed.hash();
         let slot = (entry.author, entry.seq);
-        if self
-            .entries
-            .get(&slot)
-            .is_some_and(|versions| versions.contains_key(&hash))
-        {
-            return Ok(false);
+        if !self.may_hold(&entry.author, entry.seq) {
+            return Err(MemberError::NotAdmitted(format!(
+                "entry {} of {}: its author was never added to the store, or is past its \
+                 budget of {MAX_ENTRIES_PER_AUTHOR} entries",
+                entry.seq,
+                entry.author.short()
+            )));
+        }
+        if let Some(versions) = self.entries.get(&slot) {
+            if versions.contains_key(&hash) {
+                return Ok(false);
+            }
+            if versions.len() >= MAX_VERSIONS {
+                // Keep the lowest hashes: the same versions everywhere.
+                match versions.keys().next_back().copied() {
+                    Some(highest) if hash < highest => self.forget(slot, highest),
+                    _ => return Ok(false),
+                }
+            }
         }
         if self.len >= MAX_MEMBER_ENTRIES {
             return Err(MemberError::TooLarge);
@@ -482,6 +533,9 @@ impl MembershipLog {
             }
             _ => false,
         };
+        if let MemberChange::Add { device, .. } = &entry.change {
+            *self.adds.entry(*device).or_insert(0) += 1;
+        }
         self.entries.entry(slot).or_default().insert(
             hash,
             Held {
@@ -494,6 +548,41 @@ impl MembershipLog {
         Ok(true)
     }
 
+    /// Drops the version `hash` of the entry at `slot`, and when that was
+    /// the last entry adding a device, the entries of that device (which
+    /// this log may then no longer hold), and so on: what is held stays a
+    /// function of the set of entries offered, whatever their order.
+    fn forget(&mut self, slot: (DeviceId, u64), hash: EntryHash) {
+        let mut drop = vec![(slot, hash)];
+        while let Some((slot, hash)) = drop.pop() {
+            let Some(versions) = self.entries.get_mut(&slot) else {
+                continue;
+            };
+            let Some(held) = versions.remove(&hash) else {
+                continue;
+            };
+            if versions.is_empty() {
+                self.entries.remove(&slot);
+            }
+            self.len -= 1;
+            let MemberChange::Add { device, .. } = &held.entry.change else {
+                continue;
+            };
+            let Some(count) = self.adds.get_mut(device) else {
+                continue;
+            };
+            *count -= 1;
+            if *count == 0 {
+                self.adds.remove(device);
+                if *device != self.founder {
+                    for (slot, versions) in self.entries.range((*device, 0)..=(*device, u64::MAX)) {
+                        drop.extend(versions.keys().map(|hash| (*slot, *hash)));
+                    }
+                }
+            }
+        }
+    }
+
     /// Verifies and adds one entry this device signed or received.
     pub fn add(&mut self, signed: SignedMemberEntry) -> Result<bool, MemberError> {
         let entry = signed.verify(self.store)?;
@@ -502,30 +591,70 @@ impl MembershipLog {
 
     /// Merges another replica's log: it must name the same store and
     /// founder; every entry is verified (a bad one refuses the whole log,
-    /// nothing is added). Returns how many entries were new.
+    /// nothing is added). Returns how many entries were new. Entries this
+    /// log may not hold ([`MembershipLog::may_hold`]) are left out.
     pub fn merge(&mut self, other: &MembershipWire) -> Result<usize, MemberError> {
+        Ok(self.merge_until(other, u64::MAX)?.added)
+    }
+
+    /// [`MembershipLog::merge`], leaving out entries stamped later than
+    /// `horizon_ms` (a device's clock plus the skew it allows): a member
+    /// cannot date its entries far ahead.
+    pub fn merge_until(
+        &mut self,
+        other: &MembershipWire,
+        horizon_ms: u64,
+    ) -> Result<MergeCount, MemberError> {
         if other.store != self.store || other.founder != self.founder {
             return Err(MemberError::WrongStore);
         }
         if other.entries.len() > MAX_MEMBER_ENTRIES {
             return Err(MemberError::TooLarge);
         }
-        let mut verified = Vec::new();
+        let mut count = MergeCount::default();
+        let mut ready = Vec::new();
+        // Entries whose author no held entry adds yet, by author: an `Add`
+        // of the same merge may admit them.
+        let mut unknown: BTreeMap<DeviceId, Vec<(SignedMemberEntry, MemberEntry)>> =
+            BTreeMap::new();
         for signed in &other.entries {
             let entry = signed.verify(self.store)?;
             let held = self
                 .entries
                 .get(&(entry.author, entry.seq))
                 .is_some_and(|versions| versions.contains_key(&signed.hash()));
-            if !held {
-                verified.push((signed.clone(), entry));
+            if held {
+                continue;
+            }
+            if entry.hlc.millis() > horizon_ms {
+                count.waiting += 1;
+            } else if self.may_hold(&entry.author, entry.seq) {
+                ready.push((signed.clone(), entry));
+            } else if entry.seq <= MAX_ENTRIES_PER_AUTHOR {
+                unknown
+                    .entry(entry.author)
+                    .or_default()
+                    .push((signed.clone(), entry));
+            } else {
+                count.refused += 1;
             }
         }
-        let mut added = 0;
-        for (signed, entry) in verified {
-            added += usize::from(self.insert(signed, entry)?);
+        while let Some((signed, entry)) = ready.pop() {
+            let added = match &entry.change {
+                MemberChange::Add { device, .. } => Some(*device),
+                _ => None,
+            };
+            if self.insert(signed, entry)? {
+                count.added += 1;
+            } else {
+                count.refused += 1;
+            }
+            if let Some(entries) = added.and_then(|device| unknown.remove(&device)) {
+                ready.extend(entries);
+            }
         }
-        Ok(added)
+        count.refused += unknown.values().map(Vec::len).sum::<usize>();
+        Ok(count)
     }
 
     /// The wire form.

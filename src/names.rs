@@ -13,8 +13,11 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 pub const DEFAULT_MAX_COMMIT_BYTES: usize = 64 << 20;
 /// Default limit on the number of operations in one commit.
 pub const DEFAULT_MAX_COMMIT_OPS: usize = 100_000;
-/// Default bound on how far ahead of the local clock received stamps may be: 24 hours.
-pub const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 24 * 60 * 60 * 1000;
+/// Default bound on how far ahead of the local clock received stamps
+/// (commits and membership entries) may be: 5 minutes. Later ones wait
+/// until the clock catches up, so a member dating its writes ahead wins
+/// last-write-wins conflicts for minutes at most.
+pub const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 
 fn refuse(kind: NameKind, name: &str, reason: &'static str) -> Error {
     let shown: String = name.chars().take(80).collect();

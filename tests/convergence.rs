@@ -450,13 +450,13 @@ mod cancelled_writer {
     }
 }
 
-/// A device whose clock runs two days ahead: its commits wait (CLOCK_SKEW)
-/// instead of dragging the other replica's clock, and are accepted once
-/// the receiver's clock is within the bound.
+/// A device whose clock runs ten minutes ahead (twice the default bound):
+/// its commits wait (CLOCK_SKEW) instead of dragging the other replica's
+/// clock, and are accepted once the receiver's clock is within the bound.
 #[test]
 fn commits_from_far_ahead_wait_for_the_clock() {
-    const DAY: u64 = 24 * 60 * 60 * 1000;
-    let replicas = replicas(&[0, 2 * DAY]);
+    const BOUND: u64 = persist::names::DEFAULT_MAX_CLOCK_SKEW_MS;
+    let replicas = replicas(&[0, 2 * BOUND]);
     let (here, ahead) = (&replicas[0], &replicas[1]);
     block_on(ahead.store.kv().set("k", json!("from the future"))).unwrap();
     let commits = block_on(ahead.store.commits_missing_from(&[], 10)).unwrap();
@@ -466,11 +466,29 @@ fn commits_from_far_ahead_wait_for_the_clock() {
     assert_eq!(block_on(here.store.kv().get("k")).unwrap(), None);
     // The local clock was not dragged ahead: a local write stays "now".
     let local = block_on(here.store.events("log").append(json!(1))).unwrap();
-    assert!(local.at < 1_700_000_000_000 + DAY);
-    // A day and a second later the commit is within the bound.
-    here.clock.fetch_add(DAY + 1_000, Ordering::SeqCst);
+    assert!(local.at < 1_700_000_000_000 + BOUND);
+    // One bound and a second later the commit is within it.
+    here.clock.fetch_add(BOUND + 1_000, Ordering::SeqCst);
     let report = block_on(here.store.ingest(commits)).unwrap();
     assert_eq!(report.applied, 1, "{report:?}");
+}
+
+/// Membership entries are bounded the same way: an entry dated ahead of
+/// the receiver's clock by more than the bound waits, and is taken from
+/// the same log once the clock is within it.
+#[test]
+fn membership_entries_from_far_ahead_wait_for_the_clock() {
+    const BOUND: u64 = persist::names::DEFAULT_MAX_CLOCK_SKEW_MS;
+    let replicas = replicas(&[0, 2 * BOUND]);
+    let (here, ahead) = (&replicas[0], &replicas[1]);
+    let newcomer = persist::DeviceIdentity::from_secret(&[77; 32]).device_id();
+    block_on(ahead.store.admit_device(newcomer, "newcomer")).unwrap();
+    let log = block_on(ahead.store.membership());
+    block_on(here.store.merge_membership(&log)).unwrap();
+    assert!(!here.store.members().is_member(&newcomer));
+    here.clock.fetch_add(BOUND + 1_000, Ordering::SeqCst);
+    block_on(here.store.merge_membership(&log)).unwrap();
+    assert!(here.store.members().is_member(&newcomer));
 }
 
 /// A revoked device's commit that one replica applied before the removal

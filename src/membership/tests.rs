@@ -101,9 +101,12 @@ fn in_every_order(founder: &DeviceIdentity, entries: &[SignedMemberEntry]) -> Me
                 order.reverse();
             }
             let mut log = founded(founder);
-            for e in order {
-                log.add(e.clone()).expect("verified");
-            }
+            let wire = MembershipWire {
+                store: STORE,
+                founder: founder.device_id(),
+                entries: order.into_iter().cloned().collect(),
+            };
+            log.merge(&wire).expect("verified");
             results.push((log.digest(), log.members()));
         }
     }
@@ -134,8 +137,12 @@ fn pairing_a_b_and_a_c_makes_b_and_c_trust_each_other() {
 fn strangers_forged_and_foreign_entries_count_for_nothing() {
     let (a, b, x) = (device(1), device(2), device(9));
     let mut log = founded(&a);
-    // A stranger adding itself: verified (it signed it) but not counted.
-    log.add(forged(&x, 1, [0; 32], 5, add(&x))).expect("kept");
+    // A stranger adding itself: verified (it signed it), never stored.
+    assert!(matches!(
+        log.add(forged(&x, 1, [0; 32], 5, add(&x))),
+        Err(MemberError::NotAdmitted(_))
+    ));
+    assert!(log.is_empty());
     assert!(!log.members().is_member(&x.device_id()));
     let good = forged(&a, 1, [0; 32], 6, add(&b));
     for i in 0..good.body.len() {
@@ -475,9 +482,12 @@ fn two_keys_for_one_epoch_resolve_to_the_lowest_commitment_in_any_order() {
     assert_eq!(for_a[0].2, k2 == winner);
     // A re-grant under another commitment for a recorded epoch is refused.
     let mut log = founded(&a);
-    for e in entries {
-        log.add(e).expect("add");
-    }
+    log.merge(&MembershipWire {
+        store: STORE,
+        founder: a.device_id(),
+        entries,
+    })
+    .expect("merge");
     let fork = MemberChange::Key {
         epoch: 1,
         commitment: [0xff; 32],
@@ -651,6 +661,10 @@ proptest::proptest! {
                 }
             };
             let (seq, prev) = views[who].next_position(&author.device_id());
+            if !views[who].may_hold(&author.device_id(), seq) {
+                // Not added in its own view: what it signs, no one stores.
+                continue;
+            }
             let e = forged(author, seq, prev, hlc, change);
             views[who].add(e.clone()).expect("own entry");
             all.push(e);
@@ -663,4 +677,82 @@ proptest::proptest! {
         all.dedup();
         in_every_order(&devices[0], &all);
     }
+}
+
+#[test]
+fn entries_of_throw_away_keys_are_never_stored_and_budgets_hold() {
+    let (a, b) = (device(1), device(2));
+    let mut log = founded(&a);
+    // 300 throw-away keys, each adding another: none stored.
+    let junk: Vec<SignedMemberEntry> = (0..300u32)
+        .map(|i| {
+            let mut secret = [0xEE; 32];
+            secret[..4].copy_from_slice(&i.to_be_bytes());
+            let key = DeviceIdentity::from_secret(&secret);
+            forged(&key, 1, [0; 32], 1, add(&b))
+        })
+        .collect();
+    // B's entries arrive before the founder's entry that adds B.
+    let mut bs = founded(&a);
+    let adds_b = forged(&a, 1, [0; 32], 1, add(&b));
+    bs.add(adds_b.clone()).expect("founder");
+    let b1 = append(&mut bs, &b, 2, add(&device(3)));
+    let mut entries = junk.clone();
+    entries.push(b1.clone());
+    entries.push(adds_b.clone());
+    let wire = MembershipWire {
+        store: STORE,
+        founder: a.device_id(),
+        entries,
+    };
+    let count = log.merge_until(&wire, u64::MAX).expect("merge");
+    assert_eq!((count.added, count.refused, count.waiting), (2, 300, 0));
+    assert_eq!(log.len(), 2);
+    assert!(log.members().is_member(&device(3).device_id()));
+
+    // A member past its budget: its entry numbered one more than allowed is
+    // refused (by number, so every replica refuses the same ones).
+    let over = forged(&b, MAX_ENTRIES_PER_AUTHOR + 1, [0; 32], 3, add(&device(4)));
+    assert!(matches!(
+        log.clone().add(over.clone()),
+        Err(MemberError::NotAdmitted(_))
+    ));
+    let wire = MembershipWire {
+        store: STORE,
+        founder: a.device_id(),
+        entries: vec![over],
+    };
+    assert_eq!(log.merge_until(&wire, u64::MAX).expect("merge").refused, 1);
+
+    // Three versions of one entry: the two lowest hashes kept, in any order.
+    let versions: Vec<SignedMemberEntry> = (5..8)
+        .map(|n| forged(&b, 2, b1.hash(), 4, add(&device(n))))
+        .collect();
+    let mut kept = Vec::new();
+    for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]] {
+        let mut copy = log.clone();
+        for i in order {
+            let _ = copy.add(versions[i].clone());
+        }
+        kept.push(copy.digest());
+        assert_eq!(copy.len(), log.len() + 2);
+    }
+    assert!(kept.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn entries_stamped_ahead_of_the_horizon_wait() {
+    let (a, b) = (device(1), device(2));
+    let mut theirs = founded(&a);
+    let at = |ms: u64| Hlc::from_millis(ms).as_u64();
+    append(&mut theirs, &a, at(1_000), add(&b));
+    append(&mut theirs, &a, at(90_000), add(&device(3)));
+    let mut log = founded(&a);
+    let count = log.merge_until(&theirs.to_wire(), 60_000).expect("merge");
+    assert_eq!((count.added, count.waiting), (1, 1));
+    assert!(!log.members().is_member(&device(3).device_id()));
+    // Once the clock reaches it, the same log brings it.
+    let count = log.merge_until(&theirs.to_wire(), 90_000).expect("merge");
+    assert_eq!((count.added, count.waiting), (1, 0));
+    assert_eq!(log.digest(), theirs.digest());
 }

@@ -200,7 +200,16 @@ impl Store {
         self.check_open()?;
         let mut state = self.inner.members.lock().await;
         let mut log = state.log.clone();
-        if log.merge(wire)? == 0 {
+        let horizon = (self.inner.wall_clock)().saturating_add(self.inner.limits.max_clock_skew_ms);
+        let count = log.merge_until(wire, horizon)?;
+        if count.refused > 0 || count.waiting > 0 {
+            tracing::info!(
+                store = %self.inner.name, refused = count.refused, waiting = count.waiting,
+                "membership entries left out (authors never added, past their budget, or \
+                 stamped ahead of this device's clock by more than the allowed skew)"
+            );
+        }
+        if count.added == 0 {
             return Ok(MembershipUpdate::default());
         }
         let update = self.replace_log(&mut state, log).await?;
