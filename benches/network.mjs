@@ -4,7 +4,7 @@
 //   propagation latency tab -> native and native -> tab, one write at a time;
 //   initial sync of COUNT one-record commits from a native store into a
 //   fresh tab, against the same tab's local batched insert (putMany).
-// Run: cargo build --bin persist && bash scripts/build-pkg.sh && (cd tests/e2e && npm install)
+// Run: cargo build --bin persist --features test-utils && bash scripts/build-pkg.sh && (cd tests/e2e && npm install)
 //      node benches/network.mjs [--quick]                      (WebSocket)
 //      bash scripts/netns.sh node benches/network.mjs [--quick] (WebSocket and WebRTC-direct)
 import { mkdtempSync, rmSync } from "node:fs";

@@ -16,6 +16,7 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "rustfmt"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 step "clippy (native)"
 cargo clippy --all-targets --locked -- -D warnings
@@ -37,6 +38,9 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --locked --no-fail-fast
 fi
+
+step "fuzz smoke (every decoder, 10 s each; bash scripts/fuzz.sh SECONDS for longer runs)"
+bash scripts/fuzz.sh 10
 
 step "browser tests (headless Chromium: IndexedDB and memory conformance)"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \

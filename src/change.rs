@@ -381,7 +381,23 @@ impl Commit {
         identity: &DeviceIdentity,
         sealer: Option<&mut Sealer>,
     ) -> crate::Result<Commit> {
-        debug_assert_eq!(body.author, identity.device_id());
+        // What every replica would refuse is not signed: the author is the
+        // signer, numbers start at 1 (the first names no predecessor), a
+        // commit carries operations, names are valid. Sizes are the
+        // store's limits, checked by its writer.
+        let invalid = |what: &str| crate::Error::InvalidValue(format!("cannot sign: {what}"));
+        if body.author != identity.device_id() {
+            return Err(invalid("the commit names another author"));
+        }
+        if body.seq == 0 || body.ops.is_empty() {
+            return Err(invalid("a commit is numbered from 1 and has operations"));
+        }
+        if body.seq == 1 && body.prev != [0; 32] {
+            return Err(invalid("a first commit names a previous one"));
+        }
+        for op in &body.ops {
+            op.validate(usize::MAX)?;
+        }
         let encode =
             |e: postcard::Error| crate::Error::InvalidValue(format!("cannot encode commit: {e}"));
         let bytes = match sealer {
@@ -617,6 +633,50 @@ mod tests {
             }],
         };
         Commit::sign(body, identity, None).expect("signs")
+    }
+
+    /// Found by the `commit` fuzz target: `sign` signed bodies every
+    /// replica refuses (number 0, no operations). What it signs now
+    /// verifies, and what would not verify it refuses.
+    #[test]
+    fn sign_refuses_what_verify_would_refuse() {
+        let identity = DeviceIdentity::from_secret(&[9u8; 32]);
+        let store = StoreId::from_bytes([1u8; 16]);
+        let good = sample(&identity, store).body;
+        let other = DeviceIdentity::from_secret(&[8u8; 32]);
+        let bad = [
+            CommitBody {
+                seq: 0,
+                ..good.clone()
+            },
+            CommitBody {
+                ops: Vec::new(),
+                ..good.clone()
+            },
+            CommitBody {
+                prev: [1; 32],
+                ..good.clone()
+            },
+            CommitBody {
+                author: other.device_id(),
+                ..good.clone()
+            },
+            CommitBody {
+                ops: vec![Op::KvSet {
+                    key: String::new(),
+                    value: "1".into(),
+                }],
+                ..good.clone()
+            },
+        ];
+        for body in bad {
+            assert!(
+                Commit::sign(body.clone(), &identity, None).is_err(),
+                "{body:?}"
+            );
+        }
+        let signed = Commit::sign(good, &identity, None).expect("signs").signed;
+        assert!(Commit::verify(signed, store, &Limits::default(), None).is_ok());
     }
 
     #[test]

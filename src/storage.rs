@@ -8,7 +8,8 @@
 //!
 //! Backends: [`MemoryStore`] here (tests, ephemeral stores), `SqliteStore`
 //! natively and `IdbStore` in the browser (in `platform/`). All of them pass
-//! the same conformance suite ([`conformance`]).
+//! the same conformance suite (`storage::conformance`, with the
+//! `test-utils` feature).
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,7 @@ pub use memory::MemoryStore;
 mod sealed;
 pub use sealed::SealedStorage;
 
+#[cfg(any(test, feature = "test-utils"))]
 pub mod conformance;
 
 /// Result alias for backends.
@@ -236,7 +238,8 @@ pub struct EventQuery {
 
 /// Storage backend for one store. Object-safe; `Send + Sync` natively.
 ///
-/// Contract (checked by [`conformance`]):
+/// Contract (checked by `storage::conformance`, with the `test-utils`
+/// feature):
 /// - `write` applies the whole batch or nothing, and resolves only once the
 ///   batch is durable as far as the backend can make it.
 /// - Reads see every resolved `write`.

@@ -459,8 +459,9 @@ impl Store {
         self.bound().backend.describe()
     }
 
-    /// The storage backend (for conformance checks of tombstones and rows).
-    #[doc(hidden)]
+    /// The storage backend (for conformance checks of tombstones and rows;
+    /// the `test-utils` feature).
+    #[cfg(any(test, feature = "test-utils"))]
     pub fn inner_backend_for_tests(&self) -> Arc<dyn StorageBackend> {
         self.bound().backend.clone()
     }

@@ -4,7 +4,6 @@
 //! folder); `get`, `put`, `delete`, `list`, `kv` and `events` work on any
 //! store file. Errors print their stable code and exit with status 1.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -163,17 +162,18 @@ enum Command {
         #[command(flatten)]
         args: node::NodeArgs,
     },
-    /// Benchmark helper: writes COUNT notes of about 100 bytes, one commit
-    /// each.
-    #[command(hide = true)]
+    /// Benchmark helper (the `test-utils` feature): writes COUNT notes of
+    /// about 100 bytes, one commit each.
+    #[cfg(feature = "test-utils")]
     Fill {
         #[command(flatten)]
         store: StoreArgs,
         #[arg(long)]
         count: u32,
     },
-    /// Test helper: writes until killed, printing each acknowledged write.
-    #[command(hide = true)]
+    /// Test helper (the `test-utils` feature): writes until killed,
+    /// printing each acknowledged write.
+    #[cfg(feature = "test-utils")]
     CrashWriter {
         #[command(flatten)]
         store: StoreArgs,
@@ -396,19 +396,23 @@ async fn run(command: Command) -> persist::Result<()> {
         Command::Notes { store, code, net } => p2p::notes(open(&store).await?, code, net).await,
         Command::Peers { store } => p2p::peers(open(&store).await?).await,
         Command::Revoke { store, peer } => p2p::revoke(open(&store).await?, peer).await,
+        #[cfg(feature = "test-utils")]
         Command::CrashWriter { store, round } => crash_writer(store, round).await,
-        Command::Fill { store, count } => {
-            let store = open(&store).await?;
-            let notes = store.records("notes");
-            for i in 0..count {
-                let note =
-                    serde_json::json!({ "title": format!("note {i:06}"), "body": "x".repeat(64) });
-                notes.put(&format!("fill-{i:06}"), note).await?;
-            }
-            println!("filled: {count}");
-            store.close().await
-        }
+        #[cfg(feature = "test-utils")]
+        Command::Fill { store, count } => fill(store, count).await,
     }
+}
+
+#[cfg(feature = "test-utils")]
+async fn fill(store: StoreArgs, count: u32) -> persist::Result<()> {
+    let store = open(&store).await?;
+    let notes = store.records("notes");
+    for i in 0..count {
+        let note = serde_json::json!({ "title": format!("note {i:06}"), "body": "x".repeat(64) });
+        notes.put(&format!("fill-{i:06}"), note).await?;
+    }
+    println!("filled: {count}");
+    store.close().await
 }
 
 async fn demo(data: PathBuf) -> persist::Result<()> {
@@ -717,10 +721,26 @@ async fn encrypted_demo(data: &std::path::Path) -> persist::Result<()> {
         secrets.get("wifi").await?.unwrap_or(Value::Null)
     );
     store.close().await?;
-    let mut bytes = std::fs::read(&path).unwrap_or_default();
+    // The database and its write-ahead log (gone once checkpointed): a
+    // file that cannot be read fails the demo rather than pass the scan.
+    let read = |path: &std::path::Path| match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(persist::Error::InvalidOptions(format!(
+            "demo: cannot read {}: {e}",
+            path.display()
+        ))),
+    };
+    let mut bytes = read(&path)?;
+    if bytes.is_empty() {
+        return Err(persist::Error::InvalidOptions(format!(
+            "demo: {} is empty or missing",
+            path.display()
+        )));
+    }
     let mut wal = path.clone().into_os_string();
     wal.push("-wal");
-    bytes.extend(std::fs::read(wal).unwrap_or_default());
+    bytes.extend(read(std::path::Path::new(&wal))?);
     let found = bytes.windows(marker.len()).any(|w| w == marker.as_bytes());
     println!(
         "  raw file scan  {} bytes, \"{marker}\" {}",
@@ -736,7 +756,9 @@ async fn encrypted_demo(data: &std::path::Path) -> persist::Result<()> {
 
 /// Writes single puts, transactions and concurrent puts until killed,
 /// printing `ack <collection> <id> <n>` after each acknowledged write.
+#[cfg(feature = "test-utils")]
 async fn crash_writer(args: StoreArgs, round: u32) -> persist::Result<()> {
+    use std::io::Write;
     let store = open(&args).await?;
     let stdout = Arc::new(Mutex::new(std::io::stdout()));
     let ack = |ids: &[String]| {

@@ -113,17 +113,22 @@ pub struct Sealer {
 impl Sealer {
     /// A sealer with a fresh random salt.
     pub fn new(key: &DataKey, epoch: u32) -> Result<Sealer, CryptoError> {
-        Sealer::with_salt_for_test_vectors(key, epoch, random_salt()?)
+        Sealer::with_salt(key, epoch, random_salt()?)
     }
 
-    /// A sealer with a given salt: for known-answer tests only. Sealing two
-    /// different messages with one salt and index reuses a nonce.
-    #[doc(hidden)]
+    /// A sealer with a given salt: for known-answer tests only (the
+    /// `test-utils` feature). Sealing two different messages with one salt
+    /// and index reuses a nonce.
+    #[cfg(any(test, feature = "test-utils"))]
     pub fn with_salt_for_test_vectors(
         key: &DataKey,
         epoch: u32,
         salt: [u8; 24],
     ) -> Result<Sealer, CryptoError> {
+        Sealer::with_salt(key, epoch, salt)
+    }
+
+    fn with_salt(key: &DataKey, epoch: u32, salt: [u8; 24]) -> Result<Sealer, CryptoError> {
         Ok(Sealer {
             epoch,
             key: key.clone(),

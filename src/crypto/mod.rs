@@ -16,7 +16,7 @@ use crate::change::StoreId;
 
 pub mod device_box;
 pub mod envelope;
-#[doc(hidden)]
+#[cfg(any(test, feature = "test-utils"))]
 pub mod test_vectors;
 
 pub use envelope::{Opener, Sealer, ENVELOPE_OVERHEAD};

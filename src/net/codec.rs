@@ -99,6 +99,22 @@ where
     }
 }
 
+/// Decodes one framed message (length prefix and body) as a node reads it
+/// from a stream: the same limits, the same refusals. Bytes after the
+/// frame are an error.
+pub fn decode<M>(framed: &[u8]) -> io::Result<M>
+where
+    M: for<'de> Deserialize<'de> + Bounded,
+{
+    let mut input = futures::io::Cursor::new(framed);
+    // A cursor never waits: the future is ready when first polled.
+    let message = futures::executor::block_on(read_message(&mut input))?;
+    if input.position() != framed.len() as u64 {
+        return Err(invalid("bytes after the end of a frame".into()));
+    }
+    Ok(message)
+}
+
 /// A message with its length prefix, ready to write at once (one
 /// encrypted transport frame for a small message). A message over its
 /// kind's limit is refused here too: the peer would refuse it.
