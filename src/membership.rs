@@ -533,10 +533,7 @@ impl MembershipLog {
             }
             _ => false,
         };
-        if let MemberChange::Add { device, .. } = &entry.change {
-            *self.adds.entry(*device).or_insert(0) += 1;
-        }
-        self.entries.entry(slot).or_default().insert(
+        self.put(
             hash,
             Held {
                 signed,
@@ -544,8 +541,17 @@ impl MembershipLog {
                 commit_cut_valid,
             },
         );
-        self.len += 1;
         Ok(true)
+    }
+
+    /// Holds `held` (checked by the caller).
+    fn put(&mut self, hash: EntryHash, held: Held) {
+        if let MemberChange::Add { device, .. } = &held.entry.change {
+            *self.adds.entry(*device).or_insert(0) += 1;
+        }
+        let slot = (held.entry.author, held.entry.seq);
+        self.entries.entry(slot).or_default().insert(hash, held);
+        self.len += 1;
     }
 
     /// Drops the version `hash` of the entry at `slot`, and when that was
@@ -600,6 +606,11 @@ impl MembershipLog {
     /// [`MembershipLog::merge`], leaving out entries stamped later than
     /// `horizon_ms` (a device's clock plus the skew it allows): a member
     /// cannot date its entries far ahead.
+    ///
+    /// The result is a function of the entries held and offered, whatever
+    /// their order: of each (author, number) the two lowest hashes, then
+    /// the entries of the founder and, transitively, of every device an
+    /// entry so held adds.
     pub fn merge_until(
         &mut self,
         other: &MembershipWire,
@@ -612,48 +623,97 @@ impl MembershipLog {
             return Err(MemberError::TooLarge);
         }
         let mut count = MergeCount::default();
-        let mut ready = Vec::new();
-        // Entries whose author no held entry adds yet, by author: an `Add`
-        // of the same merge may admit them.
-        let mut unknown: BTreeMap<DeviceId, Vec<(SignedMemberEntry, MemberEntry)>> =
-            BTreeMap::new();
+        let mut offered = Vec::new();
         for signed in &other.entries {
             let entry = signed.verify(self.store)?;
+            let hash = signed.hash();
             let held = self
                 .entries
                 .get(&(entry.author, entry.seq))
-                .is_some_and(|versions| versions.contains_key(&signed.hash()));
+                .is_some_and(|versions| versions.contains_key(&hash));
             if held {
                 continue;
             }
             if entry.hlc.millis() > horizon_ms {
                 count.waiting += 1;
-            } else if self.may_hold(&entry.author, entry.seq) {
-                ready.push((signed.clone(), entry));
-            } else if entry.seq <= MAX_ENTRIES_PER_AUTHOR {
-                unknown
-                    .entry(entry.author)
+            } else if entry.seq > MAX_ENTRIES_PER_AUTHOR {
+                count.refused += 1;
+            } else {
+                offered.push((hash, signed.clone(), entry));
+            }
+        }
+        if offered.is_empty() {
+            return Ok(count);
+        }
+        // Every entry held or offered, by position: the two lowest hashes.
+        enum Candidate {
+            Held(Held),
+            Offered(SignedMemberEntry, MemberEntry),
+        }
+        let mut candidates: BTreeMap<(DeviceId, u64), BTreeMap<EntryHash, Candidate>> =
+            BTreeMap::new();
+        // (Copies: on an error this log stays as it was.)
+        for (slot, versions) in &self.entries {
+            for (hash, held) in versions {
+                candidates
+                    .entry(*slot)
                     .or_default()
-                    .push((signed.clone(), entry));
-            } else {
-                count.refused += 1;
+                    .insert(*hash, Candidate::Held(held.clone()));
             }
         }
-        while let Some((signed, entry)) = ready.pop() {
-            let added = match &entry.change {
-                MemberChange::Add { device, .. } => Some(*device),
-                _ => None,
-            };
-            if self.insert(signed, entry)? {
-                count.added += 1;
-            } else {
-                count.refused += 1;
-            }
-            if let Some(entries) = added.and_then(|device| unknown.remove(&device)) {
-                ready.extend(entries);
+        let offered_count = offered.len();
+        for (hash, signed, entry) in offered {
+            candidates
+                .entry((entry.author, entry.seq))
+                .or_default()
+                .entry(hash)
+                .or_insert(Candidate::Offered(signed, entry));
+        }
+        for versions in candidates.values_mut() {
+            while versions.len() > MAX_VERSIONS {
+                versions.pop_last();
             }
         }
-        count.refused += unknown.values().map(Vec::len).sum::<usize>();
+        // From the founder on, each device's entries once an entry adds it.
+        let mut rebuilt = MembershipLog::founded_by(self.store, self.founder);
+        let mut queue = vec![self.founder];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(author) = queue.pop() {
+            if !seen.insert(author) {
+                continue;
+            }
+            let slots: Vec<(DeviceId, u64)> = candidates
+                .range((author, 0)..=(author, u64::MAX))
+                .map(|(slot, _)| *slot)
+                .collect();
+            for slot in slots {
+                let Some(versions) = candidates.remove(&slot) else {
+                    continue;
+                };
+                for (hash, candidate) in versions {
+                    let entry = match candidate {
+                        Candidate::Held(held) => {
+                            if rebuilt.len >= MAX_MEMBER_ENTRIES {
+                                return Err(MemberError::TooLarge);
+                            }
+                            let entry = held.entry.clone();
+                            rebuilt.put(hash, held);
+                            entry
+                        }
+                        Candidate::Offered(signed, entry) => {
+                            rebuilt.insert(signed, entry.clone())?;
+                            count.added += 1;
+                            entry
+                        }
+                    };
+                    if let MemberChange::Add { device, .. } = entry.change {
+                        queue.push(device);
+                    }
+                }
+            }
+        }
+        count.refused += offered_count - count.added;
+        *self = rebuilt;
         Ok(count)
     }
 

@@ -70,7 +70,7 @@ fn commit_cut(author: &DeviceIdentity, seq: u64) -> CommitCut {
             store: STORE,
             author: author.device_id(),
             seq,
-            prev: [seq as u8; 32],
+            prev: if seq == 1 { [0; 32] } else { [seq as u8; 32] },
             hlc: Hlc::from_millis(1_700_000_000_000),
             ops: vec![Op::KvSet {
                 key: "k".into(),

@@ -432,6 +432,23 @@ impl<P: Ord + Copy> Replication<P> {
                 reply,
                 ..
             } if theirs != store => refuse("WRONG_STORE", reply),
+            // A peer sends at most a page of commits per message: more is
+            // refused before any is verified (a flood of tiny commits would
+            // hold the verifier for seconds).
+            Incoming::Push { commits, reply, .. } if commits.len() > PULL_LIMIT as usize => {
+                tracing::info!(
+                    count = commits.len(),
+                    "a push of more commits than a page refused"
+                );
+                refuse("VALUE_TOO_LARGE", reply)
+            }
+            Incoming::Commits { commits, .. } if commits.len() > PULL_LIMIT as usize => {
+                tracing::info!(
+                    count = commits.len(),
+                    "a page of more commits than asked dropped"
+                );
+                Vec::new()
+            }
             Incoming::Pull {
                 have,
                 tips,

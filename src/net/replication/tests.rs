@@ -46,6 +46,49 @@ fn a_stranger_is_refused_and_another_store_too() {
 }
 
 #[test]
+fn a_message_of_more_commits_than_a_page_is_refused_unverified() {
+    let mut core: Replication<u8> = Replication::new();
+    core.connected(1, true);
+    let commit = SignedCommit {
+        body: vec![3],
+        signature: [0; 64],
+    };
+    let flood = vec![commit; PULL_LIMIT as usize + 1];
+    let actions = core.handle(
+        1,
+        true,
+        STORE,
+        Incoming::Push {
+            store: STORE,
+            commits: flood.clone(),
+            members: None,
+            reply: Some(5),
+        },
+    );
+    assert!(
+        matches!(&actions[..], [Action::Reply { token: 5, response: SyncResponse::Refused(code) }] if code == "VALUE_TOO_LARGE"),
+        "{actions:?}"
+    );
+    // On the live stream (no reply) and as a page: nothing is ingested.
+    for message in [
+        Incoming::Push {
+            store: STORE,
+            commits: flood.clone(),
+            members: None,
+            reply: None,
+        },
+        Incoming::Commits {
+            commits: flood,
+            more: false,
+            remaining: 0,
+            members: None,
+        },
+    ] {
+        assert!(core.handle(1, true, STORE, message).is_empty());
+    }
+}
+
+#[test]
 fn pushes_wait_for_the_peers_pull_and_never_overlap() {
     let mut core: Replication<u8> = Replication::new();
     core.connected(1, true);
