@@ -97,3 +97,36 @@ pub async fn yield_now() {
 
 #[cfg(wasm_browser)]
 pub use web::yield_now;
+
+/// Runs CPU-bound `work` (signature checks, decryption) off the executor:
+/// natively on tokio's blocking threads, so the node's loop and other
+/// tasks keep their workers (inline outside a runtime, as in tests that
+/// drive a store with a plain executor); in the browser after a turn of
+/// the event loop, the work itself kept small by the caller.
+#[cfg(not(wasm_browser))]
+pub async fn compute<T, F>(work: F) -> crate::error::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(work());
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => Ok(result),
+        // A panic in the work is a bug: it goes on as if it ran here.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down.
+        Err(_) => Err(crate::error::Error::Closed),
+    }
+}
+
+/// See the native `compute`.
+#[cfg(wasm_browser)]
+pub async fn compute<T, F>(work: F) -> crate::error::Result<T>
+where
+    F: FnOnce() -> T,
+{
+    yield_now().await;
+    Ok(work())
+}

@@ -262,6 +262,11 @@ pub(crate) struct MemberState {
     pub(crate) digest: [u8; 32],
 }
 
+/// Received commits verified per chunk off the executor: small enough
+/// that a tab's event loop turns between chunks, large enough that the
+/// hand-off costs little.
+const VERIFY_CHUNK: usize = 64;
+
 impl Store {
     /// Opens (creating on first use) the store described by `options`.
     pub async fn open(options: StoreOptions) -> Result<Store> {
@@ -611,7 +616,7 @@ impl Store {
     pub async fn ingest(&self, commits: Vec<SignedCommit>) -> Result<IngestReport> {
         self.check_open()?;
         let mut report = IngestReport::default();
-        let mut verified = Vec::with_capacity(commits.len());
+        let mut unverified = Vec::with_capacity(commits.len());
         let bound = self.bound();
         let keyring = bound.sealed.as_ref().map(|s| s.keyring());
         let members = self.members();
@@ -656,41 +661,70 @@ impl Store {
                     }
                 }
             }
-            match Commit::verify(signed, bound.store_id, &self.inner.limits, keyring.as_ref()) {
-                // Signature first, then membership: only a verified author
-                // is looked up.
-                Ok(commit)
-                    if !members.admits_commit(
-                        &commit.body.author,
-                        commit.body.seq,
-                        &commit.hash,
-                    ) =>
-                {
-                    let reason = RejectReason::NotTrusted(commit.body.author.short());
-                    tracing::warn!(index, code = reason.code(), %reason, "rejected received commit");
-                    report.rejected.push((index, reason));
-                }
-                Ok(commit)
-                    if commit
-                        .body
-                        .stamp(commit.body.ops.len().saturating_sub(1))
-                        .hlc
-                        .millis()
-                        > horizon =>
-                {
-                    let ahead_ms = commit.body.hlc.millis().saturating_sub(horizon)
-                        + self.inner.limits.max_clock_skew_ms;
-                    let reason = RejectReason::FromTheFuture { ahead_ms };
-                    tracing::warn!(index, code = reason.code(), %reason, "rejected received commit");
-                    report.rejected.push((index, reason));
-                }
-                Ok(commit) => verified.push((index, commit)),
-                Err(reason) => {
-                    tracing::warn!(index, code = reason.code(), %reason, "rejected received commit");
-                    report.rejected.push((index, reason));
+            unverified.push((index, signed));
+        }
+        // Signatures, decryption and content: chunk by chunk off the
+        // executor (natively a blocking thread; in a tab between yields),
+        // so a large batch never holds the node's loop.
+        let mut verified = Vec::with_capacity(unverified.len());
+        let (store_id, limits) = (bound.store_id, self.inner.limits);
+        let mut rest = unverified.into_iter();
+        loop {
+            let chunk: Vec<(usize, SignedCommit)> = rest.by_ref().take(VERIFY_CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let keys = keyring.clone();
+            let results = crate::platform::compute(move || {
+                chunk
+                    .into_iter()
+                    .map(|(index, signed)| {
+                        (
+                            index,
+                            Commit::verify(signed, store_id, &limits, keys.as_ref()),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+            for (index, result) in results {
+                match result {
+                    // Signature first, then membership: only a verified
+                    // author is looked up.
+                    Ok(commit)
+                        if !members.admits_commit(
+                            &commit.body.author,
+                            commit.body.seq,
+                            &commit.hash,
+                        ) =>
+                    {
+                        let reason = RejectReason::NotTrusted(commit.body.author.short());
+                        tracing::warn!(index, code = reason.code(), %reason, "rejected received commit");
+                        report.rejected.push((index, reason));
+                    }
+                    Ok(commit)
+                        if commit
+                            .body
+                            .stamp(commit.body.ops.len().saturating_sub(1))
+                            .hlc
+                            .millis()
+                            > horizon =>
+                    {
+                        let ahead_ms = commit.body.hlc.millis().saturating_sub(horizon)
+                            + self.inner.limits.max_clock_skew_ms;
+                        let reason = RejectReason::FromTheFuture { ahead_ms };
+                        tracing::warn!(index, code = reason.code(), %reason, "rejected received commit");
+                        report.rejected.push((index, reason));
+                    }
+                    Ok(commit) => verified.push((index, commit)),
+                    Err(reason) => {
+                        tracing::warn!(index, code = reason.code(), %reason, "rejected received commit");
+                        report.rejected.push((index, reason));
+                    }
                 }
             }
         }
+        report.rejected.sort_by_key(|(index, _)| *index);
         let report = if verified.is_empty() {
             report
         } else {

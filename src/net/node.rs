@@ -66,6 +66,13 @@ struct Node {
     rendezvous_points: BTreeSet<PeerId>,
     /// Ticks until the store's registration is renewed.
     presence_in: u32,
+    /// Connected peers whose identify lists the pairing protocol (a device
+    /// lists it only while it offers a code): where a joiner with no host
+    /// address may send its first move.
+    offering: BTreeSet<PeerId>,
+    /// Hashes of codes this device started an exchange with, newest last
+    /// (at most [`pairing::BURNT_CODES`]): a code is tried once.
+    burnt: std::collections::VecDeque<[u8; 32]>,
 }
 
 /// Starts the loop for `store` on `swarm` in the background.
@@ -118,6 +125,8 @@ pub(super) fn run(
         relays: BTreeSet::new(),
         rendezvous_points: BTreeSet::new(),
         presence_in: 0,
+        offering: BTreeSet::new(),
+        burnt: std::collections::VecDeque::new(),
     };
     node.refresh_members();
     for addr in &options.bootstrap_peers {
@@ -317,6 +326,7 @@ impl Node {
                 ..
             } => {
                 self.links.remove(&peer);
+                self.offering.remove(&peer);
                 self.replication.disconnected(peer);
                 self.rendezvous_points.remove(&peer);
                 self.emit(P2pEvent::PeerDisconnected(peer));
@@ -330,11 +340,17 @@ impl Node {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.sync_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Pair(event)) => self.pair_event(event).await,
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Pushed {
+                peer_id,
+                info,
+                ..
+            })) => self.note_pairing_offer(peer_id, &info),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
                 ..
             })) => {
+                self.note_pairing_offer(peer_id, &info);
                 self.maybe_reserve(peer_id, &info);
                 let meets = info.protocols.contains(&rendezvous::PROTOCOL_NAME);
                 if meets && self.is_bootstrap(&peer_id) && self.rendezvous_points.insert(peer_id) {

@@ -2,7 +2,8 @@
 //! libp2p clients: a stranger admitted for a pairing window may open the
 //! pairing protocol only, and only small messages; a member that trickles
 //! a live message or opens live streams without end is cut off; the device
-//! keeps pairing and syncing meanwhile.
+//! keeps pairing and syncing meanwhile; a joiner's code goes only to a
+//! device that offers one, once.
 
 use std::time::Duration;
 
@@ -12,7 +13,8 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{PeerId, StreamProtocol, Swarm};
 use persist::net::live::LIVE_PROTOCOL;
 use persist::net::{
-    P2p, P2pOptions, SyncCodec, SyncRequest, MAX_SMALL_MESSAGE_BYTES, PAIR_PROTOCOL, SYNC_PROTOCOL,
+    P2p, P2pOptions, PairCodec, SyncCodec, SyncRequest, MAX_SMALL_MESSAGE_BYTES, PAIR_PROTOCOL,
+    SYNC_PROTOCOL,
 };
 use persist::DeviceIdentity;
 use serde_json::json;
@@ -311,6 +313,102 @@ async fn a_member_that_trickles_or_hoards_live_streams_is_cut_off() {
     let c = memory_store("c").await;
     let node_c = pair_into(&c, &node_a, P2pOptions::loopback()).await;
     arrives(&c, "alive", &json!({ "ok": true })).await;
+    for node in [node_a, node_b, node_c] {
+        node.shutdown();
+    }
+}
+
+/// A raw client that answers the pairing protocol (it would take a
+/// joiner's first move) but does not run identify, so it never says it
+/// offers a code.
+fn interceptor(identity: &DeviceIdentity) -> Swarm<request_response::Behaviour<PairCodec>> {
+    raw_swarm(
+        identity,
+        request_response::Behaviour::new(
+            [(PAIR_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default(),
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_sends_its_code_only_to_a_device_that_offers_one_and_tries_it_once() {
+    let a = memory_store("a").await;
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
+    let b = memory_store("b").await;
+    let node_b = b.enable_p2p(P2pOptions::loopback()).await.expect("b");
+
+    // An interceptor B is connected to: it listens, B dials it while
+    // joining (the gate admits anyone then).
+    let mut evil = interceptor(&DeviceIdentity::from_secret(&[67; 32]));
+    evil.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("addr"))
+        .expect("listen");
+    let evil_addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = evil.select_next_some().await {
+            break address;
+        }
+    };
+    let pending = node_a.create_pairing_code().await.expect("code");
+    let code = pending.code().to_string();
+    let joining = {
+        let node_b = node_b.clone();
+        let code = code.clone();
+        tokio::spawn(async move { node_b.pair(&code, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node_b.dial(evil_addr).await.expect("dial the interceptor");
+    // For two seconds the interceptor, connected, gets no first move.
+    let intercepted = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Request { .. },
+                ..
+            }) = evil.select_next_some().await
+            {
+                return true;
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        !intercepted,
+        "the joiner sent its code to a device that offers none"
+    );
+
+    // The device that offers the code, once connected, gets it.
+    node_b
+        .dial(dial_addr(&node_a).await)
+        .await
+        .expect("dial the host");
+    let joined = tokio::time::timeout(Duration::from_secs(10), joining)
+        .await
+        .expect("paired in 10 s")
+        .expect("task");
+    assert_eq!(joined.expect("joined"), node_a.peer_id());
+    assert_eq!(pending.paired().await.expect("hosted"), node_b.peer_id());
+
+    // A code is tried once by a joiner: the same text again is refused at
+    // once, before anything is sent.
+    let c = memory_store("c").await;
+    let node_c = c.enable_p2p(P2pOptions::loopback()).await.expect("c");
+    let pending = node_a.create_pairing_code().await.expect("code");
+    let good = pending.code().to_string();
+    let (nameplate, secret) = good.split_once('-').expect("ABCD-1234");
+    let flipped = if secret.starts_with('0') { "1" } else { "0" };
+    let wrong = format!("{nameplate}-{flipped}{}", &secret[1..]);
+    let addr = dial_addr(&node_a).await;
+    let first = node_c.pair(&wrong, Some(addr.clone())).await;
+    assert_eq!(
+        first.expect_err("wrong code").code(),
+        "PAIRING_CODE_INVALID"
+    );
+    let again = tokio::time::timeout(Duration::from_secs(1), node_c.pair(&wrong, Some(addr)))
+        .await
+        .expect("refused at once");
+    let error = again.expect_err("tried already");
+    assert_eq!(error.code(), "PAIRING_CODE_INVALID");
+    assert!(error.to_string().contains("already tried"), "{error}");
     for node in [node_a, node_b, node_c] {
         node.shutdown();
     }

@@ -15,6 +15,18 @@ use crate::net::{device_of, P2pEvent, PairRequest, PairResponse, PendingPairing}
 
 /// How long a started pairing exchange may take.
 const EXCHANGE_MS: u64 = 60_000;
+/// Codes a joiner remembers having tried, at most.
+pub(super) const BURNT_CODES: usize = 64;
+
+/// What a joiner remembers of a code it tried.
+fn burn_mark(code: &PairingCode) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::new()
+        .chain_update(b"persist burnt code\0")
+        .chain_update(code.text().as_bytes())
+        .finalize()
+        .into()
+}
 
 /// A code this device offered.
 pub(super) struct HostCode {
@@ -103,6 +115,14 @@ impl Node {
             )));
             return;
         }
+        // A code is tried once: a retry would give whoever answered the
+        // first try (any device on the network) a fresh guess.
+        if self.burnt.contains(&burn_mark(&code)) {
+            let _ = done.send(Err(Error::PairingCodeInvalid(
+                "this code was already tried: make a new code on the other device".into(),
+            )));
+            return;
+        }
         let host_peer = host.as_ref().and_then(|addr| match addr.iter().last() {
             Some(libp2p::multiaddr::Protocol::P2p(peer)) => Some(peer),
             _ => None,
@@ -151,27 +171,49 @@ impl Node {
         }
     }
 
-    /// Sends the joiner's first move to `peer` if it may be the host.
+    /// Notes whether `peer` offers a pairing code (its identify lists the
+    /// pairing protocol) and, if this device is joining, may start with it.
+    pub(super) fn note_pairing_offer(&mut self, peer: PeerId, info: &libp2p::identify::Info) {
+        if info.protocols.contains(&crate::net::PAIR_PROTOCOL) {
+            self.offering.insert(peer);
+            self.maybe_send_start(peer);
+        } else {
+            self.offering.remove(&peer);
+        }
+    }
+
+    /// Sends the joiner's first move to `peer` if it may be the host: the
+    /// peer named by the address given or found at a rendezvous point for
+    /// the code's nameplate, or else a peer that offers a code.
     pub(super) fn maybe_send_start(&mut self, peer: PeerId) {
         if self.is_bootstrap(&peer) {
             return;
         }
+        let offering = self.offering.contains(&peer);
         let me = *self.swarm.local_peer_id();
         let Some(joining) = self.joining.as_mut() else {
             return;
         };
-        if joining.session.is_some() || joining.host.is_some_and(|h| h != peer) {
+        if joining.session.is_some()
+            || joining.host.is_some_and(|h| h != peer)
+            || (joining.host.is_none() && !offering)
+        {
             return;
         }
         let Some(code) = joining.code.take() else {
             return;
         };
+        let mark = burn_mark(&code);
         let (session, mut request) = JoinerSession::start(code, &peer.to_bytes(), &me.to_bytes());
         if let PairRequest::Start { label, .. } = &mut request {
             *label = joining.label.clone();
         }
         joining.session = Some(session);
         joining.host = Some(peer);
+        if self.burnt.len() >= BURNT_CODES {
+            self.burnt.pop_front();
+        }
+        self.burnt.push_back(mark);
         self.swarm.behaviour_mut().pair.send_request(&peer, request);
     }
 
