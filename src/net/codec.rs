@@ -21,6 +21,51 @@ pub trait Bounded {
     fn max_bytes(tag: u8) -> usize;
 }
 
+/// Reads the commits of a message: at most a page ([`PULL_LIMIT`]), as
+/// its sender pages them. A longer list is refused on its declared length,
+/// before any commit is decoded.
+///
+/// [`PULL_LIMIT`]: super::PULL_LIMIT
+pub(crate) fn at_most_a_page<'de, D>(
+    deserializer: D,
+) -> Result<Vec<crate::change::SignedCommit>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Page;
+    impl<'de> serde::de::Visitor<'de> for Page {
+        type Value = Vec<crate::change::SignedCommit>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "at most {} commits", super::PULL_LIMIT)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let limit = super::PULL_LIMIT as usize;
+            let declared = seq.size_hint().unwrap_or(0);
+            if declared > limit {
+                return Err(serde::de::Error::custom(format!(
+                    "{declared} commits in one message (at most {limit})"
+                )));
+            }
+            let mut commits = Vec::with_capacity(declared);
+            while let Some(commit) = seq.next_element()? {
+                if commits.len() == limit {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {limit} commits in one message"
+                    )));
+                }
+                commits.push(commit);
+            }
+            Ok(commits)
+        }
+    }
+    deserializer.deserialize_seq(Page)
+}
+
 /// Length-prefixed `postcard` messages, bounded.
 /// (`Req` and `Resp`: the protocol's request and response types.)
 pub struct Codec<Req, Resp>(PhantomData<fn() -> (Req, Resp)>);

@@ -29,6 +29,7 @@ pub enum LiveMessage {
     /// receiver's differs).
     Commits {
         /// Signed commits, in per-author order.
+        #[serde(deserialize_with = "super::codec::at_most_a_page")]
         commits: Vec<SignedCommit>,
         /// The sender's membership log, when it changed for the receiver.
         members: Option<MembershipWire>,

@@ -281,6 +281,7 @@ pub enum SyncRequest {
         /// The store.
         store: StoreId,
         /// Signed commits, in per-author order.
+        #[serde(deserialize_with = "codec::at_most_a_page")]
         commits: Vec<SignedCommit>,
         /// The pusher's membership log, when the responder's differs.
         members: Option<MembershipWire>,
@@ -293,6 +294,7 @@ pub enum SyncResponse {
     /// The commits asked for; `more` when the limit cut the answer.
     Commits {
         /// Signed commits, in per-author order.
+        #[serde(deserialize_with = "codec::at_most_a_page")]
         commits: Vec<SignedCommit>,
         /// More remain.
         more: bool,
@@ -507,6 +509,26 @@ mod tests {
                 .expect_err("trailing bytes");
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         });
+    }
+
+    #[test]
+    fn a_message_of_more_commits_than_a_page_does_not_decode() {
+        let push = |n: usize| SyncRequest::Push {
+            store: StoreId::from_bytes([1; 16]),
+            commits: vec![
+                SignedCommit {
+                    body: vec![3],
+                    signature: [0; 64],
+                };
+                n
+            ],
+            members: None,
+        };
+        let page = PULL_LIMIT as usize;
+        let framed = codec::frame(&push(page)).expect("frame");
+        assert!(codec::decode::<SyncRequest>(&framed).is_ok());
+        let framed = codec::frame(&push(page + 1)).expect("frame");
+        assert!(codec::decode::<SyncRequest>(&framed).is_err());
     }
 
     #[test]

@@ -187,18 +187,20 @@ pub(crate) fn raw_swarm<B: libp2p::swarm::NetworkBehaviour>(
 }
 
 /// A raw libp2p client speaking `/persist/sync/2` with a given identity.
-fn raw_client(identity: &DeviceIdentity) -> Swarm<request_response::Behaviour<SyncCodec>> {
+pub(crate) fn raw_client(
+    identity: &DeviceIdentity,
+) -> Swarm<request_response::Behaviour<SyncCodec>> {
     raw_swarm(
         identity,
         request_response::Behaviour::new(
             [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-            request_response::Config::default(),
+            request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
         ),
     )
 }
 
 /// A one-operation commit body of `author` for `store`.
-fn commit_body(
+pub(crate) fn commit_body(
     store: persist::StoreId,
     author: &DeviceIdentity,
     seq: u64,
@@ -253,10 +255,20 @@ pub(crate) async fn member_with(seed: u8, host: &P2p) -> DeviceIdentity {
 }
 
 /// Sends `request` to `node` and returns the answer (or the failure).
-async fn ask(
+pub(crate) async fn ask(
     client: &mut Swarm<request_response::Behaviour<SyncCodec>>,
     node: &P2p,
     request: SyncRequest,
+) -> Result<SyncResponse, String> {
+    ask_within(client, node, request, Duration::from_secs(10)).await
+}
+
+/// [`ask`], waiting at most `deadline` for the answer.
+pub(crate) async fn ask_within(
+    client: &mut Swarm<request_response::Behaviour<SyncCodec>>,
+    node: &P2p,
+    request: SyncRequest,
+    deadline: Duration,
 ) -> Result<SyncResponse, String> {
     let addr = dial_addr(node).await;
     if !client.is_connected(&node.peer_id()) {
@@ -265,7 +277,6 @@ async fn ask(
     let id = client
         .behaviour_mut()
         .send_request(&node.peer_id(), request);
-    let deadline = Duration::from_secs(10);
     tokio::time::timeout(deadline, async {
         loop {
             match client.select_next_some().await {
@@ -287,7 +298,7 @@ async fn ask(
         }
     })
     .await
-    .unwrap_or_else(|_| Err("no answer in 10 s".into()))
+    .unwrap_or_else(|_| Err(format!("no answer in {deadline:?}")))
 }
 
 fn rejected(response: Result<SyncResponse, String>) -> u32 {

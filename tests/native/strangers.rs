@@ -5,22 +5,25 @@
 //! keeps pairing and syncing meanwhile; a joiner's code goes only to a
 //! device that offers one, once.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{PeerId, StreamProtocol, Swarm};
 use persist::net::live::LIVE_PROTOCOL;
+use persist::net::SyncResponse;
 use persist::net::{
     P2p, P2pOptions, PairCodec, SyncCodec, SyncRequest, MAX_SMALL_MESSAGE_BYTES, PAIR_PROTOCOL,
     SYNC_PROTOCOL,
 };
-use persist::DeviceIdentity;
+use persist::{Commit, DeviceIdentity, SignedCommit};
 use serde_json::json;
 
 use crate::p2p::{arrives, dial_addr, memory_store, new_member, pair_into};
-use crate::p2p_trust::{member_with, raw_swarm};
+use crate::p2p_trust::{ask, ask_within, commit_body, member_with, raw_client, raw_swarm};
 
 /// A client that speaks every protocol of a device, as a stranger would.
 #[derive(NetworkBehaviour)]
@@ -412,4 +415,115 @@ async fn a_joiner_sends_its_code_only_to_a_device_that_offers_one_and_tries_it_o
     for node in [node_a, node_b, node_c] {
         node.shutdown();
     }
+}
+
+/// How long the node's loop takes to answer a command, sampled every
+/// 20 ms until `stop` is set: the slowest answer.
+async fn slowest_answer(node: P2p, stop: Arc<AtomicBool>) -> Duration {
+    let mut slowest = Duration::ZERO;
+    while !stop.load(Ordering::SeqCst) {
+        let asked = Instant::now();
+        node.connected_peers().await.expect("the node answers");
+        slowest = slowest.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    slowest
+}
+
+/// The loop stall allowed while a member pushes as fast as it can.
+const MAX_STALL: Duration = Duration::from_millis(500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_flooding_commits_does_not_stall_the_node() {
+    let a = memory_store("a").await;
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
+    let identity = member_with(45, &node_a).await;
+    let store = a.store_id();
+
+    // 500,000 tiny commits in one push (about 40 MB, within the frame
+    // limit): refused on the list's declared length, before any commit is
+    // decoded (the stream is dropped).
+    let junk = SignedCommit {
+        body: vec![3; 16],
+        signature: [0; 64],
+    };
+    let flood = SyncRequest::Push {
+        store,
+        commits: vec![junk; 500_000],
+        members: None,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn(slowest_answer(node_a.clone(), stop.clone()));
+    // The attacker runs on a thread and runtime of its own, as another
+    // process would: the node's runtime is measured, not the attacker's.
+    let attacker = {
+        let node = node_a.clone();
+        // The same member (its identity from the same seed).
+        let identity = DeviceIdentity::from_secret(&[45; 32]);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let mut client = raw_client(&identity);
+                let asked = Instant::now();
+                let outcome = ask_within(&mut client, &node, flood, Duration::from_secs(60)).await;
+                (outcome, asked.elapsed())
+            })
+        })
+    };
+    let (outcome, refused_in) = tokio::task::spawn_blocking(move || attacker.join())
+        .await
+        .expect("join")
+        .expect("attacker");
+    match outcome {
+        Err(failure) => assert!(!failure.contains("no answer"), "{failure}"),
+        other => panic!("a push of 500,000 commits was not refused: {other:?}"),
+    }
+
+    // 20 pushes of 1,000 valid commits each (a member may write that
+    // much): verified off the loop, the node keeps answering.
+    let mut prev = [0u8; 32];
+    let mut pushes = Vec::new();
+    for page in 0..20u64 {
+        let mut commits = Vec::new();
+        for i in 0..1_000u64 {
+            let seq = page * 1_000 + i + 1;
+            let mut body = commit_body(store, &identity, seq, &format!("k{seq}"));
+            body.prev = prev;
+            body.hlc = persist::hlc::Hlc::from_millis(persist::platform::now_ms());
+            let commit = Commit::sign(body, &identity, None).expect("sign");
+            prev = commit.hash;
+            commits.push(commit.signed);
+        }
+        pushes.push(commits);
+    }
+    let mut client = raw_client(&identity);
+    let started = Instant::now();
+    let mut applied = 0;
+    for commits in pushes {
+        let push = SyncRequest::Push {
+            store,
+            commits,
+            members: None,
+        };
+        match ask(&mut client, &node_a, push).await {
+            Ok(SyncResponse::Ack { applied: n, .. }) => applied += n,
+            other => panic!("a valid push was not applied: {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let slowest = sampler.await.expect("sampler");
+    println!(
+        "500,000-commit push refused in {refused_in:?}; 20,000 commits applied in {took:?}; \
+         slowest loop answer meanwhile {slowest:?}"
+    );
+    assert_eq!(applied, 20_000);
+    assert!(
+        slowest <= MAX_STALL,
+        "the node's loop stalled {slowest:?} (at most {MAX_STALL:?})"
+    );
+    node_a.shutdown();
 }
