@@ -70,6 +70,9 @@ struct Node {
     /// lists it only while it offers a code): where a joiner with no host
     /// address may send its first move.
     offering: BTreeSet<PeerId>,
+    /// The configured bootstrap addresses (whether private addresses are
+    /// announced depends on them).
+    bootstrap_configured: Vec<Multiaddr>,
     /// Hashes of codes this device started an exchange with, newest last
     /// (at most [`pairing::BURNT_CODES`]): a code is tried once.
     burnt: std::collections::VecDeque<[u8; 32]>,
@@ -126,6 +129,7 @@ pub(super) fn run(
         rendezvous_points: BTreeSet::new(),
         presence_in: 0,
         offering: BTreeSet::new(),
+        bootstrap_configured: options.bootstrap_peers.clone(),
         burnt: std::collections::VecDeque::new(),
     };
     node.refresh_members();
@@ -277,8 +281,13 @@ impl Node {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 // Where others can reach this node: what rendezvous
-                // registrations and identify announce.
-                self.swarm.add_external_address(address.clone());
+                // registrations and identify announce (a private address
+                // only when no bootstrap node is public).
+                if discovery::announces(&address, &self.bootstrap_configured) {
+                    self.swarm.add_external_address(address.clone());
+                } else {
+                    tracing::debug!(%address, "private address not announced to a public node");
+                }
                 self.emit(P2pEvent::Listening(address));
                 self.announce_codes();
                 self.announce_presence();

@@ -44,6 +44,47 @@ pub(super) fn pairing_namespace(nameplate: &str) -> Option<rendezvous::Namespace
     rendezvous::Namespace::new(format!("persist/pair/{nameplate}")).ok()
 }
 
+/// True for an address anyone on the Internet could dial: a public IP, a
+/// DNS name (the operator's choice), or a relayed address. Loopback,
+/// private (RFC 1918, unique-local), link-local, shared (CGNAT) and
+/// unspecified addresses are not.
+pub(super) fn is_public(addr: &Multiaddr) -> bool {
+    if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+        return true;
+    }
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => {
+            let shared = ip.octets()[0] == 100 && (ip.octets()[1] & 0xC0) == 64;
+            !(ip.is_private()
+                || ip.is_loopback()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.is_documentation()
+                || shared)
+        }
+        Some(Protocol::Ip6(ip)) => {
+            let segments = ip.segments();
+            let unique_local = (segments[0] & 0xFE00) == 0xFC00;
+            let link_local = (segments[0] & 0xFFC0) == 0xFE80;
+            !(ip.is_loopback() || ip.is_unspecified() || unique_local || link_local)
+        }
+        Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) | Protocol::Dnsaddr(_)) => {
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Whether this device announces `addr` (to rendezvous points and in
+/// identify): public and relayed addresses always; private ones only when
+/// no bootstrap node is on a public address (a deployment on one network,
+/// or none), so a public node never learns a device's LAN or VPN
+/// addresses.
+pub(super) fn announces(addr: &Multiaddr, bootstrap: &[Multiaddr]) -> bool {
+    is_public(addr) || !bootstrap.iter().any(is_public)
+}
+
 impl Node {
     pub(super) fn is_bootstrap(&self, peer: &PeerId) -> bool {
         self.gate
@@ -272,5 +313,48 @@ impl Node {
             } => tracing::warn!(%namespace, ?error, "not registered on the rendezvous point"),
             other => tracing::debug!(?other, "rendezvous"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> Multiaddr {
+        text.parse().expect("multiaddr")
+    }
+
+    #[test]
+    fn private_addresses_are_announced_only_without_a_public_node() {
+        for private in [
+            "/ip4/127.0.0.1/tcp/1",
+            "/ip4/10.1.2.3/tcp/1",
+            "/ip4/192.168.1.9/udp/1/quic-v1",
+            "/ip4/172.16.0.1/tcp/1",
+            "/ip4/100.64.0.1/tcp/1",
+            "/ip4/169.254.0.1/tcp/1",
+            "/ip4/0.0.0.0/tcp/1",
+            "/ip6/::1/tcp/1",
+            "/ip6/fd00::1/tcp/1",
+            "/ip6/fe80::1/tcp/1",
+        ] {
+            assert!(!is_public(&addr(private)), "{private}");
+        }
+        for public in [
+            "/ip4/203.0.114.7/tcp/1",
+            "/ip6/2a00:1450::1/tcp/1",
+            "/dns4/node.example.org/tcp/1",
+            "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWCRS8kJRpAFAWPwU41G2XE3SqknHTEDmjWRyyZ8d5JGtL/p2p-circuit",
+        ] {
+            assert!(is_public(&addr(public)), "{public}");
+        }
+        let lan = addr("/ip4/192.168.1.9/tcp/4001");
+        assert!(announces(&lan, &[]));
+        assert!(announces(&lan, &[addr("/ip4/127.0.0.1/tcp/4001")]));
+        assert!(!announces(&lan, &[addr("/dns4/node.example.org/tcp/4001")]));
+        assert!(announces(
+            &addr("/ip4/203.0.114.7/tcp/1"),
+            &[addr("/dns4/node.example.org/tcp/4001")]
+        ));
     }
 }
