@@ -347,6 +347,15 @@ pub struct MembershipLog {
     adds: BTreeMap<DeviceId, usize>,
 }
 
+fn not_admitted(entry: &MemberEntry) -> MemberError {
+    MemberError::NotAdmitted(format!(
+        "entry {} of {}: its author was never added to the store, or is past its budget of \
+         {MAX_ENTRIES_PER_AUTHOR} entries",
+        entry.seq,
+        entry.author.short()
+    ))
+}
+
 /// What a merge did with the other log's entries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MergeCount {
@@ -484,24 +493,14 @@ impl MembershipLog {
         let hash = signed.hash();
         let slot = (entry.author, entry.seq);
         if !self.may_hold(&entry.author, entry.seq) {
-            return Err(MemberError::NotAdmitted(format!(
-                "entry {} of {}: its author was never added to the store, or is past its \
-                 budget of {MAX_ENTRIES_PER_AUTHOR} entries",
-                entry.seq,
-                entry.author.short()
-            )));
+            return Err(not_admitted(&entry));
         }
-        if let Some(versions) = self.entries.get(&slot) {
-            if versions.contains_key(&hash) {
-                return Ok(false);
-            }
-            if versions.len() >= MAX_VERSIONS {
-                // Keep the lowest hashes: the same versions everywhere.
-                match versions.keys().next_back().copied() {
-                    Some(highest) if hash < highest => self.forget(slot, highest),
-                    _ => return Ok(false),
-                }
-            }
+        if self
+            .entries
+            .get(&slot)
+            .is_some_and(|versions| versions.contains_key(&hash))
+        {
+            return Ok(false);
         }
         if self.len >= MAX_MEMBER_ENTRIES {
             return Err(MemberError::TooLarge);
@@ -554,45 +553,21 @@ impl MembershipLog {
         self.len += 1;
     }
 
-    /// Drops the version `hash` of the entry at `slot`, and when that was
-    /// the last entry adding a device, the entries of that device (which
-    /// this log may then no longer hold), and so on: what is held stays a
-    /// function of the set of entries offered, whatever their order.
-    fn forget(&mut self, slot: (DeviceId, u64), hash: EntryHash) {
-        let mut drop = vec![(slot, hash)];
-        while let Some((slot, hash)) = drop.pop() {
-            let Some(versions) = self.entries.get_mut(&slot) else {
-                continue;
-            };
-            let Some(held) = versions.remove(&hash) else {
-                continue;
-            };
-            if versions.is_empty() {
-                self.entries.remove(&slot);
-            }
-            self.len -= 1;
-            let MemberChange::Add { device, .. } = &held.entry.change else {
-                continue;
-            };
-            let Some(count) = self.adds.get_mut(device) else {
-                continue;
-            };
-            *count -= 1;
-            if *count == 0 {
-                self.adds.remove(device);
-                if *device != self.founder {
-                    for (slot, versions) in self.entries.range((*device, 0)..=(*device, u64::MAX)) {
-                        drop.extend(versions.keys().map(|hash| (*slot, *hash)));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Verifies and adds one entry this device signed or received.
+    /// Verifies and adds one entry this device signed or received (as a
+    /// merge of that one entry: the same rule of what is held); refused if
+    /// the log may not hold it. False if it was held already, or is a third
+    /// version of its number with a higher hash than the two held.
     pub fn add(&mut self, signed: SignedMemberEntry) -> Result<bool, MemberError> {
         let entry = signed.verify(self.store)?;
-        self.insert(signed, entry)
+        if !self.may_hold(&entry.author, entry.seq) {
+            return Err(not_admitted(&entry));
+        }
+        let wire = MembershipWire {
+            store: self.store,
+            founder: self.founder,
+            entries: vec![signed],
+        };
+        Ok(self.merge_until(&wire, u64::MAX)?.added > 0)
     }
 
     /// Merges another replica's log: it must name the same store and
