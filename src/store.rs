@@ -618,7 +618,8 @@ impl Store {
         let mut report = IngestReport::default();
         let mut unverified = Vec::with_capacity(commits.len());
         let bound = self.bound();
-        let keyring = bound.sealed.as_ref().map(|s| s.keyring());
+        // Shared by the verification chunks, not copied for each.
+        let keyring = bound.sealed.as_ref().map(|s| Arc::new(s.keyring()));
         let members = self.members();
         let horizon = (self.inner.wall_clock)().saturating_add(self.inner.limits.max_clock_skew_ms);
         let mut heads: Option<BTreeMap<DeviceId, u64>> = None;
@@ -681,7 +682,7 @@ impl Store {
                     .map(|(index, signed)| {
                         (
                             index,
-                            Commit::verify(signed, store_id, &limits, keys.as_ref()),
+                            Commit::verify(signed, store_id, &limits, keys.as_deref()),
                         )
                     })
                     .collect::<Vec<_>>()

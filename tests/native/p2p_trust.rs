@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder};
@@ -199,6 +199,17 @@ pub(crate) fn raw_client(
     )
 }
 
+/// A pull of everything (an empty version vector) from `store`.
+pub(crate) fn empty_pull(store: persist::StoreId) -> SyncRequest {
+    SyncRequest::Pull {
+        store,
+        have: Vec::new(),
+        tips: Vec::new(),
+        limit: 10,
+        members: [0; 32],
+    }
+}
+
 /// A one-operation commit body of `author` for `store`.
 pub(crate) fn commit_body(
     store: persist::StoreId,
@@ -312,41 +323,44 @@ fn rejected(response: Result<SyncResponse, String>) -> u32 {
     }
 }
 
-/// A codec that announces a message far over the limit, then sends junk.
+/// A codec whose request announces a message of `len` bytes (the request),
+/// starts it with tag 0, sends 1 KiB of junk, and then waits for an
+/// answer's length: an oversize message on any protocol.
 #[derive(Clone, Default)]
-struct Oversize;
+pub(crate) struct Announce;
 
-impl request_response::Codec for Oversize {
+impl request_response::Codec for Announce {
     type Protocol = StreamProtocol;
-    type Request = ();
+    type Request = u32;
     type Response = ();
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         _: &mut T,
-    ) -> std::io::Result<()> {
-        Ok(())
+    ) -> std::io::Result<u32> {
+        Ok(0)
     }
 
-    async fn read_response<T: AsyncRead + Unpin + Send>(
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<()> {
-        // A real answer starts with its length; a dropped stream has none.
         let mut len = [0u8; 4];
-        futures::AsyncReadExt::read_exact(io, &mut len).await
+        io.read_exact(&mut len).await
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        _: (),
+        len: u32,
     ) -> std::io::Result<()> {
-        io.write_all(&u32::MAX.to_be_bytes()).await?;
-        io.write_all(&[0xAB; 4096]).await?;
+        io.write_all(&len.to_be_bytes()).await?;
+        // Tag 0: a `Start`.
+        io.write_all(&[0]).await?;
+        io.write_all(&[0xAB; 1024]).await?;
         io.close().await
     }
 
@@ -408,13 +422,15 @@ async fn forged_tampered_untrusted_replayed_and_oversize_messages_are_refused() 
     // An oversize message: the stream is dropped, the node lives on.
     let mut evil = raw_swarm(
         &identity,
-        request_response::Behaviour::<Oversize>::new(
+        request_response::Behaviour::<Announce>::new(
             [(SYNC_PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default(),
         ),
     );
     evil.dial(dial_addr(&node_a).await).expect("dial");
-    let id = evil.behaviour_mut().send_request(&node_a.peer_id(), ());
+    let id = evil
+        .behaviour_mut()
+        .send_request(&node_a.peer_id(), u32::MAX);
     let outcome = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let SwarmEvent::Behaviour(event) = evil.select_next_some().await {
@@ -436,13 +452,7 @@ async fn forged_tampered_untrusted_replayed_and_oversize_messages_are_refused() 
 
     // A stranger's raw client is refused at the connection: no stream.
     let mut outsider = raw_client(&DeviceIdentity::from_secret(&[7; 32]));
-    let pull = SyncRequest::Pull {
-        store,
-        have: Vec::new(),
-        tips: Vec::new(),
-        limit: 10,
-        members: [0; 32],
-    };
+    let pull = empty_pull(store);
     assert!(ask(&mut outsider, &node_a, pull.clone()).await.is_err());
 
     // Nothing was stored, nothing lost, and the node still serves members.
@@ -602,13 +612,7 @@ async fn a_peer_of_another_protocol_version_is_refused_cleanly() {
             request_response::Config::default(),
         ),
     );
-    let pull = SyncRequest::Pull {
-        store: a.store_id(),
-        have: Vec::new(),
-        tips: Vec::new(),
-        limit: 10,
-        members: [0; 32],
-    };
+    let pull = empty_pull(a.store_id());
     let error = ask(&mut client, &node_a, pull.clone())
         .await
         .expect_err("no common protocol");

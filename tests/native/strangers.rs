@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{PeerId, StreamProtocol, Swarm};
+use libp2p::{PeerId, Swarm};
 use persist::net::live::LIVE_PROTOCOL;
 use persist::net::SyncResponse;
 use persist::net::{
@@ -23,7 +23,9 @@ use persist::{Commit, DeviceIdentity, SignedCommit};
 use serde_json::json;
 
 use crate::p2p::{arrives, dial_addr, memory_store, new_member, pair_into};
-use crate::p2p_trust::{ask, ask_within, commit_body, member_with, raw_client, raw_swarm};
+use crate::p2p_trust::{
+    ask, ask_within, commit_body, empty_pull, member_with, raw_client, raw_swarm, Announce,
+};
 
 /// A client that speaks every protocol of a device, as a stranger would.
 #[derive(NetworkBehaviour)]
@@ -48,56 +50,6 @@ fn raw(identity: &DeviceIdentity) -> Swarm<Raw> {
             streams: libp2p_stream::Behaviour::new(),
         },
     )
-}
-
-/// A pairing codec whose request announces `.0` bytes, sends a few, and
-/// then waits for an answer's length.
-#[derive(Clone, Default)]
-struct Announce;
-
-impl request_response::Codec for Announce {
-    type Protocol = StreamProtocol;
-    type Request = u32;
-    type Response = ();
-
-    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        _: &mut T,
-    ) -> std::io::Result<u32> {
-        Ok(0)
-    }
-
-    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> std::io::Result<()> {
-        let mut len = [0u8; 4];
-        io.read_exact(&mut len).await
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        len: u32,
-    ) -> std::io::Result<()> {
-        io.write_all(&len.to_be_bytes()).await?;
-        // Tag 0: a `Start`.
-        io.write_all(&[0]).await?;
-        io.write_all(&[0xAB; 1024]).await?;
-        io.close().await
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        _: &mut T,
-        _: (),
-    ) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Drives `client` until `node` is connected.
@@ -147,14 +99,10 @@ async fn a_stranger_in_a_pairing_window_may_only_pair_and_only_briefly() {
 
     // Sync: refused at protocol negotiation (the stream never reaches the
     // sync protocol's reader).
-    let pull = SyncRequest::Pull {
-        store: a.store_id(),
-        have: Vec::new(),
-        tips: Vec::new(),
-        limit: 10,
-        members: [0; 32],
-    };
-    let id = client.behaviour_mut().sync.send_request(&peer, pull);
+    let id = client
+        .behaviour_mut()
+        .sync
+        .send_request(&peer, empty_pull(a.store_id()));
     let failure = outcome(&mut client, |event| match event {
         RawEvent::Sync(request_response::Event::OutboundFailure {
             request_id, error, ..
