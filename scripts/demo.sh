@@ -49,8 +49,12 @@ wait_for() {
 trap 'exit 130' INT TERM
 
 # The node listens on loopback only here (a real deployment listens on
-# 0.0.0.0 with fixed ports, and adds /udp/PORT/webrtc-direct).
+# 0.0.0.0 with fixed ports, and adds /udp/PORT/webrtc-direct). Relayed
+# connections may carry sync here (an hour, 1 GiB each): the tab reaches
+# the native device only through the relay. The default (2 minutes,
+# 128 KiB) is sized for pairing and hole punching.
 "$persist" node --data "$net/node" --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/tcp/0/ws \
+  --max-circuit-seconds 3600 --max-circuit-bytes 1073741824 \
   >"$net/node.log" 2>&1 &
 pids+=($!)
 wait_for "$net/node.log" '/ws/p2p/'

@@ -232,7 +232,7 @@ pub fn swarm(
     }
     // WebRTC-direct listeners (`/udp/.../webrtc-direct`), which browsers
     // can dial without a TLS certificate: a device's certificate is made
-    // at start (its peers learn the new `/certhash/` from the rendezvous
+    // at start (its peers learn the new `/certhash/` from the meeting
     // point); a `persist node` keeps its own (see `server_swarm`).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let certificate = libp2p_webrtc::tokio::Certificate::generate(&mut rand::rng())

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{connection_limits, identify, identity, kad, ping, relay, rendezvous};
+use libp2p::{connection_limits, identify, identity, kad, ping, relay};
 
 use super::gate::{Admit, Gate, GateState, Gated};
+use super::meet::{MeetCodec, MEET_PROTOCOL};
 use super::{P2pOptions, PairCodec, SyncCodec, PAIR_PROTOCOL, SYNC_PROTOCOL};
 use crate::error::Result;
 
@@ -27,9 +28,10 @@ pub struct Behaviour {
     /// Reservations on relays (bootstrap nodes) and relayed connections:
     /// how two browsers, or devices behind NATs, reach each other.
     pub(super) relay: relay::client::Behaviour,
-    /// Finds the device that offers a pairing code through a bootstrap
-    /// node (a browser has no mDNS).
-    pub(super) rendezvous: rendezvous::client::Behaviour,
+    /// Registers at and asks bootstrap nodes' meeting points: finds the
+    /// device that offers a pairing code (a browser has no mDNS) and the
+    /// store's other devices.
+    pub(super) meet: request_response::Behaviour<MeetCodec>,
     /// Members only.
     pub(super) sync: Gated<request_response::Behaviour<SyncCodec>>,
     /// Anyone, while this device offers a code.
@@ -75,7 +77,12 @@ impl Behaviour {
             kad: kad.into(),
             mdns: mdns.into(),
             relay,
-            rendezvous: rendezvous::client::Behaviour::new(keypair.clone()),
+            // Asks only: a device answers no one's meeting requests.
+            meet: request_response::Behaviour::new(
+                [(MEET_PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default()
+                    .with_request_timeout(std::time::Duration::from_secs(10)),
+            ),
             // A request and its answer within the timeout (a stream that
             // trickles is cut there), a few streams at once per connection
             // (more are dropped unread).

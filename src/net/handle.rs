@@ -137,7 +137,7 @@ impl std::fmt::Debug for P2p {
 }
 
 /// `addr` ending with `/p2p/<peer>` (once: relayed addresses and
-/// addresses from rendezvous records may already end with it).
+/// addresses found at meeting points may already end with it).
 pub fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
     match addr.iter().last() {
         Some(Protocol::P2p(_)) => addr.clone(),
@@ -255,7 +255,7 @@ impl P2p {
                 Err(e) => return Err(e),
             }
         }
-        // Last, the rendezvous points of the bootstrap nodes, where the
+        // Last, the meeting points of the bootstrap nodes, where the
         // inviting device registered the invite's nameplate (how a browser,
         // reachable only through a relay, is found).
         let bootstrapped = !self

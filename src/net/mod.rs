@@ -48,6 +48,7 @@ pub mod codec;
 pub mod gate;
 mod handle;
 pub mod live;
+pub mod meet;
 mod node;
 pub mod pairing;
 pub mod replica;

@@ -1,7 +1,7 @@
 //! The node's event loop: connections, the sync protocol, pairing and the
 //! gate's view of the membership. Runtime-neutral (the platform spawns it).
 //! Split by concern: `pairing` (codes, invites, the exchange on both
-//! sides), `discovery` (bootstrap nodes: relay reservations, rendezvous),
+//! sides), `discovery` (bootstrap nodes: relay reservations, meeting points),
 //! `sync` (the replication protocol's executor).
 
 use std::collections::{BTreeSet, HashMap};
@@ -11,7 +11,7 @@ use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
 use libp2p::request_response::ResponseChannel;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, relay, rendezvous, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, relay, Multiaddr, PeerId, Swarm};
 
 use super::gate::GateState;
 use super::live::{self, LiveMessage};
@@ -28,7 +28,6 @@ mod discovery;
 mod pairing;
 mod sync;
 
-pub(super) use discovery::MIN_RENDEZVOUS_TTL_S;
 use pairing::{HostCode, Hosting, Joining};
 use sync::{Done, Link, DONE_QUEUE};
 
@@ -61,9 +60,12 @@ struct Node {
     bootstrap_addrs: HashMap<PeerId, Multiaddr>,
     /// Relays this node holds (or asked for) a reservation on.
     relays: BTreeSet<PeerId>,
-    /// Connected bootstrap nodes that run a rendezvous point (identify
-    /// said so): where codes and the store's devices are registered.
-    rendezvous_points: BTreeSet<PeerId>,
+    /// Connected bootstrap nodes that run a meeting point (identify said
+    /// so): where codes and the store's devices are registered.
+    meeting_points: BTreeSet<PeerId>,
+    /// Meeting-point requests awaiting their answer (at most a few per
+    /// point and tick; each ends in an answer or a failure).
+    asked: HashMap<libp2p::request_response::OutboundRequestId, discovery::Asked>,
     /// Ticks until the store's registration is renewed.
     presence_in: u32,
     /// Connected peers whose identify lists the pairing protocol (a device
@@ -126,7 +128,8 @@ pub(super) fn run(
         members: BTreeSet::new(),
         bootstrap_addrs: HashMap::new(),
         relays: BTreeSet::new(),
-        rendezvous_points: BTreeSet::new(),
+        meeting_points: BTreeSet::new(),
+        asked: HashMap::new(),
         presence_in: 0,
         offering: BTreeSet::new(),
         bootstrap_configured: options.bootstrap_peers.clone(),
@@ -280,7 +283,7 @@ impl Node {
     async fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
-                // Where others can reach this node: what rendezvous
+                // Where others can reach this node: what meeting-point
                 // registrations and identify announce (a private address
                 // only when no bootstrap node is public).
                 if discovery::announces(&address, &self.bootstrap_configured) {
@@ -337,7 +340,7 @@ impl Node {
                 self.links.remove(&peer);
                 self.offering.remove(&peer);
                 self.replication.disconnected(peer);
-                self.rendezvous_points.remove(&peer);
+                self.meeting_points.remove(&peer);
                 self.emit(P2pEvent::PeerDisconnected(peer));
                 if let Some(hosting) = self.hosting.remove(&peer) {
                     let _ = hosting.outcome.send(Err(Error::PairingFailed(
@@ -361,8 +364,8 @@ impl Node {
             })) => {
                 self.note_pairing_offer(peer_id, &info);
                 self.maybe_reserve(peer_id, &info);
-                let meets = info.protocols.contains(&rendezvous::PROTOCOL_NAME);
-                if meets && self.is_bootstrap(&peer_id) && self.rendezvous_points.insert(peer_id) {
+                let meets = info.protocols.contains(&super::meet::MEET_PROTOCOL);
+                if meets && self.is_bootstrap(&peer_id) && self.meeting_points.insert(peer_id) {
                     self.announce_codes();
                     self.look_up_host();
                     self.announce_presence();
@@ -374,9 +377,7 @@ impl Node {
                 }
                 other => tracing::debug!(?other, "relay client"),
             },
-            SwarmEvent::Behaviour(BehaviourEvent::Rendezvous(event)) => {
-                self.rendezvous_event(event);
-            }
+            SwarmEvent::Behaviour(BehaviourEvent::Meet(event)) => self.meet_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => {
                 for addr in crate::platform::mdns_discovered(event) {
                     let _ = self.swarm.dial(addr);

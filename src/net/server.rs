@@ -1,19 +1,27 @@
 //! The headless node (`persist node`): a bootstrap peer, circuit-relay
-//! server and rendezvous point for devices and browsers. It is a member of
+//! server and meeting point (`/persist/meet/1`, see [`super::meet`]) for
+//! devices and browsers. It is a member of
 //! no store: it speaks none of the store protocols, holds no key, and what
 //! it relays is Noise-encrypted end to end between the two devices (and,
 //! for encrypted stores, sealed again under the store's key). Runtime
 //! neutral; the platform builds its transports
 //! (`platform::native::net::server_swarm`).
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, SinkExt, StreamExt};
-use libp2p::swarm::SwarmEvent;
+use libp2p::request_response;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm};
 
+use super::meet::{Directory, DirectoryStats, MeetLimits, MeetRequest};
 use crate::error::{Error, Result};
+
+mod limits;
+pub use limits::IpLimits;
 
 /// Limits and addresses of a headless node.
 #[derive(Debug, Clone)]
@@ -26,14 +34,20 @@ pub struct ServerOptions {
     pub max_circuits: usize,
     /// Relayed connections per peer, at most.
     pub max_circuits_per_peer: usize,
-    /// How long one relayed connection may last.
+    /// How long one relayed connection may last (long enough to pair
+    /// and to punch a hole; relayed sync needs more).
     pub max_circuit_duration: Duration,
     /// Bytes one relayed connection may carry (each way).
     pub max_circuit_bytes: u64,
-    /// Pairing-code registrations held at once, at most.
-    pub max_registrations: usize,
+    /// Registrations and lookups of the meeting point
+    /// (`max_registrations` is the total).
+    pub meet: MeetLimits,
     /// Established connections at most.
     pub max_connections: u32,
+    /// Inbound connections from one IP address at most.
+    pub max_connections_per_ip: u32,
+    /// Inbound connections from one subnet (IPv4 /24, IPv6 /48) at most.
+    pub max_connections_per_subnet: u32,
 }
 
 impl Default for ServerOptions {
@@ -52,10 +66,12 @@ impl Default for ServerOptions {
             max_reservations: 1024,
             max_circuits: 256,
             max_circuits_per_peer: 8,
-            max_circuit_duration: Duration::from_secs(60 * 60),
-            max_circuit_bytes: 1 << 30,
-            max_registrations: 4096,
+            max_circuit_duration: Duration::from_secs(2 * 60),
+            max_circuit_bytes: 128 << 10,
+            meet: MeetLimits::default(),
             max_connections: 2048,
+            max_connections_per_ip: 16,
+            max_connections_per_subnet: 64,
         }
     }
 }
@@ -64,21 +80,24 @@ pub use behaviour::{ServerBehaviour, ServerBehaviourEvent};
 
 #[allow(missing_docs)]
 mod behaviour {
+    use libp2p::request_response::{self, ProtocolSupport};
     use libp2p::swarm::NetworkBehaviour;
-    use libp2p::{connection_limits, identify, identity, kad, ping, relay, rendezvous};
+    use libp2p::{connection_limits, identify, identity, kad, ping, relay};
 
-    use super::ServerOptions;
+    use super::{IpLimits, ServerOptions};
+    use crate::net::meet::{MeetCodec, MEET_PROTOCOL};
 
     /// What a headless node runs: no store protocol, only discovery and
     /// relaying.
     #[derive(NetworkBehaviour)]
     pub struct ServerBehaviour {
+        ip_limits: IpLimits,
         limits: connection_limits::Behaviour,
         identify: identify::Behaviour,
         ping: ping::Behaviour,
         kad: kad::Behaviour<kad::store::MemoryStore>,
         pub(super) relay: relay::Behaviour,
-        pub(super) rendezvous: rendezvous::server::Behaviour,
+        pub(super) meet: request_response::Behaviour<MeetCodec>,
     }
 
     impl ServerBehaviour {
@@ -102,6 +121,10 @@ mod behaviour {
                 ..relay::Config::default()
             };
             ServerBehaviour {
+                ip_limits: IpLimits::new(
+                    options.max_connections_per_ip,
+                    options.max_connections_per_subnet,
+                ),
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_pending_incoming(Some(crate::net::MAX_PENDING_INCOMING * 4))
@@ -115,14 +138,28 @@ mod behaviour {
                 ping: ping::Behaviour::default(),
                 kad,
                 relay: relay::Behaviour::new(peer_id, relay),
-                rendezvous: rendezvous::server::Behaviour::new(
-                    rendezvous::server::Config::default()
-                        .with_min_ttl(crate::net::node::MIN_RENDEZVOUS_TTL_S)
-                        .with_max_registration_total(options.max_registrations),
+                // Answers only: a node asks no one.
+                meet: request_response::Behaviour::new(
+                    [(MEET_PROTOCOL, ProtocolSupport::Inbound)],
+                    request_response::Config::default()
+                        .with_request_timeout(std::time::Duration::from_secs(10))
+                        .with_max_concurrent_streams(4),
                 ),
             }
         }
     }
+}
+
+/// What a headless node holds at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Connected peers.
+    pub peers: usize,
+    /// Places with registrations, and registrations, on the meeting point.
+    pub directory: DirectoryStats,
+    /// Meeting-point requests refused so far (budgets, owned places).
+    pub refused_requests: u64,
 }
 
 /// What a headless node reports.
@@ -156,6 +193,7 @@ pub enum ServerEvent {
 enum ServerCommand {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Connected(oneshot::Sender<usize>),
+    Stats(oneshot::Sender<ServerStats>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -187,7 +225,8 @@ impl Server {
         let peer_id = *swarm.local_peer_id();
         let (commands, inbox) = mpsc::channel(super::handle::COMMAND_QUEUE);
         let subscribers = super::Subscribers::default();
-        crate::platform::spawn(run(swarm, inbox, subscribers.clone()));
+        let directory = Directory::new(options.meet.clone());
+        crate::platform::spawn(run(swarm, directory, inbox, subscribers.clone()));
         Ok(Server {
             peer_id,
             commands,
@@ -219,6 +258,13 @@ impl Server {
         rx.await.map_err(|_| stopped())
     }
 
+    /// What the node holds now.
+    pub async fn stats(&self) -> Result<ServerStats> {
+        let (tx, rx) = oneshot::channel();
+        self.send(ServerCommand::Stats(tx)).await?;
+        rx.await.map_err(|_| stopped())
+    }
+
     /// Stops the node: closes its listeners and connections.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
@@ -238,13 +284,48 @@ impl Server {
 
 use super::{stopped, with_peer};
 
+/// The loop's state besides the swarm.
+struct Meeting {
+    directory: Directory,
+    /// Inbound connections' IP addresses (none for a relayed one).
+    sources: HashMap<ConnectionId, Option<IpAddr>>,
+    refused: u64,
+}
+
+impl Meeting {
+    fn request(
+        &mut self,
+        swarm: &mut Swarm<ServerBehaviour>,
+        peer: PeerId,
+        connection: ConnectionId,
+        request: MeetRequest,
+        channel: request_response::ResponseChannel<super::meet::MeetResponse>,
+    ) {
+        let ip = self.sources.get(&connection).copied().flatten();
+        let answer = self
+            .directory
+            .handle(crate::platform::now_ms(), peer, ip, request);
+        if matches!(answer, super::meet::MeetResponse::Refused { .. }) {
+            self.refused += 1;
+        }
+        // The asker may have gone; nothing to do then.
+        let _ = swarm.behaviour_mut().meet.send_response(channel, answer);
+    }
+}
+
 async fn run(
     mut swarm: Swarm<ServerBehaviour>,
+    directory: Directory,
     mut inbox: mpsc::Receiver<ServerCommand>,
     subscribers: super::Subscribers<ServerEvent>,
 ) {
     let emit = |event: ServerEvent| subscribers.publish(&event);
     let me = *swarm.local_peer_id();
+    let mut meeting = Meeting {
+        directory,
+        sources: HashMap::new(),
+        refused: 0,
+    };
     let done = loop {
         futures::select! {
             command = inbox.next() => match command {
@@ -256,6 +337,13 @@ async fn run(
                 Some(ServerCommand::Connected(tx)) => {
                     let _ = tx.send(swarm.connected_peers().count());
                 }
+                Some(ServerCommand::Stats(tx)) => {
+                    let _ = tx.send(ServerStats {
+                        peers: swarm.connected_peers().count(),
+                        directory: meeting.directory.stats(),
+                        refused_requests: meeting.refused,
+                    });
+                }
             },
             event = swarm.select_next_some().fuse() => match event {
                 SwarmEvent::NewListenAddr { address, .. } => {
@@ -263,11 +351,35 @@ async fn run(
                     swarm.add_external_address(address.clone());
                     emit(ServerEvent::Listening(with_peer(&address, me)));
                 }
-                SwarmEvent::ConnectionEstablished { peer_id, num_established, .. }
-                    if num_established.get() == 1 => emit(ServerEvent::PeerConnected(peer_id)),
-                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                    emit(ServerEvent::PeerDisconnected(peer_id));
+                SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
+                    let ip = match &endpoint {
+                        libp2p::core::ConnectedPoint::Listener { send_back_addr, .. } => {
+                            super::meet::source_ip(send_back_addr)
+                        }
+                        libp2p::core::ConnectedPoint::Dialer { address, .. } => {
+                            super::meet::source_ip(address)
+                        }
+                    };
+                    meeting.sources.insert(connection_id, ip);
+                    if num_established.get() == 1 {
+                        emit(ServerEvent::PeerConnected(peer_id));
+                    }
                 }
+                SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+                    meeting.sources.remove(&connection_id);
+                    if num_established == 0 {
+                        // Registrations last while their device is connected.
+                        meeting.directory.disconnected(&peer_id);
+                        emit(ServerEvent::PeerDisconnected(peer_id));
+                    }
+                }
+                SwarmEvent::Behaviour(ServerBehaviourEvent::Meet(
+                    request_response::Event::Message {
+                        peer,
+                        connection_id,
+                        message: request_response::Message::Request { request, channel, .. },
+                    },
+                )) => meeting.request(&mut swarm, peer, connection_id, request, channel),
                 SwarmEvent::Behaviour(ServerBehaviourEvent::Relay(event)) => {
                     use libp2p::relay::Event;
                     match event {

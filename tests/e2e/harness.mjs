@@ -118,13 +118,17 @@ export async function persistDone(args) {
 /**
  * A `persist node` on loopback: its TCP and WebSocket addresses, and its
  * WebRTC-direct one with `{ webrtc: true }` (inside a network namespace
- * only: a WebRTC connection joins multicast groups).
+ * only: a WebRTC connection joins multicast groups). Relayed connections
+ * may carry sync (an hour, 1 GiB; the default is sized for pairing), and
+ * the node prints who reserves and who is relayed to whom, which the
+ * tests wait for.
  */
 export async function startNode({ webrtc = false } = {}) {
   const listen = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/tcp/0/ws"];
   if (webrtc) listen.push(`/ip4/${webrtcHost()}/udp/0/webrtc-direct`);
   const node = persist([
     "node", "--data", join(env.work, `node-${env.processes.length}`), "--for", "600",
+    "--max-circuit-seconds", "3600", "--max-circuit-bytes", "1073741824", "--log-peers",
     ...listen.flatMap((addr) => ["--listen", addr]),
   ]);
   const tcp = (await node.waitFor(/^listening: (\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/\S+)$/))[1];

@@ -428,7 +428,7 @@ fn two_devices_pair_by_code_alone_through_a_node() {
         .map_while(Result::ok)
         .find_map(|l| l.strip_prefix("code: ").map(str::to_owned))
         .expect("a code");
-    // No address of the laptop: the node's rendezvous point finds it.
+    // No address of the laptop: the node's meeting point finds it.
     let out = Command::new(env!("CARGO_BIN_EXE_persist"))
         .args([
             "pair",

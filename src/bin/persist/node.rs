@@ -1,4 +1,4 @@
-//! `persist node`: a headless bootstrap, relay and rendezvous node.
+//! `persist node`: a headless bootstrap, relay and meeting-point node.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +19,9 @@ pub struct NodeArgs {
     pub data: PathBuf,
     /// A TOML file with any of: listen (array), max_reservations,
     /// max_circuits, max_circuits_per_peer, max_circuit_seconds,
-    /// max_circuit_bytes, max_registrations, max_connections.
+    /// max_circuit_bytes, max_registrations, registrations_per_ip,
+    /// max_connections, max_connections_per_ip, max_connections_per_subnet,
+    /// log_peers.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Address to listen on (repeatable). Default: TCP 4001, QUIC 4001,
@@ -35,18 +37,33 @@ pub struct NodeArgs {
     /// Relayed connections per peer.
     #[arg(long)]
     pub max_circuits_per_peer: Option<usize>,
-    /// Seconds one relayed connection may last.
+    /// Seconds one relayed connection may last (default 120: enough to
+    /// pair and to punch a hole; relayed sync between browsers needs more).
     #[arg(long)]
     pub max_circuit_seconds: Option<u64>,
-    /// Bytes one relayed connection may carry.
+    /// Bytes one relayed connection may carry each way (default 131072).
     #[arg(long)]
     pub max_circuit_bytes: Option<u64>,
-    /// Pairing-code registrations held at once.
+    /// Registrations (pending codes, store presences) held at once.
     #[arg(long)]
     pub max_registrations: Option<usize>,
+    /// Registrations held at once from one IP address.
+    #[arg(long)]
+    pub registrations_per_ip: Option<usize>,
     /// Connections at most.
     #[arg(long)]
     pub max_connections: Option<u32>,
+    /// Inbound connections from one IP address at most.
+    #[arg(long)]
+    pub max_connections_per_ip: Option<u32>,
+    /// Inbound connections from one subnet (IPv4 /24, IPv6 /48) at most.
+    #[arg(long)]
+    pub max_connections_per_subnet: Option<u32>,
+    /// Print the peer ids of reservations and relayed connections (who
+    /// talks to whom). Off by default: the log says what the node did, in
+    /// counts.
+    #[arg(long)]
+    pub log_peers: bool,
     /// Stop after this many seconds (default: until SIGTERM or Ctrl-C).
     #[arg(long = "for")]
     pub seconds: Option<u64>,
@@ -63,7 +80,11 @@ struct ConfigFile {
     max_circuit_seconds: Option<u64>,
     max_circuit_bytes: Option<u64>,
     max_registrations: Option<usize>,
+    registrations_per_ip: Option<usize>,
     max_connections: Option<u32>,
+    max_connections_per_ip: Option<u32>,
+    max_connections_per_subnet: Option<u32>,
+    log_peers: Option<bool>,
 }
 
 fn invalid(message: String) -> persist::Error {
@@ -71,8 +92,9 @@ fn invalid(message: String) -> persist::Error {
 }
 
 impl NodeArgs {
-    /// The options: defaults, then the file, then the flags.
-    fn options(&self) -> persist::Result<ServerOptions> {
+    /// The options (defaults, then the file, then the flags) and whether
+    /// to log peer ids.
+    fn options(&self) -> persist::Result<(ServerOptions, bool)> {
         let file = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -109,10 +131,15 @@ impl NodeArgs {
             file.max_circuits_per_peer,
             options.max_circuits_per_peer,
         );
-        options.max_registrations = pick(
+        options.meet.max_registrations = pick(
             self.max_registrations,
             file.max_registrations,
-            options.max_registrations,
+            options.meet.max_registrations,
+        );
+        options.meet.per_ip = pick(
+            self.registrations_per_ip,
+            file.registrations_per_ip,
+            options.meet.per_ip,
         );
         if let Some(seconds) = self.max_circuit_seconds.or(file.max_circuit_seconds) {
             options.max_circuit_duration = Duration::from_secs(seconds);
@@ -123,7 +150,17 @@ impl NodeArgs {
         if let Some(n) = self.max_connections.or(file.max_connections) {
             options.max_connections = n;
         }
-        Ok(options)
+        if let Some(n) = self.max_connections_per_ip.or(file.max_connections_per_ip) {
+            options.max_connections_per_ip = n;
+        }
+        if let Some(n) = self
+            .max_connections_per_subnet
+            .or(file.max_connections_per_subnet)
+        {
+            options.max_connections_per_subnet = n;
+        }
+        let log_peers = self.log_peers || file.log_peers.unwrap_or(false);
+        Ok((options, log_peers))
     }
 }
 
@@ -137,6 +174,14 @@ fn say(line: std::fmt::Arguments<'_>) {
 /// Where the node keeps its WebRTC certificate (in its own store).
 const CERTIFICATE_KEY: &str = "webrtc-certificate";
 
+/// Relay activity since the last stats line.
+#[derive(Default)]
+struct Tally {
+    reservations: u64,
+    circuits: u64,
+    open: u64,
+}
+
 /// Runs the node until SIGTERM, Ctrl-C or `--for` seconds.
 pub async fn run(args: NodeArgs) -> persist::Result<()> {
     // Signals first: a SIGTERM that arrives while the node starts still
@@ -146,7 +191,7 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
     };
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let options = args.options()?;
+    let (options, log_peers) = args.options()?;
     std::fs::create_dir_all(&args.data).map_err(|e| {
         invalid(format!(
             "cannot create the data folder {}: {e}",
@@ -191,18 +236,48 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
     let seconds = args.seconds.unwrap_or(u64::MAX / 4);
     let deadline = tokio::time::sleep(Duration::from_secs(seconds));
     tokio::pin!(deadline);
+    // Once a minute, what the node did, in counts.
+    let mut minute = tokio::time::interval(Duration::from_secs(60));
+    minute.tick().await;
+    let mut tally = Tally::default();
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = interrupt.recv() => break,
             _ = &mut deadline => break,
+            _ = minute.tick() => {
+                let stats = node.stats().await?;
+                say(format_args!(
+                    "stats: {} peers, {} registrations in {} places, {} refused requests, \
+                     {} reservations and {} relayed connections in the last minute ({} open)",
+                    stats.peers,
+                    stats.directory.registrations,
+                    stats.directory.places,
+                    stats.refused_requests,
+                    std::mem::take(&mut tally.reservations),
+                    std::mem::take(&mut tally.circuits),
+                    tally.open,
+                ));
+            }
             event = events.next() => match event {
                 Some(ServerEvent::Listening(addr)) if !addrs.contains(&addr) => {
                     say(format_args!("listening: {addr}"));
                     addrs.push(addr);
                 }
-                Some(ServerEvent::Reserved(peer)) => say(format_args!("reserved: {peer}")),
-                Some(ServerEvent::CircuitOpened { from, to }) => say(format_args!("circuit: {from} -> {to}")),
+                Some(ServerEvent::Reserved(peer)) => {
+                    tally.reservations += 1;
+                    if log_peers {
+                        say(format_args!("reserved: {peer}"));
+                    }
+                }
+                Some(ServerEvent::CircuitOpened { from, to }) => {
+                    tally.circuits += 1;
+                    tally.open += 1;
+                    if log_peers {
+                        say(format_args!("circuit: {from} -> {to}"));
+                    }
+                }
+                Some(ServerEvent::CircuitClosed { .. }) => tally.open = tally.open.saturating_sub(1),
                 Some(_) => {}
                 None => break,
             },

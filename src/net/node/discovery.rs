@@ -1,82 +1,47 @@
 //! Finding peers through bootstrap nodes: relay reservations on the nodes
-//! that relay, pending codes registered at their rendezvous points, and the
-//! store's devices registered and looked up there.
+//! that relay, pending codes registered at their meeting points
+//! (`/persist/meet/1`, see [`crate::net::meet`]), and the store's devices
+//! registered and looked up there.
 
 use std::collections::BTreeMap;
 
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{identify, rendezvous, Multiaddr, PeerId};
+use libp2p::{identify, Multiaddr, PeerId};
 
 use super::{now, Node};
 use crate::error::Error;
+use crate::net::meet::{
+    self, pairing_key, place_of, store_key, MeetRequest, MeetResponse, PlaceKind, Refusal,
+};
 
-/// Empty rendezvous lookups (one per tick) before a code counts as
-/// unknown.
+pub(super) use crate::net::meet::is_public;
+
+/// Empty lookups (one per tick) before a code counts as unknown.
 const LOOKUPS_BEFORE_GIVING_UP: u32 = 10;
 /// The relay protocol a bootstrap node offers when it relays.
 const RELAY_HOP: &str = "/libp2p/circuit/relay/0.2.0/hop";
-/// Shortest registration rendezvous servers accept from Persist nodes
-/// (`persist node` sets its minimum to this).
-pub(in crate::net) const MIN_RENDEZVOUS_TTL_S: u64 = 60;
 
-/// How long a store registration lasts on a bootstrap node, and how
-/// often (in ticks) it is renewed and the store's other devices looked up.
-const PRESENCE_TTL_S: u64 = 600;
+/// How long a registration lasts on a bootstrap node, and how often (in
+/// ticks) registrations are renewed and the store's other devices looked
+/// up.
+const PRESENCE_TTL_S: u32 = 120;
 const PRESENCE_TICKS: u32 = 30;
 
-/// The rendezvous namespace under which the devices of `store` meet on a
-/// bootstrap node: a hash of the store id, so the node learns which peers
-/// share a store (it sees their connections anyway), not the store id.
-pub(super) fn store_namespace(store: &crate::change::StoreId) -> Option<rendezvous::Namespace> {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(b"persist/rendezvous/store/v1\0")
-        .chain_update(store.as_bytes())
-        .finalize();
-    rendezvous::Namespace::new(format!("persist/store/{}", hex::encode(&digest[..16]))).ok()
+/// What a meeting-point request was for.
+pub(super) enum Asked {
+    /// Registering this device or one of its codes.
+    Register(&'static str),
+    /// Withdrawing a code.
+    Unregister,
+    /// Looking up the store's other devices.
+    Members,
+    /// Looking up the device that offers the code being joined with.
+    Host,
 }
 
-/// The rendezvous namespace under which a device offering a code with
-/// `nameplate` registers (the nameplate is public: it names a pending
-/// code, and says nothing of its secret).
-pub(super) fn pairing_namespace(nameplate: &str) -> Option<rendezvous::Namespace> {
-    rendezvous::Namespace::new(format!("persist/pair/{nameplate}")).ok()
-}
-
-/// True for an address anyone on the Internet could dial: a public IP, a
-/// DNS name (the operator's choice), or a relayed address. Loopback,
-/// private (RFC 1918, unique-local), link-local, shared (CGNAT) and
-/// unspecified addresses are not.
-pub(super) fn is_public(addr: &Multiaddr) -> bool {
-    if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
-        return true;
-    }
-    match addr.iter().next() {
-        Some(Protocol::Ip4(ip)) => {
-            let shared = ip.octets()[0] == 100 && (ip.octets()[1] & 0xC0) == 64;
-            !(ip.is_private()
-                || ip.is_loopback()
-                || ip.is_link_local()
-                || ip.is_unspecified()
-                || ip.is_broadcast()
-                || ip.is_documentation()
-                || shared)
-        }
-        Some(Protocol::Ip6(ip)) => {
-            let segments = ip.segments();
-            let unique_local = (segments[0] & 0xFE00) == 0xFC00;
-            let link_local = (segments[0] & 0xFFC0) == 0xFE80;
-            !(ip.is_loopback() || ip.is_unspecified() || unique_local || link_local)
-        }
-        Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) | Protocol::Dnsaddr(_)) => {
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Whether this device announces `addr` (to rendezvous points and in
+/// Whether this device announces `addr` (to meeting points and in
 /// identify): public and relayed addresses always; private ones only when
 /// no bootstrap node is on a public address (a deployment on one network,
 /// or none), so a public node never learns a device's LAN or VPN
@@ -94,12 +59,32 @@ impl Node {
             .contains(peer)
     }
 
-    /// Connected bootstrap nodes that run a rendezvous point.
-    pub(super) fn connected_rendezvous_points(&self) -> Vec<PeerId> {
-        self.rendezvous_points
+    /// Connected bootstrap nodes that run a meeting point.
+    pub(super) fn connected_meeting_points(&self) -> Vec<PeerId> {
+        self.meeting_points
             .iter()
             .filter(|p| self.swarm.is_connected(p))
             .copied()
+            .collect()
+    }
+
+    /// Sends `request` to the meeting point `server`.
+    fn ask(&mut self, server: PeerId, request: MeetRequest, asked: Asked) {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .meet
+            .send_request(&server, request);
+        self.asked.insert(id, asked);
+    }
+
+    /// This device's announced addresses, as a registration carries them.
+    fn registered_addrs(&self) -> Vec<Vec<u8>> {
+        self.swarm
+            .external_addresses()
+            .filter(|a| a.as_ref().len() <= meet::MAX_ADDR_BYTES)
+            .take(meet::MAX_ADDRS)
+            .map(|a| a.to_vec())
             .collect()
     }
 
@@ -126,13 +111,15 @@ impl Node {
     }
 
     /// Registers every pending code's nameplate with the connected
-    /// bootstrap nodes (again when this node's addresses change), so a
-    /// device that only knows the code finds this one.
+    /// bootstrap nodes (again when this node's addresses change, and on
+    /// each presence renewal), so a device that only knows the code finds
+    /// this one.
     pub(super) fn announce_codes(&mut self) {
-        if self.codes.is_empty() || self.swarm.external_addresses().next().is_none() {
+        let addrs = self.registered_addrs();
+        if self.codes.is_empty() || addrs.is_empty() {
             return;
         }
-        let servers = self.connected_rendezvous_points();
+        let servers = self.connected_meeting_points();
         let now = now();
         let codes: Vec<(String, u64)> = self
             .codes
@@ -140,55 +127,55 @@ impl Node {
             .map(|(n, c)| (n.clone(), c.expires_at))
             .collect();
         for (nameplate, expires_at) in codes {
-            let Some(namespace) = pairing_namespace(&nameplate) else {
-                continue;
-            };
-            let ttl = (expires_at.saturating_sub(now) / 1000).max(MIN_RENDEZVOUS_TTL_S);
+            let ttl_s =
+                (expires_at.saturating_sub(now) / 1000).clamp(1, u64::from(meet::MAX_TTL_S));
             for server in &servers {
-                if let Err(e) = self.swarm.behaviour_mut().rendezvous.register(
-                    namespace.clone(),
-                    *server,
-                    Some(ttl),
-                ) {
-                    tracing::debug!(%server, %e, "pairing code not registered");
-                }
+                let request = MeetRequest::Register {
+                    key: pairing_key(&nameplate),
+                    kind: PlaceKind::Pairing,
+                    addrs: addrs.clone(),
+                    ttl_s: ttl_s as u32,
+                };
+                self.ask(*server, request, Asked::Register("pairing code"));
             }
         }
     }
 
-    /// Registers this device under its store's namespace on the connected
+    /// Registers this device under its store's place on the connected
     /// bootstrap nodes and looks up the store's other devices there (how
     /// devices that cannot find each other on a local network, browsers
-    /// first, meet again after pairing).
+    /// first, meet again after pairing). Renews the codes' registrations.
     pub(super) fn announce_presence(&mut self) {
-        let servers = self.connected_rendezvous_points();
+        let servers = self.connected_meeting_points();
         // While joining, the store is about to change id: its devices are
-        // met once it has (and every empty lookup answered meanwhile is
-        // the code's, which counts them).
+        // met once it has.
         if servers.is_empty() || self.joining.is_some() {
             return;
         }
         self.presence_in = PRESENCE_TICKS;
-        let Some(namespace) = store_namespace(&self.replica.store_id()) else {
-            return;
-        };
-        let reachable = self.swarm.external_addresses().next().is_some();
+        let key = store_key(&self.replica.store_id());
+        let addrs = self.registered_addrs();
         for server in servers {
-            let rendezvous = &mut self.swarm.behaviour_mut().rendezvous;
-            if reachable {
-                if let Err(e) = rendezvous.register(namespace.clone(), server, Some(PRESENCE_TTL_S))
-                {
-                    tracing::debug!(%server, %e, "store presence not registered");
-                }
+            if !addrs.is_empty() {
+                let request = MeetRequest::Register {
+                    key,
+                    kind: PlaceKind::Store,
+                    addrs: addrs.clone(),
+                    ttl_s: PRESENCE_TTL_S,
+                };
+                self.ask(server, request, Asked::Register("store presence"));
             }
-            rendezvous.discover(Some(namespace.clone()), None, Some(64), server);
+            let place = place_of(&key);
+            self.ask(server, MeetRequest::Lookup { place }, Asked::Members);
         }
+        self.announce_codes();
     }
 
     /// Dials the store's members a bootstrap node knows addresses of.
     pub(super) fn meet_members(&mut self, found: Vec<(PeerId, Vec<Multiaddr>)>) {
+        let me = *self.swarm.local_peer_id();
         for (peer, addrs) in found {
-            if !self.is_member(&peer) || self.swarm.is_connected(&peer) {
+            if peer == me || !self.is_member(&peer) || self.swarm.is_connected(&peer) {
                 continue;
             }
             tracing::debug!(%peer, "dialling a member found on a bootstrap node");
@@ -205,14 +192,9 @@ impl Node {
         if !self.codes.contains_key(nameplate) {
             return;
         }
-        let Some(namespace) = pairing_namespace(nameplate) else {
-            return;
-        };
-        for server in self.connected_rendezvous_points() {
-            self.swarm
-                .behaviour_mut()
-                .rendezvous
-                .unregister(namespace.clone(), server);
+        let place = place_of(&pairing_key(nameplate));
+        for server in self.connected_meeting_points() {
+            self.ask(server, MeetRequest::Unregister { place }, Asked::Unregister);
         }
     }
 
@@ -225,95 +207,125 @@ impl Node {
         if joining.host.is_some() || joining.session.is_some() {
             return;
         }
-        let Some(namespace) = joining
-            .code
-            .as_ref()
-            .and_then(|c| pairing_namespace(c.nameplate()))
-        else {
+        let Some(nameplate) = joining.code.as_ref().map(|c| c.nameplate().to_owned()) else {
             return;
         };
-        for server in self.connected_rendezvous_points() {
-            self.swarm.behaviour_mut().rendezvous.discover(
-                Some(namespace.clone()),
-                None,
-                Some(8),
-                server,
-            );
+        let place = place_of(&pairing_key(&nameplate));
+        for server in self.connected_meeting_points() {
+            self.ask(server, MeetRequest::Lookup { place }, Asked::Host);
         }
     }
 
-    pub(super) fn rendezvous_event(&mut self, event: rendezvous::client::Event) {
+    pub(super) fn meet_event(&mut self, event: request_response::Event<MeetRequest, MeetResponse>) {
         match event {
-            rendezvous::client::Event::Discovered { registrations, .. } => {
-                let me = *self.swarm.local_peer_id();
-                let ours = store_namespace(&self.replica.store_id());
-                let (members, registrations): (Vec<_>, Vec<_>) = registrations
-                    .into_iter()
-                    .partition(|r| Some(&r.namespace) == ours.as_ref());
-                self.meet_members(
-                    members
-                        .into_iter()
-                        .filter(|r| r.record.peer_id() != me)
-                        .map(|r| (r.record.peer_id(), r.record.addresses().to_vec()))
-                        .collect(),
-                );
-                let Some(joining) = self.joining.as_mut() else {
-                    return;
-                };
-                if joining.host.is_some() || joining.session.is_some() {
-                    return;
-                }
-                let mut offers: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
-                for registration in registrations {
-                    let record = &registration.record;
-                    if record.peer_id() != me {
-                        offers
-                            .entry(record.peer_id())
-                            .or_default()
-                            .extend(record.addresses().iter().cloned());
-                    }
-                }
-                match offers.len() {
-                    0 => {
-                        joining.lookups_empty += 1;
-                        if joining.lookups_empty >= LOOKUPS_BEFORE_GIVING_UP {
-                            self.finish_joining(Err(Error::PairingCodeInvalid(
-                                "no device offers this code (mistyped, used or expired)".into(),
-                            )));
-                        }
-                    }
-                    1 => {
-                        let Some((host, addrs)) = offers.into_iter().next() else {
-                            return;
-                        };
-                        joining.host = Some(host);
-                        tracing::info!(%host, "found the device offering the code");
-                        if self.swarm.is_connected(&host) {
-                            self.maybe_send_start(host);
-                        } else {
-                            let opts = DialOpts::peer_id(host).addresses(addrs).build();
-                            if let Err(e) = self.swarm.dial(opts) {
-                                self.finish_joining(Err(Error::PairingFailed(format!(
-                                    "cannot reach the device offering the code: {e}"
-                                ))));
-                            }
-                        }
-                    }
-                    _ => self.finish_joining(Err(Error::PairingFailed(
-                        "several devices offer a code with this nameplate: create a new code"
-                            .into(),
-                    ))),
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(asked) = self.asked.remove(&request_id) {
+                    self.meet_answer(peer, asked, response);
                 }
             }
-            rendezvous::client::Event::DiscoverFailed { error, .. } => {
-                tracing::debug!(?error, "rendezvous lookup failed");
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.asked.remove(&request_id);
+                tracing::debug!(%peer, %error, "meeting point unreachable");
             }
-            rendezvous::client::Event::RegisterFailed {
-                namespace, error, ..
-            } => tracing::warn!(%namespace, ?error, "not registered on the rendezvous point"),
-            other => tracing::debug!(?other, "rendezvous"),
+            _ => {}
         }
     }
+
+    fn meet_answer(&mut self, server: PeerId, asked: Asked, response: MeetResponse) {
+        match (asked, response) {
+            (Asked::Register(what), MeetResponse::Refused { refusal }) => match refusal {
+                Refusal::Taken => tracing::warn!(
+                    %server,
+                    "another device holds this code's nameplate on the bootstrap node: \
+                     a device that only has the code cannot find this one there (make a new code)"
+                ),
+                other => {
+                    tracing::warn!(%server, ?other, "{what} not registered on the bootstrap node")
+                }
+            },
+            (Asked::Members, MeetResponse::Found { peers }) => {
+                self.meet_members(found(peers).into_iter().collect());
+            }
+            (Asked::Host, MeetResponse::Found { peers }) => self.host_found(found(peers)),
+            (_, MeetResponse::Refused { refusal }) => {
+                tracing::debug!(%server, ?refusal, "meeting point refused a request");
+            }
+            _ => {}
+        }
+    }
+
+    /// What a lookup of the code's nameplate found.
+    fn host_found(&mut self, offers: BTreeMap<PeerId, Vec<Multiaddr>>) {
+        let me = *self.swarm.local_peer_id();
+        let Some(joining) = self.joining.as_mut() else {
+            return;
+        };
+        if joining.host.is_some() || joining.session.is_some() {
+            return;
+        }
+        let offers: Vec<_> = offers.into_iter().filter(|(p, _)| *p != me).collect();
+        match offers.len() {
+            0 => {
+                joining.lookups_empty += 1;
+                if joining.lookups_empty >= LOOKUPS_BEFORE_GIVING_UP {
+                    self.finish_joining(Err(Error::PairingCodeInvalid(
+                        "no device offers this code (mistyped, used or expired)".into(),
+                    )));
+                }
+            }
+            1 => {
+                let Some((host, addrs)) = offers.into_iter().next() else {
+                    return;
+                };
+                joining.host = Some(host);
+                tracing::info!(%host, "found the device offering the code");
+                if self.swarm.is_connected(&host) {
+                    self.maybe_send_start(host);
+                } else {
+                    let opts = DialOpts::peer_id(host).addresses(addrs).build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        self.finish_joining(Err(Error::PairingFailed(format!(
+                            "cannot reach the device offering the code: {e}"
+                        ))));
+                    }
+                }
+            }
+            _ => self.finish_joining(Err(Error::PairingFailed(
+                "several devices offer a code with this nameplate: create a new code".into(),
+            ))),
+        }
+    }
+}
+
+/// The devices of a lookup's answer, by PeerId (entries that do not decode
+/// are skipped: the node is not trusted for them, only for finding).
+fn found(peers: Vec<meet::MeetPeer>) -> BTreeMap<PeerId, Vec<Multiaddr>> {
+    let mut by_peer: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
+    for entry in peers.into_iter().take(meet::MAX_FOUND) {
+        let Ok(peer) = PeerId::from_bytes(&entry.peer) else {
+            continue;
+        };
+        let addrs = entry
+            .addrs
+            .into_iter()
+            .take(meet::MAX_ADDRS)
+            .filter_map(|bytes| Multiaddr::try_from(bytes).ok());
+        by_peer.entry(peer).or_default().extend(addrs);
+    }
+    by_peer
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ pub(super) struct Joining {
     /// Set when this side found the code wrong: it tells the host (so
     /// both sides report it) before giving up.
     pub(super) failed: Option<Error>,
-    /// Rendezvous lookups of the code's nameplate that found no device.
+    /// Meeting-point lookups of the code's nameplate that found no device.
     pub(super) lookups_empty: u32,
     pub(super) expires_at: u64,
     pub(super) done: oneshot::Sender<Result<PeerId>>,
@@ -183,7 +183,7 @@ impl Node {
     }
 
     /// Sends the joiner's first move to `peer` if it may be the host: the
-    /// peer named by the address given or found at a rendezvous point for
+    /// peer named by the address given or found at a meeting point for
     /// the code's nameplate, or else a peer that offers a code.
     pub(super) fn maybe_send_start(&mut self, peer: PeerId) {
         if self.is_bootstrap(&peer) {
