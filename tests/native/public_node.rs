@@ -420,8 +420,10 @@ async fn a_relayed_connection_ends_at_its_byte_and_time_limits() {
     let (received, _) = through_circuit(&node_addr, 8 << 20, false).await;
     println!("a circuit limited to {limit} bytes carried {received} bytes of 8 MiB offered");
     assert!(received > 0, "the circuit carried nothing");
+    // The relay counts between the buffers it copies: a circuit may end
+    // up to one buffer past its limit.
     assert!(
-        received <= limit,
+        received <= limit + (16 << 10),
         "{received} bytes through a circuit limited to {limit}"
     );
     let (received, lasted) = through_circuit(&node_addr, 1 << 20, true).await;
