@@ -176,7 +176,7 @@ export interface P2POptions {
 }
 
 export type P2PEventName =
-  | "peer:connect" | "peer:disconnect" | "sync" | "pair" | "pair:failed"
+  | "peer:connect" | "peer:disconnect" | "sync" | "pair" | "pair:failed" | "pair:request"
   | "member:add" | "member:remove" | "listen" | "leader" | "alert" | "*";
 
 export interface P2PEvent {
@@ -195,6 +195,20 @@ export interface P2PEvent {
   addr?: string;
   /** `leader`: whether this tab or another one runs the node now. */
   tab?: "this" | "other";
+  /** `pair:request`: the joining device's name, its fingerprint, and which code it proved. */
+  label?: string;
+  fingerprint?: string;
+  nameplate?: string;
+}
+
+/** A device that proved a code made with `confirm`, waiting for the answer. */
+export interface PairingRequest {
+  /** Its peer id. */
+  peer: string;
+  /** The name it gave itself. */
+  label: string;
+  /** `XXXX-XXXX`: compare with `p2p.fingerprint` on the joining device. */
+  fingerprint: string;
 }
 
 /**
@@ -209,12 +223,21 @@ export declare class P2P {
   readonly peerId: string;
   /** True in the tab that runs the node. */
   readonly isLeader: boolean;
+  /** This device's fingerprint (`XXXX-XXXX`), what a host asking its user to confirm this device shows. */
+  readonly fingerprint: string;
   /**
    * Offers a short pairing code (`ABCD-7KQ2`) for another device to type;
    * single use, expires after `ttlMs` (default 10 minutes). The outcome
-   * arrives as a `pair` or `pair:failed` event.
+   * arrives as a `pair` or `pair:failed` event. With `confirm`, the device
+   * that proves the code receives nothing until `confirm` resolves to
+   * `true` (refused otherwise, or after 50 s without an answer).
    */
-  createPairingCode(options?: { ttlMs?: number }): Promise<string>;
+  createPairingCode(options?: {
+    ttlMs?: number;
+    confirm?: (request: PairingRequest) => boolean | Promise<boolean>;
+  }): Promise<string>;
+  /** Answers a `pair:request` event yourself (what `confirm` does for you). */
+  confirmPairing(peerId: string, accept: boolean): Promise<void>;
   /** Offers an invite (`persist-invite-v1-...`: a long secret and this device's addresses). */
   createInvite(options?: { ttlMs?: number }): Promise<{ code: string; expiresAt: number }>;
   /**

@@ -16,7 +16,7 @@ const startNode = Store.prototype.enableP2P;
 const closeStore = Store.prototype.close;
 const FORWARDED = new Set([
   "createPairingCode", "createInvite", "pair", "trustedPeers", "revokeTrust",
-  "connectedPeers", "listenAddrs", "dial",
+  "connectedPeers", "listenAddrs", "dial", "confirmPairing",
 ]);
 const CALL_MS = { pair: 180_000, createPairingCode: 30_000 };
 
@@ -36,6 +36,7 @@ class SharedP2P {
     this._tab = Math.random().toString(36).slice(2) + Date.now().toString(36);
     this._node = null;
     this._leaderPeerId = null;
+    this._leaderFingerprint = null;
     this._closed = false;
     this._channel = typeof BroadcastChannel === "function" ? new BroadcastChannel(`persist-p2p:${this._name}`) : null;
     if (this._channel) this._channel.onmessage = (m) => this._message(m.data);
@@ -73,11 +74,12 @@ class SharedP2P {
     const node = await startNode.call(this._store, this._options);
     this._node = node;
     this._leaderPeerId = node.peerId;
+    this._leaderFingerprint = node.fingerprint;
     node.on("*", (event) => {
       this._deliver(event);
       this._post({ t: "event", event });
     });
-    this._post({ t: "leader", peerId: node.peerId });
+    this._post({ t: "leader", peerId: node.peerId, fingerprint: node.fingerprint });
     this._deliver({ type: "leader", tab: "this", peer: node.peerId });
     this._resolveReady(this);
     // Held until the store closes; the browser releases it with the tab.
@@ -88,10 +90,11 @@ class SharedP2P {
   async _message(m) {
     if (!m || typeof m !== "object") return;
     if (m.t === "who" && this._node) {
-      this._post({ t: "leader", peerId: this._node.peerId });
+      this._post({ t: "leader", peerId: this._node.peerId, fingerprint: this._node.fingerprint });
     } else if (m.t === "leader" && !this._node) {
       const first = !this._leaderPeerId;
       this._leaderPeerId = m.peerId;
+      this._leaderFingerprint = m.fingerprint;
       if (first) this._resolveReady(this);
       this._deliver({ type: "leader", tab: "other", peer: m.peerId });
     } else if (m.t === "event" && !this._node) {
@@ -151,6 +154,47 @@ class SharedP2P {
     return this._node !== null;
   }
 
+  /** This device's fingerprint (`XXXX-XXXX`). */
+  get fingerprint() {
+    return this._node?.fingerprint ?? this._leaderFingerprint;
+  }
+
+  /**
+   * A pairing code. With `confirm` a function, the device that proves the
+   * code waits for its answer (`true` accepts), given `{ peer, label,
+   * fingerprint }`; this tab answers, whichever tab runs the node.
+   */
+  async createPairingCode(options) {
+    const confirm = options?.confirm;
+    if (confirm === undefined || confirm === null || typeof confirm === "boolean") {
+      return this._call("createPairingCode", [options]);
+    }
+    if (typeof confirm !== "function") {
+      throw codedError("INVALID_OPTIONS", "confirm must be a function (or a boolean)");
+    }
+    const code = await this._call("createPairingCode", [{ ...options, confirm: true }]);
+    const nameplate = code.slice(0, 4);
+    const stop = this.on("pair:request", async (event) => {
+      if (event.nameplate !== nameplate) return;
+      stop();
+      clearTimeout(timer);
+      let accept = false;
+      try {
+        accept = (await confirm({ peer: event.peer, label: event.label, fingerprint: event.fingerprint })) === true;
+      } catch (e) {
+        console.error("persist: a pairing confirmation threw (the device is refused)", e);
+      }
+      try {
+        await this.confirmPairing(event.peer, accept);
+      } catch (e) {
+        console.error("persist: the pairing answer did not reach the node", e);
+      }
+    });
+    // A code nobody proves stops being listened for once it expired.
+    const timer = setTimeout(stop, (options?.ttlMs ?? 600_000) + 60_000);
+    return code;
+  }
+
   on(event, callback) {
     const listener = { event, callback };
     this._listeners.add(listener);
@@ -171,6 +215,7 @@ class SharedP2P {
   }
 }
 for (const method of FORWARDED) {
+  if (Object.hasOwn(SharedP2P.prototype, method)) continue;
   SharedP2P.prototype[method] = function (...args) {
     return this._call(method, args);
   };

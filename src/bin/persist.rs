@@ -120,6 +120,10 @@ enum Command {
         /// addresses, to copy rather than type) instead of a short code.
         #[arg(long)]
         invite: bool,
+        /// Ask before welcoming the device that proved the code: its label
+        /// and fingerprint are printed, answer `y` to accept (a code only).
+        #[arg(long, conflicts_with = "invite")]
+        confirm: bool,
         #[command(flatten)]
         net: p2p::NetArgs,
     },
@@ -389,8 +393,9 @@ async fn run(command: Command) -> persist::Result<()> {
             store,
             code,
             invite,
+            confirm,
             net,
-        } => p2p::pair(open(&store).await?, code, invite, net).await,
+        } => p2p::pair(open(&store).await?, code, invite, confirm, net).await,
         Command::Sync { store, net } => p2p::sync(open(&store).await?, net).await,
         Command::Node { args } => node::run(args).await,
         Command::Notes { store, code, net } => p2p::notes(open(&store).await?, code, net).await,

@@ -47,6 +47,29 @@ impl PendingPairing {
     }
 }
 
+/// How long a device that proved a code waits for the user's answer
+/// before it is refused (within the joiner's request timeout).
+pub const CONFIRM_MS: u64 = 50_000;
+
+/// How a pairing code works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeOptions {
+    /// How long the code is valid, in milliseconds.
+    pub ttl_ms: u64,
+    /// Whether the user accepts the joining device (label and fingerprint
+    /// shown) before it receives the store's keys.
+    pub confirm: bool,
+}
+
+impl Default for CodeOptions {
+    fn default() -> CodeOptions {
+        CodeOptions {
+            ttl_ms: pairing::DEFAULT_CODE_TTL_MS,
+            confirm: false,
+        }
+    }
+}
+
 /// Commands from the [`P2p`] handle to the node's loop.
 pub(crate) enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
@@ -55,7 +78,13 @@ pub(crate) enum Command {
     CreateCode {
         ttl_ms: u64,
         invite: bool,
+        confirm: bool,
         reply: oneshot::Sender<Result<PendingPairing>>,
+    },
+    Confirm {
+        peer: PeerId,
+        accept: bool,
+        reply: oneshot::Sender<Result<()>>,
     },
     Pair {
         code: PairingCode,
@@ -199,12 +228,44 @@ impl P2p {
 
     /// A pairing code valid for `ttl_ms` milliseconds.
     pub async fn create_pairing_code_valid_for(&self, ttl_ms: u64) -> Result<PendingPairing> {
-        self.ask(|reply| Command::CreateCode {
+        self.create_pairing_code_with(CodeOptions {
             ttl_ms,
+            ..CodeOptions::default()
+        })
+        .await
+    }
+
+    /// A pairing code with `options`: its lifetime, and whether the user
+    /// confirms the joining device before it receives anything (see
+    /// [`P2pEvent::PairingRequest`](crate::net::P2pEvent::PairingRequest)).
+    pub async fn create_pairing_code_with(&self, options: CodeOptions) -> Result<PendingPairing> {
+        self.ask(|reply| Command::CreateCode {
+            ttl_ms: options.ttl_ms,
             invite: false,
+            confirm: options.confirm,
             reply,
         })
         .await?
+    }
+
+    /// Accepts (or refuses) the device that proved a code made with
+    /// [`CodeOptions::confirm`]: accepted, it receives the store's keys
+    /// and membership; refused, it gets `PAIRING_FAILED` and may not try
+    /// again from its address for a while. `PAIRING_FAILED` here when no
+    /// device with that peer id waits.
+    pub async fn confirm_pairing(&self, peer: PeerId, accept: bool) -> Result<()> {
+        self.ask(|reply| Command::Confirm {
+            peer,
+            accept,
+            reply,
+        })
+        .await?
+    }
+
+    /// This device's fingerprint (`XXXX-XXXX`, from its peer id): what the
+    /// device offering a code with confirmation shows its user for this one.
+    pub fn fingerprint(&self) -> String {
+        pairing::fingerprint(&self.peer_id)
     }
 
     /// An invite (`persist-invite-v1-...`): like a pairing code, with a
@@ -217,6 +278,7 @@ impl P2p {
         self.ask(|reply| Command::CreateCode {
             ttl_ms,
             invite: true,
+            confirm: false,
             reply,
         })
         .await?

@@ -58,7 +58,7 @@ pub mod server;
 pub use behaviour::{Behaviour, BehaviourEvent};
 pub use codec::Codec;
 pub(crate) use handle::{start, stopped, Command, Subscribers};
-pub use handle::{with_peer, P2p, PendingPairing};
+pub use handle::{with_peer, CodeOptions, P2p, PendingPairing, CONFIRM_MS};
 pub use pairing::{Invite, PairRequest, PairResponse, PairingCode};
 
 /// The sync protocol's name and version.
@@ -251,6 +251,21 @@ pub enum P2pEvent {
     Paired(PeerId),
     /// A pairing exchange failed, with the error's stable code.
     PairingFailed(&'static str),
+    /// A device proved it holds a code made with confirmation
+    /// ([`CodeOptions::confirm`]): it receives nothing of the store until
+    /// [`P2p::confirm_pairing`] accepts it (refused after
+    /// [`CONFIRM_MS`] without an answer). Show the user its label and
+    /// fingerprint ([`pairing::fingerprint`]; the joining device shows its
+    /// own with [`P2p::fingerprint`]).
+    PairingRequest {
+        /// The joining device.
+        peer: PeerId,
+        /// The name it gave itself.
+        label: String,
+        /// The nameplate of the code it proved (which code, when several
+        /// are offered).
+        nameplate: String,
+    },
     /// A device signed two different membership entries under one number
     /// (equivocation): it is removed on every replica. Worth telling the
     /// user: a member's key is misused or a device was restored from an

@@ -24,6 +24,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::identity::DeviceId;
 
+mod confirm;
 mod discovery;
 mod pairing;
 mod sync;
@@ -78,6 +79,15 @@ struct Node {
     /// Hashes of codes this device started an exchange with, newest last
     /// (at most [`pairing::BURNT_CODES`]): a code is tried once.
     burnt: std::collections::VecDeque<[u8; 32]>,
+    /// Joiners that proved a code made with confirmation, waiting for the
+    /// user's answer.
+    awaiting: HashMap<PeerId, confirm::Awaiting>,
+    /// Sources (peer ids, IP addresses) whose exchange failed lately, with
+    /// when they may start again (at most [`confirm::COOLING_SOURCES`]).
+    cooling: std::collections::VecDeque<(confirm::Source, u64)>,
+    /// The IP address of each peer connected directly (not relayed, not
+    /// loopback).
+    peer_ips: HashMap<PeerId, std::net::IpAddr>,
 }
 
 /// Starts the loop for `store` on `swarm` in the background.
@@ -134,6 +144,9 @@ pub(super) fn run(
         offering: BTreeSet::new(),
         bootstrap_configured: options.bootstrap_peers.clone(),
         burnt: std::collections::VecDeque::new(),
+        awaiting: HashMap::new(),
+        cooling: std::collections::VecDeque::new(),
+        peer_ips: HashMap::new(),
     };
     node.refresh_members();
     for addr in &options.bootstrap_peers {
@@ -163,7 +176,7 @@ impl Node {
             futures::select! {
                 command = inbox.next() => match command {
                     None | Some(Command::Shutdown) => break,
-                    Some(command) => self.command(command),
+                    Some(command) => self.command(command).await,
                 },
                 _ = local_changes.next() => self.local_changes(),
                 done = done_in.next() => {
@@ -219,7 +232,8 @@ impl Node {
                 .iter()
                 .filter_map(|d| peer_id_of(d).ok())
                 .collect();
-            gate.hosting_pairing = !self.codes.is_empty() || !self.hosting.is_empty();
+            gate.hosting_pairing =
+                !self.codes.is_empty() || !self.hosting.is_empty() || !self.awaiting.is_empty();
             gate.pairing_open = gate.hosting_pairing || self.joining.is_some();
         }
         if !first {
@@ -248,7 +262,7 @@ impl Node {
         }
     }
 
-    fn command(&mut self, command: Command) {
+    async fn command(&mut self, command: Command) {
         match command {
             Command::Shutdown => {}
             Command::ListenAddrs(tx) => {
@@ -267,10 +281,16 @@ impl Node {
             Command::CreateCode {
                 ttl_ms,
                 invite,
+                confirm,
                 reply,
             } => {
-                let _ = reply.send(self.create_code(ttl_ms, invite));
+                let _ = reply.send(self.create_code(ttl_ms, invite, confirm));
             }
+            Command::Confirm {
+                peer,
+                accept,
+                reply,
+            } => self.confirm(peer, accept, reply).await,
             Command::Pair {
                 code,
                 host,
@@ -308,6 +328,11 @@ impl Node {
                     self.bootstrap_addrs
                         .insert(peer, endpoint.get_remote_address().clone());
                 }
+                if let Some(ip) = super::meet::source_ip(endpoint.get_remote_address())
+                    .filter(|ip| !ip.is_loopback())
+                {
+                    self.peer_ips.insert(peer, ip);
+                }
                 if num_established.get() == 1 {
                     self.links.insert(peer, Link::default());
                     self.emit(P2pEvent::PeerConnected(peer));
@@ -339,6 +364,8 @@ impl Node {
             } => {
                 self.links.remove(&peer);
                 self.offering.remove(&peer);
+                self.peer_ips.remove(&peer);
+                self.joiner_left(peer);
                 self.replication.disconnected(peer);
                 self.meeting_points.remove(&peer);
                 self.emit(P2pEvent::PeerDisconnected(peer));

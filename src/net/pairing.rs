@@ -229,6 +229,23 @@ impl Invite {
     }
 }
 
+/// A device's fingerprint, `XXXX-XXXX`: 40 bits of a hash of its peer id
+/// in the code alphabet, for a person to compare on two screens before
+/// accepting a joining device.
+pub fn fingerprint(peer: &libp2p::PeerId) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"persist/fingerprint/v1\0")
+        .chain_update(peer.to_bytes())
+        .finalize();
+    let bits = digest[..5]
+        .iter()
+        .fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte));
+    let chars: String = (0..8)
+        .map(|i| char::from(ALPHABET[((bits >> (35 - 5 * i)) & 31) as usize]))
+        .collect();
+    format!("{}-{}", &chars[..4], &chars[4..])
+}
+
 /// A request of `/persist/pair/2`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PairRequest {

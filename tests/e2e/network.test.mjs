@@ -73,10 +73,22 @@ test("the reverse: a tab offers a code and a native device joins its store throu
       await new Promise((r) => setTimeout(r, 50));
     }
   });
-  const code = await tab.page.evaluate(() => window.store.p2p.createPairingCode());
+  // The tab's user confirms the joining device (its fingerprint shown).
+  const code = await tab.page.evaluate(() =>
+    window.store.p2p.createPairingCode({
+      confirm: (request) => {
+        window.pairRequest = request;
+        return true;
+      },
+    }),
+  );
   const db = join(env.work, "joiner.db");
   const out = await persistDone(["pair", code, "--path", db, "--bootstrap", tcp, "--for", "30"]);
   assert.match(out, new RegExp(`paired with ${tabPeer}`));
+  const fingerprint = out.match(/^this device: fingerprint (\S+)$/m)?.[1];
+  const request = await tab.page.evaluate(() => window.pairRequest);
+  assert.equal(request.fingerprint, fingerprint);
+  assert.match(request.peer, /^12D3Koo/);
   await node.waitFor(new RegExp(`^circuit: \\S+ -> ${tabPeer}$`));
   assert.deepEqual(JSON.parse(await persistDone(["get", "--path", db, "notes", "from-tab"])), { title: "the tab's store" });
   assert.deepEqual(tab.errors, []);

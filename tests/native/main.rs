@@ -9,6 +9,7 @@ mod durability;
 mod encrypted;
 mod p2p;
 mod p2p_trust;
+mod pair_confirm;
 mod public_node;
 mod sealed;
 mod sqlite;

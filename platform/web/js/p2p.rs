@@ -178,6 +178,20 @@ fn describe(event: &P2pEvent) -> Option<(&'static str, JsValue)> {
             set("code", JsValue::from_str(code));
             "pair:failed"
         }
+        P2pEvent::PairingRequest {
+            peer,
+            label,
+            nameplate,
+        } => {
+            set("peer", JsValue::from_str(&peer.to_string()));
+            set("label", JsValue::from_str(label));
+            set(
+                "fingerprint",
+                JsValue::from_str(&crate::net::pairing::fingerprint(peer)),
+            );
+            set("nameplate", JsValue::from_str(nameplate));
+            "pair:request"
+        }
         P2pEvent::Equivocation(peer) => {
             set("peer", JsValue::from_str(&peer.to_string()));
             set("code", JsValue::from_str("EQUIVOCATION"));
@@ -262,19 +276,52 @@ impl JsP2p {
     }
 
     /// Offers a pairing code (`ABCD-7KQ2`) another device types to join
-    /// this store; `{ ttlMs }` (default 10 minutes). The outcome arrives as
-    /// a `pair` or `pair:failed` event.
+    /// this store; `{ ttlMs }` (default 10 minutes), `{ confirm: true }` to
+    /// hold the device that proves the code until `confirmPairing` (the
+    /// package's `confirm` callback does that). The outcome arrives as a
+    /// `pair` or `pair:failed` event; a device waiting for confirmation as
+    /// `pair:request`.
     #[wasm_bindgen(js_name = createPairingCode)]
     pub fn create_pairing_code(&self, options: JsValue) -> JsResult<js_sys::Promise> {
-        let ttl = option_count(&options, "ttlMs")?;
+        let mut code_options = crate::net::CodeOptions::default();
+        if let Some(ttl) = option_count(&options, "ttlMs")? {
+            code_options.ttl_ms = ttl;
+        }
+        let confirm = option(&options, "confirm");
+        code_options.confirm = match confirm.as_bool() {
+            Some(confirm) => confirm,
+            None if confirm.is_undefined() || confirm.is_null() => false,
+            None => {
+                return Err(js_error(
+                    "INVALID_OPTIONS",
+                    "confirm must be true, false, or (through the package) a function",
+                ))
+            }
+        };
         let node = self.node.clone();
         Ok(future_to_promise(async move {
-            let pending = match ttl {
-                Some(ttl) => node.create_pairing_code_valid_for(ttl).await?,
-                None => node.create_pairing_code().await?,
-            };
+            let pending = node.create_pairing_code_with(code_options).await?;
             Ok(JsValue::from_str(pending.code()))
         }))
+    }
+
+    /// Accepts (`true`) or refuses the device `peer` that proved a code
+    /// made with `{ confirm }`.
+    #[wasm_bindgen(js_name = confirmPairing)]
+    pub fn confirm_pairing(&self, peer: String, accept: bool) -> JsResult<js_sys::Promise> {
+        let peer = peer_id(&peer)?;
+        let node = self.node.clone();
+        Ok(future_to_promise(async move {
+            node.confirm_pairing(peer, accept).await?;
+            Ok(JsValue::UNDEFINED)
+        }))
+    }
+
+    /// This device's fingerprint (`XXXX-XXXX`): what another device asking
+    /// its user to confirm this one shows.
+    #[wasm_bindgen(getter)]
+    pub fn fingerprint(&self) -> String {
+        self.node.fingerprint()
     }
 
     /// Offers an invite: `{ code, expiresAt }`, where `code` is

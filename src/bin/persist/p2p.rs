@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use persist::net::{device_of, with_peer, Multiaddr, P2p, P2pEvent, P2pOptions, PeerId};
 use persist::Store;
+use tokio::io::AsyncBufReadExt;
 
 /// Network flags shared by the P2P commands.
 #[derive(clap::Args, Clone)]
@@ -93,6 +94,7 @@ pub async fn pair(
     store: Store,
     code: Option<String>,
     invite: bool,
+    confirm: bool,
     net: NetArgs,
 ) -> persist::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(net.seconds);
@@ -108,7 +110,11 @@ pub async fn pair(
             let pending = if invite {
                 node.create_invite(ttl).await?
             } else {
-                node.create_pairing_code_valid_for(ttl).await?
+                node.create_pairing_code_with(persist::net::CodeOptions {
+                    ttl_ms: ttl,
+                    confirm,
+                })
+                .await?
             };
             println!("code: {}", pending.code());
             if invite {
@@ -119,7 +125,31 @@ pub async fn pair(
                     pending.code()
                 );
             }
-            let peer = pending.paired().await?;
+            let peer = if confirm {
+                let paired = pending.paired();
+                tokio::pin!(paired);
+                let mut answers = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+                loop {
+                    tokio::select! {
+                        outcome = &mut paired => break outcome?,
+                        event = events.next() => {
+                            if let Some(P2pEvent::PairingRequest { peer, label, .. }) = event {
+                                println!(
+                                    "join request: {label:?}, fingerprint {} ({peer}): accept? [y/N]",
+                                    persist::net::pairing::fingerprint(&peer)
+                                );
+                                let answer = answers.next_line().await.map_err(|e| {
+                                    persist::Error::InvalidOptions(format!("cannot read the answer: {e}"))
+                                })?;
+                                let accept = answer.is_some_and(|a| a.trim().eq_ignore_ascii_case("y"));
+                                node.confirm_pairing(peer, accept).await?;
+                            }
+                        }
+                    }
+                }
+            } else {
+                pending.paired().await?
+            };
             println!("paired: {peer}");
             // Serve the new device's first sync until it leaves.
             while Instant::now() < deadline {
@@ -141,6 +171,8 @@ pub async fn pair(
             options.bootstrap_peers = net.bootstrap.clone();
             let node = store.enable_p2p(options).await?;
             let mut events = node.events();
+            // What the other device shows its user if it asks to confirm.
+            println!("this device: fingerprint {}", node.fingerprint());
             let host = net.peers.first().cloned();
             let peer = if code.starts_with(persist::net::pairing::INVITE_PREFIX) {
                 node.accept_invite(&code).await?

@@ -32,15 +32,25 @@ fn burn_mark(code: &PairingCode) -> [u8; 32] {
 pub(super) struct HostCode {
     pub(super) code: PairingCode,
     pub(super) expires_at: u64,
+    /// Whether the user accepts the joiner before the welcome.
+    pub(super) confirm: bool,
     pub(super) outcome: oneshot::Sender<Result<PeerId>>,
 }
 
 /// An exchange this device hosts, after the joiner's first move.
 pub(super) struct Hosting {
     pub(super) session: HostSession,
+    pub(super) nameplate: String,
     pub(super) label: String,
+    pub(super) confirm: bool,
     pub(super) expires_at: u64,
     pub(super) outcome: oneshot::Sender<Result<PeerId>>,
+}
+
+/// The host's answer to a pairing request: now, or once the user decided.
+pub(super) enum HostReply {
+    Now(PairResponse),
+    AskUser(super::confirm::Awaiting),
 }
 
 /// This device joining another's store.
@@ -61,7 +71,12 @@ pub(super) struct Joining {
 }
 
 impl Node {
-    pub(super) fn create_code(&mut self, ttl_ms: u64, invite: bool) -> Result<PendingPairing> {
+    pub(super) fn create_code(
+        &mut self,
+        ttl_ms: u64,
+        invite: bool,
+        confirm: bool,
+    ) -> Result<PendingPairing> {
         let generate = if invite {
             PairingCode::generate_long
         } else {
@@ -90,6 +105,7 @@ impl Node {
             HostCode {
                 code,
                 expires_at,
+                confirm,
                 outcome: outcome_tx,
             },
         );
@@ -283,6 +299,7 @@ impl Node {
                 let _ = code.outcome.send(Err(Error::PairingCodeExpired));
             }
         }
+        self.expire_awaiting();
         let stale: Vec<PeerId> = self
             .hosting
             .iter()
@@ -320,13 +337,21 @@ impl Node {
                     },
                 ..
             } => {
-                let response = self.host_request(peer, request).await;
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .pair
-                    .send_response(channel, response);
-                self.refresh_members();
+                match self.host_request(peer, request).await {
+                    HostReply::Now(response) => {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .pair
+                            .send_response(channel, response);
+                    }
+                    HostReply::AskUser(mut awaiting) => {
+                        awaiting.channel = Some(channel);
+                        self.ask_user(peer, awaiting);
+                    }
+                }
+                // The gate follows once the answer is sent (closing the
+                // connection now could lose it).
             }
             Event::Message {
                 peer,
@@ -348,19 +373,17 @@ impl Node {
                 tracing::debug!(%peer, %error, "pairing request failed");
                 self.host_left(peer);
             }
-            Event::InboundFailure { .. } | Event::ResponseSent { .. } => {}
+            Event::InboundFailure { .. } | Event::ResponseSent { .. } => self.refresh_members(),
         }
     }
 
     /// The host's side of `/persist/pair/2`.
-    pub(super) async fn host_request(
-        &mut self,
-        peer: PeerId,
-        request: PairRequest,
-    ) -> PairResponse {
-        let refuse = |e: &Error| PairResponse::Refused {
-            code: e.code().to_string(),
-            reason: e.to_string(),
+    pub(super) async fn host_request(&mut self, peer: PeerId, request: PairRequest) -> HostReply {
+        let refuse = |e: &Error| {
+            HostReply::Now(PairResponse::Refused {
+                code: e.code().to_string(),
+                reason: e.to_string(),
+            })
         };
         match request {
             PairRequest::Start {
@@ -368,6 +391,16 @@ impl Node {
                 pake,
                 label,
             } => {
+                // A source whose exchange just failed waits, and its
+                // request burns nothing.
+                if self.cooling_down(&peer) {
+                    tracing::warn!(%peer, "pairing refused: a recent failed attempt from this source");
+                    return refuse(&Error::PairingFailed(
+                        "a recent attempt from this device or its address failed: try again \
+                         in a few minutes"
+                            .into(),
+                    ));
+                }
                 // Burnt by the first try, right or wrong.
                 self.withdraw_code(&nameplate);
                 let Some(offered) = self.codes.remove(&nameplate) else {
@@ -393,12 +426,14 @@ impl Node {
                             peer,
                             Hosting {
                                 session,
+                                nameplate,
                                 label,
+                                confirm: offered.confirm,
                                 expires_at: now().saturating_add(EXCHANGE_MS),
                                 outcome: offered.outcome,
                             },
                         );
-                        PairResponse::Challenge { pake, confirm }
+                        HostReply::Now(PairResponse::Challenge { pake, confirm })
                     }
                     Err(e) => {
                         tracing::warn!(%peer, code = e.code(), "pairing refused");
@@ -413,36 +448,61 @@ impl Node {
                 let Some(hosting) = self.hosting.remove(&peer) else {
                     return refuse(&Error::PairingFailed("no exchange in progress".into()));
                 };
-                let result = match hosting.session.finish(&confirm) {
-                    Ok(key) => self.welcome(peer, &hosting.label, &key).await,
-                    Err(e) => Err(e),
+                let key = match hosting.session.finish(&confirm) {
+                    Ok(key) => key,
+                    Err(e) => {
+                        self.cool(peer);
+                        return self.host_failed(peer, hosting.outcome, e);
+                    }
                 };
-                match result {
+                if hosting.confirm {
+                    return HostReply::AskUser(super::confirm::Awaiting {
+                        channel: None,
+                        key,
+                        nameplate: hosting.nameplate,
+                        label: hosting.label,
+                        outcome: hosting.outcome,
+                        expires_at: now().saturating_add(crate::net::CONFIRM_MS),
+                    });
+                }
+                match self.welcome(peer, &hosting.label, &key).await {
                     Ok(sealed) => {
                         tracing::info!(%peer, "device paired");
                         self.emit(P2pEvent::Paired(peer));
                         let _ = hosting.outcome.send(Ok(peer));
-                        PairResponse::Welcome { sealed }
+                        HostReply::Now(PairResponse::Welcome { sealed })
                     }
-                    Err(e) => {
-                        tracing::warn!(%peer, code = e.code(), "pairing failed");
-                        self.emit(P2pEvent::PairingFailed(e.code()));
-                        let response = refuse(&e);
-                        let _ = hosting.outcome.send(Err(e));
-                        response
-                    }
+                    Err(e) => self.host_failed(peer, hosting.outcome, e),
                 }
             }
             PairRequest::Abort => {
                 if let Some(hosting) = self.hosting.remove(&peer) {
+                    self.cool(peer);
                     let e = Error::PairingCodeInvalid("the other device typed another code".into());
                     tracing::warn!(%peer, code = e.code(), "pairing aborted by the other device");
                     self.emit(P2pEvent::PairingFailed(e.code()));
                     let _ = hosting.outcome.send(Err(e));
                 }
-                PairResponse::Aborted
+                HostReply::Now(PairResponse::Aborted)
             }
         }
+    }
+
+    /// Ends a hosted exchange with `error`: reported here, answered there.
+    pub(super) fn host_failed(
+        &mut self,
+        peer: PeerId,
+        outcome: oneshot::Sender<Result<PeerId>>,
+        error: Error,
+    ) -> HostReply {
+        tracing::warn!(%peer, code = error.code(), "pairing failed");
+        self.emit(P2pEvent::PairingFailed(error.code()));
+        let response = PairResponse::Refused {
+            code: error.code().to_string(),
+            reason: error.to_string(),
+        };
+        let _ = outcome.send(Err(error));
+        HostReply::Now(response)
     }
 
     /// Adds the joiner and seals its welcome.
