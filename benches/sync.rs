@@ -215,7 +215,7 @@ async fn main() {
         tips: vec![[0; 32]; have.len()],
         have,
         limit: persist::net::PULL_LIMIT,
-        members: [0; 32],
+        members: persist::membership::MembersHave::default(),
     };
     let pull_bytes = 4 + postcard::to_stdvec(&pull).expect("encode").len();
     println!(
@@ -361,7 +361,7 @@ async fn pull_everything(
             have: have.iter().map(|(d, s)| (*d, *s)).collect(),
             tips: vec![[0; 32]; have.len()],
             limit: persist::net::PULL_LIMIT,
-            members: [0; 32],
+            members: persist::membership::MembersHave::default(),
         };
         client
             .behaviour_mut()

@@ -272,6 +272,14 @@ impl SignedMemberEntry {
         Sha256::digest(&self.body).into()
     }
 
+    /// The entry's author, number and the hash it names as previous,
+    /// decoded without any check.
+    pub fn position(&self) -> Option<(DeviceId, u64, EntryHash)> {
+        postcard::from_bytes::<MemberEntry>(&self.body)
+            .ok()
+            .map(|entry| (entry.author, entry.seq, entry.prev))
+    }
+
     /// Decodes the entry and checks its format, store, structure and
     /// signature. Whether the entry *counts* is the log's business.
     pub fn verify(&self, store: StoreId) -> Result<MemberEntry, MemberError> {
@@ -369,6 +377,54 @@ pub struct MergeCount {
     pub waiting: usize,
 }
 
+/// What a replica holds of a membership log: a digest of the whole log
+/// (equal digests, equal logs) and, per author, the last entry of the
+/// unbroken chain it holds from that author's first ([`EntryCut`]). A peer
+/// answers it with the entries the replica lacks
+/// ([`MembershipLog::missing_for`]), never the whole log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersHave {
+    /// [`MembershipLog::digest`].
+    pub digest: [u8; 32],
+    /// `(author, number, hash)` of the last entry of each author's
+    /// unbroken chain, by author (authors without one are left out).
+    pub tips: Vec<(DeviceId, u64, EntryHash)>,
+}
+
+impl MembersHave {
+    /// Notes that the replica now also holds `entries` (it sent them, or
+    /// was sent them; unverified: what it claims to hold only spares it
+    /// entries): a tip moves up along the entries that continue its
+    /// chain, and the digest is no longer known.
+    pub fn advance(&mut self, entries: &[SignedMemberEntry]) {
+        let mut tips: BTreeMap<DeviceId, (u64, EntryHash)> = self
+            .tips
+            .iter()
+            .map(|(author, seq, hash)| (*author, (*seq, *hash)))
+            .collect();
+        let mut positions: Vec<(DeviceId, u64, EntryHash, EntryHash)> = entries
+            .iter()
+            .filter_map(|signed| {
+                let (author, seq, prev) = signed.position()?;
+                Some((author, seq, prev, signed.hash()))
+            })
+            .collect();
+        positions.sort();
+        for (author, seq, prev, hash) in positions {
+            let tip = tips.entry(author).or_insert((0, [0; 32]));
+            if seq == tip.0 + 1 && prev == tip.1 {
+                *tip = (seq, hash);
+            }
+        }
+        tips.retain(|_, (seq, _)| *seq > 0);
+        self.tips = tips
+            .into_iter()
+            .map(|(author, (seq, hash))| (author, seq, hash))
+            .collect();
+        self.digest = [0; 32];
+    }
+}
+
 /// The wire and storage form of a [`MembershipLog`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembershipWire {
@@ -441,6 +497,79 @@ impl MembershipLog {
             hash.update(&held.signed.body);
         }
         hash.finalize().into()
+    }
+
+    /// What this log holds, for a peer to answer with what it lacks.
+    pub fn have(&self) -> MembersHave {
+        MembersHave {
+            digest: self.digest(),
+            tips: self.tips(),
+        }
+    }
+
+    /// Per author: the last entry of the unbroken chain held from its
+    /// first ([`MembershipLog::entry_cut`]), when there is one.
+    pub fn tips(&self) -> Vec<(DeviceId, u64, EntryHash)> {
+        let authors: std::collections::BTreeSet<DeviceId> =
+            self.entries.keys().map(|(author, _)| *author).collect();
+        authors
+            .into_iter()
+            .map(|author| (author, self.entry_cut(&author)))
+            .filter(|(_, cut)| cut.seq > 0)
+            .map(|(author, cut)| (author, cut.seq, cut.hash))
+            .collect()
+    }
+
+    /// The entries a replica holding `theirs` lacks, or `None` when it
+    /// lacks nothing this side can tell. Per author: nothing when the
+    /// replica's chain goes further than this side's entries (it sends its
+    /// entries; this side answers any conflict it then sees); the later
+    /// entries when the end of its chain is an entry this side holds; every
+    /// entry of the author otherwise (no chain, or histories that differ:
+    /// the replica needs them to see how). Both versions of a number are
+    /// always sent with them, so an equivocation reaches every replica.
+    /// (The caller compares digests first: equal logs lack nothing.)
+    pub fn missing_for(&self, theirs: &MembersHave) -> Option<MembershipWire> {
+        let tips: BTreeMap<DeviceId, (u64, EntryHash)> = theirs
+            .tips
+            .iter()
+            .map(|(author, seq, hash)| (*author, (*seq, *hash)))
+            .collect();
+        let authors: std::collections::BTreeSet<DeviceId> =
+            self.entries.keys().map(|(author, _)| *author).collect();
+        let mut entries = Vec::new();
+        for author in authors {
+            let slots = self.entries.range((author, 0)..=(author, u64::MAX));
+            match tips.get(&author) {
+                // Ahead of this side: nothing to send.
+                Some((seq, _)) if *seq > self.last_seq(&author) => {}
+                // Its highest entry is one of ours: what follows, and both
+                // versions of any number.
+                Some((seq, hash))
+                    if self
+                        .entries
+                        .get(&(author, *seq))
+                        .is_some_and(|versions| versions.contains_key(hash)) =>
+                {
+                    for ((_, n), versions) in slots {
+                        if *n > *seq || versions.len() > 1 {
+                            entries.extend(versions.values().map(|h| h.signed.clone()));
+                        }
+                    }
+                }
+                // Unknown author, or histories that differ: all of them.
+                _ => {
+                    for (_, versions) in slots {
+                        entries.extend(versions.values().map(|h| h.signed.clone()));
+                    }
+                }
+            }
+        }
+        (!entries.is_empty()).then_some(MembershipWire {
+            store: self.store,
+            founder: self.founder,
+            entries,
+        })
     }
 
     /// The highest entry sequence number of `author` held.

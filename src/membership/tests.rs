@@ -756,3 +756,77 @@ fn entries_stamped_ahead_of_the_horizon_wait() {
     assert_eq!((count.added, count.waiting), (1, 0));
     assert_eq!(log.digest(), theirs.digest());
 }
+
+/// Two replicas exchange what each lacks (`missing_for` of the other's
+/// `have`), both ways; the entries sent.
+fn exchange(x: &mut MembershipLog, y: &mut MembershipLog) -> usize {
+    let mut sent = 0;
+    for _ in 0..2 {
+        if let Some(wire) = x.missing_for(&y.have()) {
+            sent += wire.entries.len();
+            y.merge(&wire).expect("merge");
+        }
+        if let Some(wire) = y.missing_for(&x.have()) {
+            sent += wire.entries.len();
+            x.merge(&wire).expect("merge");
+        }
+    }
+    sent
+}
+
+#[test]
+fn replicas_exchange_only_the_entries_they_lack_and_end_equal() {
+    let (a, b, c, d) = (device(1), device(2), device(3), device(4));
+    let mut x = founded(&a);
+    let first = append(&mut x, &a, 1, add(&b));
+    let mut y = founded(&a);
+    y.merge(&MembershipWire {
+        store: STORE,
+        founder: a.device_id(),
+        entries: vec![first.clone()],
+    })
+    .expect("merge");
+    append(&mut x, &a, 2, add(&c));
+    append(&mut x, &b, 3, add(&d));
+    // Y lacks two entries: only those travel, not A's first.
+    let wire = x.missing_for(&y.have()).expect("something lacks");
+    assert_eq!(wire.entries.len(), 2);
+    assert!(!wire.entries.contains(&first));
+    // A replica ahead is sent nothing of that author.
+    assert!(y.missing_for(&x.have()).is_none());
+    assert_eq!(exchange(&mut x, &mut y), 2);
+    assert_eq!(x.digest(), y.digest());
+    // In step: nothing to send either way.
+    assert!(x.missing_for(&y.have()).is_none());
+    assert!(y.missing_for(&x.have()).is_none());
+}
+
+#[test]
+fn divergent_histories_and_equivocations_reach_both_replicas() {
+    let (a, b, c, d) = (device(1), device(2), device(3), device(4));
+    let mut x = founded(&a);
+    let add_b = append(&mut x, &a, 1, add(&b));
+    let b1 = append(&mut x, &b, 2, add(&c));
+    let mut y = x.clone();
+    // B signs two entries under number 2: X gets one, Y the other.
+    let one = forged(&b, 2, b1.hash(), 3, add(&d));
+    let other = forged(&b, 2, b1.hash(), 4, remove(&x, &c, None));
+    let wire = |entries: Vec<SignedMemberEntry>| MembershipWire {
+        store: STORE,
+        founder: a.device_id(),
+        entries,
+    };
+    x.merge(&wire(vec![one.clone()])).expect("x");
+    y.merge(&wire(vec![other.clone()])).expect("y");
+    assert_ne!(x.digest(), y.digest());
+    exchange(&mut x, &mut y);
+    assert_eq!(x.digest(), y.digest(), "both hold the equivocation");
+    // Each now holds both versions: a third replica that has only one of
+    // them, and is otherwise in step, is sent the other.
+    let mut z = founded(&a);
+    z.merge(&wire(vec![add_b, b1, one])).expect("z");
+    let sent = x.missing_for(&z.have()).expect("the other version");
+    assert!(sent.entries.contains(&other));
+    z.merge(&sent).expect("z merges");
+    assert_eq!(z.digest(), x.digest());
+}

@@ -9,9 +9,9 @@
 //! commits):
 //!
 //! ```text
-//! Pull { store, have: [(author, seq)], limit, members: digest }
-//!                          ->  Commits { commits, more, members: log if the digest differs }
-//! Push { store, commits, members: log if the peer's digest differs }
+//! Pull { store, have: [(author, seq)], limit, members: { digest, tips } }
+//!                          ->  Commits { commits, more, members: the entries it lacks }
+//! Push { store, commits, members: the entries the peer lacks, as far as known }
 //!                          ->  Ack { applied, rejected, have if some were refused }
 //! ```
 //!
@@ -41,7 +41,7 @@ pub use libp2p::{Multiaddr, PeerId};
 use crate::change::{SignedCommit, StoreId};
 use crate::error::{Error, Result};
 use crate::identity::{DeviceId, DeviceIdentity};
-use crate::membership::MembershipWire;
+use crate::membership::{MembersHave, MembershipWire};
 
 mod behaviour;
 pub mod codec;
@@ -70,8 +70,9 @@ pub const PAIR_PROTOCOL: StreamProtocol = StreamProtocol::new("/persist/pair/2")
 pub const MAX_MESSAGE_BYTES: usize = crate::names::DEFAULT_MAX_COMMIT_BYTES + (1 << 20);
 /// The largest version vector a message can carry: one entry per device
 /// that was ever a member (each needs an entry of the membership log),
-/// with its sequence number and tip hash, plus room for the message.
-pub const MAX_VECTOR_BYTES: usize = 1024 + (crate::membership::MAX_MEMBER_ENTRIES + 1) * 80;
+/// with its sequence number and tip hash, and (in a pull) the same again
+/// for the membership log, plus room for the message.
+pub const MAX_VECTOR_BYTES: usize = 1024 + (crate::membership::MAX_MEMBER_ENTRIES + 1) * 160;
 /// The largest message of a kind that carries neither commits nor a
 /// version vector (pairing moves, refusals).
 pub const MAX_SMALL_MESSAGE_BYTES: usize = 4 << 10;
@@ -289,8 +290,9 @@ pub enum SyncRequest {
         tips: Vec<[u8; 32]>,
         /// At most this many commits.
         limit: u32,
-        /// Digest of the requester's membership log.
-        members: [u8; 32],
+        /// What the requester holds of the membership log: the
+        /// responder sends the entries it lacks.
+        members: MembersHave,
     },
     /// Commits the requester believes the responder lacks.
     Push {
@@ -405,7 +407,7 @@ mod tests {
                 have: vec![(DeviceIdentity::from_secret(&[2; 32]).device_id(), 7)],
                 tips: vec![[3; 32]],
                 limit: 10,
-                members: [0; 32],
+                members: MembersHave::default(),
             };
             let mut out = Cursor::new(Vec::new());
             write_message(&mut out, &request).await.expect("writes");
@@ -454,7 +456,10 @@ mod tests {
             have: authors.clone(),
             tips: vec![[0xFF; 32]; authors.len()],
             limit: u32::MAX,
-            members: [0xFF; 32],
+            members: MembersHave {
+                digest: [0xFF; 32],
+                tips: authors.iter().map(|(d, n)| (*d, *n, [0xFF; 32])).collect(),
+            },
         };
         let ack = SyncResponse::Ack {
             applied: u32::MAX,
@@ -480,9 +485,12 @@ mod tests {
         let pull = SyncRequest::Pull {
             store: StoreId::from_bytes([0; 16]),
             tips: vec![[0xFF; 32]; too_many.len()],
+            members: MembersHave {
+                digest: [0xFF; 32],
+                tips: too_many.iter().map(|(d, n)| (*d, *n, [0xFF; 32])).collect(),
+            },
             have: too_many,
             limit: 0,
-            members: [0; 32],
         };
         assert!(codec::frame(&pull).is_err());
     }

@@ -6,14 +6,14 @@
 use crate::change::{SignedCommit, StoreId};
 use crate::error::Result;
 use crate::identity::DeviceId;
-use crate::membership::{Members, MembershipWire};
+use crate::membership::{Members, MembersHave, MembershipWire};
 use crate::platform::{BoxFuture, BoxStream, MaybeSend, MaybeSync};
 
-use super::replication::{Digest, Ingested, Purpose, VersionVector};
+use super::replication::{Ingested, Purpose, VersionVector};
 use super::{SyncRequest, PULL_LIMIT};
 
 /// A pull: this side's version vector, the hash of its last commit of each
-/// author, its membership digest.
+/// author, what it holds of the membership log.
 pub async fn pull_request(replica: &dyn Replica) -> Result<SyncRequest> {
     let have = replica.version_vector().await?;
     let mut tips = Vec::with_capacity(have.len());
@@ -26,7 +26,7 @@ pub async fn pull_request(replica: &dyn Replica) -> Result<SyncRequest> {
         have,
         tips,
         limit: PULL_LIMIT,
-        members: replica.membership_digest().await,
+        members: replica.membership_have().await,
     })
 }
 
@@ -64,10 +64,11 @@ pub trait Replica: MaybeSend + MaybeSync {
     fn commit_at(&self, author: DeviceId, seq: u64) -> BoxFuture<'_, Result<Option<SignedCommit>>>;
     /// Verifies and stores received commits.
     fn ingest(&self, commits: Vec<SignedCommit>) -> BoxFuture<'_, Result<Ingested>>;
-    /// The membership log.
-    fn membership(&self) -> BoxFuture<'_, MembershipWire>;
-    /// Its digest.
-    fn membership_digest(&self) -> BoxFuture<'_, Digest>;
+    /// What this replica holds of the membership log.
+    fn membership_have(&self) -> BoxFuture<'_, MembersHave>;
+    /// The membership entries a replica holding `theirs` lacks (`None`:
+    /// nothing; `theirs` unknown: the whole log).
+    fn membership_for(&self, theirs: Option<MembersHave>) -> BoxFuture<'_, Option<MembershipWire>>;
     /// Merges a peer's membership log.
     fn merge_membership(&self, log: MembershipWire) -> BoxFuture<'_, Result<Merged>>;
     /// Adds `device` (it proved the pairing code) and returns what it
@@ -85,16 +86,16 @@ pub trait Replica: MaybeSend + MaybeSync {
 
 /// Reads what an [`Action::Read`](super::replication::Action::Read) asks
 /// for: the commits (one more than `limit` when answering a pull, to tell
-/// whether more remain), how many the peer lacks in all, this side's log
-/// when the peer's digest differs, and this side's digest.
+/// whether more remain), how many the peer lacks in all, the membership
+/// entries it lacks, and what this side holds of the log.
 pub async fn read(
     replica: &dyn Replica,
     have: VersionVector,
     limit: usize,
-    theirs: Option<Digest>,
+    theirs: Option<MembersHave>,
     purpose: Purpose,
     tips: Vec<[u8; 32]>,
-) -> Result<(Vec<SignedCommit>, u64, Option<MembershipWire>, Digest)> {
+) -> Result<(Vec<SignedCommit>, u64, Option<MembershipWire>, MembersHave)> {
     // One more than the limit says whether more remain.
     let want = match purpose {
         Purpose::Answer { .. } => limit + 1,
@@ -129,11 +130,7 @@ pub async fn read(
         }
         Purpose::Push => 0,
     };
-    let ours = replica.membership_digest().await;
-    let log = if theirs == Some(ours) {
-        None
-    } else {
-        Some(replica.membership().await)
-    };
+    let ours = replica.membership_have().await;
+    let log = replica.membership_for(theirs).await;
     Ok((commits, lacking, log, ours))
 }

@@ -6,11 +6,11 @@
 //!
 //! ```text
 //! on connect with a member     -> Pull
-//! Pull { have, limit, digest } -> Read(answer) -> Reply Commits { page, more, remaining, log? }
+//! Pull { have, limit, members } -> Read(answer) -> Reply Commits { page, more, remaining, entries? }
 //!                                 (+ Pull, if this side never pulled from that peer)
 //! Commits (our pull's answer)  -> Ingest (log merged first) -> Synced; Pull again while `more`
 //! local commits                -> Read(push) for each member that told its version vector
-//!                              -> Push { commits, log? } (live stream, or a request)
+//!                              -> Push { commits, entries? } (live stream, or a request)
 //! Push                         -> Ingest -> Synced; a gap pulls; refusals answer `have`
 //! Ack / Have { have }          -> what the peer has (pushes restart from it)
 //! ```
@@ -30,8 +30,7 @@ use crate::membership::MembershipWire;
 
 /// A version vector: the highest sequence number held per author.
 pub type VersionVector = Vec<(DeviceId, u64)>;
-/// A digest of a membership log.
-pub type Digest = [u8; 32];
+pub use crate::membership::MembersHave;
 /// Names a request awaiting its response, for the executor to match.
 pub type Token = u64;
 
@@ -48,8 +47,8 @@ pub enum Incoming {
         tips: Vec<[u8; 32]>,
         /// At most this many commits.
         limit: u32,
-        /// Its membership digest.
-        members: Digest,
+        /// What it holds of the membership log.
+        members: MembersHave,
         /// Where the answer goes.
         reply: Token,
     },
@@ -59,7 +58,7 @@ pub enum Incoming {
         store: StoreId,
         /// Its commits.
         commits: Vec<SignedCommit>,
-        /// Its membership log, when it believes ours differs.
+        /// Membership entries it believes we lack.
         members: Option<MembershipWire>,
         /// Where the acknowledgement goes (`None`: the live stream).
         reply: Option<Token>,
@@ -72,7 +71,7 @@ pub enum Incoming {
         more: bool,
         /// How many this side still lacks after the page.
         remaining: u64,
-        /// The peer's membership log, when ours differs.
+        /// Membership entries we lack.
         members: Option<MembershipWire>,
     },
     /// The peer's version vector (after a push of ours it partly refused).
@@ -203,15 +202,15 @@ pub struct Ingested {
 /// What the executor does next.
 #[derive(Debug, Clone)]
 pub enum Action<P> {
-    /// Send `peer` a pull (this side's version vector and membership
-    /// digest, at most [`PULL_LIMIT`] commits).
+    /// Send `peer` a pull (this side's version vector and what it holds
+    /// of the membership log, at most [`PULL_LIMIT`] commits).
     Pull {
         /// To whom.
         peer: P,
     },
     /// Read the commits a peer with version vector `have` lacks (at most
-    /// `limit`, within a page of bytes) and the membership log if `theirs`
-    /// is not this side's digest; then [`Replication::read_done`].
+    /// `limit`, within a page of bytes) and the membership entries a
+    /// replica holding `theirs` lacks; then [`Replication::read_done`].
     Read {
         /// For whom.
         peer: P,
@@ -219,8 +218,8 @@ pub enum Action<P> {
         have: VersionVector,
         /// Most commits to read.
         limit: usize,
-        /// Its membership digest, if known.
-        theirs: Option<Digest>,
+        /// What it holds of the membership log, if known (unknown: all).
+        theirs: Option<MembersHave>,
         /// Why.
         purpose: Purpose,
         /// The hashes of its commits at `have` (a pull's), to find forks.
@@ -240,7 +239,7 @@ pub enum Action<P> {
         peer: P,
         /// The commits.
         commits: Vec<SignedCommit>,
-        /// The log, when the peer's digest differs.
+        /// The membership entries the peer lacks.
         members: Option<MembershipWire>,
     },
     /// Tell `peer` on its live stream what this side has.
@@ -282,8 +281,13 @@ struct PeerSync {
     known: BTreeMap<DeviceId, u64>,
     /// Its version vector as it last confirmed it.
     confirmed: BTreeMap<DeviceId, u64>,
-    /// Its membership digest as last learnt (`None`: unknown).
-    members: Option<Digest>,
+    /// What it holds of the membership log: the tips it last told (its
+    /// pull), moved up by the entries it sent since; and as digest, this
+    /// side's digest when it last sent entries (nothing changed since:
+    /// nothing to send). Entries sent but not confirmed go again with the
+    /// next change, as a lost push would otherwise lose them for good.
+    /// `None`: unknown.
+    members: Option<MembersHave>,
     /// It told its version vector (pulled): pushes wait for that.
     heard: bool,
     /// This side pulled from it.
@@ -389,7 +393,7 @@ impl<P: Ord + Copy> Replication<P> {
             peer,
             have: vector(&state.known),
             limit: PULL_LIMIT as usize,
-            theirs: state.members,
+            theirs: state.members.clone(),
             purpose: Purpose::Push,
             tips: Vec::new(),
         }]
@@ -460,7 +464,7 @@ impl<P: Ord + Copy> Replication<P> {
                 let state = self.peers.entry(peer).or_default();
                 state.known = have.iter().copied().collect();
                 state.confirmed = state.known.clone();
-                state.members = Some(members);
+                state.members = Some(members.clone());
                 state.heard = true;
                 let mut actions = vec![Action::Read {
                     peer,
@@ -511,10 +515,9 @@ impl<P: Ord + Copy> Replication<P> {
         if let Some(state) = self.peers.get_mut(&peer) {
             // The sender has what it sent: never echo it back.
             advance(&mut state.known, &commits);
-            if members.is_some() {
-                // Its digest is about to be ours (after the merge), or
-                // unknown: the next push sends the log again if needed.
-                state.members = None;
+            // It holds the entries it sent: never echo them back.
+            if let (Some(log), Some(known)) = (&members, state.members.as_mut()) {
+                known.advance(&log.entries);
             }
         }
         vec![Action::Ingest {
@@ -526,8 +529,8 @@ impl<P: Ord + Copy> Replication<P> {
     }
 
     /// The result of an [`Action::Read`]: up to `limit + 1` commits the
-    /// peer lacks (`lacking`: how many in all), this side's log if the
-    /// peer's digest differed, and this side's digest.
+    /// peer lacks (`lacking`: how many in all), the membership entries it
+    /// lacks, and what this side holds of the log.
     pub fn read_done(
         &mut self,
         peer: P,
@@ -535,7 +538,7 @@ impl<P: Ord + Copy> Replication<P> {
         mut commits: Vec<SignedCommit>,
         lacking: u64,
         members: Option<MembershipWire>,
-        ours: Digest,
+        ours: MembersHave,
     ) -> Vec<Action<P>> {
         match purpose {
             Purpose::Answer { limit, reply } => {
@@ -545,8 +548,8 @@ impl<P: Ord + Copy> Replication<P> {
                 let remaining = lacking.saturating_sub(commits.len() as u64);
                 if let Some(state) = self.peers.get_mut(&peer) {
                     advance(&mut state.known, &commits);
-                    if members.is_some() {
-                        state.members = Some(ours);
+                    if let (Some(_), Some(known)) = (&members, state.members.as_mut()) {
+                        known.digest = ours.digest;
                     }
                 }
                 vec![Action::Reply {
@@ -571,7 +574,12 @@ impl<P: Ord + Copy> Replication<P> {
                     // A peer far behind catches up by pulling.
                     let (commits, _) = page_of(commits);
                     advance(&mut state.known, &commits);
-                    state.members = Some(ours);
+                    if members.is_some() {
+                        match state.members.as_mut() {
+                            Some(known) => known.digest = ours.digest,
+                            None => state.members = Some(ours),
+                        }
+                    }
                     actions.push(Action::Push {
                         peer,
                         commits,

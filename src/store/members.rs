@@ -192,6 +192,29 @@ impl Store {
         self.inner.members.lock().await.digest
     }
 
+    /// What this replica holds of the membership log.
+    pub async fn membership_have(&self) -> crate::membership::MembersHave {
+        let state = self.inner.members.lock().await;
+        crate::membership::MembersHave {
+            digest: state.digest,
+            tips: state.log.tips(),
+        }
+    }
+
+    /// The entries a replica holding `theirs` lacks (`theirs` unknown:
+    /// the whole log).
+    pub async fn membership_for(
+        &self,
+        theirs: Option<crate::membership::MembersHave>,
+    ) -> Option<MembershipWire> {
+        let state = self.inner.members.lock().await;
+        match theirs {
+            Some(theirs) if theirs.digest == state.digest => None,
+            Some(theirs) => state.log.missing_for(&theirs),
+            None => Some(state.log.to_wire()),
+        }
+    }
+
     /// Merges a membership log received from a peer: same store and
     /// founder, every entry signed. New entries are stored; keys granted
     /// to this device join its keyring; members that lack the current key

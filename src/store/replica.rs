@@ -8,7 +8,7 @@ use crate::error::{Error, RejectReason, Result};
 use crate::identity::DeviceId;
 use crate::membership::{Members, MembershipWire};
 use crate::net::replica::{Merged, Replica};
-use crate::net::replication::{Digest, Ingested, VersionVector};
+use crate::net::replication::{Ingested, MembersHave, VersionVector};
 use crate::platform::{BoxFuture, BoxStream};
 
 impl Replica for Store {
@@ -67,12 +67,12 @@ impl Replica for Store {
         })
     }
 
-    fn membership(&self) -> BoxFuture<'_, MembershipWire> {
-        Box::pin(Store::membership(self))
+    fn membership_have(&self) -> BoxFuture<'_, MembersHave> {
+        Box::pin(Store::membership_have(self))
     }
 
-    fn membership_digest(&self) -> BoxFuture<'_, Digest> {
-        Box::pin(Store::membership_digest(self))
+    fn membership_for(&self, theirs: Option<MembersHave>) -> BoxFuture<'_, Option<MembershipWire>> {
+        Box::pin(Store::membership_for(self, theirs))
     }
 
     fn merge_membership(&self, log: MembershipWire) -> BoxFuture<'_, Result<Merged>> {

@@ -59,6 +59,14 @@ pub(crate) async fn new_member(name: &str, host: &P2p) -> (Store, P2p) {
     (store, node)
 }
 
+/// `code` with the first character of its secret changed: the right
+/// nameplate, a wrong secret.
+pub(crate) fn wrong_code(code: &str) -> String {
+    let (nameplate, secret) = code.split_once('-').expect("ABCD-1234");
+    let flipped = if secret.starts_with('0') { "1" } else { "0" };
+    format!("{nameplate}-{flipped}{}", &secret[1..])
+}
+
 /// The node's first listen address with its peer id, to dial.
 pub(crate) async fn dial_addr(node: &P2p) -> Multiaddr {
     let deadline = Instant::now() + Duration::from_secs(5);

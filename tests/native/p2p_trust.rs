@@ -206,7 +206,7 @@ pub(crate) fn empty_pull(store: persist::StoreId) -> SyncRequest {
         have: Vec::new(),
         tips: Vec::new(),
         limit: 10,
-        members: [0; 32],
+        members: persist::membership::MembersHave::default(),
     }
 }
 

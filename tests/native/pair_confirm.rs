@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use persist::net::{pairing, CodeOptions, P2p, P2pEvent, P2pOptions};
 
-use crate::p2p::{dial_addr, memory_store};
+use crate::p2p::{dial_addr, memory_store, wrong_code};
 
 /// The next pairing request `events` report.
 async fn request(
@@ -39,6 +39,16 @@ async fn node(name: &str) -> (persist::Store, P2p) {
     (store, node)
 }
 
+/// `node` pairs with `code` at `addr`, in a task of its own.
+fn join_in_background(
+    node: &P2p,
+    code: &str,
+    addr: &libp2p::Multiaddr,
+) -> tokio::task::JoinHandle<persist::Result<libp2p::PeerId>> {
+    let (node, code, addr) = (node.clone(), code.to_owned(), addr.clone());
+    tokio::spawn(async move { node.pair(&code, Some(addr)).await })
+}
+
 fn confirmed() -> CodeOptions {
     CodeOptions {
         confirm: true,
@@ -60,10 +70,7 @@ async fn a_confirmed_code_welcomes_only_the_device_the_user_accepts() {
         .await
         .expect("code");
     let code = pending.code().to_string();
-    let joining = {
-        let (phone, addr, code) = (phone.clone(), addr.clone(), code.clone());
-        tokio::spawn(async move { phone.pair(&code, Some(addr)).await })
-    };
+    let joining = join_in_background(&phone, &code, &addr);
     let (peer, label, nameplate) = request(&mut events).await;
     assert_eq!(peer, phone.peer_id());
     assert_eq!(label, "phone");
@@ -89,11 +96,7 @@ async fn a_confirmed_code_welcomes_only_the_device_the_user_accepts() {
         .create_pairing_code_with(confirmed())
         .await
         .expect("code");
-    let code = pending.code().to_string();
-    let joining = {
-        let (stranger, addr, code) = (stranger.clone(), addr.clone(), code.clone());
-        tokio::spawn(async move { stranger.pair(&code, Some(addr)).await })
-    };
+    let joining = join_in_background(&stranger, pending.code(), &addr);
     let (peer, label, _) = request(&mut events).await;
     assert_eq!((peer, label.as_str()), (stranger.peer_id(), "stranger"));
     host.confirm_pairing(peer, false).await.expect("refused");
@@ -140,10 +143,7 @@ async fn a_wrong_guess_makes_its_source_wait_and_burns_no_later_code() {
     let (_b, guesser) = node("guesser").await;
     let addr = dial_addr(&host).await;
     let pending = host.create_pairing_code().await.expect("code");
-    let good = pending.code().to_string();
-    let (nameplate, secret) = good.split_once('-').expect("ABCD-1234");
-    let flipped = if secret.starts_with('0') { "1" } else { "0" };
-    let wrong = format!("{nameplate}-{flipped}{}", &secret[1..]);
+    let wrong = wrong_code(pending.code());
     let first = guesser.pair(&wrong, Some(addr.clone())).await;
     assert_eq!(first.expect_err("wrong").code(), "PAIRING_CODE_INVALID");
     assert_eq!(
@@ -154,9 +154,7 @@ async fn a_wrong_guess_makes_its_source_wait_and_burns_no_later_code() {
     // nameplate: refused, and the code still works.
     let pending = host.create_pairing_code().await.expect("code");
     let good = pending.code().to_string();
-    let (nameplate, secret) = good.split_once('-').expect("ABCD-1234");
-    let flipped = if secret.starts_with('0') { "1" } else { "0" };
-    let race = format!("{nameplate}-{flipped}{}", &secret[1..]);
+    let race = wrong_code(&good);
     let raced = guesser.pair(&race, Some(addr.clone())).await;
     assert_eq!(raced.expect_err("cooling").code(), "PAIRING_FAILED");
     let (_c, phone) = node("phone").await;

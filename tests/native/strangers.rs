@@ -22,7 +22,7 @@ use persist::net::{
 use persist::{Commit, DeviceIdentity, SignedCommit};
 use serde_json::json;
 
-use crate::p2p::{arrives, dial_addr, memory_store, new_member, pair_into};
+use crate::p2p::{arrives, dial_addr, memory_store, new_member, pair_into, wrong_code};
 use crate::p2p_trust::{
     ask, ask_within, commit_body, empty_pull, member_with, raw_client, raw_swarm, Announce,
 };
@@ -348,10 +348,7 @@ async fn a_joiner_sends_its_code_only_to_a_device_that_offers_one_and_tries_it_o
     let c = memory_store("c").await;
     let node_c = c.enable_p2p(P2pOptions::loopback()).await.expect("c");
     let pending = node_a.create_pairing_code().await.expect("code");
-    let good = pending.code().to_string();
-    let (nameplate, secret) = good.split_once('-').expect("ABCD-1234");
-    let flipped = if secret.starts_with('0') { "1" } else { "0" };
-    let wrong = format!("{nameplate}-{flipped}{}", &secret[1..]);
+    let wrong = wrong_code(pending.code());
     let addr = dial_addr(&node_a).await;
     let first = node_c.pair(&wrong, Some(addr.clone())).await;
     assert_eq!(

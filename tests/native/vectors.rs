@@ -150,7 +150,10 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Check)> {
                 have: have.clone(),
                 tips: vec![plain.hash(), of_b.hash()],
                 limit: 1_000,
-                members: [0xdd; 32],
+                members: persist::membership::MembersHave {
+                    digest: [0xdd; 32],
+                    tips: vec![(have[0].0, 1, [0xee; 32])],
+                },
             }),
             round_trip::<SyncRequest>,
         ),

@@ -18,7 +18,7 @@ use crate::membership::MembershipWire;
 use crate::net::codec::frame;
 use crate::net::live::{self, LiveMessage};
 use crate::net::replica::Merged;
-use crate::net::replication::{Action, Arrival, Digest, Incoming, Ingested, Purpose, Token};
+use crate::net::replication::{Action, Arrival, Incoming, Ingested, MembersHave, Purpose, Token};
 use crate::net::{peer_id_of, P2pEvent, SyncRequest, SyncResponse};
 
 /// Storage tasks' results waiting for the loop, at most.
@@ -45,7 +45,7 @@ pub(super) enum Done {
     Read {
         peer: PeerId,
         purpose: Purpose,
-        result: Result<(Vec<SignedCommit>, u64, Option<MembershipWire>, Digest)>,
+        result: Result<(Vec<SignedCommit>, u64, Option<MembershipWire>, MembersHave)>,
     },
     /// Received commits verified and stored.
     Ingested {

@@ -3,6 +3,14 @@
 use super::*;
 use crate::identity::DeviceIdentity;
 
+/// What a replica holds of a membership log, as a test names it.
+fn nine() -> MembersHave {
+    MembersHave {
+        digest: [9; 32],
+        tips: Vec::new(),
+    }
+}
+
 const STORE: StoreId = StoreId::from_bytes([1; 16]);
 
 #[test]
@@ -24,7 +32,7 @@ fn a_stranger_is_refused_and_another_store_too() {
         have: vec![],
         tips: vec![],
         limit: 10,
-        members: [0; 32],
+        members: MembersHave::default(),
         reply: 7,
     };
     let refused = |actions: Vec<Action<u8>>| match &actions[..] {
@@ -104,7 +112,7 @@ fn pushes_wait_for_the_peers_pull_and_never_overlap() {
             have: vec![(author, 4)],
             tips: vec![[4; 32]],
             limit: 10_000,
-            members: [9; 32],
+            members: nine(),
             reply: 1,
         },
     );
@@ -119,14 +127,14 @@ fn pushes_wait_for_the_peers_pull_and_never_overlap() {
         }] => {
             assert_eq!(have, &vec![(author, 4)]);
             assert_eq!(*limit, PULL_LIMIT as usize);
-            assert_eq!(theirs, &[9; 32]);
+            assert_eq!(theirs, &nine());
         }
         other => panic!("{other:?}"),
     }
     // Two local commits while one push is read: one read, then one more.
     assert_eq!(core.on_local_commits(|_| true).len(), 1);
     assert!(core.on_local_commits(|_| true).is_empty());
-    let again = core.read_done(1, Purpose::Push, vec![], 0, None, [9; 32]);
+    let again = core.read_done(1, Purpose::Push, vec![], 0, None, nine());
     assert!(matches!(
         again[..],
         [Action::Read {
@@ -376,6 +384,50 @@ mod protocol {
             }
         }
         let mut forks_found = 0;
+        if std::env::var_os("PERSIST_SIM_DEBUG").is_some() {
+            eprintln!("groups {groups:?}");
+            for i in 0..n {
+                let log = block_on(sim.nodes[i].store.membership());
+                let m = sim.nodes[i].store.members();
+                eprintln!(
+                    "node {i} ({}): epoch {:?} members.epoch {} current {:?}\n  {}",
+                    sim.id(i).short(),
+                    sim.nodes[i].store.crypto().epoch(),
+                    m.epoch,
+                    m.current.keys().map(|d| d.short()).collect::<Vec<_>>(),
+                    log.entries
+                        .iter()
+                        .map(|e| {
+                            let (a, n, _) = e.position().unwrap_or((sim.id(0), 0, [0; 32]));
+                            let kind = e
+                                .verify(log.store)
+                                .map(|entry| match entry.change {
+                                    MemberChange::Add { device, .. } => {
+                                        format!("add {}", &device.short()[..4])
+                                    }
+                                    MemberChange::Remove { device, .. } => {
+                                        format!("rm {}", &device.short()[..4])
+                                    }
+                                    MemberChange::Key { epoch, grants, .. } => {
+                                        format!("key{epoch} {}", grants.len())
+                                    }
+                                    MemberChange::KeyCopy { epoch, grants, .. } => {
+                                        format!("copy{epoch} {}", grants.len())
+                                    }
+                                    _ => "other".into(),
+                                })
+                                .unwrap_or_else(|e| e.to_string());
+                            format!(
+                                "{}:{n}:{}({kind})",
+                                &a.short()[..4],
+                                hex::encode(&e.hash()[..2])
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+        }
         for group in &groups {
             let reference = group[0];
             let members = sim.nodes[reference].store.members();
