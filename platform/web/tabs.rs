@@ -67,8 +67,12 @@ impl Announcer {
         let listener = Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
             let data = Reflect::get(&event, &"data".into()).unwrap_or(JsValue::UNDEFINED);
             let Some(text) = data.as_string() else { return };
-            let Ok(keys) = serde_json::from_str::<Vec<(String, String)>>(&text) else {
-                return;
+            let keys = match serde_json::from_str::<Vec<(String, String)>>(&text) {
+                Ok(keys) => keys,
+                Err(e) => {
+                    tracing::warn!(%e, "a change announcement from another tab does not parse");
+                    return;
+                }
             };
             if sender.borrow_mut().try_send(keys).is_err() {
                 tracing::warn!(

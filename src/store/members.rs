@@ -84,7 +84,13 @@ const CARRY_PER_COMMIT: usize = 1_000;
 /// The final state a sequence of operations leaves, as writes: records and
 /// keys that exist at the end (deleted ones are left out: the joined store
 /// never had them), and every event.
-fn fold_into_writes(ops: Vec<Op>) -> Vec<Intent> {
+/// A value this device stored that no longer parses is damage, not a
+/// deletion: `STORAGE_CORRUPT`.
+fn fold_into_writes(ops: Vec<Op>) -> Result<Vec<Intent>> {
+    let parse = |text: &str, what: &str| {
+        serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|e| StorageError::Corrupt(format!("{what} in this device's own history: {e}")))
+    };
     let mut records: BTreeMap<(String, String), Option<serde_json::Value>> = BTreeMap::new();
     let mut kv: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut events = Vec::new();
@@ -96,7 +102,8 @@ fn fold_into_writes(ops: Vec<Op>) -> Vec<Intent> {
                 value,
                 ..
             } => {
-                records.insert((collection, id), serde_json::from_str(&value).ok());
+                let doc = parse(&value, "a record's value")?;
+                records.insert((collection, id), Some(doc));
             }
             Op::RecordPatch {
                 collection,
@@ -110,9 +117,7 @@ fn fold_into_writes(ops: Vec<Op>) -> Vec<Intent> {
                     .get_or_insert_with(|| serde_json::Value::Object(Default::default()));
                 if let serde_json::Value::Object(fields) = doc {
                     for (field, text) in set {
-                        if let Ok(value) = serde_json::from_str(&text) {
-                            fields.insert(field, value);
-                        }
+                        fields.insert(field, parse(&text, "a patched field")?);
                     }
                     for field in unset {
                         fields.remove(&field);
@@ -141,7 +146,7 @@ fn fold_into_writes(ops: Vec<Op>) -> Vec<Intent> {
     let kv = kv
         .into_iter()
         .filter_map(|(key, text)| text.map(|text| Intent::Set { key, text }));
-    records.chain(kv).chain(events).collect()
+    Ok(records.chain(kv).chain(events).collect())
 }
 
 fn diff(before: &Members, after: &Members) -> MembershipUpdate {
@@ -884,6 +889,33 @@ impl Store {
                     .map_err(|e| StorageError::Corrupt(format!("own commit: {e}")))?;
             ops.extend(commit.body.ops);
         }
-        Ok(Some(fold_into_writes(ops)))
+        Ok(Some(fold_into_writes(ops)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_value_that_does_not_parse_is_damage_not_a_deletion() {
+        let put = |value: &str| Op::RecordPut {
+            collection: "notes".into(),
+            id: "n1".into(),
+            value: value.into(),
+            base: None,
+        };
+        let writes = fold_into_writes(vec![put(r#"{"a":1}"#)]).expect("folds");
+        assert_eq!(writes.len(), 1);
+        let error = fold_into_writes(vec![put("{not json")]).expect_err("damaged");
+        assert_eq!(error.code(), "STORAGE_CORRUPT");
+        let patch = Op::RecordPatch {
+            collection: "notes".into(),
+            id: "n1".into(),
+            set: vec![("a".into(), "{not json".into())],
+            unset: vec![],
+        };
+        let error = fold_into_writes(vec![put(r#"{"a":1}"#), patch]).expect_err("damaged");
+        assert_eq!(error.code(), "STORAGE_CORRUPT");
     }
 }

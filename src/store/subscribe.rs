@@ -38,10 +38,18 @@ impl RecordChange {
         RecordChange {
             collection: row.collection.clone(),
             id: row.id.clone(),
-            value: row
-                .value
-                .as_deref()
-                .and_then(|t| serde_json::from_str(t).ok()),
+            value: row.value.as_deref().and_then(|text| {
+                serde_json::from_str(text)
+                    .map_err(|e| {
+                        // Reads of this row fail with STORAGE_CORRUPT; the
+                        // subscriber hears of the change without a value.
+                        tracing::error!(
+                            collection = %row.collection, id = %row.id, %e,
+                            "a stored record is not JSON"
+                        );
+                    })
+                    .ok()
+            }),
             stamp: row.stamp,
             origin,
         }

@@ -782,7 +782,13 @@ async fn lower(store: &Store, batch: &mut Batch, intent: Intent) -> Result<Op> {
                 let current = batch.record(store, &collection, &id).await?;
                 let visible: Option<Value> = current
                     .and_then(|row| row.value)
-                    .and_then(|text| serde_json::from_str(&text).ok());
+                    .map(|text| serde_json::from_str(&text))
+                    .transpose()
+                    .map_err(|e| {
+                        StorageError::Corrupt(format!(
+                            "the stored value of {collection}/{id} is not JSON: {e}"
+                        ))
+                    })?;
                 let (set, unset) = merge::field_diff(visible.as_ref(), &fields);
                 Op::RecordPatch {
                     collection,

@@ -12,7 +12,7 @@ fn persist(args: &[&str], cwd: &Path) -> Output {
 }
 
 /// `persist args` in the background, mDNS off, with its output lines.
-fn spawn_persist(
+pub(crate) fn spawn_persist(
     args: &[&str],
     cwd: &Path,
 ) -> (

@@ -438,3 +438,107 @@ async fn a_relayed_connection_ends_at_its_byte_and_time_limits() {
     );
     server.shutdown().await;
 }
+
+/// Peak resident memory of process `pid` so far, in KiB (Linux's VmHWM).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// The bound on what a crowd of strangers may add to a node's peak memory.
+const CROWD_RSS_BOUND_KIB: u64 = 32 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_strangers_costs_a_node_process_bounded_memory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut child, lines) = crate::cli::spawn_persist(
+        &[
+            "node",
+            "--data",
+            "node",
+            "--for",
+            "120",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+        dir.path(),
+    );
+    let node_addr: Multiaddr = tokio::task::spawn_blocking(move || {
+        lines
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("listening: ").map(str::to_owned))
+            .expect("a listen address")
+    })
+    .await
+    .expect("task")
+    .parse()
+    .expect("multiaddr");
+    let node = peer_of(&node_addr);
+    // Idle, after a first connection and its protocols have run once.
+    let mut first = asker();
+    assert!(connects(&mut first, &node_addr).await);
+    ask(&mut first, node, MeetRequest::Lookup { place: [0; 32] }).await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let idle = peak_rss_kib(child.id());
+
+    // Three waves of 24 fresh peer ids from one address, each registering
+    // 8 places and scanning 30 nameplates, then leaving; and four relayed
+    // connections offered 8 MiB each.
+    let (mut connected, mut asked) = (0, 0);
+    for wave in 0..3u32 {
+        let mut crowd = Vec::new();
+        for i in 0..24u32 {
+            let mut client = asker();
+            if !connects(&mut client, &node_addr).await {
+                continue;
+            }
+            connected += 1;
+            for k in 0..8u32 {
+                let mut key = [0u8; 32];
+                key[..4].copy_from_slice(&(wave * 100 + i).to_be_bytes());
+                key[4..8].copy_from_slice(&k.to_be_bytes());
+                let request = MeetRequest::Register {
+                    key,
+                    kind: PlaceKind::Store,
+                    addrs: vec!["/ip4/127.0.0.1/tcp/9"
+                        .parse::<Multiaddr>()
+                        .expect("addr")
+                        .to_vec()],
+                    ttl_s: 600,
+                };
+                ask(&mut client, node, request).await;
+                asked += 1;
+            }
+            for n in 0..30u32 {
+                let place = place_of(&pairing_key(&format!("{:04}", i * 30 + n)));
+                ask(&mut client, node, MeetRequest::Lookup { place }).await;
+                asked += 1;
+            }
+            crowd.push(client);
+        }
+        drop(crowd);
+    }
+    for _ in 0..4 {
+        through_circuit(&node_addr, 8 << 20, false).await;
+    }
+    let peak = peak_rss_kib(child.id());
+    println!(
+        "persist node: peak RSS {idle} KiB idle, {peak} KiB after 72 strangers from one \
+         address ({connected} admitted, {asked} registrations and lookups answered) and 4 \
+         relayed connections offered 8 MiB each (bound: {CROWD_RSS_BOUND_KIB} KiB more)"
+    );
+    assert!(
+        peak.saturating_sub(idle) <= CROWD_RSS_BOUND_KIB,
+        "the crowd grew the node's peak memory by {} KiB",
+        peak - idle
+    );
+    // SAFETY: a plain kill(2) on a child process this test started.
+    let pid = i32::try_from(child.id()).expect("pid");
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(child.wait().expect("exits").success());
+}
