@@ -26,7 +26,8 @@ export type PersistErrorCode =
   | "WRONG_STORE"
   | "CHANGE_MALFORMED"
   | "CHANGE_CONFLICT"
-  | "CHANGE_OUT_OF_ORDER";
+  | "CHANGE_OUT_OF_ORDER"
+  | "P2P_STOPPED";
 
 /** Every rejected promise rejects with an Error of this shape. */
 export interface PersistError extends Error {

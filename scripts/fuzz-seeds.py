@@ -46,6 +46,11 @@ def main():
                 seed(root, "membership", data)
     for text in ("ABCD-1234", "abcd 1234", "WXYZ-7KQ2", "persist-invite-v1-", "persist-key-v1-"):
         seed(root, "text", text.encode())
+    # Key files as written (a key of 32 bytes in hex after the header), and
+    # a sealed row's plaintext (postcard: name, value?, fields?).
+    for header in ("persist-device-key-v2 ", "persist-device-key-v1 "):
+        seed(root, "stored", (header + "ab" * 32 + "\n").encode())
+    seed(root, "stored", bytes([2]) + b"n1" + bytes([1, 7]) + b'{"a":1}' + bytes([0]))
 
 
 if __name__ == "__main__":

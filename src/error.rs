@@ -253,6 +253,10 @@ pub enum Error {
     /// A received membership log or entry was refused.
     #[error("membership refused: {0}")]
     Membership(#[from] crate::membership::MemberError),
+    /// The P2P node this call needs has stopped (the store was closed or
+    /// `stop` was called); enable P2P again to go on.
+    #[error("the P2P node has stopped")]
+    P2pStopped,
 }
 
 impl Error {
@@ -277,6 +281,7 @@ impl Error {
             Error::PairingCodeExpired => "PAIRING_CODE_EXPIRED",
             Error::PairingFailed(_) => "PAIRING_FAILED",
             Error::Membership(e) => e.code(),
+            Error::P2pStopped => "P2P_STOPPED",
         }
     }
 }

@@ -25,6 +25,8 @@ mod memory;
 pub use memory::MemoryStore;
 
 mod sealed;
+#[cfg(feature = "test-utils")]
+pub use sealed::fuzz_row_decoder;
 pub use sealed::SealedStorage;
 
 #[cfg(any(test, feature = "test-utils"))]

@@ -227,11 +227,7 @@ impl FileKeyStore {
                 .open(&key, &secrets_context(), &envelope)
                 .map_err(|e| damaged(format!("{e} (not sealed under this device key)")))?,
         );
-        let secrets: Secrets = postcard::from_bytes(&plain).map_err(|e| damaged(e.to_string()))?;
-        if secrets.version != 1 {
-            return Err(damaged(format!("version {}", secrets.version)));
-        }
-        Ok(Some(secrets))
+        decode_secrets(&plain).map(Some).map_err(damaged)
     }
 
     fn write_secrets(&self, secrets: &Secrets) -> Result<()> {
@@ -308,34 +304,63 @@ fn read_secret_text(path: &Path) -> Result<Option<Zeroizing<String>>> {
     }
 }
 
+/// The sealed secrets' plaintext (a known version).
+fn decode_secrets(plain: &[u8]) -> std::result::Result<Secrets, String> {
+    let secrets: Secrets = postcard::from_bytes(plain).map_err(|e| e.to_string())?;
+    if secrets.version != 1 {
+        return Err(format!("version {}", secrets.version));
+    }
+    Ok(secrets)
+}
+
+/// The 32 bytes after `header` in a key file's text, hex-encoded.
+fn parse_hex_key(text: &str, header: &str) -> std::result::Result<Zeroizing<[u8; 32]>, String> {
+    let hex_key = text
+        .trim_end()
+        .strip_prefix(header)
+        .ok_or_else(|| "is not a Persist device key".to_string())?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(hex_key, key.as_mut()).map_err(|e| format!("is damaged: {e}"))?;
+    Ok(key)
+}
+
 fn read_key_file(path: &Path) -> Result<Option<DataKey>> {
     let Some(text) = read_secret_text(path)? else {
         return Ok(None);
     };
-    let hex_key = text.trim_end().strip_prefix(KEY_HEADER).ok_or_else(|| {
-        Error::KeyInvalid(format!("{} is not a Persist device key", path.display()))
-    })?;
-    let mut key = [0u8; 32];
-    hex::decode_to_slice(hex_key, &mut key)
-        .map_err(|e| Error::KeyInvalid(format!("{} is damaged: {e}", path.display())))?;
-    let key = DataKey::from_bytes(key);
-    Ok(Some(key))
+    let key = parse_hex_key(&text, KEY_HEADER)
+        .map_err(|why| Error::KeyInvalid(format!("{} {why}", path.display())))?;
+    Ok(Some(DataKey::from_bytes(*key)))
 }
 
 fn read_legacy_identity(path: &Path) -> Result<Option<DeviceIdentity>> {
     let Some(text) = read_secret_text(path)? else {
         return Ok(None);
     };
-    let hex_seed = text
-        .trim_end()
-        .strip_prefix(LEGACY_IDENTITY_HEADER)
-        .ok_or_else(|| {
-            Error::KeyInvalid(format!("{} is not a Persist device key", path.display()))
-        })?;
-    let mut seed = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(hex_seed, seed.as_mut())
-        .map_err(|e| Error::KeyInvalid(format!("{} is damaged: {e}", path.display())))?;
+    let seed = parse_hex_key(&text, LEGACY_IDENTITY_HEADER)
+        .map_err(|why| Error::KeyInvalid(format!("{} {why}", path.display())))?;
     Ok(Some(DeviceIdentity::from_secret(&seed)))
+}
+
+/// Runs the decoders of the key files on `data` (for fuzzing): the
+/// device key and legacy identity texts, and the sealed secrets'
+/// plaintext. Encodings this code wrote read back.
+#[cfg(feature = "test-utils")]
+pub fn fuzz_decoders(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    for header in [KEY_HEADER, LEGACY_IDENTITY_HEADER] {
+        if let Ok(key) = parse_hex_key(&text, header) {
+            let again = format!("{header}{}\n", hex::encode(key.as_ref()));
+            assert_eq!(parse_hex_key(&again, header).ok().as_deref(), Some(&*key));
+        }
+    }
+    if let Ok(secrets) = decode_secrets(data) {
+        let bytes = postcard::to_stdvec(&secrets).expect("secrets encode");
+        assert!(
+            decode_secrets(&bytes).is_ok(),
+            "secrets written here read back"
+        );
+    }
 }
 
 /// The device key in the keychain: `None` when there is no entry, an error

@@ -16,6 +16,8 @@ mod keyfile;
 pub mod net;
 mod sqlite;
 
+#[cfg(feature = "test-utils")]
+pub use keyfile::fuzz_decoders as fuzz_key_files;
 pub use keyfile::{FileKeyStore, KeyLocation, KEYCHAIN_ENV};
 pub use sqlite::SqliteStore;
 

@@ -175,7 +175,7 @@ pub fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
 }
 
 pub(crate) fn stopped() -> Error {
-    Error::InvalidOptions("the P2P node has stopped".into())
+    Error::P2pStopped
 }
 
 impl P2p {

@@ -173,6 +173,16 @@ async fn two_stores_sync_history_and_live_writes_both_ways() {
     );
     node_a.shutdown();
     node_b.shutdown();
+    // A call on a stopped node says so, with a code of its own.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let err = loop {
+        match node_a.connected_peers().await {
+            Err(e) => break e,
+            Ok(_) => assert!(Instant::now() < deadline, "the node never stopped"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(err.code(), "P2P_STOPPED", "{err}");
 }
 
 #[tokio::test]
