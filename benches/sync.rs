@@ -464,6 +464,6 @@ async fn bare_stream(total: usize) -> (usize, Duration) {
 fn pull_bytes_authors(pull: &SyncRequest) -> usize {
     match pull {
         SyncRequest::Pull { have, .. } => have.len(),
-        SyncRequest::Push { .. } => 0,
+        SyncRequest::Push { .. } | SyncRequest::Hello { .. } => 0,
     }
 }

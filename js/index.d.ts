@@ -27,7 +27,8 @@ export type PersistErrorCode =
   | "CHANGE_MALFORMED"
   | "CHANGE_CONFLICT"
   | "CHANGE_OUT_OF_ORDER"
-  | "P2P_STOPPED";
+  | "P2P_STOPPED"
+  | "QUOTA_EXCEEDED";
 
 /** Every rejected promise rejects with an Error of this shape. */
 export interface PersistError extends Error {
@@ -174,11 +175,19 @@ export interface P2POptions {
   listenAddrs?: string[];
   /** A browser has no mDNS (`mdns: true` is skipped with a warning); `dht` (client mode) defaults to on. */
   discovery?: { dht?: boolean; mdns?: boolean; bootstrapPeers?: string[] };
+  /**
+   * Sync servers (`persist node --serve`) to replicate with: WebSocket or
+   * WebRTC-direct multiaddrs ending in `/p2p/<peer id>`. They hold the
+   * store's ciphertext for devices that are never online together
+   * (encrypted stores only). Events `server:ready`, `server:refused`.
+   */
+  syncServers?: string[];
 }
 
 export type P2PEventName =
   | "peer:connect" | "peer:disconnect" | "sync" | "pair" | "pair:failed" | "pair:request"
-  | "member:add" | "member:remove" | "listen" | "leader" | "alert" | "*";
+  | "member:add" | "member:remove" | "listen" | "leader" | "alert" | "server:ready"
+  | "server:refused" | "*";
 
 export interface P2PEvent {
   type: Exclude<P2PEventName, "*">;

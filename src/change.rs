@@ -540,6 +540,76 @@ impl Commit {
     }
 }
 
+/// What a holder without the store's key can check of a sealed commit
+/// ([`Commit::check_sealed`]): its place in its author's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedHeader {
+    /// The author.
+    pub author: DeviceId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The hash of the author's previous commit (zero for the first).
+    pub prev: [u8; 32],
+    /// The hash of this commit's body.
+    pub hash: [u8; 32],
+    /// Its stamp.
+    pub hlc: Hlc,
+}
+
+impl Commit {
+    /// Checks a sealed commit without opening it (what a sync server,
+    /// which holds no key, can check): the sealed format, size, store
+    /// binding, the author's signature, the operation count, and the
+    /// numbering of the chain. A plain commit is refused: a holder
+    /// without the key keeps only ciphertext.
+    pub fn check_sealed(
+        signed: &SignedCommit,
+        store: StoreId,
+        limits: &Limits,
+    ) -> Result<SealedHeader, RejectReason> {
+        if signed.body.len() > limits.max_commit_bytes {
+            return Err(RejectReason::TooLarge(format!(
+                "{} bytes",
+                signed.body.len()
+            )));
+        }
+        match signed.body.first().copied() {
+            Some(SEALED_COMMIT_FORMAT) => {}
+            Some(COMMIT_FORMAT) => {
+                return Err(RejectReason::EncryptionMismatch(
+                    "an unencrypted commit reached a holder of ciphertext only",
+                ))
+            }
+            other => {
+                return Err(RejectReason::Malformed(format!(
+                    "unknown commit format {other:?}"
+                )))
+            }
+        }
+        let wire: SealedBodyWire = postcard::from_bytes(&signed.body)
+            .map_err(|e| RejectReason::Malformed(e.to_string()))?;
+        let hash = signed.hash();
+        check_signed(signed, &hash, wire.store, &wire.author, wire.seq, store)?;
+        if wire.seq == 0 || wire.op_count == 0 || wire.op_count as usize > limits.max_commit_ops {
+            return Err(RejectReason::Malformed(
+                "bad sequence number or operation count".into(),
+            ));
+        }
+        if wire.seq == 1 && wire.prev != [0; 32] {
+            return Err(RejectReason::Malformed(
+                "a first commit names a previous one".into(),
+            ));
+        }
+        Ok(SealedHeader {
+            author: wire.author,
+            seq: wire.seq,
+            prev: wire.prev,
+            hash,
+            hlc: wire.hlc,
+        })
+    }
+}
+
 /// Store binding, then the author's signature over the encoded body.
 fn check_signed(
     signed: &SignedCommit,

@@ -257,6 +257,9 @@ pub enum Error {
     /// `stop` was called); enable P2P again to go on.
     #[error("the P2P node has stopped")]
     P2pStopped,
+    /// A sync server refused commits beyond the quota of the store.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
 }
 
 impl Error {
@@ -282,6 +285,7 @@ impl Error {
             Error::PairingFailed(_) => "PAIRING_FAILED",
             Error::Membership(e) => e.code(),
             Error::P2pStopped => "P2P_STOPPED",
+            Error::QuotaExceeded(_) => "QUOTA_EXCEEDED",
         }
     }
 }

@@ -43,6 +43,7 @@ pub mod change;
 pub mod crypto;
 pub mod error;
 pub mod hlc;
+pub mod host;
 pub mod identity;
 pub mod keys;
 pub mod membership;

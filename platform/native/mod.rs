@@ -12,10 +12,12 @@ use crate::keys::{KeyStore, MemoryKeyStore};
 use crate::storage::{MemoryStore, StorageBackend};
 use crate::store::{Adapter, StoreOptions};
 
+mod host_sqlite;
 mod keyfile;
 pub mod net;
 mod sqlite;
 
+pub use host_sqlite::SqliteHost;
 #[cfg(feature = "test-utils")]
 pub use keyfile::fuzz_decoders as fuzz_key_files;
 pub use keyfile::{FileKeyStore, KeyLocation, KEYCHAIN_ENV};

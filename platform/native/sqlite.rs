@@ -40,6 +40,7 @@ mod open;
 mod write;
 
 use authors::Authors;
+pub(crate) use open::storage_error;
 use open::Sql;
 use open::{check_header, configure, inspect, lock_owner, migrate};
 

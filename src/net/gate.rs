@@ -34,6 +34,9 @@ pub struct GateState {
     pub bootstrap: HashSet<PeerId>,
     /// Bootstrap/relay addresses without a peer id (admitted when dialled).
     pub bootstrap_addrs: Vec<Multiaddr>,
+    /// Sync servers this device replicates with (they send pushes: the
+    /// sync and live protocols admit them like members).
+    pub servers: HashSet<PeerId>,
     /// True while a pairing code is pending or an exchange runs.
     pub pairing_open: bool,
     /// True while this device offers a code or hosts an exchange (it then
@@ -46,14 +49,17 @@ pub struct GateState {
 impl GateState {
     /// True when `peer` may hold a connection.
     pub fn admits(&self, peer: &PeerId) -> bool {
-        self.members.contains(peer) || self.bootstrap.contains(peer) || self.pairing_open
+        self.members.contains(peer)
+            || self.bootstrap.contains(peer)
+            || self.servers.contains(peer)
+            || self.pairing_open
     }
 
     /// True when `peer` may open an inbound stream of a protocol gated
     /// with `admit`.
     pub fn admits_streams(&self, peer: &PeerId, admit: Admit) -> bool {
         match admit {
-            Admit::Members => self.members.contains(peer),
+            Admit::Members => self.members.contains(peer) || self.servers.contains(peer),
             Admit::Pairing => self.hosting_pairing,
         }
     }

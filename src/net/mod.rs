@@ -181,6 +181,12 @@ pub struct P2pOptions {
     /// first byte arrived, must complete within this; a stream that
     /// trickles bytes slower is cut. [`MESSAGE_TIMEOUT`] by default.
     pub message_timeout: std::time::Duration,
+    /// Sync servers (`persist node --serve`) to replicate with, each
+    /// address ending with `/p2p/<server's peer id>`: the device greets
+    /// each with the store's membership log, then pushes every durable
+    /// batch and pulls what it lacks, as with any member (the server holds
+    /// only ciphertext). Redialled with backoff while unreachable.
+    pub sync_servers: Vec<Multiaddr>,
 }
 
 impl P2pOptions {
@@ -197,6 +203,7 @@ impl P2pOptions {
             count_bytes: None,
             simulated_latency: None,
             message_timeout: MESSAGE_TIMEOUT,
+            sync_servers: Vec::new(),
         }
     }
 }
@@ -218,6 +225,7 @@ impl Default for P2pOptions {
             count_bytes: None,
             simulated_latency: None,
             message_timeout: MESSAGE_TIMEOUT,
+            sync_servers: Vec::new(),
         }
     }
 }
@@ -272,6 +280,18 @@ pub enum P2pEvent {
     /// user: a member's key is misused or a device was restored from an
     /// old copy.
     Equivocation(PeerId),
+    /// A sync server ([`P2pOptions::sync_servers`]) accepted this device
+    /// as a member of the store: replication with it begins.
+    ServerReady(PeerId),
+    /// A sync server refused this device or the store, with a stable code
+    /// (`NOT_TRUSTED`, `QUOTA_EXCEEDED`, `NOT_A_SERVER`, ...); it is asked
+    /// again after a while.
+    ServerRefused {
+        /// The server.
+        peer: PeerId,
+        /// Why.
+        code: String,
+    },
 }
 
 /// A request of the sync protocol.
@@ -303,6 +323,16 @@ pub enum SyncRequest {
         commits: Vec<SignedCommit>,
         /// The pusher's membership log, when the responder's differs.
         members: Option<MembershipWire>,
+    },
+    /// To a sync server, first on each connection: the requester's whole
+    /// membership log, which proves it a member of the store this log
+    /// founds. Answered `Ack` (the server holds the store for it: pulls
+    /// and pushes follow) or `Refused`. Devices refuse it.
+    Hello {
+        /// The store.
+        store: StoreId,
+        /// The requester's membership log.
+        log: MembershipWire,
     },
 }
 
@@ -341,6 +371,7 @@ impl codec::Bounded for SyncRequest {
         match tag {
             0 => MAX_VECTOR_BYTES,  // Pull
             1 => MAX_MESSAGE_BYTES, // Push
+            2 => MAX_MESSAGE_BYTES, // Hello
             _ => 0,
         }
     }

@@ -27,6 +27,7 @@ use crate::identity::DeviceId;
 mod confirm;
 mod discovery;
 mod pairing;
+mod remote;
 mod sync;
 
 use pairing::{HostCode, Hosting, Joining};
@@ -88,6 +89,8 @@ struct Node {
     /// The IP address of each peer connected directly (not relayed, not
     /// loopback).
     peer_ips: HashMap<PeerId, std::net::IpAddr>,
+    /// Sync servers this device replicates with.
+    remote: remote::Remote,
 }
 
 /// Starts the loop for `store` on `swarm` in the background.
@@ -104,8 +107,10 @@ pub(super) fn run(
             .listen_on(addr.clone())
             .map_err(|e| Error::InvalidOptions(format!("cannot listen on {addr}: {e}")))?;
     }
+    let remote = remote::Remote::new(&options.sync_servers)?;
     {
         let mut gate = gate.lock().unwrap_or_else(|p| p.into_inner());
+        gate.servers.extend(remote.peers());
         for addr in &options.bootstrap_peers {
             match addr.iter().last() {
                 Some(libp2p::multiaddr::Protocol::P2p(peer)) => {
@@ -147,8 +152,10 @@ pub(super) fn run(
         awaiting: HashMap::new(),
         cooling: std::collections::VecDeque::new(),
         peer_ips: HashMap::new(),
+        remote,
     };
     node.refresh_members();
+    node.dial_servers();
     for addr in &options.bootstrap_peers {
         if let Err(e) = node.swarm.dial(addr.clone()) {
             tracing::warn!(%addr, %e, "bootstrap peer not dialled");
@@ -196,6 +203,7 @@ impl Node {
                 },
                 _ = tick => {
                     self.expire();
+                    self.dial_servers();
                     self.look_up_host();
                     self.presence_in = self.presence_in.saturating_sub(1);
                     if self.presence_in == 0 {
@@ -339,6 +347,7 @@ impl Node {
                     let member = self.is_member(&peer);
                     let actions = self.replication.connected(peer, member);
                     self.execute(actions);
+                    self.server_connected(peer);
                 }
                 self.maybe_send_start(peer);
             }
@@ -367,6 +376,7 @@ impl Node {
                 self.peer_ips.remove(&peer);
                 self.joiner_left(peer);
                 self.replication.disconnected(peer);
+                self.server_disconnected(&peer);
                 self.meeting_points.remove(&peer);
                 self.emit(P2pEvent::PeerDisconnected(peer));
                 if let Some(hosting) = self.hosting.remove(&peer) {

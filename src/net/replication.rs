@@ -82,9 +82,10 @@ pub enum Incoming {
 }
 
 impl Incoming {
-    /// A request of `/persist/sync/2`, its answer to go under `reply`.
-    pub fn request(request: SyncRequest, reply: Token) -> Incoming {
-        match request {
+    /// A request of `/persist/sync/2`, its answer to go under `reply`
+    /// (`None`: a `Hello`, which only a sync server answers).
+    pub fn request(request: SyncRequest, reply: Token) -> Option<Incoming> {
+        Some(match request {
             SyncRequest::Pull {
                 store,
                 have,
@@ -109,7 +110,8 @@ impl Incoming {
                 members,
                 reply: Some(reply),
             },
-        }
+            SyncRequest::Hello { .. } => return None,
+        })
     }
 
     /// The answer to one of this side's requests (`Err`: the peer refused

@@ -21,7 +21,9 @@ use super::meet::{Directory, DirectoryStats, MeetLimits, MeetRequest};
 use crate::error::{Error, Result};
 
 mod limits;
+mod serve;
 pub use limits::IpLimits;
+pub use serve::{ServeCounters, ServeOptions};
 
 /// Limits and addresses of a headless node.
 #[derive(Debug, Clone)]
@@ -48,6 +50,8 @@ pub struct ServerOptions {
     pub max_connections_per_ip: u32,
     /// Inbound connections from one subnet (IPv4 /24, IPv6 /48) at most.
     pub max_connections_per_subnet: u32,
+    /// Serve stores (a sync server holding their ciphertext), or not.
+    pub serve: Option<ServeOptions>,
 }
 
 impl Default for ServerOptions {
@@ -72,6 +76,7 @@ impl Default for ServerOptions {
             max_connections: 2048,
             max_connections_per_ip: 16,
             max_connections_per_subnet: 64,
+            serve: None,
         }
     }
 }
@@ -81,11 +86,13 @@ pub use behaviour::{ServerBehaviour, ServerBehaviourEvent};
 #[allow(missing_docs)]
 mod behaviour {
     use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::behaviour::toggle::Toggle;
     use libp2p::swarm::NetworkBehaviour;
     use libp2p::{connection_limits, identify, identity, kad, ping, relay};
 
     use super::{IpLimits, ServerOptions};
     use crate::net::meet::{MeetCodec, MEET_PROTOCOL};
+    use crate::net::{SyncCodec, SYNC_PROTOCOL};
 
     /// What a headless node runs: no store protocol, only discovery and
     /// relaying.
@@ -98,6 +105,8 @@ mod behaviour {
         kad: kad::Behaviour<kad::store::MemoryStore>,
         pub(super) relay: relay::Behaviour,
         pub(super) meet: request_response::Behaviour<MeetCodec>,
+        /// The sync protocol, when serving stores.
+        pub(super) sync: Toggle<request_response::Behaviour<SyncCodec>>,
     }
 
     impl ServerBehaviour {
@@ -145,6 +154,18 @@ mod behaviour {
                         .with_request_timeout(std::time::Duration::from_secs(10))
                         .with_max_concurrent_streams(4),
                 ),
+                sync: options
+                    .serve
+                    .as_ref()
+                    .map(|_| {
+                        request_response::Behaviour::new(
+                            [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                            request_response::Config::default()
+                                .with_request_timeout(crate::net::MESSAGE_TIMEOUT)
+                                .with_max_concurrent_streams(crate::net::SYNC_STREAMS),
+                        )
+                    })
+                    .into(),
             }
         }
     }
@@ -160,6 +181,20 @@ pub struct ServerStats {
     pub directory: DirectoryStats,
     /// Meeting-point requests refused so far (budgets, owned places).
     pub refused_requests: u64,
+    /// What a serving node holds and did.
+    pub served: Option<ServedStats>,
+}
+
+/// What a serving node holds and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServedStats {
+    /// Stores held, their commits and bytes.
+    pub held: crate::host::HostStats,
+    /// Stores loaded now (served since the node started).
+    pub loaded: usize,
+    /// Hellos accepted, requests refused, commits stored since start.
+    pub counters: ServeCounters,
 }
 
 /// What a headless node reports.
@@ -201,6 +236,7 @@ enum ServerCommand {
 #[derive(Clone)]
 pub struct Server {
     peer_id: PeerId,
+    storage: Option<std::sync::Arc<dyn crate::host::HostStorage>>,
     commands: mpsc::Sender<ServerCommand>,
     subscribers: super::Subscribers<ServerEvent>,
 }
@@ -226,9 +262,23 @@ impl Server {
         let (commands, inbox) = mpsc::channel(super::handle::COMMAND_QUEUE);
         let subscribers = super::Subscribers::default();
         let directory = Directory::new(options.meet.clone());
-        crate::platform::spawn(run(swarm, directory, inbox, subscribers.clone()));
+        let (done, done_in) = mpsc::channel(serve::DONE_QUEUE);
+        let serving = options
+            .serve
+            .clone()
+            .map(|serve| serve::Serving::new(serve, done));
+        let storage = options.serve.as_ref().map(|serve| serve.storage.clone());
+        crate::platform::spawn(run(
+            swarm,
+            directory,
+            serving,
+            inbox,
+            done_in,
+            subscribers.clone(),
+        ));
         Ok(Server {
             peer_id,
+            storage,
             commands,
             subscribers,
         })
@@ -262,7 +312,11 @@ impl Server {
     pub async fn stats(&self) -> Result<ServerStats> {
         let (tx, rx) = oneshot::channel();
         self.send(ServerCommand::Stats(tx)).await?;
-        rx.await.map_err(|_| stopped())
+        let mut stats = rx.await.map_err(|_| stopped())?;
+        if let (Some(storage), Some(served)) = (&self.storage, stats.served.as_mut()) {
+            served.held = storage.stats().await?;
+        }
+        Ok(stats)
     }
 
     /// Stops the node: closes its listeners and connections.
@@ -316,7 +370,9 @@ impl Meeting {
 async fn run(
     mut swarm: Swarm<ServerBehaviour>,
     directory: Directory,
+    mut serving: Option<serve::Serving>,
     mut inbox: mpsc::Receiver<ServerCommand>,
+    mut done_in: mpsc::Receiver<serve::Done>,
     subscribers: super::Subscribers<ServerEvent>,
 ) {
     let emit = |event: ServerEvent| subscribers.publish(&event);
@@ -342,7 +398,17 @@ async fn run(
                         peers: swarm.connected_peers().count(),
                         directory: meeting.directory.stats(),
                         refused_requests: meeting.refused,
+                        served: serving.as_ref().map(|s| ServedStats {
+                            held: crate::host::HostStats::default(),
+                            loaded: s.loaded(),
+                            counters: s.counters,
+                        }),
                     });
+                }
+            },
+            done = done_in.next() => {
+                if let (Some(done), Some(serving)) = (done, serving.as_mut()) {
+                    serving.done(&mut swarm, done);
                 }
             },
             event = swarm.select_next_some().fuse() => match event {
@@ -370,6 +436,9 @@ async fn run(
                     if num_established == 0 {
                         // Registrations last while their device is connected.
                         meeting.directory.disconnected(&peer_id);
+                        if let Some(serving) = serving.as_mut() {
+                            serving.disconnected(&peer_id);
+                        }
                         emit(ServerEvent::PeerDisconnected(peer_id));
                     }
                 }
@@ -380,6 +449,11 @@ async fn run(
                         message: request_response::Message::Request { request, channel, .. },
                     },
                 )) => meeting.request(&mut swarm, peer, connection_id, request, channel),
+                SwarmEvent::Behaviour(ServerBehaviourEvent::Sync(event)) => {
+                    if let Some(serving) = serving.as_mut() {
+                        serving.sync_event(&mut swarm, event);
+                    }
+                }
                 SwarmEvent::Behaviour(ServerBehaviourEvent::Relay(event)) => {
                     use libp2p::relay::Event;
                     match event {

@@ -14,6 +14,7 @@ mod public_node;
 mod sealed;
 mod sqlite;
 mod strangers;
+mod sync_server;
 mod trust_attacks;
 mod vectors;
 

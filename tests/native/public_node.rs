@@ -22,7 +22,7 @@ use crate::p2p::memory_store;
 use crate::p2p_trust::raw_swarm;
 
 /// A node on loopback with `options`; its TCP address with its id.
-async fn start_node(mut options: ServerOptions) -> (Server, Multiaddr) {
+pub(crate) async fn start_node(mut options: ServerOptions) -> (Server, Multiaddr) {
     options.listen_addrs = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")];
     let keypair =
         persist::net::keypair(&DeviceIdentity::generate().expect("identity")).expect("keypair");

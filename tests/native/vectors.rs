@@ -167,6 +167,14 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Check)> {
             round_trip::<SyncRequest>,
         ),
         (
+            "sync Hello",
+            encode(&SyncRequest::Hello {
+                store,
+                log: log.clone(),
+            }),
+            round_trip::<SyncRequest>,
+        ),
+        (
             "sync Commits",
             encode(&SyncResponse::Commits {
                 commits: vec![plain.clone()],

@@ -12,7 +12,7 @@ use crate::storage::StorageResult;
 pub(super) const APPLICATION_ID: i32 = 0x5052_5354;
 
 /// Maps a rusqlite error to the storage layer's error.
-pub(super) fn storage_error(e: rusqlite::Error) -> StorageError {
+pub(crate) fn storage_error(e: rusqlite::Error) -> StorageError {
     match &e {
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
             ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => {

@@ -81,6 +81,7 @@ pub(crate) fn options(value: &JsValue) -> JsResult<P2pOptions> {
         count_bytes: None,
         simulated_latency: None,
         message_timeout: crate::net::MESSAGE_TIMEOUT,
+        sync_servers: addresses(value, "syncServers")?,
     })
 }
 
@@ -196,6 +197,15 @@ fn describe(event: &P2pEvent) -> Option<(&'static str, JsValue)> {
             set("peer", JsValue::from_str(&peer.to_string()));
             set("code", JsValue::from_str("EQUIVOCATION"));
             "alert"
+        }
+        P2pEvent::ServerReady(peer) => {
+            set("peer", JsValue::from_str(&peer.to_string()));
+            "server:ready"
+        }
+        P2pEvent::ServerRefused { peer, code } => {
+            set("peer", JsValue::from_str(&peer.to_string()));
+            set("code", JsValue::from_str(code));
+            "server:refused"
         }
     };
     Some((name, object.into()))

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
-use persist::net::server::{Server, ServerEvent, ServerOptions};
+use persist::net::server::{ServeOptions, Server, ServerEvent, ServerOptions};
 use persist::net::Multiaddr;
 use persist::{Store, StoreOptions};
 use serde::Deserialize;
@@ -21,7 +21,7 @@ pub struct NodeArgs {
     /// max_circuits, max_circuits_per_peer, max_circuit_seconds,
     /// max_circuit_bytes, max_registrations, registrations_per_ip,
     /// max_connections, max_connections_per_ip, max_connections_per_subnet,
-    /// log_peers.
+    /// log_peers, serve, storage, max_stores, store_quota_bytes.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Address to listen on (repeatable). Default: TCP 4001, QUIC 4001,
@@ -64,6 +64,21 @@ pub struct NodeArgs {
     /// counts.
     #[arg(long)]
     pub log_peers: bool,
+    /// Serve stores: hold the ciphertext of every store whose members
+    /// sync with this node (`--remote` on their side), so devices that are
+    /// never online together converge. The node holds no key.
+    #[arg(long)]
+    pub serve: bool,
+    /// Where served stores are kept: a SQLite file (default
+    /// `<data>/served.db`).
+    #[arg(long)]
+    pub storage: Option<PathBuf>,
+    /// Stores served at most (default 10,000).
+    #[arg(long)]
+    pub max_stores: Option<u64>,
+    /// Bytes of commits one served store may hold (default 1 GiB).
+    #[arg(long)]
+    pub store_quota_bytes: Option<u64>,
     /// Stop after this many seconds (default: until SIGTERM or Ctrl-C).
     #[arg(long = "for")]
     pub seconds: Option<u64>,
@@ -85,6 +100,10 @@ struct ConfigFile {
     max_connections_per_ip: Option<u32>,
     max_connections_per_subnet: Option<u32>,
     log_peers: Option<bool>,
+    serve: Option<bool>,
+    storage: Option<PathBuf>,
+    max_stores: Option<u64>,
+    store_quota_bytes: Option<u64>,
 }
 
 fn invalid(message: String) -> persist::Error {
@@ -160,6 +179,22 @@ impl NodeArgs {
             options.max_connections_per_subnet = n;
         }
         let log_peers = self.log_peers || file.log_peers.unwrap_or(false);
+        if self.serve || file.serve.unwrap_or(false) {
+            let path = self
+                .storage
+                .clone()
+                .or(file.storage)
+                .unwrap_or_else(|| self.data.join("served.db"));
+            let storage = persist::platform::SqliteHost::open(&path)?;
+            let mut serve = ServeOptions::new(std::sync::Arc::new(storage));
+            if let Some(n) = self.max_stores.or(file.max_stores) {
+                serve.max_stores = n;
+            }
+            if let Some(n) = self.store_quota_bytes.or(file.store_quota_bytes) {
+                serve.quota.max_bytes = n;
+            }
+            options.serve = Some(serve);
+        }
         Ok((options, log_peers))
     }
 }
@@ -233,6 +268,12 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
     for addr in &addrs {
         say(format_args!("listening: {addr}"));
     }
+    if let Some(serve) = &options.serve {
+        say(format_args!(
+            "serving stores from {}",
+            serve.storage.describe()
+        ));
+    }
     let seconds = args.seconds.unwrap_or(u64::MAX / 4);
     let deadline = tokio::time::sleep(Duration::from_secs(seconds));
     tokio::pin!(deadline);
@@ -258,6 +299,18 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
                     std::mem::take(&mut tally.circuits),
                     tally.open,
                 ));
+                if let Some(served) = stats.served {
+                    say(format_args!(
+                        "served: {} stores, {} commits, {} bytes held; {} greetings, {} \
+                         refusals, {} commits stored since start",
+                        served.held.stores,
+                        served.held.commits,
+                        served.held.bytes,
+                        served.counters.greeted,
+                        served.counters.refused,
+                        served.counters.commits_in,
+                    ));
+                }
             }
             event = events.next() => match event {
                 Some(ServerEvent::Listening(addr)) if !addrs.contains(&addr) => {

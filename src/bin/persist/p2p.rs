@@ -21,6 +21,11 @@ pub struct NetArgs {
     /// reachable to browsers and to devices behind NATs.
     #[arg(long = "bootstrap")]
     pub bootstrap: Vec<Multiaddr>,
+    /// A sync server (`persist node --serve`) to replicate with, its
+    /// address ending with `/p2p/<peer id>`; repeatable. By default
+    /// `PERSIST_SYNC_REMOTE` (addresses separated by commas).
+    #[arg(long = "remote", env = "PERSIST_SYNC_REMOTE", value_delimiter = ',')]
+    pub remote: Vec<Multiaddr>,
     /// Find peers on the local network with mDNS (`PERSIST_MDNS=off` turns it off).
     #[arg(long, env = "PERSIST_MDNS", default_value = "on", value_parser = on_off)]
     pub mdns: bool,
@@ -51,6 +56,7 @@ impl NetArgs {
             count_bytes: None,
             simulated_latency: None,
             message_timeout: persist::net::MESSAGE_TIMEOUT,
+            sync_servers: self.remote.clone(),
         }
     }
 }

@@ -47,6 +47,11 @@ pub(super) enum Done {
         purpose: Purpose,
         result: Result<(Vec<SignedCommit>, u64, Option<MembershipWire>, MembersHave)>,
     },
+    /// The membership log to greet a sync server with.
+    Hello {
+        peer: PeerId,
+        log: Option<MembershipWire>,
+    },
     /// Received commits verified and stored.
     Ingested {
         peer: PeerId,
@@ -58,7 +63,7 @@ pub(super) enum Done {
 
 impl Node {
     /// Runs `work` off the loop; its result comes back as a [`Done`].
-    fn off_loop<F>(&self, work: F)
+    pub(super) fn off_loop<F>(&self, work: F)
     where
         F: std::future::Future<Output = Done> + crate::platform::MaybeSend + 'static,
     {
@@ -164,6 +169,10 @@ impl Node {
     /// A storage task finished.
     pub(super) fn done(&mut self, done: Done) {
         let actions = match done {
+            Done::Hello { peer, log } => {
+                self.greet(peer, log);
+                Vec::new()
+            }
             Done::Pull { peer, request } => {
                 match request {
                     Ok(request) if self.replication.is_connected(&peer) => {
@@ -229,8 +238,10 @@ impl Node {
     pub(super) fn local_changes(&mut self) {
         self.refresh_members();
         let members = self.members.clone();
+        let remote = &self.remote;
         let actions = self.replication.on_local_commits(|peer| {
             crate::net::device_of(peer).is_some_and(|d| members.contains(&d))
+                || remote.is_greeted(peer)
         });
         self.execute(actions);
     }
@@ -242,7 +253,7 @@ impl Node {
     }
 
     fn incoming(&mut self, peer: PeerId, message: Incoming) {
-        let member = self.is_member(&peer);
+        let member = self.is_member(&peer) || self.remote.is_greeted(&peer);
         let store = self.replica.store_id();
         let actions = self.replication.handle(peer, member, store, message);
         self.execute(actions);
@@ -277,6 +288,10 @@ impl Node {
     /// as requests, each answered with what it applied: the frames already
     /// queued are still written, then the stream closes.
     fn send_live(&mut self, peer: PeerId, message: &LiveMessage) -> bool {
+        // A sync server keeps no live stream: it takes pushes as requests.
+        if self.remote.is_greeted(&peer) {
+            return false;
+        }
         let control = self.control.clone();
         let failed = self.live_failed.clone();
         let Some(link) = self.links.get_mut(&peer) else {
@@ -321,7 +336,7 @@ impl Node {
 
     /// What arrived on a peer's live stream.
     pub(super) fn live_message(&mut self, peer: PeerId, message: LiveMessage) {
-        if !self.is_member(&peer) {
+        if !self.is_member(&peer) && !self.remote.is_greeted(&peer) {
             tracing::info!(%peer, "live message from a non-member dropped");
             return;
         }
@@ -341,8 +356,25 @@ impl Node {
                 ..
             } => {
                 let reply = self.token(channel);
-                let message = Incoming::request(request, reply);
-                self.incoming(peer, message);
+                match Incoming::request(request, reply) {
+                    Some(message) => self.incoming(peer, message),
+                    // A device is no sync server.
+                    None => self.execute(vec![Action::Reply {
+                        token: reply,
+                        response: SyncResponse::Refused("NOT_A_SERVER".into()),
+                    }]),
+                }
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        response,
+                        request_id,
+                    },
+                ..
+            } if self.remote.hellos.contains_key(&request_id) => {
+                self.greeted(peer, request_id, response);
             }
             Event::Message {
                 peer,
@@ -356,15 +388,30 @@ impl Node {
             Event::OutboundFailure {
                 peer,
                 error: request_response::OutboundFailure::UnsupportedProtocols,
+                request_id,
                 ..
             } => {
                 tracing::warn!(
                     %peer, protocol = %crate::net::SYNC_PROTOCOL,
-                    "the peer speaks another version of the sync protocol: no sync with it"
+                    "the peer speaks another version of the sync protocol (or, a node, serves \
+                     no stores): no sync with it"
                 );
+                if self.remote.hellos.contains_key(&request_id) {
+                    self.hello_failed(request_id);
+                    self.emit(P2pEvent::ServerRefused {
+                        peer,
+                        code: "NOT_A_SERVER".into(),
+                    });
+                }
             }
-            Event::OutboundFailure { peer, error, .. } => {
+            Event::OutboundFailure {
+                peer,
+                error,
+                request_id,
+                ..
+            } => {
                 tracing::debug!(%peer, %error, "sync request failed");
+                self.hello_failed(request_id);
             }
             Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "sync request not answered");

@@ -318,7 +318,9 @@ impl Sim {
         let member = self.is_member(to, from);
         let store = self.nodes[to].store.store_id();
         let incoming = match wire {
-            Wire::Request { token, request, .. } => Incoming::request(request, token),
+            Wire::Request { token, request, .. } => {
+                Incoming::request(request, token).expect("the simulation sends no hello")
+            }
             Wire::Response { response, .. } => match Incoming::response(response) {
                 Ok(Some(message)) => message,
                 Ok(None) | Err(_) => return,

@@ -1,0 +1,259 @@
+//! The sync server (`persist node --serve`) on loopback: devices that are
+//! never online together converge through it, it keeps only ciphertext,
+//! and it serves a store only to its current members (a stranger holding
+//! the store's log, a squatter founding a log of its own under the same
+//! store id, and a revoked device each get nothing).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::request_response;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use persist::membership::MembershipWire;
+use persist::net::server::{ServeOptions, Server, ServerOptions};
+use persist::net::{P2pOptions, SyncCodec, SyncRequest, SyncResponse};
+use persist::{DeviceIdentity, Store};
+use serde_json::json;
+
+use crate::p2p::{encrypted_memory_store, pair_into};
+use crate::p2p_trust::{empty_pull, member_with, raw_client};
+use crate::public_node::start_node;
+
+/// A serving node on loopback keeping its stores in `dir/served.db`.
+async fn serving_node(dir: &Path) -> (Server, Multiaddr) {
+    let storage = persist::platform::SqliteHost::open(&dir.join("served.db")).expect("storage");
+    let options = ServerOptions {
+        serve: Some(ServeOptions::new(Arc::new(storage))),
+        ..ServerOptions::default()
+    };
+    start_node(options).await
+}
+
+fn via(server: &Multiaddr) -> P2pOptions {
+    P2pOptions {
+        sync_servers: vec![server.clone()],
+        ..P2pOptions::loopback()
+    }
+}
+
+async fn eventually(what: &str, seconds: u64, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {seconds} s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Commits the server holds.
+async fn held(server: &Server) -> u64 {
+    server
+        .stats()
+        .await
+        .expect("stats")
+        .served
+        .expect("serving")
+        .held
+        .commits
+}
+
+/// Commits `store` holds, all authors.
+async fn commits_of(store: &Store) -> u64 {
+    store
+        .version_vector()
+        .await
+        .expect("vv")
+        .iter()
+        .map(|(_, n)| n)
+        .sum()
+}
+
+async fn has(store: &Store, id: &str) -> bool {
+    store.records("notes").get(id).await.expect("get").is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_never_online_together_converge_through_the_server_which_holds_only_ciphertext() {
+    const MARKER_A: &str = "marker-written-by-a-7f3c";
+    const MARKER_B: &str = "marker-written-by-b-91d2";
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, addr) = serving_node(dir.path()).await;
+    let a = encrypted_memory_store("a").await;
+    let node_a = a.enable_p2p(via(&addr)).await.expect("a");
+    let b = encrypted_memory_store("b").await;
+    let node_b = pair_into(&b, &node_a, via(&addr)).await;
+    node_b.shutdown();
+
+    // A writes alone; once the server holds it, A goes.
+    a.records("notes")
+        .put("from-a", json!({ "text": MARKER_A }))
+        .await
+        .expect("put");
+    let total = commits_of(&a).await;
+    eventually("the server holds A's writes", 10, async || {
+        held(&server).await >= total
+    })
+    .await;
+    node_a.shutdown();
+
+    // B, alone, writes too and gets A's write from the server.
+    b.records("notes")
+        .put("from-b", json!({ "text": MARKER_B }))
+        .await
+        .expect("put");
+    let node_b = b.enable_p2p(via(&addr)).await.expect("b");
+    eventually("B has A's write", 10, async || has(&b, "from-a").await).await;
+    let total = commits_of(&b).await;
+    eventually("the server holds B's write", 10, async || {
+        held(&server).await >= total
+    })
+    .await;
+    node_b.shutdown();
+
+    // A comes back alone and gets B's.
+    let node_a = a.enable_p2p(via(&addr)).await.expect("a again");
+    eventually("A has B's write", 10, async || has(&a, "from-b").await).await;
+    assert_eq!(
+        a.version_vector().await.expect("vv"),
+        b.version_vector().await.expect("vv")
+    );
+    node_a.shutdown();
+    server.shutdown().await;
+
+    // What the server wrote holds no plaintext. Control: the store id and
+    // A's device id, which the server must know, are found the same way.
+    let mut bytes = Vec::new();
+    for name in ["served.db", "served.db-wal"] {
+        if let Ok(more) = std::fs::read(dir.path().join(name)) {
+            bytes.extend(more);
+        }
+    }
+    let found = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(found(a.store_id().as_bytes()), "control: the store id");
+    assert!(found(a.device_id().as_bytes()), "control: A's device id");
+    for marker in [MARKER_A, MARKER_B, "from-a", "from-b", "notes"] {
+        assert!(
+            !found(marker.as_bytes()),
+            "{marker} is in the server's files"
+        );
+    }
+}
+
+/// Sends `request` to the server at `addr` and returns its answer.
+async fn ask(
+    client: &mut Swarm<request_response::Behaviour<SyncCodec>>,
+    addr: &Multiaddr,
+    server: PeerId,
+    request: SyncRequest,
+) -> Result<SyncResponse, String> {
+    if !client.is_connected(&server) {
+        client.dial(addr.clone()).expect("dial");
+    }
+    let id = client.behaviour_mut().send_request(&server, request);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                }) if request_id == id => return Ok(response),
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    request_id,
+                    error,
+                    ..
+                }) if request_id == id => return Err(error.to_string()),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("no answer in 10 s".into()))
+}
+
+fn refused(response: &Result<SyncResponse, String>) -> Option<&str> {
+    match response {
+        Ok(SyncResponse::Refused(code)) => Some(code),
+        _ => None,
+    }
+}
+
+fn commits_in(response: Result<SyncResponse, String>) -> usize {
+    match response {
+        Ok(SyncResponse::Commits { commits, .. }) => commits.len(),
+        other => panic!("expected commits, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_squatters_and_revoked_devices_get_nothing_from_the_server() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, addr) = serving_node(dir.path()).await;
+    let a = encrypted_memory_store("a").await;
+    let node_a = a.enable_p2p(via(&addr)).await.expect("a");
+    let member = member_with(61, &node_a).await;
+    a.records("notes")
+        .put("secret", json!({ "n": 1 }))
+        .await
+        .expect("put");
+    let total = commits_of(&a).await;
+    eventually("the server holds A's writes", 10, async || {
+        held(&server).await >= total
+    })
+    .await;
+    let store = a.store_id();
+    let log: MembershipWire = a.membership_for(None).await.expect("a log");
+    let hello = |log: &MembershipWire| SyncRequest::Hello {
+        store,
+        log: log.clone(),
+    };
+
+    // A stranger that holds the store's log: it is in no entry of it.
+    let stranger = DeviceIdentity::generate().expect("identity");
+    let mut client = raw_client(&stranger);
+    let peer = server.peer_id();
+    let answer = ask(&mut client, &addr, peer, hello(&log)).await;
+    assert_eq!(refused(&answer), Some("NOT_TRUSTED"), "{answer:?}");
+    let answer = ask(&mut client, &addr, peer, empty_pull(store)).await;
+    assert_eq!(refused(&answer), Some("NOT_TRUSTED"), "{answer:?}");
+
+    // A squatter founding a log of its own under the store's id gets a
+    // space of its own: empty, and none of A's.
+    let squat = MembershipWire {
+        store,
+        founder: stranger.device_id(),
+        entries: Vec::new(),
+    };
+    let answer = ask(&mut client, &addr, peer, hello(&squat)).await;
+    assert!(matches!(answer, Ok(SyncResponse::Ack { .. })), "{answer:?}");
+    assert_eq!(
+        commits_in(ask(&mut client, &addr, peer, empty_pull(store)).await),
+        0
+    );
+
+    // The member (control: the same requests succeed for it).
+    let mut client = raw_client(&member);
+    let answer = ask(&mut client, &addr, peer, hello(&log)).await;
+    assert!(matches!(answer, Ok(SyncResponse::Ack { .. })), "{answer:?}");
+    assert!(commits_in(ask(&mut client, &addr, peer, empty_pull(store)).await) > 0);
+
+    // Revoked: refused on its open connection, and when it greets again
+    // with the log it holds (which lacks its removal).
+    node_a
+        .revoke_trust(persist::net::peer_id_of(&member.device_id()).expect("peer"))
+        .await
+        .expect("revoke");
+    eventually("the server refuses the revoked device", 10, async || {
+        refused(&ask(&mut client, &addr, peer, empty_pull(store)).await) == Some("NOT_TRUSTED")
+    })
+    .await;
+    let answer = ask(&mut client, &addr, peer, hello(&log)).await;
+    assert_eq!(refused(&answer), Some("NOT_TRUSTED"), "{answer:?}");
+    node_a.shutdown();
+    server.shutdown().await;
+}
