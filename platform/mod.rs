@@ -14,8 +14,8 @@ pub mod native;
 pub use native::net::{mdns, mdns_discovered, server_swarm, swarm, Mdns, KAD_MODE};
 #[cfg(not(wasm_browser))]
 pub use native::{
-    fill_random, monotonic_ms, now_ms, open_storage, sleep_ms, spawn, SqliteHost, ADAPTER_NAMES,
-    DEFAULT_ADAPTER, ROTATION_BATCH_ROWS,
+    fill_random, monotonic_ms, now_ms, open_host_storage, open_storage, sleep_ms, spawn,
+    PostgresHost, SqliteHost, ADAPTER_NAMES, DEFAULT_ADAPTER, ROTATION_BATCH_ROWS,
 };
 
 #[cfg(wasm_browser)]

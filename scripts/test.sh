@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, clippy (native and wasm32), docs,
 # the native test suites (conformance, durability, command line, property
-# tests) and the wasm32 build of the library. Used by CI as it is.
+# tests, the sync server on SQLite and a PostgreSQL this script starts) and
+# the wasm32 build of the library. Used by CI as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +11,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # mDNS multicasts on every interface: keep it off the host here.
 export PERSIST_MDNS=off
 
-bash scripts/setup.sh chromium chromium-driver iproute2
+bash scripts/setup.sh chromium chromium-driver iproute2 postgresql
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -31,7 +32,11 @@ step "wasm32 build of the library (and no native imports in it)"
 cargo build --lib --locked --target wasm32-unknown-unknown
 python3 scripts/check-wasm-imports.py "$CARGO_TARGET_DIR/wasm32-unknown-unknown/debug/persist.wasm"
 
-step "native tests"
+step "native tests (with a throw-away PostgreSQL on loopback for the sync server's storage)"
+bash scripts/postgres.sh start
+trap 'bash scripts/postgres.sh stop' EXIT
+PERSIST_TEST_POSTGRES="$(bash scripts/postgres.sh url)"
+export PERSIST_TEST_POSTGRES
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast
   cargo test --doc --locked

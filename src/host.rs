@@ -31,6 +31,9 @@ use crate::net::replication::{Ingested, VersionVector};
 use crate::platform::{BoxFuture, BoxStream, MaybeSend, MaybeSync};
 use crate::storage::StorageResult;
 
+#[cfg(feature = "test-utils")]
+pub mod conformance;
+
 /// A space's number in the server's storage.
 pub type SpaceId = i64;
 /// A space as stored: its number and its membership log (encoded).

@@ -12,11 +12,13 @@ use crate::keys::{KeyStore, MemoryKeyStore};
 use crate::storage::{MemoryStore, StorageBackend};
 use crate::store::{Adapter, StoreOptions};
 
+mod host_postgres;
 mod host_sqlite;
 mod keyfile;
 pub mod net;
 mod sqlite;
 
+pub use host_postgres::{open_host_storage, PostgresHost};
 pub use host_sqlite::SqliteHost;
 #[cfg(feature = "test-utils")]
 pub use keyfile::fuzz_decoders as fuzz_key_files;

@@ -91,6 +91,8 @@ struct Node {
     peer_ips: HashMap<PeerId, std::net::IpAddr>,
     /// Sync servers this device replicates with.
     remote: remote::Remote,
+    /// Connections the gate no longer admits close at the next tick.
+    close_due: bool,
 }
 
 /// Starts the loop for `store` on `swarm` in the background.
@@ -153,6 +155,7 @@ pub(super) fn run(
         cooling: std::collections::VecDeque::new(),
         peer_ips: HashMap::new(),
         remote,
+        close_due: false,
     };
     node.refresh_members();
     node.dial_servers();
@@ -202,6 +205,9 @@ impl Node {
                     }
                 },
                 _ = tick => {
+                    if self.close_due {
+                        self.close_unadmitted();
+                    }
                     self.expire();
                     self.dial_servers();
                     self.look_up_host();
@@ -228,6 +234,19 @@ impl Node {
     /// Brings the gate up to date with the membership and pairing state,
     /// and closes connections it no longer admits.
     fn refresh_members(&mut self) {
+        self.update_gate();
+        self.close_unadmitted();
+    }
+
+    /// [`Node::refresh_members`], leaving connections the gate no longer
+    /// admits open until the next tick: a pairing answer just sent (a
+    /// refusal) reaches the joiner before its connection closes.
+    fn refresh_members_after_answer(&mut self) {
+        self.update_gate();
+        self.close_due = true;
+    }
+
+    fn update_gate(&mut self) {
         let now: BTreeSet<DeviceId> = self.replica.members().current.keys().copied().collect();
         let added: Vec<DeviceId> = now.difference(&self.members).copied().collect();
         let removed: Vec<DeviceId> = self.members.difference(&now).copied().collect();
@@ -256,6 +275,11 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Closes the connections of peers the gate no longer admits.
+    fn close_unadmitted(&mut self) {
+        self.close_due = false;
         let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         let refused: Vec<PeerId> = self
             .swarm

@@ -7,6 +7,7 @@ mod cli;
 mod disk_full;
 mod durability;
 mod encrypted;
+mod host_storage;
 mod p2p;
 mod p2p_trust;
 mod pair_confirm;

@@ -70,9 +70,10 @@ pub struct NodeArgs {
     #[arg(long)]
     pub serve: bool,
     /// Where served stores are kept: a SQLite file (default
-    /// `<data>/served.db`).
+    /// `<data>/served.db`) or a PostgreSQL URL
+    /// (`postgres://user:password@host:5432/db`).
     #[arg(long)]
-    pub storage: Option<PathBuf>,
+    pub storage: Option<String>,
     /// Stores served at most (default 10,000).
     #[arg(long)]
     pub max_stores: Option<u64>,
@@ -101,7 +102,7 @@ struct ConfigFile {
     max_connections_per_subnet: Option<u32>,
     log_peers: Option<bool>,
     serve: Option<bool>,
-    storage: Option<PathBuf>,
+    storage: Option<String>,
     max_stores: Option<u64>,
     store_quota_bytes: Option<u64>,
 }
@@ -113,7 +114,7 @@ fn invalid(message: String) -> persist::Error {
 impl NodeArgs {
     /// The options (defaults, then the file, then the flags) and whether
     /// to log peer ids.
-    fn options(&self) -> persist::Result<(ServerOptions, bool)> {
+    async fn options(&self) -> persist::Result<(ServerOptions, bool)> {
         let file = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -180,13 +181,17 @@ impl NodeArgs {
         }
         let log_peers = self.log_peers || file.log_peers.unwrap_or(false);
         if self.serve || file.serve.unwrap_or(false) {
-            let path = self
-                .storage
-                .clone()
-                .or(file.storage)
-                .unwrap_or_else(|| self.data.join("served.db"));
-            let storage = persist::platform::SqliteHost::open(&path)?;
-            let mut serve = ServeOptions::new(std::sync::Arc::new(storage));
+            let spec = match self.storage.clone().or(file.storage) {
+                Some(spec) => spec,
+                None => {
+                    std::fs::create_dir_all(&self.data).map_err(|e| {
+                        invalid(format!("cannot create {}: {e}", self.data.display()))
+                    })?;
+                    self.data.join("served.db").display().to_string()
+                }
+            };
+            let storage = persist::platform::open_host_storage(&spec).await?;
+            let mut serve = ServeOptions::new(storage);
             if let Some(n) = self.max_stores.or(file.max_stores) {
                 serve.max_stores = n;
             }
@@ -226,7 +231,7 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
     };
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let (options, log_peers) = args.options()?;
+    let (options, log_peers) = args.options().await?;
     std::fs::create_dir_all(&args.data).map_err(|e| {
         invalid(format!(
             "cannot create the data folder {}: {e}",

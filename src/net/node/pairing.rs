@@ -373,7 +373,9 @@ impl Node {
                 tracing::debug!(%peer, %error, "pairing request failed");
                 self.host_left(peer);
             }
-            Event::InboundFailure { .. } | Event::ResponseSent { .. } => self.refresh_members(),
+            Event::InboundFailure { .. } | Event::ResponseSent { .. } => {
+                self.refresh_members_after_answer()
+            }
         }
     }
 
