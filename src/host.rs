@@ -135,6 +135,52 @@ pub trait HostStorage: MaybeSend + MaybeSync {
     fn stats(&self) -> BoxFuture<'_, StorageResult<HostStats>>;
 }
 
+/// Decoders of the columns a server's storage reads back (SQL engines
+/// type them as bytes and integers): a value of the wrong size or sign is
+/// `STORAGE_CORRUPT`.
+pub mod stored {
+    use crate::change::SignedCommit;
+    use crate::error::StorageError;
+    use crate::identity::DeviceId;
+    use crate::storage::StorageResult;
+
+    fn sized<const N: usize>(bytes: Vec<u8>, what: &str) -> StorageResult<[u8; N]> {
+        bytes
+            .try_into()
+            .map_err(|_| StorageError::Corrupt(format!("a stored {what} is not {N} bytes")))
+    }
+
+    /// A device id column.
+    pub fn device(bytes: Vec<u8>) -> StorageResult<DeviceId> {
+        Ok(DeviceId::from_bytes(sized(bytes, "device id")?))
+    }
+
+    /// A hash column.
+    pub fn hash(bytes: Vec<u8>) -> StorageResult<[u8; 32]> {
+        sized(bytes, "hash")
+    }
+
+    /// A commit's body and signature columns.
+    pub fn commit(body: Vec<u8>, signature: Vec<u8>) -> StorageResult<SignedCommit> {
+        Ok(SignedCommit {
+            body,
+            signature: sized(signature, "signature")?,
+        })
+    }
+
+    /// A count or sequence number column (a signed 64-bit integer).
+    pub fn count(value: i64) -> StorageResult<u64> {
+        u64::try_from(value)
+            .map_err(|_| StorageError::Corrupt(format!("a stored count of {value}")))
+    }
+
+    /// A count or sequence number as a signed 64-bit integer column.
+    pub fn number(n: u64) -> StorageResult<i64> {
+        i64::try_from(n)
+            .map_err(|_| StorageError::Backend(format!("{n} does not fit a 64-bit column")))
+    }
+}
+
 /// What a server allows one space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {

@@ -14,6 +14,7 @@ use tokio_postgres::NoTls;
 
 use crate::change::{SignedCommit, StoreId};
 use crate::error::StorageError;
+use crate::host::stored::{commit as signed, count, device, hash, number};
 use crate::host::{Head, HostStats, HostStorage, HostedCommit, SpaceId, StoredSpace, Usage};
 use crate::identity::DeviceId;
 use crate::platform::BoxFuture;
@@ -62,28 +63,6 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StorageError {
         deadpool_postgres::PoolError::Backend(e) => pg(e),
         other => StorageError::Io(format!("PostgreSQL: {other}")),
     }
-}
-
-fn device(bytes: Vec<u8>) -> StorageResult<DeviceId> {
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| StorageError::Corrupt("a stored device id is not 32 bytes".into()))?;
-    Ok(DeviceId::from_bytes(bytes))
-}
-
-fn count(value: i64) -> StorageResult<u64> {
-    u64::try_from(value).map_err(|_| StorageError::Corrupt(format!("a stored count of {value}")))
-}
-
-fn number(n: u64) -> StorageResult<i64> {
-    i64::try_from(n).map_err(|_| StorageError::Backend(format!("{n} does not fit a BIGINT")))
-}
-
-fn signed(body: Vec<u8>, signature: Vec<u8>) -> StorageResult<SignedCommit> {
-    let signature: [u8; 64] = signature
-        .try_into()
-        .map_err(|_| StorageError::Corrupt("a stored signature is not 64 bytes".into()))?;
-    Ok(SignedCommit { body, signature })
 }
 
 impl PostgresHost {
@@ -216,13 +195,7 @@ impl HostStorage for PostgresHost {
                 .await
                 .map_err(pg)?;
             rows.into_iter()
-                .map(|r| {
-                    let hash: Vec<u8> = r.get(2);
-                    let hash: [u8; 32] = hash.try_into().map_err(|_| {
-                        StorageError::Corrupt("a stored hash is not 32 bytes".into())
-                    })?;
-                    Ok((device(r.get(0))?, count(r.get(1))?, hash))
-                })
+                .map(|r| Ok((device(r.get(0))?, count(r.get(1))?, hash(r.get(2))?)))
                 .collect()
         })
     }

@@ -11,6 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::change::{SignedCommit, StoreId};
 use crate::error::StorageError;
+use crate::host::stored::{commit as signed, count, device, hash, number};
 use crate::host::{Head, HostStats, HostStorage, HostedCommit, SpaceId, StoredSpace, Usage};
 use crate::identity::DeviceId;
 use crate::platform::BoxFuture;
@@ -48,34 +49,6 @@ pub struct SqliteHost {
 
 fn sql<T>(result: rusqlite::Result<T>) -> StorageResult<T> {
     result.map_err(storage_error)
-}
-
-fn device(bytes: Vec<u8>) -> StorageResult<DeviceId> {
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| StorageError::Corrupt("a stored device id is not 32 bytes".into()))?;
-    Ok(DeviceId::from_bytes(bytes))
-}
-
-fn hash(bytes: Vec<u8>) -> StorageResult<[u8; 32]> {
-    bytes
-        .try_into()
-        .map_err(|_| StorageError::Corrupt("a stored hash is not 32 bytes".into()))
-}
-
-fn seq(value: i64) -> StorageResult<u64> {
-    u64::try_from(value).map_err(|_| StorageError::Corrupt(format!("sequence number {value}")))
-}
-
-fn signed(body: Vec<u8>, signature: Vec<u8>) -> StorageResult<SignedCommit> {
-    let signature: [u8; 64] = signature
-        .try_into()
-        .map_err(|_| StorageError::Corrupt("a stored signature is not 64 bytes".into()))?;
-    Ok(SignedCommit { body, signature })
-}
-
-fn as_i64(n: u64) -> StorageResult<i64> {
-    i64::try_from(n).map_err(|_| StorageError::Backend(format!("{n} does not fit SQLite")))
 }
 
 impl SqliteHost {
@@ -182,8 +155,8 @@ impl HostStorage for SqliteHost {
             if let Some(found) = find_space(&tx, store, founder)? {
                 return Ok(Some(found));
             }
-            let count: i64 = sql(tx.query_row("SELECT count(*) FROM spaces", [], |r| r.get(0)))?;
-            if seq(count)? >= max_spaces {
+            let held: i64 = sql(tx.query_row("SELECT count(*) FROM spaces", [], |r| r.get(0)))?;
+            if count(held)? >= max_spaces {
                 return Ok(None);
             }
             sql(tx.execute(
@@ -226,7 +199,7 @@ impl HostStorage for SqliteHost {
             let mut out = Vec::new();
             for row in rows {
                 let (author, n, h) = sql(row)?;
-                out.push((device(author)?, seq(n)?, hash(h)?));
+                out.push((device(author)?, count(n)?, hash(h)?));
             }
             Ok(out)
         })
@@ -248,7 +221,7 @@ impl HostStorage for SqliteHost {
                 params![
                     space,
                     author.as_bytes().as_slice(),
-                    as_i64(after)?,
+                    number(after)?,
                     limit as i64
                 ],
                 |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
@@ -272,7 +245,7 @@ impl HostStorage for SqliteHost {
             let row = sql(conn
                 .query_row(
                     "SELECT body, signature FROM commits WHERE space = ?1 AND author = ?2 AND seq = ?3",
-                    params![space, author.as_bytes().as_slice(), as_i64(at)?],
+                    params![space, author.as_bytes().as_slice(), number(at)?],
                     |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
                 )
                 .optional())?;
@@ -297,7 +270,7 @@ impl HostStorage for SqliteHost {
                     sql(stmt.execute(params![
                         space,
                         c.author.as_bytes().as_slice(),
-                        as_i64(c.seq)?,
+                        number(c.seq)?,
                         c.hash.as_slice(),
                         c.commit.body,
                         c.commit.signature.as_slice(),
@@ -317,7 +290,7 @@ impl HostStorage for SqliteHost {
         self.run(move |conn| {
             let gone = sql(conn.execute(
                 "DELETE FROM commits WHERE space = ?1 AND author = ?2 AND seq > ?3",
-                params![space, author.as_bytes().as_slice(), as_i64(keep_upto)?],
+                params![space, author.as_bytes().as_slice(), number(keep_upto)?],
             ))?;
             Ok(gone as u64)
         })
@@ -332,8 +305,8 @@ impl HostStorage for SqliteHost {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             ))?;
             Ok(Usage {
-                commits: seq(commits)?,
-                bytes: seq(bytes)?,
+                commits: count(commits)?,
+                bytes: count(bytes)?,
             })
         })
     }
@@ -347,9 +320,9 @@ impl HostStorage for SqliteHost {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             ))?;
             Ok(HostStats {
-                stores: seq(stores)?,
-                commits: seq(commits)?,
-                bytes: seq(bytes)?,
+                stores: count(stores)?,
+                commits: count(commits)?,
+                bytes: count(bytes)?,
             })
         })
     }

@@ -13,6 +13,8 @@ use clap::{Parser, Subcommand};
 mod node;
 #[path = "persist/p2p.rs"]
 mod p2p;
+#[path = "persist/server_demo.rs"]
+mod server_demo;
 use persist::{EventListOptions, ListOptions, Since, Store, StoreOptions};
 use serde_json::{json, Value};
 
@@ -512,6 +514,7 @@ async fn demo(data: PathBuf) -> persist::Result<()> {
     println!("  {fired} subscription callbacks");
     encrypted_demo(&data).await?;
     p2p_demo(&data).await?;
+    server_demo::run(&data).await?;
     println!("Done: run it again and the data is still there.");
     println!("Try: persist list --path {} notes", path.display());
     Ok(())

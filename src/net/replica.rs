@@ -134,3 +134,25 @@ pub async fn read(
     let log = replica.membership_for(theirs).await;
     Ok((commits, lacking, log, ours))
 }
+
+/// What an [`Action::Ingest`](super::replication::Action::Ingest) asks:
+/// merges the peer's log first (it may admit the authors of the commits;
+/// a refused log is logged and the commits are still checked), then
+/// verifies and stores the commits.
+pub async fn merge_and_ingest(
+    replica: &dyn Replica,
+    members: Option<MembershipWire>,
+    commits: Vec<SignedCommit>,
+) -> (Option<Merged>, Result<Ingested>) {
+    let merged = match members {
+        Some(log) => match replica.merge_membership(log).await {
+            Ok(merged) => Some(merged),
+            Err(e) => {
+                tracing::info!(code = e.code(), %e, "membership log refused");
+                None
+            }
+        },
+        None => None,
+    };
+    (merged, replica.ingest(commits).await)
+}

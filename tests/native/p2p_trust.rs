@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::{AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder};
+use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder};
 use persist::change::{CommitBody, Op, COMMIT_FORMAT};
 use persist::hlc::Hlc;
 use persist::keys::MemoryKeyStore;
@@ -282,12 +282,22 @@ pub(crate) async fn ask_within(
     deadline: Duration,
 ) -> Result<SyncResponse, String> {
     let addr = dial_addr(node).await;
-    if !client.is_connected(&node.peer_id()) {
-        client.dial(addr).expect("dial");
+    ask_at(client, &addr, node.peer_id(), request, deadline).await
+}
+
+/// Sends `request` to `peer` at `addr` (dialled unless connected) and
+/// returns the answer (or the failure) within `deadline`.
+pub(crate) async fn ask_at(
+    client: &mut Swarm<request_response::Behaviour<SyncCodec>>,
+    addr: &Multiaddr,
+    peer: PeerId,
+    request: SyncRequest,
+    deadline: Duration,
+) -> Result<SyncResponse, String> {
+    if !client.is_connected(&peer) {
+        client.dial(addr.clone()).expect("dial");
     }
-    let id = client
-        .behaviour_mut()
-        .send_request(&node.peer_id(), request);
+    let id = client.behaviour_mut().send_request(&peer, request);
     tokio::time::timeout(deadline, async {
         loop {
             match client.select_next_some().await {

@@ -8,9 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use libp2p::request_response;
-use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use persist::membership::MembershipWire;
 use persist::net::server::{ServeOptions, Server, ServerOptions};
@@ -19,7 +17,7 @@ use persist::{DeviceIdentity, Store};
 use serde_json::json;
 
 use crate::p2p::{encrypted_memory_store, pair_into};
-use crate::p2p_trust::{empty_pull, member_with, raw_client};
+use crate::p2p_trust::{ask_at, empty_pull, member_with, raw_client};
 use crate::public_node::start_node;
 
 /// A serving node on loopback keeping its stores in `dir/served.db`.
@@ -148,32 +146,7 @@ async fn ask(
     server: PeerId,
     request: SyncRequest,
 ) -> Result<SyncResponse, String> {
-    if !client.is_connected(&server) {
-        client.dial(addr.clone()).expect("dial");
-    }
-    let id = client.behaviour_mut().send_request(&server, request);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match client.select_next_some().await {
-                SwarmEvent::Behaviour(request_response::Event::Message {
-                    message:
-                        request_response::Message::Response {
-                            request_id,
-                            response,
-                        },
-                    ..
-                }) if request_id == id => return Ok(response),
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                    request_id,
-                    error,
-                    ..
-                }) if request_id == id => return Err(error.to_string()),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| Err("no answer in 10 s".into()))
+    ask_at(client, addr, server, request, Duration::from_secs(10)).await
 }
 
 fn refused(response: &Result<SyncResponse, String>) -> Option<&str> {

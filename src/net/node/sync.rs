@@ -131,18 +131,9 @@ impl Node {
                 } => {
                     let replica = self.replica.clone();
                     self.off_loop(async move {
-                        // The log first: it admits the commits.
-                        let merged = match members {
-                            Some(log) => match replica.merge_membership(log).await {
-                                Ok(merged) => Some(merged),
-                                Err(e) => {
-                                    tracing::warn!(%peer, code = e.code(), %e, "membership log refused");
-                                    None
-                                }
-                            },
-                            None => None,
-                        };
-                        let result = replica.ingest(commits).await;
+                        let (merged, result) =
+                            crate::net::replica::merge_and_ingest(&*replica, members, commits)
+                                .await;
                         Done::Ingested {
                             peer,
                             arrival,

@@ -413,17 +413,8 @@ impl Serving {
                 } => {
                     let hosted = hosted.clone();
                     self.off_loop(async move {
-                        let merged = match members {
-                            Some(log) => match hosted.merge_membership(log).await {
-                                Ok(merged) => Some(merged),
-                                Err(e) => {
-                                    tracing::info!(%peer, code = e.code(), %e, "membership log refused");
-                                    None
-                                }
-                            },
-                            None => None,
-                        };
-                        let result = hosted.ingest(commits).await;
+                        let (merged, result) =
+                            replica::merge_and_ingest(&*hosted, members, commits).await;
                         Done::Ingested {
                             space: space_id,
                             peer,
