@@ -28,7 +28,8 @@ export type PersistErrorCode =
   | "CHANGE_CONFLICT"
   | "CHANGE_OUT_OF_ORDER"
   | "P2P_STOPPED"
-  | "QUOTA_EXCEEDED";
+  | "QUOTA_EXCEEDED"
+  | "SYNC_REMOTE_UNSET";
 
 /** Every rejected promise rejects with an Error of this shape. */
 export interface PersistError extends Error {
@@ -58,6 +59,12 @@ export interface StoreOptions {
    * changes anything stored.
    */
   key?: string;
+  /**
+   * `strategy`: as `strategy` above. `remote`: natively (the Rust API and
+   * the `persist` command), a sync server to sync with from the start; in
+   * a browser it is refused with INVALID_OPTIONS: give the servers to
+   * `store.enableP2P({ syncServers })`, which the tab running the node uses.
+   */
   sync?: { remote?: string; strategy?: Strategy };
 }
 

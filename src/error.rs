@@ -260,6 +260,10 @@ pub enum Error {
     /// A sync server refused commits beyond the quota of the store.
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
+    /// A sync remote names the deployment's server, and nothing says
+    /// where that server is (`PERSIST_SYNC_REMOTE`).
+    #[error("{0}")]
+    SyncRemoteUnset(String),
 }
 
 impl Error {
@@ -286,6 +290,7 @@ impl Error {
             Error::Membership(e) => e.code(),
             Error::P2pStopped => "P2P_STOPPED",
             Error::QuotaExceeded(_) => "QUOTA_EXCEEDED",
+            Error::SyncRemoteUnset(_) => "SYNC_REMOTE_UNSET",
         }
     }
 }

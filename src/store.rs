@@ -35,12 +35,14 @@ mod crypto;
 mod forks;
 mod handles;
 mod members;
+mod remote;
 mod replica;
 mod subscribe;
 mod writer;
 
 pub use crypto::{RotationProgress, StoreCrypto, ROTATION_BATCH_ROWS};
 pub use members::{MembershipUpdate, Welcome};
+pub use remote::SYNC_REMOTE_ENV;
 
 pub use handles::{
     AppendedEvent, Event, EventListOptions, Events, Kv, ListOptions, Record, Records, Since,
@@ -116,6 +118,9 @@ pub struct StoreOptions {
     /// [`StoreCrypto::export_key`]) to open an encrypted store this device
     /// holds no key for, such as a copy of another device's data.
     pub key: Option<Zeroizing<String>>,
+    /// Sync with a sync server from the moment the store opens
+    /// ([`StoreOptions::sync_remote`]).
+    pub sync_remote: Option<String>,
 }
 
 impl StoreOptions {
@@ -133,7 +138,22 @@ impl StoreOptions {
             clock: None,
             encrypt: false,
             key: None,
+            sync_remote: None,
         }
+    }
+
+    /// Syncs with a sync server (`persist node --serve`) from the moment
+    /// the store opens, through a node of the store's own that listens
+    /// nowhere ([`Store::remote_sync`]; `enable_p2p` later takes it over).
+    /// `remote` is the server's address (`/ip4/.../tcp/4001/p2p/<id>`,
+    /// several separated by commas) or a name for this deployment's
+    /// server (`"postgres"`, `"default"`, ...), which the
+    /// `PERSIST_SYNC_REMOTE` variable resolves; unset, opening fails with
+    /// `SYNC_REMOTE_UNSET`. The store must be encrypted: a server holds
+    /// only ciphertext.
+    pub fn sync_remote(mut self, remote: impl Into<String>) -> Self {
+        self.sync_remote = Some(remote.into());
+        self
     }
 
     /// Encrypts the store (when it is created).
@@ -245,6 +265,9 @@ struct Inner {
     subscribers: Mutex<subscribe::Subscribers>,
     /// Told after every durable batch (P2P nodes push what peers lack).
     commit_listeners: Mutex<Vec<futures::channel::mpsc::Sender<()>>>,
+    /// Sync servers named by the options, and the node the store runs
+    /// for them.
+    remote: Mutex<remote::RemoteSync>,
 }
 
 /// The store a handle is bound to: its id and storage.
@@ -389,6 +412,7 @@ impl Store {
             device,
             subscribers: Mutex::new(subscribe::Subscribers::default()),
             commit_listeners: Mutex::new(Vec::new()),
+            remote: Mutex::default(),
         });
         let external = inner
             .bound
@@ -418,6 +442,10 @@ impl Store {
                     }
                 }
             });
+        }
+        if let Some(remote) = &options.sync_remote {
+            let servers = remote::resolve(remote)?;
+            store.start_remote_sync(servers).await?;
         }
         Ok(store)
     }
@@ -513,7 +541,13 @@ impl Store {
     /// store and replicates its commits with the members it connects to;
     /// connections from other peers are refused after the handshake. See
     /// [`crate::net`]. Natively it needs a tokio runtime.
-    pub async fn enable_p2p(&self, options: crate::net::P2pOptions) -> Result<crate::net::P2p> {
+    pub async fn enable_p2p(&self, mut options: crate::net::P2pOptions) -> Result<crate::net::P2p> {
+        self.check_open()?;
+        self.hand_over_remote(&mut options);
+        self.start_node(options).await
+    }
+
+    async fn start_node(&self, options: crate::net::P2pOptions) -> Result<crate::net::P2p> {
         self.check_open()?;
         // Another tab may have run the node until now (it merged
         // membership changes into the shared storage).
@@ -749,6 +783,7 @@ impl Store {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        self.stop_remote_sync();
         self.inner.writer.drain().await;
         self.inner
             .subscribers

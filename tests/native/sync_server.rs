@@ -230,3 +230,78 @@ async fn strangers_squatters_and_revoked_devices_get_nothing_from_the_server() {
     node_a.shutdown();
     server.shutdown().await;
 }
+
+/// The product page's sample, natively: `sync_remote` on the options, no
+/// `enable_p2p` call; two devices that paired once and are then never
+/// open together converge through the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_opened_with_a_sync_remote_syncs_without_enable_p2p() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, addr) = serving_node(dir.path()).await;
+    let remote = addr.to_string();
+    let open = |name: &str| {
+        Store::open(
+            persist::StoreOptions::new(name)
+                .path(dir.path().join(format!("{name}.db")))
+                .encrypt(true)
+                .sync_remote(remote.clone()),
+        )
+    };
+    let (a, b) = (open("a").await.expect("a"), open("b").await.expect("b"));
+    assert!(
+        a.remote_sync().is_some(),
+        "the store runs a node for the server"
+    );
+    // Pairing takes over the store's node; the server stays.
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
+    assert!(a.remote_sync().is_none());
+    let node_b = pair_into(&b, &node_a, P2pOptions::loopback()).await;
+    node_a.shutdown();
+    node_b.shutdown();
+    b.close().await.expect("close b");
+
+    a.records("notes")
+        .put("sample", json!({ "text": "written while b is closed" }))
+        .await
+        .expect("put");
+    a.close().await.expect("close a");
+    let a = open("a").await.expect("a again");
+    let total = commits_of(&a).await;
+    eventually("the server holds A's write", 10, async || {
+        held(&server).await >= total
+    })
+    .await;
+    a.close().await.expect("close a");
+
+    let b = open("b").await.expect("b again");
+    eventually("B has A's write", 10, async || has(&b, "sample").await).await;
+    b.close().await.expect("close b");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sync_remote_naming_the_deployment_needs_its_address() {
+    std::env::remove_var(persist::store::SYNC_REMOTE_ENV);
+    let err = Store::open(
+        persist::StoreOptions::new("seed")
+            .adapter(persist::Adapter::Memory)
+            .encrypt(true)
+            .sync_remote("postgres"),
+    )
+    .await
+    .expect_err("no address");
+    assert_eq!(err.code(), "SYNC_REMOTE_UNSET");
+    assert!(err.to_string().contains("PERSIST_SYNC_REMOTE"), "{err}");
+    // A plain store cannot sync through a server.
+    let server = persist::net::peer_id_of(&DeviceIdentity::generate().expect("id").device_id())
+        .expect("peer id");
+    let err = Store::open(
+        persist::StoreOptions::new("plain")
+            .adapter(persist::Adapter::Memory)
+            .sync_remote(format!("/ip4/127.0.0.1/tcp/9/p2p/{server}")),
+    )
+    .await
+    .expect_err("plain");
+    assert_eq!(err.code(), "INVALID_OPTIONS");
+    assert!(err.to_string().contains("encrypt"), "{err}");
+}

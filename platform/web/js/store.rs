@@ -43,6 +43,15 @@ pub async fn create_store(name_or_options: JsValue, options: JsValue) -> JsResul
         })?;
         store_options = store_options.strategy(strategy);
     }
+    if !option(&option(&options, "sync"), "remote").is_undefined() {
+        // One node per origin runs in the tab that holds the store's lock:
+        // the servers go to it.
+        return Err(js_error(
+            "INVALID_OPTIONS",
+            "in a browser, sync servers are given to the tab's P2P node: \
+             store.enableP2P({ syncServers: [\"/ip4/.../webrtc-direct/certhash/.../p2p/...\"] })",
+        ));
+    }
     let store = Store::open(store_options).await?;
     Ok(JsStore {
         store,
