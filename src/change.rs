@@ -409,8 +409,12 @@ impl Commit {
                 body.format = SEALED_COMMIT_FORMAT;
                 let count = u32::try_from(body.ops.len())
                     .map_err(|_| crate::Error::InvalidValue("too many operations".into()))?;
-                let plain =
+                let mut plain =
                     zeroize::Zeroizing::new(postcard::to_stdvec(&body.ops).map_err(encode)?);
+                // Zeros up to the padded size: a holder of the ciphertext
+                // (a sync server) learns the size only to within 12%.
+                let padded = padme(plain.len());
+                plain.resize(padded, 0);
                 let context =
                     sealed_ops_context(body.store, &body.author, body.seq, body.hlc, count);
                 let sealed = sealer
@@ -484,8 +488,17 @@ impl Commit {
                         .open(key, &context, &wire.sealed)
                         .map_err(decrypt)?,
                 );
-                let ops: Vec<Op> = postcard::from_bytes(&plain)
+                let (ops, padding): (Vec<Op>, &[u8]) = postcard::take_from_bytes(&plain)
                     .map_err(|e| RejectReason::Malformed(format!("sealed operations: {e}")))?;
+                // What follows the operations is the padding: zeros, up to
+                // the padded size (none in commits of earlier versions).
+                if padding.iter().any(|b| *b != 0)
+                    || plain.len() > padme(plain.len() - padding.len())
+                {
+                    return Err(RejectReason::Malformed(
+                        "sealed operations followed by other bytes than their padding".into(),
+                    ));
+                }
                 if ops.len() != wire.op_count as usize {
                     return Err(RejectReason::Malformed("operation count differs".into()));
                 }
@@ -538,6 +551,20 @@ impl Commit {
         }
         Ok(Commit { body, signed, hash })
     }
+}
+
+/// The padded size of `len` bytes (PADME: the low bits of the length are
+/// rounded up so that at most about log2(log2(len)) + 1 bits of it remain;
+/// the padding costs at most 12%, and sizes fall into few classes).
+pub fn padme(len: usize) -> usize {
+    if len < 2 {
+        return len;
+    }
+    let exponent = usize::BITS - 1 - len.leading_zeros();
+    let size_bits = u32::BITS - exponent.leading_zeros();
+    let last_bits = exponent.saturating_sub(size_bits);
+    let mask = (1usize << last_bits) - 1;
+    (len + mask) & !mask
 }
 
 /// What a holder without the store's key can check of a sealed commit
@@ -658,6 +685,105 @@ impl Default for Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sealed commit of `author` whose operations' plaintext is
+    /// `postcard(ops)` followed by `tail`, and the keyring that opens it.
+    fn sealed_with_tail(tail: &[u8]) -> (SignedCommit, StoreId, Keyring) {
+        let author = DeviceIdentity::from_secret(&[4; 32]);
+        let store = StoreId::from_bytes([1; 16]);
+        let key = crate::crypto::DataKey::from_bytes([3; 32]);
+        let mut sealer = Sealer::new(&key, 0).expect("sealer");
+        let ops = vec![Op::KvSet {
+            key: "k".into(),
+            value: "1".into(),
+        }];
+        let hlc = Hlc::from_millis(1_700_000_000_000);
+        let mut plain = postcard::to_stdvec(&ops).expect("ops");
+        plain.extend_from_slice(tail);
+        let context = sealed_ops_context(store, &author.device_id(), 1, hlc, 1);
+        let body = postcard::to_stdvec(&SealedBodyWire {
+            format: SEALED_COMMIT_FORMAT,
+            store,
+            author: author.device_id(),
+            seq: 1,
+            prev: [0; 32],
+            hlc,
+            op_count: 1,
+            sealed: sealer.seal(&context, &plain).expect("seal"),
+        })
+        .expect("body");
+        let hash: [u8; 32] = Sha256::digest(&body).into();
+        let signature = author.sign(&signing_message(store, &author.device_id(), 1, &hash));
+        let keyring = Keyring::from_key(store, 0, key);
+        (SignedCommit { body, signature }, store, keyring)
+    }
+
+    #[test]
+    fn sealed_operations_are_padded_with_zeros_and_nothing_else() {
+        let limits = Limits::default();
+        let verify = |tail: &[u8]| {
+            let (signed, store, keys) = sealed_with_tail(tail);
+            Commit::verify(signed, store, &limits, Some(&keys))
+        };
+        // No padding (an earlier version) and zeros up to the padded size.
+        assert!(verify(&[]).is_ok());
+        let ops_len = postcard::to_stdvec(&vec![Op::KvSet {
+            key: "k".into(),
+            value: "1".into(),
+        }])
+        .expect("ops")
+        .len();
+        assert!(verify(&vec![0; padme(ops_len) - ops_len]).is_ok());
+        // What the writer signs is padded: values 1,000 and 1,010 bytes
+        // long seal to the same size.
+        let sealed_len = |value_len: usize| {
+            let author = DeviceIdentity::from_secret(&[4; 32]);
+            let body = CommitBody {
+                format: SEALED_COMMIT_FORMAT,
+                store: StoreId::from_bytes([1; 16]),
+                author: author.device_id(),
+                seq: 1,
+                prev: [0; 32],
+                hlc: Hlc::from_millis(1_700_000_000_000),
+                ops: vec![Op::KvSet {
+                    key: "k".into(),
+                    value: format!("\"{}\"", "x".repeat(value_len)),
+                }],
+            };
+            let key = crate::crypto::DataKey::from_bytes([3; 32]);
+            let mut sealer = Sealer::new(&key, 0).expect("sealer");
+            Commit::sign(body, &author, Some(&mut sealer))
+                .expect("signs")
+                .signed
+                .body
+                .len()
+        };
+        assert_eq!(sealed_len(1_000), sealed_len(1_010));
+        assert!(sealed_len(1_000) < sealed_len(1_200));
+        // Anything else after the operations is refused.
+        assert!(matches!(verify(&[1]), Err(RejectReason::Malformed(_))));
+        assert!(matches!(
+            verify(&vec![0; padme(ops_len) - ops_len + 64]),
+            Err(RejectReason::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn padme_rounds_up_by_at_most_twelve_percent_into_few_sizes() {
+        assert_eq!((padme(0), padme(1), padme(2), padme(9)), (0, 1, 2, 10));
+        let mut sizes = std::collections::BTreeSet::new();
+        for len in 1..=100_000usize {
+            let padded = padme(len);
+            assert!(
+                padded >= len && padded - len <= len.div_ceil(8),
+                "{len} -> {padded}"
+            );
+            assert_eq!(padme(padded), padded, "a padded size is its own padding");
+            sizes.insert(padded);
+        }
+        // 100,000 lengths fall into a few hundred sizes.
+        assert!(sizes.len() < 1_200, "{} sizes", sizes.len());
+    }
 
     #[test]
     fn byte_strings_encode_as_byte_sequences_did() {
