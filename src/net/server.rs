@@ -1,10 +1,11 @@
 //! The headless node (`persist node`): a bootstrap peer, circuit-relay
 //! server and meeting point (`/persist/meet/1`, see [`super::meet`]) for
-//! devices and browsers. It is a member of
-//! no store: it speaks none of the store protocols, holds no key, and what
+//! devices and browsers. It is a member of no store and holds no key: what
 //! it relays is Noise-encrypted end to end between the two devices (and,
-//! for encrypted stores, sealed again under the store's key). Runtime
-//! neutral; the platform builds its transports
+//! for encrypted stores, sealed again under the store's key). Serving
+//! ([`ServerOptions::serve`], `persist node --serve`), it also speaks
+//! `/persist/sync/2` as a sync server that holds stores' ciphertext
+//! (`serve.rs`). Runtime neutral; the platform builds its transports
 //! (`platform::native::net::server_swarm`).
 
 use std::collections::HashMap;
@@ -94,8 +95,8 @@ mod behaviour {
     use crate::net::meet::{MeetCodec, MEET_PROTOCOL};
     use crate::net::{SyncCodec, SYNC_PROTOCOL};
 
-    /// What a headless node runs: no store protocol, only discovery and
-    /// relaying.
+    /// What a headless node runs: discovery and relaying, and the sync
+    /// protocol when it serves stores.
     #[derive(NetworkBehaviour)]
     pub struct ServerBehaviour {
         ip_limits: IpLimits,
