@@ -231,9 +231,11 @@ async fn strangers_squatters_and_revoked_devices_get_nothing_from_the_server() {
     server.shutdown().await;
 }
 
-/// The product page's sample, natively: `sync_remote` on the options, no
-/// `enable_p2p` call; two devices that paired once and are then never
-/// open together converge through the server.
+/// A store that names its sync server in its options
+/// (`createStore({ ..., encrypt: true, sync: { remote } })` in JavaScript,
+/// `StoreOptions::sync_remote` here) syncs without an `enable_p2p` call:
+/// two devices that paired once and are then never open together
+/// converge through the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_opened_with_a_sync_remote_syncs_without_enable_p2p() {
     let dir = tempfile::tempdir().expect("dir");
