@@ -163,6 +163,12 @@ async fn read(
 /// the stream cannot open or breaks, the task reports `peer` to `failed`
 /// (once: its own sender's slot always has room) and ends (the channel
 /// closes).
+///
+/// The receiver never writes on a live stream, so anything the read half
+/// sees (its end, a reset) means the receiver is gone: a peer that drops a
+/// stream it could not take at once (its accept queue was full) resets
+/// it, and the frames already written were lost with it. That too is
+/// reported, so pushes restart, as requests, from what the peer confirmed.
 pub(super) fn open(
     mut control: libp2p_stream::Control,
     peer: PeerId,
@@ -170,7 +176,7 @@ pub(super) fn open(
 ) -> mpsc::Sender<Vec<u8>> {
     let (frames, mut queue) = mpsc::channel::<Vec<u8>>(LIVE_FRAMES);
     crate::platform::spawn(async move {
-        let mut stream = match control.open_stream(peer, LIVE_PROTOCOL).await {
+        let stream = match control.open_stream(peer, LIVE_PROTOCOL).await {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::debug!(%peer, %e, "live stream not opened");
@@ -178,10 +184,27 @@ pub(super) fn open(
                 return;
             }
         };
-        while let Some(frame) = queue.next().await {
+        let (mut reader, mut writer) = stream.split();
+        let mut gone = Box::pin(
+            async move {
+                let mut byte = [0u8; 1];
+                reader.read(&mut byte).await
+            }
+            .fuse(),
+        );
+        loop {
+            let frame = futures::select! {
+                frame = queue.next() => frame,
+                read = gone.as_mut() => {
+                    tracing::debug!(%peer, ?read, "live stream closed by the receiver");
+                    let _ = failed.try_send(peer);
+                    return;
+                }
+            };
+            let Some(frame) = frame else { break };
             let written = async {
-                stream.write_all(&frame).await?;
-                stream.flush().await
+                writer.write_all(&frame).await?;
+                writer.flush().await
             }
             .await;
             if let Err(e) = written {
@@ -190,7 +213,7 @@ pub(super) fn open(
                 return;
             }
         }
-        let _ = stream.close().await;
+        let _ = writer.close().await;
     });
     frames
 }

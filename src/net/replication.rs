@@ -12,7 +12,8 @@
 //! local commits                -> Read(push) for each member that told its version vector
 //!                              -> Push { commits, entries? } (live stream, or a request)
 //! Push                         -> Ingest -> Synced; a gap pulls; refusals answer `have`
-//! Ack / Have { have }          -> what the peer has (pushes restart from it)
+//! Ack / Have { have }          -> what the peer has (pushes restart from it; a refusal
+//!                                 is answered by one more push from there)
 //! ```
 //!
 //! What this side believes a peer has (`known`) advances with every page
@@ -298,6 +299,21 @@ struct PeerSync {
     pushing: bool,
     /// Local commits arrived while a push was being read.
     push_again: bool,
+    /// The version vector of the peer's last refusal that this side
+    /// answered by pushing again: the same refusal twice is not retried
+    /// (commits the peer will never take are not sent forever).
+    retried: Option<BTreeMap<DeviceId, u64>>,
+}
+
+impl PeerSync {
+    /// Forgets that the peer's membership log matches ours, so the next
+    /// push carries the entries beyond the tips it told (what was sent
+    /// since may have been lost or applied after the commits needing it).
+    fn doubt_members(&mut self) {
+        if let Some(members) = self.members.as_mut() {
+            members.digest = [0; 32];
+        }
+    }
 }
 
 /// The replication state of one store with its connected peers.
@@ -497,12 +513,24 @@ impl<P: Ord + Copy> Replication<P> {
                 remaining,
                 members,
             } => self.received(peer, commits, members, Arrival::Pulled { more, remaining }),
+            // The peer refused some of what this side pushed. Commits can
+            // be refused for a while and taken later (their author's
+            // membership entry was lost with a broken stream, or applied
+            // just after them): push again from what it has, once for
+            // each version vector it refuses at.
             Incoming::Have { have } => {
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    state.known = have.into_iter().collect();
-                    state.confirmed = state.known.clone();
+                let Some(state) = self.peers.get_mut(&peer) else {
+                    return Vec::new();
+                };
+                let have: BTreeMap<DeviceId, u64> = have.into_iter().collect();
+                state.known = have.clone();
+                state.confirmed = have.clone();
+                state.doubt_members();
+                if !state.heard || state.retried.as_ref() == Some(&have) {
+                    return Vec::new();
                 }
-                Vec::new()
+                state.retried = Some(have);
+                self.read_push(peer)
             }
         }
     }
@@ -682,6 +710,7 @@ impl<P: Ord + Copy> Replication<P> {
             return Vec::new();
         };
         state.known = state.confirmed.clone();
+        state.doubt_members();
         if state.heard {
             self.read_push(peer)
         } else {

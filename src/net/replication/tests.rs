@@ -207,6 +207,83 @@ fn a_refused_push_answers_with_the_version_vector() {
     ));
 }
 
+#[test]
+fn a_refusal_is_pushed_again_once_with_the_membership_entries() {
+    let mut core: Replication<u8> = Replication::new();
+    core.connected(1, true);
+    let author = DeviceIdentity::from_secret(&[3; 32]).device_id();
+    core.handle(
+        1,
+        true,
+        STORE,
+        Incoming::Pull {
+            store: STORE,
+            have: vec![],
+            tips: vec![],
+            limit: 10,
+            members: nine(),
+            reply: 1,
+        },
+    );
+    let have = || Incoming::Have {
+        have: vec![(author, 2)],
+    };
+    // The peer refused from (author, 2): one more push from there, which
+    // doubts that the peer's membership log matches (digest forgotten).
+    match &core.handle(1, true, STORE, have())[..] {
+        [Action::Read {
+            have,
+            purpose: Purpose::Push,
+            theirs: Some(theirs),
+            ..
+        }] => {
+            assert_eq!(have, &vec![(author, 2)]);
+            assert_eq!(theirs.digest, [0; 32]);
+        }
+        other => panic!("{other:?}"),
+    }
+    core.read_done(1, Purpose::Push, vec![], 0, None, nine());
+    // The same refusal again: not retried (no endless ping-pong).
+    assert!(core.handle(1, true, STORE, have()).is_empty());
+    // A refusal at another vector (the peer progressed): retried.
+    let progressed = Incoming::Have {
+        have: vec![(author, 3)],
+    };
+    assert_eq!(core.handle(1, true, STORE, progressed).len(), 1);
+}
+
+#[test]
+fn a_broken_live_stream_pushes_again_from_what_the_peer_confirmed() {
+    let mut core: Replication<u8> = Replication::new();
+    core.connected(1, true);
+    let author = DeviceIdentity::from_secret(&[3; 32]).device_id();
+    core.handle(
+        1,
+        true,
+        STORE,
+        Incoming::Pull {
+            store: STORE,
+            have: vec![(author, 1)],
+            tips: vec![[1; 32]],
+            limit: 10,
+            members: nine(),
+            reply: 1,
+        },
+    );
+    match &core.live_broke(1)[..] {
+        [Action::Read {
+            have,
+            purpose: Purpose::Push,
+            theirs: Some(theirs),
+            ..
+        }] => {
+            assert_eq!(have, &vec![(author, 1)]);
+            assert_eq!(theirs.digest, [0; 32], "entries go again");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 mod protocol {
     //! The protocol property test: replicas in memory exchange the real
     //! messages through their cores over a network that drops, duplicates,
