@@ -74,9 +74,24 @@ pub struct HostStats {
     pub bytes: u64,
 }
 
+/// What another server process changed in a shared storage (see
+/// [`HostStorage::changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changed {
+    /// The commits or the membership log of this space.
+    Space(SpaceId),
+    /// Anything: notices may have been missed (the database connection
+    /// was lost and came back, or too many arrived at once).
+    Unknown,
+}
+
 /// The storage of a sync server: spaces, their membership logs and their
 /// commits. Every write is durable when its future completes (the server
-/// acknowledges nothing before).
+/// acknowledges nothing before). Several server processes may share one
+/// storage: a number is stored once (a second commit under it is
+/// `STORAGE_CONFLICT`), a log is replaced only over the one it was merged
+/// into, and [`HostStorage::changes`] tells each process what the others
+/// wrote.
 pub trait HostStorage: MaybeSend + MaybeSync {
     /// A line saying what and where this storage is.
     fn describe(&self) -> String;
@@ -96,8 +111,14 @@ pub trait HostStorage: MaybeSend + MaybeSync {
         log: Vec<u8>,
         max_spaces: u64,
     ) -> BoxFuture<'_, StorageResult<Option<StoredSpace>>>;
-    /// Replaces a space's membership log.
-    fn set_log(&self, space: SpaceId, log: Vec<u8>) -> BoxFuture<'_, StorageResult<()>>;
+    /// Replaces a space's membership log if it still is `old`; false
+    /// (nothing written) when another server process replaced it since.
+    fn set_log(
+        &self,
+        space: SpaceId,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> BoxFuture<'_, StorageResult<bool>>;
     /// Per author: the highest number held and that commit's hash.
     fn heads(&self, space: SpaceId) -> BoxFuture<'_, StorageResult<Vec<Head>>>;
     /// Commits of `author` after number `after`, in order, at most `limit`.
@@ -133,6 +154,10 @@ pub trait HostStorage: MaybeSend + MaybeSync {
     fn usage(&self, space: SpaceId) -> BoxFuture<'_, StorageResult<Usage>>;
     /// What the storage holds in all.
     fn stats(&self) -> BoxFuture<'_, StorageResult<HostStats>>;
+    /// The spaces other server processes change from now on, as they do
+    /// (a storage one process owns never yields). Called once, by the
+    /// serving node.
+    fn changes(&self) -> BoxStream<'static, Changed>;
 }
 
 /// Decoders of the columns a server's storage reads back (SQL engines
@@ -204,6 +229,8 @@ const CHECK_CHUNK: usize = 256;
 
 struct State {
     log: MembershipLog,
+    /// The log as stored (what a replacement must find there).
+    stored_log: Vec<u8>,
     digest: [u8; 32],
     heads: BTreeMap<DeviceId, (u64, [u8; 32])>,
     usage: Usage,
@@ -234,6 +261,26 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Storage(StorageError::Corrupt(format!("{what}: {e}")))
 }
 
+fn parse_log(bytes: &[u8]) -> Result<MembershipLog> {
+    MembershipLog::from_bytes(bytes).map_err(|e| corrupt("a stored membership log", e))
+}
+
+async fn load_heads(
+    storage: &dyn HostStorage,
+    space: SpaceId,
+) -> Result<BTreeMap<DeviceId, (u64, [u8; 32])>> {
+    Ok(storage
+        .heads(space)
+        .await?
+        .into_iter()
+        .map(|(author, seq, hash)| (author, (seq, hash)))
+        .collect())
+}
+
+/// Times a log replacement is tried again after another server process
+/// replaced the log first.
+const LOG_RETRIES: usize = 8;
+
 impl Hosted {
     /// Loads space `space` (holding `log`, as stored) from `storage`.
     pub async fn load(
@@ -243,14 +290,9 @@ impl Hosted {
         limits: Limits,
         quota: Quota,
     ) -> Result<Hosted> {
-        let log =
-            MembershipLog::from_bytes(log).map_err(|e| corrupt("a stored membership log", e))?;
-        let heads = storage
-            .heads(space)
-            .await?
-            .into_iter()
-            .map(|(author, seq, hash)| (author, (seq, hash)))
-            .collect();
+        let stored_log = log.to_vec();
+        let log = parse_log(log)?;
+        let heads = load_heads(&*storage, space).await?;
         let usage = storage.usage(space).await?;
         let members = Arc::new(log.members());
         Ok(Hosted {
@@ -264,6 +306,7 @@ impl Hosted {
             state: futures::lock::Mutex::new(State {
                 digest: log.digest(),
                 log,
+                stored_log,
                 heads,
                 usage,
             }),
@@ -297,9 +340,42 @@ impl Hosted {
             .clone()
     }
 
+    /// Reads the space again from the storage (another server process
+    /// over the same database stored commits or merged entries): true
+    /// when its heads or its membership changed.
+    pub async fn refresh(&self) -> Result<bool> {
+        let mut state = self.state.lock().await;
+        self.reload(&mut state).await
+    }
+
+    async fn reload(&self, state: &mut State) -> Result<bool> {
+        let founder = state.log.founder();
+        let Some((_, stored)) = self.storage.space(self.store, founder).await? else {
+            return Err(corrupt("a served store", "it is gone from the storage"));
+        };
+        let mut changed = false;
+        if stored != state.stored_log {
+            let log = parse_log(&stored)?;
+            state.digest = log.digest();
+            *self.members.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(log.members());
+            state.log = log;
+            state.stored_log = stored;
+            changed = true;
+        }
+        let heads = load_heads(&*self.storage, self.space).await?;
+        if heads != state.heads {
+            state.heads = heads;
+            changed = true;
+        }
+        state.usage = self.storage.usage(self.space).await?;
+        Ok(changed)
+    }
+
     /// Verifies and stores commits: the keyless checks of
     /// [`Commit::check_sealed`] off the executor, then each against its
-    /// author's chain and the membership, in one durable batch.
+    /// author's chain and the membership, in one durable batch. When
+    /// another server process stored some of these numbers first, the
+    /// space is read again and the batch checked once more.
     async fn ingest_commits(&self, commits: Vec<SignedCommit>) -> Result<Ingested> {
         let mut checked = Vec::with_capacity(commits.len());
         let mut rest = commits.into_iter();
@@ -319,6 +395,26 @@ impl Hosted {
             checked.extend(results);
         }
         let mut state = self.state.lock().await;
+        match self.store_checked(&mut state, &checked).await {
+            Err(Error::Storage(StorageError::Conflict(e))) => {
+                tracing::debug!(%e, "another server process stored some of these first");
+                self.reload(&mut state).await?;
+                self.store_checked(&mut state, &checked).await
+            }
+            other => other,
+        }
+    }
+
+    /// Checks commits against the chains and the membership as `state`
+    /// has them, and stores those that pass in one batch.
+    async fn store_checked(
+        &self,
+        state: &mut State,
+        checked: &[(
+            std::result::Result<crate::change::SealedHeader, RejectReason>,
+            SignedCommit,
+        )],
+    ) -> Result<Ingested> {
         let members = self.current_members();
         let mut outcome = Ingested::default();
         let mut heads = state.heads.clone();
@@ -326,7 +422,7 @@ impl Hosted {
         let mut bytes = 0u64;
         for (result, signed) in checked {
             let header = match result {
-                Ok(header) => header,
+                Ok(header) => *header,
                 Err(reason) => {
                     tracing::info!(code = reason.code(), %reason, "hosted store refused a commit");
                     outcome.rejected += 1;
@@ -374,7 +470,7 @@ impl Hosted {
                 author: header.author,
                 seq: header.seq,
                 hash: header.hash,
-                commit: signed,
+                commit: signed.clone(),
             });
         }
         if !accepted.is_empty() {
@@ -400,19 +496,39 @@ impl Hosted {
     }
 
     /// Merges a peer's log; drops the commits it no longer admits.
+    /// The log is replaced only over the one it was merged into: when
+    /// another server process replaced it first, the space is read again
+    /// and the entries merged into that.
     async fn merge(&self, wire: MembershipWire) -> Result<Merged> {
         let mut state = self.state.lock().await;
-        let mut log = state.log.clone();
-        let horizon = (self.wall_clock)().saturating_add(self.limits.max_clock_skew_ms);
-        let count = log.merge_until(&wire, horizon)?;
-        if count.added == 0 {
-            return Ok(Merged::default());
-        }
-        let bytes = log
-            .to_bytes()
-            .map_err(|e| Error::Storage(StorageError::Backend(format!("a membership log: {e}"))))?;
-        self.storage.set_log(self.space, bytes).await?;
         let before = self.current_members();
+        let horizon = (self.wall_clock)().saturating_add(self.limits.max_clock_skew_ms);
+        let mut attempt = 0;
+        let (log, bytes) = loop {
+            let mut log = state.log.clone();
+            let count = log.merge_until(&wire, horizon)?;
+            if count.added == 0 {
+                // Nothing new, unless another process's log was read.
+                return Ok(Merged {
+                    changed: attempt > 0,
+                    ..Merged::default()
+                });
+            }
+            let bytes = log.to_bytes().map_err(|e| {
+                Error::Storage(StorageError::Backend(format!("a membership log: {e}")))
+            })?;
+            let old = state.stored_log.clone();
+            if self.storage.set_log(self.space, old, bytes.clone()).await? {
+                break (log, bytes);
+            }
+            attempt += 1;
+            if attempt >= LOG_RETRIES {
+                return Err(Error::Storage(StorageError::Conflict(
+                    "other server processes kept replacing this store's membership log".into(),
+                )));
+            }
+            self.reload(&mut state).await?;
+        };
         let members = Arc::new(log.members());
         // Commits past a removal's cut, or from a fork on, no longer count.
         for (author, (seq, _)) in state.heads.clone() {
@@ -439,16 +555,11 @@ impl Hosted {
                 tracing::info!(author = %author.short(), kept = keep, "hosted commits no longer admitted dropped");
             }
         }
-        state.heads = self
-            .storage
-            .heads(self.space)
-            .await?
-            .into_iter()
-            .map(|(author, seq, hash)| (author, (seq, hash)))
-            .collect();
+        state.heads = load_heads(&*self.storage, self.space).await?;
         state.usage = self.storage.usage(self.space).await?;
         state.digest = log.digest();
         state.log = log;
+        state.stored_log = bytes;
         *self.members.lock().unwrap_or_else(|p| p.into_inner()) = members.clone();
         Ok(Merged {
             changed: true,

@@ -5,6 +5,14 @@
 //! (`deadpool-postgres`); a write is acknowledged once its transaction
 //! commits. Errors reaching the database are `STORAGE_IO`; a commit stored
 //! twice under one number is `STORAGE_CONFLICT`.
+//!
+//! Several server processes may share the database. Each write that
+//! changes a space also sends a notice (`pg_notify` on the channel
+//! `persist_changes`, delivered when the transaction commits, payload
+//! `<process>:<space>`); each process listens on its own connection and
+//! reads the spaces the others changed again
+//! ([`HostStorage::changes`]). Engines without `LISTEN`/`NOTIFY` need one
+//! process (or devices catch up at their next pull).
 
 use std::sync::Arc;
 
@@ -15,9 +23,11 @@ use tokio_postgres::NoTls;
 use crate::change::{SignedCommit, StoreId};
 use crate::error::StorageError;
 use crate::host::stored::{commit as signed, count, device, hash, number};
-use crate::host::{Head, HostStats, HostStorage, HostedCommit, SpaceId, StoredSpace, Usage};
+use crate::host::{
+    Changed, Head, HostStats, HostStorage, HostedCommit, SpaceId, StoredSpace, Usage,
+};
 use crate::identity::DeviceId;
-use crate::platform::BoxFuture;
+use crate::platform::{BoxFuture, BoxStream};
 use crate::storage::StorageResult;
 
 const SCHEMA: &str = "
@@ -41,11 +51,20 @@ CREATE TABLE IF NOT EXISTS persist_commits (
 
 /// Connections in the pool, at most.
 const POOL_SIZE: usize = 16;
+/// The channel of change notices.
+const CHANNEL: &str = "persist_changes";
+/// Notices waiting for the serving loop, at most (more: one
+/// [`Changed::Unknown`] stands for those dropped).
+const NOTICES: usize = 256;
 
 /// A sync server's storage in PostgreSQL.
 pub struct PostgresHost {
     describe: String,
+    config: tokio_postgres::Config,
     pool: Pool,
+    /// This process among those sharing the database (its own notices
+    /// are not news to it).
+    process: u64,
 }
 
 fn pg(e: tokio_postgres::Error) -> StorageError {
@@ -78,7 +97,7 @@ impl PostgresHost {
             config.get_hosts()
         );
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -91,11 +110,126 @@ impl PostgresHost {
         let client = pool.get().await.map_err(pool_error)?;
         client.batch_execute(SCHEMA).await.map_err(pg)?;
         drop(client);
-        Ok(PostgresHost { describe, pool })
+        let mut process = [0u8; 8];
+        getrandom::fill(&mut process)
+            .map_err(|e| StorageError::Backend(format!("no randomness for a process id: {e}")))?;
+        Ok(PostgresHost {
+            describe,
+            config,
+            pool,
+            process: u64::from_le_bytes(process),
+        })
     }
 
     async fn client(&self) -> StorageResult<deadpool_postgres::Object> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// The payload of this process's notice about `space`.
+    fn notice(&self, space: SpaceId) -> String {
+        format!("{}:{space}", self.process)
+    }
+}
+
+/// Tells the other processes (when `tx` commits) that `space` changed.
+async fn notify(tx: &tokio_postgres::Transaction<'_>, payload: &str) -> StorageResult<()> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+        .await
+        .map_err(pg)?;
+    Ok(())
+}
+
+/// Listens for the other processes' notices on a connection of its own,
+/// connecting again (1 s to 30 s apart) while the database is away;
+/// after a reconnection, [`Changed::Unknown`]: notices sent meanwhile
+/// were lost. Ends when the serving loop drops its end.
+async fn listen(
+    config: tokio_postgres::Config,
+    process: u64,
+    mut out: futures::channel::mpsc::Sender<Changed>,
+) {
+    use futures::StreamExt;
+    let mut wait = std::time::Duration::from_secs(1);
+    let mut listened_before = false;
+    while !out.is_closed() {
+        let (client, mut connection) = match config.connect(NoTls).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(%e, "cannot listen for other server processes' changes; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                continue;
+            }
+        };
+        let mut sink = out.clone();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            let mut missed = false;
+            // Looks up once a second whether the serving loop is gone.
+            let tick = std::time::Duration::from_secs(1);
+            while !sink.is_closed() {
+                let Ok(message) = tokio::time::timeout(tick, messages.next()).await else {
+                    continue;
+                };
+                match message {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        forward(n.payload(), process, &mut sink, &mut missed)
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(%e, "the connection listening for changes broke");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        });
+        match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+            Ok(()) => {
+                wait = std::time::Duration::from_secs(1);
+                if listened_before {
+                    tracing::info!("listening for other server processes' changes again");
+                    // Notices sent while away are lost: read everything again.
+                    let _ = out.try_send(Changed::Unknown);
+                }
+                listened_before = true;
+            }
+            Err(e) => tracing::warn!(%e, "cannot listen for other server processes' changes"),
+        }
+        // Until the connection ends (the client stays open meanwhile).
+        let _ = driver.await;
+        drop(client);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Passes on one notice (not this process's own); when the loop is
+/// behind, one [`Changed::Unknown`] stands for what was dropped.
+fn forward(
+    payload: &str,
+    process: u64,
+    out: &mut futures::channel::mpsc::Sender<Changed>,
+    missed: &mut bool,
+) {
+    let Some((from, space)) = payload.split_once(':') else {
+        tracing::debug!(payload, "a notice not from a server process ignored");
+        return;
+    };
+    let (Ok(from), Ok(space)) = (from.parse::<u64>(), space.parse::<SpaceId>()) else {
+        tracing::debug!(payload, "a notice not from a server process ignored");
+        return;
+    };
+    if from == process {
+        return;
+    }
+    if *missed {
+        if out.try_send(Changed::Unknown).is_err() {
+            return;
+        }
+        *missed = false;
+    }
+    if let Err(e) = out.try_send(Changed::Space(space)) {
+        *missed = e.is_full();
     }
 }
 
@@ -168,17 +302,28 @@ impl HostStorage for PostgresHost {
         })
     }
 
-    fn set_log(&self, space: SpaceId, log: Vec<u8>) -> BoxFuture<'_, StorageResult<()>> {
+    fn set_log(
+        &self,
+        space: SpaceId,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> BoxFuture<'_, StorageResult<bool>> {
         Box::pin(async move {
-            self.client()
-                .await?
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg)?;
+            let replaced = tx
                 .execute(
-                    "UPDATE persist_spaces SET log = $2 WHERE id = $1",
-                    &[&space, &log],
+                    "UPDATE persist_spaces SET log = $3 WHERE id = $1 AND log = $2",
+                    &[&space, &old, &new],
                 )
                 .await
                 .map_err(pg)?;
-            Ok(())
+            if replaced != 1 {
+                return Ok(false);
+            }
+            notify(&tx, &self.notice(space)).await?;
+            tx.commit().await.map_err(pg)?;
+            Ok(true)
         })
     }
 
@@ -281,6 +426,7 @@ impl HostStorage for PostgresHost {
                 .await
                 .map_err(pg)?;
             }
+            notify(&tx, &self.notice(space)).await?;
             tx.commit().await.map_err(pg)
         })
     }
@@ -292,14 +438,18 @@ impl HostStorage for PostgresHost {
         keep_upto: u64,
     ) -> BoxFuture<'_, StorageResult<u64>> {
         Box::pin(async move {
-            self.client()
-                .await?
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg)?;
+            let dropped = tx
                 .execute(
                     "DELETE FROM persist_commits WHERE space = $1 AND author = $2 AND seq > $3",
                     &[&space, &author.as_bytes().as_slice(), &number(keep_upto)?],
                 )
                 .await
-                .map_err(pg)
+                .map_err(pg)?;
+            notify(&tx, &self.notice(space)).await?;
+            tx.commit().await.map_err(pg)?;
+            Ok(dropped)
         })
     }
 
@@ -344,6 +494,12 @@ impl HostStorage for PostgresHost {
                 bytes: count(row.get(1))?,
             })
         })
+    }
+
+    fn changes(&self) -> BoxStream<'static, Changed> {
+        let (out, notices) = futures::channel::mpsc::channel(NOTICES);
+        tokio::spawn(listen(self.config.clone(), self.process, out));
+        Box::pin(notices)
     }
 }
 

@@ -3,6 +3,9 @@
 //! signature). WAL journal, `synchronous=FULL`: a write is on disk when
 //! its future completes. One connection behind a mutex, used from
 //! blocking threads; the server's storage work is already off its loop.
+//! One server process owns the file (an advisory lock: a second is
+//! refused `STORAGE_LOCKED`); several processes share a PostgreSQL
+//! database instead.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,12 +15,14 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::change::{SignedCommit, StoreId};
 use crate::error::StorageError;
 use crate::host::stored::{commit as signed, count, device, hash, number};
-use crate::host::{Head, HostStats, HostStorage, HostedCommit, SpaceId, StoredSpace, Usage};
+use crate::host::{
+    Changed, Head, HostStats, HostStorage, HostedCommit, SpaceId, StoredSpace, Usage,
+};
 use crate::identity::DeviceId;
-use crate::platform::BoxFuture;
+use crate::platform::{BoxFuture, BoxStream};
 use crate::storage::StorageResult;
 
-use super::sqlite::storage_error;
+use super::sqlite::{lock_owner, storage_error};
 
 /// `PRAGMA application_id` of sync-server databases ("PRSV").
 const APPLICATION_ID: i32 = 0x5052_5356;
@@ -45,10 +50,21 @@ CREATE TABLE commits (
 pub struct SqliteHost {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    /// An exclusive advisory lock on the file: one server process per
+    /// SQLite database (several share a PostgreSQL one instead).
+    _owner: std::fs::File,
 }
 
 fn sql<T>(result: rusqlite::Result<T>) -> StorageResult<T> {
-    result.map_err(storage_error)
+    result.map_err(|e| match &e {
+        // A number stored twice.
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StorageError::Conflict(e.to_string())
+        }
+        _ => storage_error(e),
+    })
 }
 
 impl SqliteHost {
@@ -60,6 +76,7 @@ impl SqliteHost {
                 .map_err(|e| StorageError::Io(format!("{}: {e}", dir.display())))?;
         }
         let mut conn = sql(Connection::open(path))?;
+        let owner = lock_owner(path)?;
         let app_id: i32 = sql(conn.pragma_query_value(None, "application_id", |r| r.get(0)))?;
         let objects: i64 =
             sql(conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0)))?;
@@ -92,6 +109,7 @@ impl SqliteHost {
         Ok(SqliteHost {
             path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
+            _owner: owner,
         })
     }
 
@@ -173,13 +191,18 @@ impl HostStorage for SqliteHost {
         })
     }
 
-    fn set_log(&self, space: SpaceId, log: Vec<u8>) -> BoxFuture<'_, StorageResult<()>> {
+    fn set_log(
+        &self,
+        space: SpaceId,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    ) -> BoxFuture<'_, StorageResult<bool>> {
         self.run(move |conn| {
-            sql(conn.execute(
-                "UPDATE spaces SET log = ?2 WHERE id = ?1",
-                params![space, log],
+            let replaced = sql(conn.execute(
+                "UPDATE spaces SET log = ?3 WHERE id = ?1 AND log = ?2",
+                params![space, old, new],
             ))?;
-            Ok(())
+            Ok(replaced == 1)
         })
     }
 
@@ -325,5 +348,10 @@ impl HostStorage for SqliteHost {
                 bytes: count(bytes)?,
             })
         })
+    }
+
+    fn changes(&self) -> BoxStream<'static, Changed> {
+        // One process owns the file (it holds its lock): no one else writes.
+        Box::pin(futures::stream::pending())
     }
 }

@@ -40,9 +40,9 @@ mod open;
 mod write;
 
 use authors::Authors;
-pub(crate) use open::storage_error;
 use open::Sql;
-use open::{check_header, configure, inspect, lock_owner, migrate};
+use open::{check_header, configure, inspect, migrate};
+pub(crate) use open::{lock_owner, storage_error};
 
 /// Numbered migrations; `user_version` is the number applied last.
 const MIGRATIONS: &[(u32, &str)] = &[

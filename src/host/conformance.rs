@@ -1,7 +1,8 @@
 //! The checks every [`HostStorage`] passes (SQLite and PostgreSQL run the
 //! same ones): spaces are found by (store, founder) and created once, up
-//! to a limit; logs are replaced; commits append atomically, read back in
-//! order, never overwrite, and truncate; usage and totals count them.
+//! to a limit; logs are replaced only over the log they replace; commits
+//! append atomically, read back in order, never overwrite (a number held
+//! twice is a conflict), and truncate; usage and totals count them.
 
 use std::sync::Arc;
 
@@ -63,10 +64,16 @@ async fn spaces(storage: &dyn HostStorage) {
             .expect("create"),
         None
     );
-    storage
-        .set_log(id, b"log three".to_vec())
+    // A log is replaced only over the one it was merged into (another
+    // server process may have replaced it since).
+    assert!(!storage
+        .set_log(id, b"log two".to_vec(), b"stale".to_vec())
         .await
-        .expect("set log");
+        .expect("set log"));
+    assert!(storage
+        .set_log(id, b"log one".to_vec(), b"log three".to_vec())
+        .await
+        .expect("set log"));
     assert_eq!(
         storage.space(store, founder).await.expect("space"),
         Some((id, b"log three".to_vec()))
@@ -121,7 +128,10 @@ async fn commits(storage: &dyn HostStorage) {
     // A number held is never overwritten, and a failed batch stores none
     // of its commits.
     let clash = vec![commit(7, 6, 100), commit(7, 5, 200)];
-    assert!(storage.append(space, clash).await.is_err());
+    assert!(matches!(
+        storage.append(space, clash).await,
+        Err(crate::error::StorageError::Conflict(_))
+    ));
     assert_eq!(
         storage
             .commit_at(space, batch[0].author, 6)

@@ -703,6 +703,16 @@ impl<P: Ord + Copy> Replication<P> {
         }
     }
 
+    /// `peer` refused a request of this side (its storage failed, or it
+    /// did not take this side's word yet): the next push starts again
+    /// from what it last confirmed, membership entries included.
+    pub fn refused(&mut self, peer: P) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.known = state.confirmed.clone();
+            state.doubt_members();
+        }
+    }
+
     /// The live stream to `peer` broke: pushes restart from what it last
     /// confirmed, as requests.
     pub fn live_broke(&mut self, peer: P) -> Vec<Action<P>> {

@@ -383,8 +383,19 @@ async fn run(
         sources: HashMap::new(),
         refused: 0,
     };
+    // Other server processes over the same storage (none without one).
+    let mut changes = match serving.as_ref() {
+        Some(serving) => serving.changes(),
+        None => Box::pin(futures::stream::pending()),
+    }
+    .fuse();
     let done = loop {
         futures::select! {
+            changed = changes.next() => {
+                if let (Some(changed), Some(serving)) = (changed, serving.as_mut()) {
+                    serving.changed(changed);
+                }
+            },
             command = inbox.next() => match command {
                 None => break None,
                 Some(ServerCommand::Shutdown(done)) => break Some(done),

@@ -164,3 +164,94 @@ async fn devices_converge_through_a_server_on_postgres_whose_tables_hold_no_plai
         );
     }
 }
+
+#[tokio::test]
+async fn a_second_server_process_on_one_sqlite_file_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("served.db");
+    let first = persist::platform::SqliteHost::open(&path).expect("first");
+    let err = persist::platform::SqliteHost::open(&path)
+        .err()
+        .expect("a second owner is refused");
+    assert_eq!(persist::Error::from(err).code(), "STORAGE_LOCKED");
+    drop(first);
+    persist::platform::SqliteHost::open(&path).expect("free again once the first closed");
+}
+
+/// Two server processes over one database each cache a store's heads:
+/// the one whose cache is stale when it stores commits the other stored
+/// first meets the database's refusal, reads the store again and stores
+/// only what is new.
+#[tokio::test]
+async fn a_server_with_a_stale_view_reads_the_store_again_instead_of_failing() {
+    use persist::host::{Hosted, Quota};
+    use persist::membership::MembershipLog;
+    use persist::net::replica::Replica;
+
+    let url = postgres_database().await;
+    let device = encrypted_memory_store("a").await;
+    for i in 0..3 {
+        device
+            .kv()
+            .set(&format!("k{i}"), json!(i))
+            .await
+            .expect("write");
+    }
+    let commits = Replica::commits_missing(&device, Vec::new(), 100, usize::MAX)
+        .await
+        .expect("commits");
+    assert_eq!(commits.len(), 3);
+    let wire = Replica::membership_for(&device, None).await.expect("a log");
+    let mut log = MembershipLog::founded_by(device.store_id(), wire.founder);
+    log.merge_until(&wire, u64::MAX).expect("merge");
+    let log = log.to_bytes().expect("bytes");
+
+    // Two processes' storages and views, loaded before either stores.
+    let mut views = Vec::new();
+    for _ in 0..2 {
+        let storage: Arc<dyn HostStorage> = Arc::new(
+            persist::platform::PostgresHost::connect(&url)
+                .await
+                .expect("connect"),
+        );
+        let (space, stored) = storage
+            .create_space(device.store_id(), wire.founder, log.clone(), 10)
+            .await
+            .expect("create")
+            .expect("room");
+        views.push(
+            Hosted::load(
+                storage,
+                space,
+                &stored,
+                persist::Limits::default(),
+                Quota::default(),
+            )
+            .await
+            .expect("load"),
+        );
+    }
+    let first = views[0]
+        .ingest(commits[..2].to_vec())
+        .await
+        .expect("first process stores two");
+    assert_eq!(first.applied, 2);
+    let second = views[1]
+        .ingest(commits.clone())
+        .await
+        .expect("the stale process reads again instead of failing");
+    assert_eq!(
+        (second.applied, second.duplicates, second.rejected),
+        (1, 2, 0)
+    );
+    assert_eq!(
+        views[0].version_vector().await.expect("vv"),
+        vec![(device.device_id(), 2)],
+        "the first view is stale until it hears"
+    );
+    assert!(views[0].refresh().await.expect("refresh"));
+    assert_eq!(
+        views[0].version_vector().await.expect("vv"),
+        vec![(device.device_id(), 3)]
+    );
+}

@@ -13,6 +13,7 @@ mod p2p_trust;
 mod pair_confirm;
 mod public_node;
 mod sealed;
+mod server_processes;
 mod sqlite;
 mod strangers;
 mod sync_server;

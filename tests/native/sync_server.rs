@@ -307,3 +307,98 @@ async fn a_sync_remote_naming_the_deployment_needs_its_address() {
     assert_eq!(err.code(), "INVALID_OPTIONS");
     assert!(err.to_string().contains("encrypt"), "{err}");
 }
+
+/// Load: 100 devices (20 stores of 5), online at once with the server
+/// only, each writing 20 records: every device of a store ends with the
+/// same 100 writes, and the server holds all 2,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_devices_converge_through_one_server() {
+    const STORES: usize = 20;
+    const PER_STORE: usize = 5;
+    const WRITES: usize = 20;
+    let dir = tempfile::tempdir().expect("dir");
+    let storage = persist::platform::SqliteHost::open(&dir.path().join("served.db")).expect("open");
+    let options = ServerOptions {
+        serve: Some(ServeOptions::new(Arc::new(storage))),
+        // Every device dials from 127.0.0.1.
+        max_connections_per_ip: 256,
+        max_connections_per_subnet: 256,
+        ..ServerOptions::default()
+    };
+    let (server, addr) = start_node(options).await;
+    let started = Instant::now();
+    let mut stores: Vec<Vec<Store>> = Vec::new();
+    for s in 0..STORES {
+        let first = encrypted_memory_store(&format!("s{s}d0")).await;
+        let host = first.enable_p2p(via(&addr)).await.expect("first");
+        let mut group = vec![first];
+        for d in 1..PER_STORE {
+            let device = encrypted_memory_store(&format!("s{s}d{d}")).await;
+            pair_into(&device, &host, via(&addr)).await.shutdown();
+            group.push(device);
+        }
+        host.shutdown();
+        stores.push(group);
+    }
+    let paired = started.elapsed();
+    // All 100 online at once, each with the server only, each writing.
+    let mut nodes = Vec::new();
+    for device in stores.iter().flatten() {
+        nodes.push(device.enable_p2p(via(&addr)).await.expect("online"));
+    }
+    let writes = stores
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(n, device)| async move {
+            for w in 0..WRITES {
+                device
+                    .records("notes")
+                    .put(&format!("d{n}-{w}"), json!({ "w": w }))
+                    .await
+                    .expect("put");
+            }
+        });
+    futures::future::join_all(writes).await;
+    let written = Instant::now();
+    let deadline = written + Duration::from_secs(120);
+    for group in &stores {
+        loop {
+            let mut counts = Vec::new();
+            for device in group {
+                counts.push(
+                    device
+                        .records("notes")
+                        .list(Default::default())
+                        .await
+                        .expect("list")
+                        .len(),
+                );
+            }
+            if counts.iter().all(|&c| c == PER_STORE * WRITES) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not converge: {counts:?}",
+                group[0].name()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let first = group[0].version_vector().await.expect("vv");
+        for device in &group[1..] {
+            assert_eq!(device.version_vector().await.expect("vv"), first);
+        }
+    }
+    let all = (STORES * PER_STORE * WRITES) as u64;
+    assert!(held(&server).await >= all, "the server holds every write");
+    println!(
+        "{} devices paired in {paired:?}; their {all} writes converged {:?} after the last",
+        STORES * PER_STORE,
+        written.elapsed()
+    );
+    for node in nodes {
+        node.shutdown();
+    }
+    server.shutdown().await;
+}

@@ -112,7 +112,7 @@ pub(super) fn migrate(conn: &mut Connection, migrations: &[(u32, &str)]) -> Stor
 
 /// Takes the exclusive owner lock on the database file (an `flock`, which
 /// does not interact with SQLite's own byte-range locks).
-pub(super) fn lock_owner(path: &Path) -> StorageResult<std::fs::File> {
+pub(crate) fn lock_owner(path: &Path) -> StorageResult<std::fs::File> {
     let file = std::fs::File::open(path)
         .map_err(|e| StorageError::Io(format!("cannot open {}: {e}", path.display())))?;
     match file.try_lock() {

@@ -21,7 +21,7 @@ pub struct NodeArgs {
     /// max_circuits, max_circuits_per_peer, max_circuit_seconds,
     /// max_circuit_bytes, max_registrations, registrations_per_ip,
     /// max_connections, max_connections_per_ip, max_connections_per_subnet,
-    /// log_peers, serve, storage, max_stores, store_quota_bytes.
+    /// log_peers, serve, storage, max_stores, store_quota_bytes, health.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Address to listen on (repeatable). Default: TCP 4001, QUIC 4001,
@@ -80,6 +80,11 @@ pub struct NodeArgs {
     /// Bytes of commits one served store may hold (default 1 GiB).
     #[arg(long)]
     pub store_quota_bytes: Option<u64>,
+    /// Answer health checks over HTTP on this address (for example
+    /// `127.0.0.1:9101`): any `GET` gets `200` and the node's counts as
+    /// JSON, or `503` with the error code when its storage is unreachable.
+    #[arg(long)]
+    pub health: Option<std::net::SocketAddr>,
     /// Stop after this many seconds (default: until SIGTERM or Ctrl-C).
     #[arg(long = "for")]
     pub seconds: Option<u64>,
@@ -105,6 +110,13 @@ struct ConfigFile {
     storage: Option<String>,
     max_stores: Option<u64>,
     store_quota_bytes: Option<u64>,
+    health: Option<String>,
+}
+
+/// What the node runs besides its options.
+struct Extras {
+    log_peers: bool,
+    health: Option<std::net::SocketAddr>,
 }
 
 fn invalid(message: String) -> persist::Error {
@@ -112,9 +124,9 @@ fn invalid(message: String) -> persist::Error {
 }
 
 impl NodeArgs {
-    /// The options (defaults, then the file, then the flags) and whether
-    /// to log peer ids.
-    async fn options(&self) -> persist::Result<(ServerOptions, bool)> {
+    /// The options (defaults, then the file, then the flags), whether to
+    /// log peer ids and where to answer health checks.
+    async fn options(&self) -> persist::Result<(ServerOptions, Extras)> {
         let file = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -180,6 +192,14 @@ impl NodeArgs {
             options.max_connections_per_subnet = n;
         }
         let log_peers = self.log_peers || file.log_peers.unwrap_or(false);
+        let health = match (self.health, &file.health) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(text)) => Some(
+                text.parse()
+                    .map_err(|e| invalid(format!("health address {text:?}: {e}")))?,
+            ),
+            (None, None) => None,
+        };
         if self.serve || file.serve.unwrap_or(false) {
             let spec = match self.storage.clone().or(file.storage) {
                 Some(spec) => spec,
@@ -200,7 +220,61 @@ impl NodeArgs {
             }
             options.serve = Some(serve);
         }
-        Ok((options, log_peers))
+        Ok((options, Extras { log_peers, health }))
+    }
+}
+
+/// A health check's answer: status line and JSON body.
+async fn health_answer(node: &Server) -> (&'static str, serde_json::Value) {
+    match node.stats().await {
+        Ok(stats) => {
+            let mut body = serde_json::json!({ "status": "ok", "peers": stats.peers });
+            if let Some(served) = stats.served {
+                body["stores"] = served.held.stores.into();
+                body["commits"] = served.held.commits.into();
+                body["bytes"] = served.held.bytes.into();
+            }
+            ("200 OK", body)
+        }
+        Err(e) => (
+            "503 Service Unavailable",
+            serde_json::json!({ "status": "unavailable", "code": e.code(), "error": e.to_string() }),
+        ),
+    }
+}
+
+/// Answers health checks on `addr`, one connection at a time: whatever
+/// the request (at most 4 KiB, within 5 s), the node's state.
+async fn serve_health(listener: tokio::net::TcpListener, node: Server) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut request = Vec::with_capacity(512);
+            let mut buf = [0u8; 512];
+            while request.len() < 4096 && !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            let (status, body) = health_answer(&node).await;
+            let body = body.to_string();
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(response.as_bytes()).await?;
+            socket.shutdown().await
+        })
+        .await;
+        if let Ok(Err(e)) = answered {
+            tracing::debug!(%e, "a health check went unanswered");
+        }
     }
 }
 
@@ -231,7 +305,8 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
     };
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let (options, log_peers) = args.options().await?;
+    let (options, extras) = args.options().await?;
+    let log_peers = extras.log_peers;
     std::fs::create_dir_all(&args.data).map_err(|e| {
         invalid(format!(
             "cannot create the data folder {}: {e}",
@@ -279,6 +354,14 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
             serve.storage.describe()
         ));
     }
+    if let Some(addr) = extras.health {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| invalid(format!("cannot answer health checks on {addr}: {e}")))?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        say(format_args!("health: http://{bound}/"));
+        tokio::spawn(serve_health(listener, node.clone()));
+    }
     let seconds = args.seconds.unwrap_or(u64::MAX / 4);
     let deadline = tokio::time::sleep(Duration::from_secs(seconds));
     tokio::pin!(deadline);
@@ -292,7 +375,15 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
             _ = interrupt.recv() => break,
             _ = &mut deadline => break,
             _ = minute.tick() => {
-                let stats = node.stats().await?;
+                let stats = match node.stats().await {
+                    Ok(stats) => stats,
+                    // A database away for a while stops nothing.
+                    Err(e) if e.code().starts_with("STORAGE_") => {
+                        say(format_args!("stats: storage unavailable ({}): {e}", e.code()));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 say(format_args!(
                     "stats: {} peers, {} registrations in {} places, {} refused requests, \
                      {} reservations and {} relayed connections in the last minute ({} open)",

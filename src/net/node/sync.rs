@@ -374,7 +374,10 @@ impl Node {
             } => match Incoming::response(response) {
                 Ok(Some(message)) => self.incoming(peer, message),
                 Ok(None) => {}
-                Err(reason) => tracing::warn!(%peer, %reason, "sync request refused"),
+                Err(reason) => {
+                    tracing::warn!(%peer, %reason, "sync request refused");
+                    self.replication.refused(peer);
+                }
             },
             Event::OutboundFailure {
                 peer,
@@ -402,6 +405,8 @@ impl Node {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "sync request failed");
+                // A push may have been lost with it.
+                self.replication.refused(peer);
                 self.hello_failed(request_id);
             }
             Event::InboundFailure { peer, error, .. } => {

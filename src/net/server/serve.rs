@@ -20,7 +20,7 @@ use libp2p::{PeerId, Swarm};
 use super::ServerBehaviour;
 use crate::change::{Limits, SignedCommit, StoreId};
 use crate::error::{Error, Result};
-use crate::host::{HostStorage, Hosted, Quota, SpaceId};
+use crate::host::{Changed, HostStorage, Hosted, Quota, SpaceId};
 use crate::membership::{MembersHave, MembershipLog, MembershipWire};
 use crate::net::replica::{self, Merged, Replica};
 use crate::net::replication::{Action, Arrival, Incoming, Ingested, Purpose, Replication, Token};
@@ -94,6 +94,11 @@ pub(super) enum Done {
         merged: Option<Merged>,
         result: Result<Ingested>,
     },
+    /// A space read again after another server process changed it.
+    Refreshed {
+        space: SpaceId,
+        result: Result<bool>,
+    },
 }
 
 struct Space {
@@ -156,7 +161,12 @@ async fn open_space(
     #[allow(clippy::arc_with_non_send_sync)]
     let hosted = match storage.space(store, log.founder).await? {
         Some((id, bytes)) => match map.get(&id) {
-            Some(hosted) => hosted.clone(),
+            Some(hosted) => {
+                // Another server process may have changed it while no
+                // device of it was here to hear the notices.
+                hosted.refresh().await?;
+                hosted.clone()
+            }
             None => Arc::new(Hosted::load(storage.clone(), id, &bytes, limits, quota).await?),
         },
         None => {
@@ -231,6 +241,65 @@ impl Serving {
         self.spaces.len()
     }
 
+    /// What other server processes over the same storage change.
+    pub(super) fn changes(&self) -> crate::platform::BoxStream<'static, Changed> {
+        self.options.storage.changes()
+    }
+
+    /// Another server process changed `changed`: the spaces this process
+    /// serves are read again, and what is new goes to their devices.
+    pub(super) fn changed(&mut self, changed: Changed) {
+        let spaces: Vec<Arc<Hosted>> = match changed {
+            Changed::Space(id) => self
+                .spaces
+                .get(&id)
+                .map(|s| s.hosted.clone())
+                .into_iter()
+                .collect(),
+            Changed::Unknown => self.spaces.values().map(|s| s.hosted.clone()).collect(),
+        };
+        for hosted in spaces {
+            self.off_loop(async move {
+                Done::Refreshed {
+                    space: hosted.space(),
+                    result: hosted.refresh().await,
+                }
+            });
+        }
+    }
+
+    /// Devices no longer members of `space_id` (a merged log removed
+    /// them) lose the store at once.
+    fn cut_non_members(&mut self, space_id: SpaceId) {
+        let Some(space) = self.spaces.get_mut(&space_id) else {
+            return;
+        };
+        let hosted = space.hosted.clone();
+        let gone: Vec<(PeerId, StoreId)> = self
+            .bindings
+            .iter()
+            .filter(|(_, s)| **s == space_id)
+            .filter(|((p, _), _)| !device_of(p).is_some_and(|d| hosted.is_member(&d)))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in gone {
+            self.bindings.remove(&key);
+            space.replication.disconnected(key.0);
+            tracing::info!("a device no longer a member lost the store");
+        }
+    }
+
+    /// Pushes what `space_id` holds now to its devices that lack it.
+    fn fan_out(&mut self, space_id: SpaceId) -> Vec<Action<PeerId>> {
+        let Some(space) = self.spaces.get_mut(&space_id) else {
+            return Vec::new();
+        };
+        let hosted = space.hosted.clone();
+        space
+            .replication
+            .on_local_commits(|p| device_of(p).is_some_and(|d| hosted.is_member(&d)))
+    }
+
     /// A peer's last connection closed.
     pub(super) fn disconnected(&mut self, peer: &PeerId) {
         self.bindings.retain(|(p, _), _| p != peer);
@@ -275,15 +344,28 @@ impl Serving {
                     Ok(Some(message)) => self.handle(swarm, space, peer, message),
                     Ok(None) => {}
                     Err(code) => {
-                        tracing::debug!(%peer, %code, "a device refused the server's request")
+                        tracing::debug!(%peer, %code, "a device refused the server's request");
+                        if let Some(space) = self.spaces.get_mut(&space) {
+                            space.replication.refused(peer);
+                        }
                     }
                 }
             }
             Event::OutboundFailure {
-                request_id, error, ..
+                peer,
+                request_id,
+                error,
+                ..
             } => {
-                self.outbound.remove(&request_id);
                 tracing::debug!(%error, "a request to a device failed");
+                // A push may have been lost with it.
+                if let Some(space) = self
+                    .outbound
+                    .remove(&request_id)
+                    .and_then(|id| self.spaces.get_mut(&id))
+                {
+                    space.replication.refused(peer);
+                }
             }
             Event::InboundFailure { error, .. } => {
                 tracing::debug!(%error, "a device's request was not answered");
@@ -516,6 +598,20 @@ impl Serving {
                 merged,
                 result,
             } => self.ingested(swarm, space_id, peer, arrival, merged, result),
+            Done::Refreshed {
+                space: space_id,
+                result,
+            } => match result {
+                Ok(true) => {
+                    self.cut_non_members(space_id);
+                    let actions = self.fan_out(space_id);
+                    self.execute(swarm, space_id, actions);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(space = space_id, code = e.code(), %e, "cannot read a store again")
+                }
+            },
         }
     }
 
@@ -528,49 +624,32 @@ impl Serving {
         merged: Option<Merged>,
         result: Result<Ingested>,
     ) {
+        let changed = merged.is_some_and(|m| m.changed);
+        if changed {
+            self.cut_non_members(space_id);
+        }
         let Some(space) = self.spaces.get_mut(&space_id) else {
             return;
         };
-        let changed = merged.is_some_and(|m| m.changed);
-        if changed {
-            // Devices removed by the merged log lose the store at once.
-            let hosted = space.hosted.clone();
-            let gone: Vec<(PeerId, StoreId)> = self
-                .bindings
-                .iter()
-                .filter(|(_, s)| **s == space_id)
-                .filter(|((p, _), _)| !device_of(p).is_some_and(|d| hosted.is_member(&d)))
-                .map(|(key, _)| *key)
-                .collect();
-            for key in gone {
-                self.bindings.remove(&key);
-                space.replication.disconnected(key.0);
-                tracing::info!("a device no longer a member lost the store");
+        let actions = match result {
+            Ok(outcome) => {
+                let applied = outcome.applied;
+                let mut actions = space.replication.ingested(peer, arrival, outcome);
+                if applied > 0 || changed {
+                    // What one device sent goes to the others.
+                    actions.extend(self.fan_out(space_id));
+                }
+                actions
             }
-        }
-        let actions =
-            match result {
-                Ok(outcome) => {
-                    let applied = outcome.applied;
-                    let mut actions = space.replication.ingested(peer, arrival, outcome);
-                    if applied > 0 || changed {
-                        // What one device sent goes to the others.
-                        let hosted = space.hosted.clone();
-                        actions.extend(space.replication.on_local_commits(|p| {
-                            device_of(p).is_some_and(|d| hosted.is_member(&d))
-                        }));
-                    }
-                    actions
-                }
-                Err(e) => {
-                    tracing::info!(
-                        space = space_id,
-                        code = e.code(),
-                        "received commits not stored"
-                    );
-                    space.replication.ingest_failed(arrival, e.code())
-                }
-            };
+            Err(e) => {
+                tracing::info!(
+                    space = space_id,
+                    code = e.code(),
+                    "received commits not stored"
+                );
+                space.replication.ingest_failed(arrival, e.code())
+            }
+        };
         self.execute(swarm, space_id, actions);
     }
 }
