@@ -60,12 +60,17 @@ export interface StoreOptions {
    */
   key?: string;
   /**
-   * `strategy`: as `strategy` above. `remote`: natively (the Rust API and
-   * the `persist` command), a sync server to sync with from the start; in
-   * a browser it is refused with INVALID_OPTIONS: give the servers to
-   * `store.enableP2P({ syncServers })`, which the tab running the node uses.
+   * `strategy`: as `strategy` above. `remote`: the sync server(s) to sync
+   * with from the moment the store opens (encrypted stores only): an
+   * address ending in `/p2p/<its peer id>`, several separated by commas
+   * or as a list, or the name of this deployment's server (any other text,
+   * such as "postgres"), which the page names in
+   * `<meta name="persist-sync-remote" content="ADDRESS">` or
+   * `globalThis.PERSIST_SYNC_REMOTE` (natively: the PERSIST_SYNC_REMOTE
+   * variable). Nothing named: SYNC_REMOTE_UNSET. In a browser the tab that
+   * runs the store's node dials the servers (as `enableP2P({ syncServers })`).
    */
-  sync?: { remote?: string; strategy?: Strategy };
+  sync?: { remote?: string | string[]; strategy?: Strategy };
 }
 
 export interface ListOptions {

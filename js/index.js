@@ -255,3 +255,50 @@ Store.prototype.close = function () {
   this.__p2p?.stop();
   return closeStore.call(this);
 };
+
+// `sync: { remote }`: the store syncs through the sync server(s) from the
+// moment it opens, over the tab's node (the tab that runs the store's node
+// dials them). `remote` is an address (`/dns4/.../tcp/443/wss/p2p/...`,
+// `/ip4/.../udp/4003/webrtc-direct/certhash/.../p2p/...`; several
+// separated by commas, or a list), or the name of the deployment's server
+// (any other text, such as "postgres"), which the page names in
+// `<meta name="persist-sync-remote" content="ADDRESS[,ADDRESS]">` or
+// `globalThis.PERSIST_SYNC_REMOTE`.
+function syncServers(remote) {
+  const list = Array.isArray(remote) ? remote : [remote];
+  if (list.length === 0 || list.some((r) => typeof r !== "string")) {
+    throw codedError("INVALID_OPTIONS", "sync.remote is a sync server's address, a list of them, or the name of this deployment's server");
+  }
+  const split = (text) => String(text).split(",").map((a) => a.trim()).filter(Boolean);
+  const servers = [];
+  for (const r of list) {
+    if (r.trim().startsWith("/")) {
+      servers.push(...split(r));
+      continue;
+    }
+    const configured = globalThis.PERSIST_SYNC_REMOTE
+      ?? globalThis.document?.querySelector?.('meta[name="persist-sync-remote"]')?.content;
+    const found = Array.isArray(configured) ? configured.flatMap(split) : split(configured ?? "");
+    if (found.length === 0) {
+      throw codedError("SYNC_REMOTE_UNSET", `sync remote "${r}" names this deployment's sync server: name its address in the page (<meta name="persist-sync-remote" content="/dns4/.../tcp/443/wss/p2p/..."> or globalThis.PERSIST_SYNC_REMOTE), or give the address itself`);
+    }
+    servers.push(...found);
+  }
+  return servers;
+}
+
+export async function createStore(nameOrOptions, options) {
+  const given = typeof nameOrOptions === "string" ? options : nameOrOptions;
+  const remote = given?.sync?.remote;
+  const servers = remote === undefined ? null : syncServers(remote);
+  const store = await openStore(nameOrOptions, options);
+  if (servers) {
+    try {
+      await store.enableP2P({ syncServers: servers });
+    } catch (e) {
+      await store.close();
+      throw e;
+    }
+  }
+  return store;
+}

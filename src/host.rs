@@ -380,19 +380,22 @@ impl Hosted {
         let mut checked = Vec::with_capacity(commits.len());
         let mut rest = commits.into_iter();
         let (store, limits) = (self.store, self.limits);
+        // The chunks are checked at once, on as many cores as there are.
+        let mut chunks = Vec::new();
         loop {
             let chunk: Vec<SignedCommit> = rest.by_ref().take(CHECK_CHUNK).collect();
             if chunk.is_empty() {
                 break;
             }
-            let results = crate::platform::compute(move || {
+            chunks.push(crate::platform::compute(move || {
                 chunk
                     .into_iter()
                     .map(|signed| (Commit::check_sealed(&signed, store, &limits), signed))
                     .collect::<Vec<_>>()
-            })
-            .await?;
-            checked.extend(results);
+            }));
+        }
+        for results in futures::future::join_all(chunks).await {
+            checked.extend(results?);
         }
         let mut state = self.state.lock().await;
         match self.store_checked(&mut state, &checked).await {

@@ -312,3 +312,98 @@ test("the README's demo: a page pairs with the native notes device by code and n
   const stopped = await Promise.race([exited, new Promise((r) => setTimeout(() => r("still running"), 10_000).unref())]);
   assert.notEqual(stopped, "still running", `the demo did not stop on Ctrl-C:\n${out}`);
 });
+
+/** What a serving node's health endpoint says (its JSON body). */
+async function health(addr) {
+  const response = await fetch(`http://${addr}/health`);
+  return response.json();
+}
+
+/** Waits until the serving node holds at least `commits` commits. */
+async function holds(addr, commits) {
+  const until = Date.now() + WAIT_MS;
+  for (;;) {
+    const state = await health(addr);
+    if (state.commits >= commits) return state.commits;
+    if (Date.now() > until) throw new Error(`the server holds ${state.commits} commits, not ${commits}, after ${WAIT_MS} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+test("a tab and a native device never online together converge through a sync server; the encryption page's createStore({ sync: { remote } }) as written", async () => {
+  const server = persist([
+    "node", "--data", join(env.work, "server"), "--for", "300", "--serve",
+    "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--health", "127.0.0.1:0",
+  ]);
+  const tcp = (await server.waitFor(/^listening: (\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/\S+)$/))[1];
+  const ws = (await server.waitFor(/^listening: (\S+\/ws\/p2p\/[^/\s]+)$/))[1];
+  const healthAddr = (await server.waitFor(/^health: http:\/\/(\S+)\/$/))[1];
+
+  // The native device pairs the tab (codes meet at the same node), then
+  // both go: from here on they are never online at once.
+  const db = join(env.work, "served-native.db");
+  await persistDone(["put", "--path", db, "--encrypt", "notes", "n-first", '{"title":"before pairing"}']);
+  const host = persist(["pair", "--path", db, "--bootstrap", tcp, "--remote", tcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "60"]);
+  const code = (await host.waitFor(/^code: (\S+)$/))[1];
+  const tab = await device();
+  await online(tab.page, "notes", ws, { adapter: "indexeddb", encrypt: true });
+  await tab.page.evaluate((code) => window.store.p2p.pair(code), code);
+  assert.deepEqual(await waitForRecord(tab.page, "notes", "n-first"), { title: "before pairing" });
+  await tab.page.evaluate(() => window.store.p2p.stop());
+  assert.equal(await host.exited, 0);
+
+  // Native, alone: writes and hands its writes to the server.
+  await persistDone(["put", "--path", db, "notes", "n-native", '{"title":"written while the tab was away"}']);
+  const before = (await health(healthAddr)).commits;
+  const sync = persist(["sync", "--path", db, "--remote", tcp, "--for", "30"]);
+  await holds(healthAddr, before + 1);
+  sync.child.kill("SIGTERM");
+  await sync.exited;
+
+  // The tab, alone, comes back (same device, same IndexedDB) with the
+  // product page's options as written; "postgres" names the deployment's
+  // server, which the page names.
+  await tab.page.reload();
+  await tab.page.evaluate(async (ws) => {
+    globalThis.PERSIST_SYNC_REMOTE = ws;
+    const { createStore } = await import("/pkg/index.js");
+    window.store = await createStore({
+      name: "notes", adapter: "indexeddb", encrypt: true,
+      sync: { remote: "postgres", strategy: "last-write-wins" },
+    });
+  }, ws);
+  assert.deepEqual(await waitForRecord(tab.page, "notes", "n-native"), { title: "written while the tab was away" });
+  const held = (await health(healthAddr)).commits;
+  await tab.page.evaluate(() => window.store.records("notes").put("n-tab", { title: "written while native was away" }));
+  await holds(healthAddr, held + 1);
+  assert.deepEqual(tab.errors, []);
+  await tab.ctx.close();
+
+  // Native, alone again, gets the tab's write from the server (a sync
+  // runs until quiet; the store file has one owner at a time, so the read
+  // follows it).
+  let got = "";
+  for (let attempt = 0; attempt < 5 && !got.trim(); attempt++) {
+    const synced = await persistDone(["sync", "--path", db, "--remote", tcp, "--for", "20"]);
+    const read = persist(["get", "--path", db, "notes", "n-tab"]);
+    await read.exited;
+    got = read.lines.join("\n");
+    if (!got.trim() && attempt === 4) throw new Error(`n-tab never reached the native device:\n${synced}`);
+  }
+  assert.deepEqual(JSON.parse(got), { title: "written while native was away" });
+
+  // Nothing named: a clear code, in the browser as natively.
+  const other = await device();
+  const refused = await other.page.evaluate(async () => {
+    const { createStore } = await import("/pkg/index.js");
+    try {
+      await createStore({ name: "other", encrypt: true, sync: { remote: "postgres" } });
+      return "opened";
+    } catch (e) {
+      return e.code;
+    }
+  });
+  assert.equal(refused, "SYNC_REMOTE_UNSET");
+  await other.ctx.close();
+  server.child.kill("SIGTERM");
+});

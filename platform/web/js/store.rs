@@ -13,8 +13,10 @@ use crate::merge::ConflictStrategy;
 use crate::store::{Adapter, Store, StoreOptions};
 
 /// Opens a store: `createStore("name", { adapter })` or
-/// `createStore({ name, adapter, strategy })`.
-#[wasm_bindgen(js_name = createStore)]
+/// `createStore({ name, adapter, strategy })`. Exported as `openStore`:
+/// the package's `createStore` (its JavaScript layer) calls it, then
+/// starts the tab's node for `sync.remote`.
+#[wasm_bindgen(js_name = openStore)]
 pub async fn create_store(name_or_options: JsValue, options: JsValue) -> JsResult<JsStore> {
     let (name, options) = match name_or_options.as_string() {
         Some(name) => (name, options),
@@ -43,13 +45,15 @@ pub async fn create_store(name_or_options: JsValue, options: JsValue) -> JsResul
         })?;
         store_options = store_options.strategy(strategy);
     }
-    if !option(&option(&options, "sync"), "remote").is_undefined() {
-        // One node per origin runs in the tab that holds the store's lock:
-        // the servers go to it.
+    // The servers of `sync.remote` go to the tab's node (the package's
+    // `createStore` starts it); they hold only ciphertext.
+    if !option(&option(&options, "sync"), "remote").is_undefined()
+        && !option(&options, "encrypt").is_truthy()
+    {
         return Err(js_error(
             "INVALID_OPTIONS",
-            "in a browser, sync servers are given to the tab's P2P node: \
-             store.enableP2P({ syncServers: [\"/ip4/.../webrtc-direct/certhash/.../p2p/...\"] })",
+            "a sync server holds only ciphertext: open the store with encrypt: true to sync \
+             through one",
         ));
     }
     let store = Store::open(store_options).await?;
