@@ -402,3 +402,64 @@ async fn a_hundred_devices_converge_through_one_server() {
     }
     server.shutdown().await;
 }
+
+/// An operator who lists founders: the listed founder's store is served,
+/// and any other founder (a squatter under the same store id included)
+/// founds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_listing_founders_serves_only_their_stores() {
+    let dir = tempfile::tempdir().expect("dir");
+    let a = encrypted_memory_store("a").await;
+    let storage = persist::platform::SqliteHost::open(&dir.path().join("served.db")).expect("open");
+    let mut serve = ServeOptions::new(Arc::new(storage));
+    serve.founders = vec![a.device_id()];
+    let options = ServerOptions {
+        serve: Some(serve),
+        ..ServerOptions::default()
+    };
+    let (server, addr) = start_node(options).await;
+    let store = a.store_id();
+    let peer = server.peer_id();
+
+    // The listed founder greets: served.
+    let node_a = a.enable_p2p(via(&addr)).await.expect("a");
+    a.records("notes")
+        .put("listed", json!({ "n": 1 }))
+        .await
+        .expect("put");
+    let total = commits_of(&a).await;
+    eventually(
+        "the server holds the listed founder's writes",
+        10,
+        async || held(&server).await >= total,
+    )
+    .await;
+
+    // Another founder, with a store of its own or squatting A's id.
+    let other = DeviceIdentity::generate().expect("identity");
+    let mut client = raw_client(&other);
+    for store in [store, persist::StoreId::from_bytes([7; 16])] {
+        let own = MembershipWire {
+            store,
+            founder: other.device_id(),
+            entries: Vec::new(),
+        };
+        let answer = ask(
+            &mut client,
+            &addr,
+            peer,
+            SyncRequest::Hello { store, log: own },
+        )
+        .await;
+        assert_eq!(refused(&answer), Some("NOT_TRUSTED"), "{answer:?}");
+    }
+    let stats = server
+        .stats()
+        .await
+        .expect("stats")
+        .served
+        .expect("serving");
+    assert_eq!(stats.held.stores, 1, "only the listed founder's store");
+    node_a.shutdown();
+    server.shutdown().await;
+}

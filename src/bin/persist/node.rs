@@ -21,7 +21,8 @@ pub struct NodeArgs {
     /// max_circuits, max_circuits_per_peer, max_circuit_seconds,
     /// max_circuit_bytes, max_registrations, registrations_per_ip,
     /// max_connections, max_connections_per_ip, max_connections_per_subnet,
-    /// log_peers, serve, storage, max_stores, store_quota_bytes, health.
+    /// log_peers, serve, storage, max_stores, store_quota_bytes, founders
+    /// (array), health.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Address to listen on (repeatable). Default: TCP 4001, QUIC 4001,
@@ -80,6 +81,11 @@ pub struct NodeArgs {
     /// Bytes of commits one served store may hold (default 1 GiB).
     #[arg(long)]
     pub store_quota_bytes: Option<u64>,
+    /// Serve only the stores founded by these devices (peer ids, as
+    /// `persist peers` prints them; repeatable or separated by commas).
+    /// Default: any store whose members sync here.
+    #[arg(long = "founder", value_delimiter = ',')]
+    pub founders: Vec<String>,
     /// Answer health checks over HTTP on this address (for example
     /// `127.0.0.1:9101`): any `GET` gets `200` and the node's counts as
     /// JSON, or `503` with the error code when its storage is unreachable.
@@ -110,6 +116,7 @@ struct ConfigFile {
     storage: Option<String>,
     max_stores: Option<u64>,
     store_quota_bytes: Option<u64>,
+    founders: Option<Vec<String>>,
     health: Option<String>,
 }
 
@@ -218,6 +225,25 @@ impl NodeArgs {
             if let Some(n) = self.store_quota_bytes.or(file.store_quota_bytes) {
                 serve.quota.max_bytes = n;
             }
+            let founders = if self.founders.is_empty() {
+                file.founders.clone().unwrap_or_default()
+            } else {
+                self.founders.clone()
+            };
+            serve.founders = founders
+                .iter()
+                .map(|text| {
+                    text.trim()
+                        .parse::<persist::net::PeerId>()
+                        .ok()
+                        .and_then(|peer| persist::net::device_of(&peer))
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "founder {text:?} is not a device's peer id (12D3Koo...)"
+                            ))
+                        })
+                })
+                .collect::<persist::Result<_>>()?;
             options.serve = Some(serve);
         }
         Ok((options, Extras { log_peers, health }))
@@ -353,6 +379,12 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
             "serving stores from {}",
             serve.storage.describe()
         ));
+        if !serve.founders.is_empty() {
+            say(format_args!(
+                "serving only the stores of {} listed founder(s)",
+                serve.founders.len()
+            ));
+        }
     }
     if let Some(addr) = extras.health {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -207,24 +207,26 @@ fn a_refused_push_answers_with_the_version_vector() {
     ));
 }
 
-#[test]
-fn a_refusal_is_pushed_again_once_with_the_membership_entries() {
+/// A core connected to member 1, which pulled with `have` (its tips `tips`).
+fn heard_from(have: VersionVector, tips: Vec<[u8; 32]>) -> Replication<u8> {
     let mut core: Replication<u8> = Replication::new();
     core.connected(1, true);
+    let pull = Incoming::Pull {
+        store: STORE,
+        have,
+        tips,
+        limit: 10,
+        members: nine(),
+        reply: 1,
+    };
+    core.handle(1, true, STORE, pull);
+    core
+}
+
+#[test]
+fn a_refusal_is_pushed_again_once_with_the_membership_entries() {
     let author = DeviceIdentity::from_secret(&[3; 32]).device_id();
-    core.handle(
-        1,
-        true,
-        STORE,
-        Incoming::Pull {
-            store: STORE,
-            have: vec![],
-            tips: vec![],
-            limit: 10,
-            members: nine(),
-            reply: 1,
-        },
-    );
+    let mut core = heard_from(vec![], vec![]);
     let have = || Incoming::Have {
         have: vec![(author, 2)],
     };
@@ -254,22 +256,8 @@ fn a_refusal_is_pushed_again_once_with_the_membership_entries() {
 
 #[test]
 fn a_broken_live_stream_pushes_again_from_what_the_peer_confirmed() {
-    let mut core: Replication<u8> = Replication::new();
-    core.connected(1, true);
     let author = DeviceIdentity::from_secret(&[3; 32]).device_id();
-    core.handle(
-        1,
-        true,
-        STORE,
-        Incoming::Pull {
-            store: STORE,
-            have: vec![(author, 1)],
-            tips: vec![[1; 32]],
-            limit: 10,
-            members: nine(),
-            reply: 1,
-        },
-    );
+    let mut core = heard_from(vec![(author, 1)], vec![[1; 32]]);
     match &core.live_broke(1)[..] {
         [Action::Read {
             have,

@@ -21,6 +21,7 @@ use super::ServerBehaviour;
 use crate::change::{Limits, SignedCommit, StoreId};
 use crate::error::{Error, Result};
 use crate::host::{Changed, HostStorage, Hosted, Quota, SpaceId};
+use crate::identity::DeviceId;
 use crate::membership::{MembersHave, MembershipLog, MembershipWire};
 use crate::net::replica::{self, Merged, Replica};
 use crate::net::replication::{Action, Arrival, Incoming, Ingested, Purpose, Replication, Token};
@@ -43,6 +44,10 @@ pub struct ServeOptions {
     pub quota: Quota,
     /// Size limits of received commits.
     pub limits: Limits,
+    /// Serve only the stores founded by these devices (empty: any store
+    /// whose members sync here; anyone may found one, up to
+    /// `max_stores`).
+    pub founders: Vec<DeviceId>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -51,6 +56,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("storage", &self.storage.describe())
             .field("max_stores", &self.max_stores)
             .field("quota", &self.quota)
+            .field("founders", &self.founders.len())
             .finish()
     }
 }
@@ -64,6 +70,7 @@ impl ServeOptions {
             max_stores: 10_000,
             quota: Quota::default(),
             limits: Limits::default(),
+            founders: Vec::new(),
         }
     }
 }
@@ -146,6 +153,11 @@ async fn open_space(
     if log.store != store {
         return Err(Error::Membership(
             crate::membership::MemberError::WrongStore,
+        ));
+    }
+    if !options.founders.is_empty() && !options.founders.contains(&log.founder) {
+        return Err(Error::NotTrusted(
+            "this server serves only the stores of the founders its operator lists".into(),
         ));
     }
     // The log is verified, and the device found in it, before anything is
