@@ -330,7 +330,7 @@ async function holds(addr, commits) {
   }
 }
 
-test("a tab and a native device never online together converge through a sync server; the encryption page's createStore({ sync: { remote } }) as written", async () => {
+test("a tab and a native device never online together converge through a sync server; the tab opens with createStore({ sync: { remote: "postgres" } })", async () => {
   const server = persist([
     "node", "--data", join(env.work, "server"), "--for", "300", "--serve",
     "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--health", "127.0.0.1:0",
@@ -360,9 +360,10 @@ test("a tab and a native device never online together converge through a sync se
   sync.child.kill("SIGTERM");
   await sync.exited;
 
-  // The tab, alone, comes back (same device, same IndexedDB) with the
-  // product page's options as written; "postgres" names the deployment's
-  // server, which the page names.
+  // The tab, alone, comes back (same device, same IndexedDB), opening its
+  // store with `sync: { remote: "postgres" }`: a name, not an address, which
+  // the page resolves to the deployment's server (PERSIST_SYNC_REMOTE here;
+  // a <meta name="persist-sync-remote"> tag works the same).
   await tab.page.reload();
   await tab.page.evaluate(async (ws) => {
     globalThis.PERSIST_SYNC_REMOTE = ws;
