@@ -610,29 +610,22 @@ impl Replica for Hosted {
         max_bytes: usize,
     ) -> BoxFuture<'_, Result<Vec<SignedCommit>>> {
         Box::pin(async move {
-            let theirs: BTreeMap<DeviceId, u64> = have.into_iter().collect();
             let heads = self.state.lock().await.heads.clone();
-            let mut out = Vec::new();
-            let mut bytes = 0usize;
-            for (author, (seq, _)) in heads {
-                let mut known = theirs.get(&author).copied().unwrap_or(0);
-                while known < seq && out.len() < limit && bytes < max_bytes {
-                    let want = CHECK_CHUNK.min(limit - out.len());
-                    let more = self
+            let ours = heads.into_iter().map(|(author, (seq, _))| (author, seq));
+            crate::net::replica::missing_commits(
+                ours,
+                &have,
+                limit,
+                max_bytes,
+                CHECK_CHUNK,
+                |author, after, want| async move {
+                    Ok(self
                         .storage
-                        .commits_after(self.space, author, known, want)
-                        .await?;
-                    let Some(last) = more.last().and_then(SignedCommit::author_seq) else {
-                        break;
-                    };
-                    known = last.1;
-                    bytes = more
-                        .iter()
-                        .fold(bytes, |b, c| b.saturating_add(c.body.len() + 64));
-                    out.extend(more);
-                }
-            }
-            Ok(out)
+                        .commits_after(self.space, author, after, want)
+                        .await?)
+                },
+            )
+            .await
         })
     }
 

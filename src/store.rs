@@ -618,30 +618,24 @@ impl Store {
         self.check_open()?;
         /// Commits read from storage at a time while a byte budget is set.
         const CHUNK: usize = 16;
-        let theirs: BTreeMap<DeviceId, u64> = theirs.iter().copied().collect();
         let backend = self.bound().backend.clone();
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for (author, seq) in backend.version_vector().await? {
-            let mut known = theirs.get(&author).copied().unwrap_or(0);
-            while known < seq && out.len() < limit && bytes < max_bytes {
-                let want = if max_bytes == usize::MAX {
-                    limit - out.len()
-                } else {
-                    CHUNK.min(limit - out.len())
-                };
-                let more = backend.commits_after(author, known, want).await?;
-                let Some(last) = more.last().and_then(SignedCommit::author_seq) else {
-                    break;
-                };
-                known = last.1;
-                bytes = more
-                    .iter()
-                    .fold(bytes, |b, c| b.saturating_add(c.body.len() + 64));
-                out.extend(more);
-            }
-        }
-        Ok(out)
+        let chunk = if max_bytes == usize::MAX {
+            usize::MAX
+        } else {
+            CHUNK
+        };
+        let backend = &backend;
+        crate::net::replica::missing_commits(
+            backend.version_vector().await?,
+            theirs,
+            limit,
+            max_bytes,
+            chunk,
+            |author, after, want| async move {
+                Ok(backend.commits_after(author, after, want).await?)
+            },
+        )
+        .await
     }
 
     /// Verifies and applies commits received from another replica. Invalid

@@ -12,6 +12,43 @@ use crate::platform::{BoxFuture, BoxStream, MaybeSend, MaybeSync};
 use super::replication::{Ingested, Purpose, VersionVector};
 use super::{SyncRequest, PULL_LIMIT};
 
+/// The commits a replica holding `theirs` lacks, author by author: `ours`
+/// is the highest number held per author, `read(author, after, want)` reads
+/// an author's commits after a number, at most `chunk` at a time. Stops at
+/// `limit` commits, or once the commits read reach `max_bytes` (at least
+/// one is returned when any is missing).
+pub async fn missing_commits<F, Fut>(
+    ours: impl IntoIterator<Item = (DeviceId, u64)>,
+    theirs: &[(DeviceId, u64)],
+    limit: usize,
+    max_bytes: usize,
+    chunk: usize,
+    mut read: F,
+) -> Result<Vec<SignedCommit>>
+where
+    F: FnMut(DeviceId, u64, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<SignedCommit>>>,
+{
+    let theirs: std::collections::BTreeMap<DeviceId, u64> = theirs.iter().copied().collect();
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for (author, seq) in ours {
+        let mut known = theirs.get(&author).copied().unwrap_or(0);
+        while known < seq && out.len() < limit && bytes < max_bytes {
+            let more = read(author, known, chunk.min(limit - out.len())).await?;
+            let Some(last) = more.last().and_then(SignedCommit::author_seq) else {
+                break;
+            };
+            known = last.1;
+            bytes = more
+                .iter()
+                .fold(bytes, |b, c| b.saturating_add(c.body.len() + 64));
+            out.extend(more);
+        }
+    }
+    Ok(out)
+}
+
 /// A pull: this side's version vector, the hash of its last commit of each
 /// author, what it holds of the membership log.
 pub async fn pull_request(replica: &dyn Replica) -> Result<SyncRequest> {
