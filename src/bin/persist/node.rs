@@ -274,8 +274,14 @@ async fn health_answer(node: &Server) -> (&'static str, serde_json::Value) {
 async fn serve_health(listener: tokio::net::TcpListener, node: Server) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
+        let mut socket = match listener.accept().await {
+            Ok((socket, _)) => socket,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::warn!(%e, "cannot accept a health check");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let answered = tokio::time::timeout(Duration::from_secs(5), async {
             let mut request = Vec::with_capacity(512);
