@@ -330,7 +330,7 @@ async function holds(addr, commits) {
   }
 }
 
-test("a tab and a native device never online together converge through a sync server; the tab opens with createStore({ sync: { remote: "postgres" } })", async () => {
+test("a tab and a native device never online together converge through a sync server; the tab opens with createStore({ sync: { remote: 'postgres' } })", async () => {
   const server = persist([
     "node", "--data", join(env.work, "server"), "--for", "300", "--serve",
     "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--health", "127.0.0.1:0",
