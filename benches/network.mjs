@@ -3,7 +3,9 @@
 // WebRTC-direct on the namespace's private address).
 //   propagation latency tab -> native and native -> tab, one write at a time;
 //   initial sync of COUNT one-record commits from a native store into a
-//   fresh tab, against the same tab's local batched insert (putMany).
+//   fresh tab, and the catch-up of COUNT such commits from a sync server
+//   (`persist node --serve`) into a tab, both against the same tab's local
+//   batched insert (putMany).
 // Run: cargo build --bin persist --features test-utils && bash scripts/build-pkg.sh && (cd tests/e2e && npm install)
 //      node benches/network.mjs [--quick]                      (WebSocket)
 //      bash scripts/netns.sh node benches/network.mjs [--quick] (WebSocket and WebRTC-direct)
@@ -12,7 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "../tests/e2e/node_modules/playwright-core/index.mjs";
 import { serve } from "../scripts/serve.mjs";
-import { CHROMIUM_ARGS, device, env, online, persist, root, startNode, webrtcHost } from "../tests/e2e/harness.mjs";
+import { CHROMIUM_ARGS, device, env, online, persist, root, startNode, waitForRecord, webrtcHost } from "../tests/e2e/harness.mjs";
 
 const quick = process.argv.includes("--quick");
 const WRITES = quick ? 100 : 1000;
@@ -79,6 +81,7 @@ try {
   const db = join(env.work, "big.db");
   const fill = persist(["fill", "--path", db, "--encrypt", "--count", String(COUNT)]);
   await fill.waitFor(/^filled: /, 600_000);
+  await fill.exited;
   const host = persist(["pair", "--path", db, "--bootstrap", tcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "600"]);
   const code = (await host.waitFor(/^code: (\S+)$/))[1];
   const { page, ctx } = await device();
@@ -112,6 +115,60 @@ try {
   await ctx.close();
   host.child.kill("SIGTERM");
 
+  // Catch-up from a sync server: the tab is paired while the store holds
+  // one record, goes away; the native device writes COUNT one-record
+  // commits and hands them to the server, then goes away too; the tab comes
+  // back with the server as its only peer.
+  const served = persist([
+    "node", "--data", join(env.work, "server"), "--for", "900", "--serve",
+    "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--health", "127.0.0.1:0",
+  ]);
+  const sTcp = (await served.waitFor(/^listening: (\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/\S+)$/))[1];
+  const sWs = (await served.waitFor(/^listening: (\S+\/ws\/p2p\/[^/\s]+)$/))[1];
+  const sHealth = (await served.waitFor(/^health: http:\/\/(\S+)\/$/))[1];
+  const held = async () => (await (await fetch(`http://${sHealth}/health`)).json()).commits;
+  const sDb = join(env.work, "served.db");
+  await persist(["put", "--path", sDb, "--encrypt", "notes", "first", '{"title":"before pairing"}']).exited;
+  const sHost = persist(["pair", "--path", sDb, "--bootstrap", sTcp, "--listen", "/ip4/127.0.0.1/tcp/0/ws", "--for", "120"]);
+  const sCode = (await sHost.waitFor(/^code: (\S+)$/))[1];
+  const away = await device();
+  await online(away.page, "notes", sWs, { encrypt: true });
+  await away.page.evaluate((code) => window.store.p2p.pair(code), sCode);
+  await waitForRecord(away.page, "notes", "first");
+  await away.page.evaluate(() => window.store.close());
+  await sHost.exited;
+  const sFill = persist(["fill", "--path", sDb, "--count", String(COUNT)]);
+  await sFill.waitFor(/^filled: /, 600_000);
+  await sFill.exited;
+  const before = await held();
+  const push = persist(["sync", "--path", sDb, "--remote", sTcp, "--for", "600"]);
+  const deadline = Date.now() + 600_000;
+  while ((await held()) < before + COUNT) {
+    if (Date.now() > deadline) throw new Error("the server never held the filled commits");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  push.child.kill("SIGTERM");
+  await push.exited;
+  await away.page.reload();
+  const fromServer = await away.page.evaluate(async ({ ws, count }) => {
+    const { createStore } = await import("/pkg/index.js");
+    const store = await createStore("notes", { encrypt: true });
+    const started = performance.now();
+    let applied = 0;
+    const ready = store.enableP2P({ syncServers: [ws] });
+    const done = new Promise((resolve) => store.p2p.on("sync", (e) => {
+      applied += e.applied;
+      if (applied >= count) resolve();
+    }));
+    await ready;
+    await done;
+    const seconds = (performance.now() - started) / 1000;
+    await store.close();
+    return { seconds, applied };
+  }, { ws: sWs, count: COUNT });
+  await away.ctx.close();
+  served.child.kill("SIGTERM");
+
   console.log(`\nPropagation latency, one write at a time (${WRITES} writes each way; ms)\n`);
   console.log("| transport | direction | p50 | p99 | max | target |");
   console.log("|---|---|---:|---:|---:|---|");
@@ -124,6 +181,9 @@ try {
   console.log("|---|---:|---:|---|");
   console.log(`| local batched insert in the same tab (putMany, 1,000 per transaction) | ${local.toFixed(0)} | 1.00 | |`);
   console.log(`| initial sync over WebSocket (${synced.seconds.toFixed(2)} s, of which pairing ${synced.pairing.toFixed(2)} s) | ${rate.toFixed(0)} | ${(rate / local).toFixed(2)} | >= 0.7 |`);
+  const serverRate = fromServer.applied / fromServer.seconds;
+  console.log(`| catch-up from a sync server over WebSocket (${fromServer.seconds.toFixed(2)} s; no other peer) | ${serverRate.toFixed(0)} | ${(serverRate / local).toFixed(2)} | >= 0.7 |`);
+  console.log(`\ncatch-up from the server vs the same commits straight from the native device: ${(serverRate / rate).toFixed(2)}x`);
 } finally {
   for (const p of env.processes) p.kill("SIGKILL");
   await env.browser.close();
