@@ -6,6 +6,90 @@
 
 use thiserror::Error;
 
+/// Declares [`Code`]: each stable code, its text and what it means.
+macro_rules! codes {
+    ($($variant:ident = $text:literal: $meaning:literal,)*) => {
+        /// Every stable error code, in one place: the errors of every layer
+        /// name their code from here, and tests check the TypeScript
+        /// declarations, the README's list and the JavaScript layers
+        /// against [`Code::ALL`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Code {
+            $(#[doc = $meaning] $variant,)*
+        }
+
+        impl Code {
+            /// All codes, in the order the README lists them.
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+
+            /// The code's text, e.g. `"VALUE_TOO_LARGE"`.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $text,)*
+                }
+            }
+
+            /// What the code means, in one sentence.
+            pub const fn meaning(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $meaning,)*
+                }
+            }
+
+            /// The code with this text.
+            pub fn from_text(text: &str) -> Option<Code> {
+                Code::ALL.iter().copied().find(|c| c.as_str() == text)
+            }
+        }
+    };
+}
+
+codes! {
+    AdapterUnavailable = "ADAPTER_UNAVAILABLE": "The storage adapter asked for does not exist on this platform.",
+    InvalidOptions = "INVALID_OPTIONS": "Options that are missing, malformed or contradict each other.",
+    InvalidName = "INVALID_NAME": "A store, collection or log name, an id or a key that is empty, too long or has forbidden characters.",
+    InvalidValue = "INVALID_VALUE": "A value that is not JSON (a function, `undefined`, a symbol, a `BigInt`, a cycle) or not the shape the call needs.",
+    ValueTooLarge = "VALUE_TOO_LARGE": "A value, batch or commit over its configured limit.",
+    Closed = "CLOSED": "A call on a store (or a tab's P2P part) that was closed.",
+    StoreReplaced = "STORE_REPLACED": "Another tab joined this store to another device's store: open it again.",
+    KeyInvalid = "KEY_INVALID": "A key (the device's, or an exported store key) that is mistyped or unusable.",
+    KeyRequired = "KEY_REQUIRED": "The store is encrypted and this device holds no key for it: give `key`.",
+    NotEncrypted = "NOT_ENCRYPTED": "A key operation on a store without encryption.",
+    DecryptFailed = "DECRYPT_FAILED": "A key that does not open the store, or data that does not decrypt (altered, or sealed under a key this device lacks).",
+    CryptoUnavailable = "CRYPTO_UNAVAILABLE": "The platform gives no secure randomness.",
+    EncryptionMismatch = "ENCRYPTION_MISMATCH": "An encrypted store received a commit in the clear, or the reverse.",
+    StorageCorrupt = "STORAGE_CORRUPT": "The file or database is damaged or not a Persist store; it is left untouched.",
+    StorageVersionUnsupported = "STORAGE_VERSION_UNSUPPORTED": "Storage written by a newer Persist, or by an earlier one in a format this one no longer reads.",
+    StoreFormatUnsupported = "STORE_FORMAT_UNSUPPORTED": "A membership log in a format this Persist no longer reads.",
+    StorageIo = "STORAGE_IO": "The operating system refused or failed an I/O operation (disk full, permissions, read-only).",
+    StorageLocked = "STORAGE_LOCKED": "Another process or handle holds the storage.",
+    StorageConflict = "STORAGE_CONFLICT": "Another writer of shared storage committed first (retried inside; seen only when retries run out).",
+    StorageFailed = "STORAGE_FAILED": "Any other failure of the storage backend.",
+    SignatureInvalid = "SIGNATURE_INVALID": "A received commit or membership entry whose signature does not verify.",
+    WrongStore = "WRONG_STORE": "A received commit or entry of another store.",
+    ChangeMalformed = "CHANGE_MALFORMED": "Received bytes that do not decode as a commit or membership entry.",
+    ChangeConflict = "CHANGE_CONFLICT": "Two different commits under one author and number (the first is kept).",
+    ChangeOutOfOrder = "CHANGE_OUT_OF_ORDER": "A received commit whose predecessor is missing.",
+    ClockSkew = "CLOCK_SKEW": "A received commit stamped too far ahead of this device's clock (accepted once the clock catches up).",
+    NotTrusted = "NOT_TRUSTED": "A device that is not, or no longer, a member of the store.",
+    PairingCodeInvalid = "PAIRING_CODE_INVALID": "A pairing code mistyped, guessed wrong, already used or unknown (a wrong try burns it).",
+    PairingCodeExpired = "PAIRING_CODE_EXPIRED": "A pairing code used after it expired.",
+    PairingFailed = "PAIRING_FAILED": "Pairing could not complete (no answer, a dropped connection, a refusal, stores that cannot be joined).",
+    P2pStopped = "P2P_STOPPED": "A call on a P2P node that was stopped.",
+    P2pUnavailable = "P2P_UNAVAILABLE": "No P2P node to run the call: none started, or the tab running it did not answer.",
+    P2pFailed = "P2P_FAILED": "A P2P call forwarded to the tab running the node failed there without a code.",
+    QuotaExceeded = "QUOTA_EXCEEDED": "A sync server refused commits beyond the store's quota.",
+    NotAServer = "NOT_A_SERVER": "A peer named as a sync server does not serve stores.",
+    SyncRemoteUnset = "SYNC_REMOTE_UNSET": "A sync remote names the deployment's server and nothing says where it is.",
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An error from a storage backend (SQLite, memory, IndexedDB).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -57,16 +141,18 @@ impl StorageError {
     /// The stable code of this error.
     pub fn code(&self) -> &'static str {
         match self {
-            StorageError::Corrupt(_) => "STORAGE_CORRUPT",
+            StorageError::Corrupt(_) => Code::StorageCorrupt.as_str(),
             StorageError::VersionUnsupported { .. } | StorageError::FormatOutdated(_) => {
                 "STORAGE_VERSION_UNSUPPORTED"
             }
-            StorageError::Io(_) => "STORAGE_IO",
-            StorageError::Locked(_) => "STORAGE_LOCKED",
-            StorageError::Conflict(_) => "STORAGE_CONFLICT",
-            StorageError::Decrypt(_) | StorageError::EpochUnknown(_) => "DECRYPT_FAILED",
-            StorageError::Closed => "CLOSED",
-            StorageError::Backend(_) => "STORAGE_FAILED",
+            StorageError::Io(_) => Code::StorageIo.as_str(),
+            StorageError::Locked(_) => Code::StorageLocked.as_str(),
+            StorageError::Conflict(_) => Code::StorageConflict.as_str(),
+            StorageError::Decrypt(_) | StorageError::EpochUnknown(_) => {
+                Code::DecryptFailed.as_str()
+            }
+            StorageError::Closed => Code::Closed.as_str(),
+            StorageError::Backend(_) => Code::StorageFailed.as_str(),
         }
     }
 }
@@ -159,17 +245,17 @@ impl RejectReason {
     /// The stable code of this reason.
     pub fn code(&self) -> &'static str {
         match self {
-            RejectReason::Malformed(_) => "CHANGE_MALFORMED",
-            RejectReason::BadSignature => "SIGNATURE_INVALID",
-            RejectReason::Undecryptable(_) => "DECRYPT_FAILED",
-            RejectReason::EncryptionMismatch(_) => "ENCRYPTION_MISMATCH",
-            RejectReason::WrongStore => "WRONG_STORE",
-            RejectReason::TooLarge(_) => "VALUE_TOO_LARGE",
-            RejectReason::InvalidContent(_) => "INVALID_NAME",
-            RejectReason::Equivocation => "CHANGE_CONFLICT",
-            RejectReason::Gap { .. } => "CHANGE_OUT_OF_ORDER",
-            RejectReason::NotTrusted(_) => "NOT_TRUSTED",
-            RejectReason::FromTheFuture { .. } => "CLOCK_SKEW",
+            RejectReason::Malformed(_) => Code::ChangeMalformed.as_str(),
+            RejectReason::BadSignature => Code::SignatureInvalid.as_str(),
+            RejectReason::Undecryptable(_) => Code::DecryptFailed.as_str(),
+            RejectReason::EncryptionMismatch(_) => Code::EncryptionMismatch.as_str(),
+            RejectReason::WrongStore => Code::WrongStore.as_str(),
+            RejectReason::TooLarge(_) => Code::ValueTooLarge.as_str(),
+            RejectReason::InvalidContent(_) => Code::InvalidName.as_str(),
+            RejectReason::Equivocation => Code::ChangeConflict.as_str(),
+            RejectReason::Gap { .. } => Code::ChangeOutOfOrder.as_str(),
+            RejectReason::NotTrusted(_) => Code::NotTrusted.as_str(),
+            RejectReason::FromTheFuture { .. } => Code::ClockSkew.as_str(),
         }
     }
 }
@@ -270,30 +356,130 @@ impl Error {
     /// The stable code of this error, e.g. `"VALUE_TOO_LARGE"`.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::AdapterUnavailable { .. } => "ADAPTER_UNAVAILABLE",
-            Error::InvalidOptions(_) => "INVALID_OPTIONS",
-            Error::InvalidName { .. } => "INVALID_NAME",
-            Error::InvalidValue(_) => "INVALID_VALUE",
-            Error::ValueTooLarge { .. } => "VALUE_TOO_LARGE",
-            Error::Closed => "CLOSED",
-            Error::StoreReplaced => "STORE_REPLACED",
-            Error::KeyInvalid(_) => "KEY_INVALID",
-            Error::KeyRequired(_) => "KEY_REQUIRED",
-            Error::NotEncrypted => "NOT_ENCRYPTED",
+            Error::AdapterUnavailable { .. } => Code::AdapterUnavailable.as_str(),
+            Error::InvalidOptions(_) => Code::InvalidOptions.as_str(),
+            Error::InvalidName { .. } => Code::InvalidName.as_str(),
+            Error::InvalidValue(_) => Code::InvalidValue.as_str(),
+            Error::ValueTooLarge { .. } => Code::ValueTooLarge.as_str(),
+            Error::Closed => Code::Closed.as_str(),
+            Error::StoreReplaced => Code::StoreReplaced.as_str(),
+            Error::KeyInvalid(_) => Code::KeyInvalid.as_str(),
+            Error::KeyRequired(_) => Code::KeyRequired.as_str(),
+            Error::NotEncrypted => Code::NotEncrypted.as_str(),
             Error::Crypto(e) => e.code(),
             Error::Rejected(reason) => reason.code(),
             Error::Storage(e) => e.code(),
-            Error::NotTrusted(_) => "NOT_TRUSTED",
-            Error::PairingCodeInvalid(_) => "PAIRING_CODE_INVALID",
-            Error::PairingCodeExpired => "PAIRING_CODE_EXPIRED",
-            Error::PairingFailed(_) => "PAIRING_FAILED",
+            Error::NotTrusted(_) => Code::NotTrusted.as_str(),
+            Error::PairingCodeInvalid(_) => Code::PairingCodeInvalid.as_str(),
+            Error::PairingCodeExpired => Code::PairingCodeExpired.as_str(),
+            Error::PairingFailed(_) => Code::PairingFailed.as_str(),
             Error::Membership(e) => e.code(),
-            Error::P2pStopped => "P2P_STOPPED",
-            Error::QuotaExceeded(_) => "QUOTA_EXCEEDED",
-            Error::SyncRemoteUnset(_) => "SYNC_REMOTE_UNSET",
+            Error::P2pStopped => Code::P2pStopped.as_str(),
+            Error::QuotaExceeded(_) => Code::QuotaExceeded.as_str(),
+            Error::SyncRemoteUnset(_) => Code::SyncRemoteUnset.as_str(),
         }
     }
 }
 
 /// Result alias for the store API.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(all(test, not(all(target_family = "wasm", target_os = "unknown"))))]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::Code;
+
+    fn read(path: &str) -> String {
+        let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+    }
+
+    fn all() -> BTreeSet<&'static str> {
+        Code::ALL.iter().map(|c| c.as_str()).collect()
+    }
+
+    /// The codes quoted in `text` after `marker` (e.g. `codedError("`).
+    fn quoted_after(text: &str, marker: &str) -> BTreeSet<String> {
+        text.split(marker)
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn codes_are_unique_and_shaped() {
+        assert_eq!(all().len(), Code::ALL.len(), "a code is listed twice");
+        for code in Code::ALL {
+            let text = code.as_str();
+            assert!(
+                text.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit()),
+                "{text}"
+            );
+            assert_eq!(Code::from_text(text), Some(*code));
+            assert!(code.meaning().ends_with('.'), "{text}: {}", code.meaning());
+        }
+    }
+
+    /// The TypeScript union is exactly the table: a code the library can
+    /// produce is declared, and nothing declared is made up.
+    #[test]
+    fn the_typescript_union_is_the_table() {
+        let dts = read("js/index.d.ts");
+        let start = dts
+            .find("export type PersistErrorCode =")
+            .expect("index.d.ts declares PersistErrorCode");
+        let union = &dts[start..start + dts[start..].find(';').expect("the union ends")];
+        let declared: BTreeSet<String> = quoted_after(union, "| \"");
+        let table: BTreeSet<String> = all().into_iter().map(str::to_owned).collect();
+        let expected: String = Code::ALL
+            .iter()
+            .map(|c| format!("\n  | \"{}\"", c.as_str()))
+            .collect();
+        assert_eq!(
+            declared, table,
+            "js/index.d.ts's PersistErrorCode differs from Code::ALL; it should read:\nexport type PersistErrorCode ={expected};"
+        );
+    }
+
+    /// The README lists every code.
+    #[test]
+    fn the_readme_lists_every_code() {
+        let readme = read("README.md");
+        let section = readme
+            .split("\n## Errors\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README.md has an Errors section");
+        let missing: Vec<&str> = all()
+            .into_iter()
+            .filter(|c| !section.contains(&format!("`{c}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README.md's Errors section lacks {missing:?}"
+        );
+    }
+
+    /// The package's JavaScript layer raises only codes of the table.
+    #[test]
+    fn the_javascript_layer_raises_only_table_codes() {
+        let js = read("js/index.js");
+        let mut raised = quoted_after(&js, "codedError(\"");
+        raised.extend(quoted_after(&js, "?? \""));
+        assert!(
+            !raised.is_empty(),
+            "no codedError(\"...\") found in js/index.js"
+        );
+        let unknown: Vec<String> = raised
+            .into_iter()
+            .filter(|c| !c.is_empty() && Code::from_text(c).is_none())
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "js/index.js raises codes outside Code::ALL: {unknown:?}"
+        );
+    }
+}

@@ -57,7 +57,7 @@ pub mod store;
 pub mod platform;
 
 pub use change::{Commit, Limits, SignedCommit, Stamp, StoreId};
-pub use error::{Error, NameKind, RejectReason, Result, StorageError};
+pub use error::{Code, Error, NameKind, RejectReason, Result, StorageError};
 pub use identity::{DeviceId, DeviceIdentity};
 pub use merge::{Conflict, ConflictStrategy, Version};
 pub use store::{

@@ -215,13 +215,13 @@ impl MemberError {
     /// The stable code.
     pub fn code(&self) -> &'static str {
         match self {
-            MemberError::Malformed(_) => "CHANGE_MALFORMED",
-            MemberError::OldFormat(_) => "STORE_FORMAT_UNSUPPORTED",
-            MemberError::BadSignature => "SIGNATURE_INVALID",
-            MemberError::WrongStore => "WRONG_STORE",
-            MemberError::TooLarge => "VALUE_TOO_LARGE",
-            MemberError::Refused(_) => "INVALID_OPTIONS",
-            MemberError::NotAdmitted(_) => "NOT_TRUSTED",
+            MemberError::Malformed(_) => crate::error::Code::ChangeMalformed.as_str(),
+            MemberError::OldFormat(_) => crate::error::Code::StoreFormatUnsupported.as_str(),
+            MemberError::BadSignature => crate::error::Code::SignatureInvalid.as_str(),
+            MemberError::WrongStore => crate::error::Code::WrongStore.as_str(),
+            MemberError::TooLarge => crate::error::Code::ValueTooLarge.as_str(),
+            MemberError::Refused(_) => crate::error::Code::InvalidOptions.as_str(),
+            MemberError::NotAdmitted(_) => crate::error::Code::NotTrusted.as_str(),
         }
     }
 }

@@ -50,9 +50,9 @@ impl CryptoError {
     /// The stable code of this error.
     pub fn code(&self) -> &'static str {
         match self {
-            CryptoError::KeyText(_) => "KEY_INVALID",
-            CryptoError::Random(_) => "CRYPTO_UNAVAILABLE",
-            _ => "DECRYPT_FAILED",
+            CryptoError::KeyText(_) => crate::error::Code::KeyInvalid.as_str(),
+            CryptoError::Random(_) => crate::error::Code::CryptoUnavailable.as_str(),
+            _ => crate::error::Code::DecryptFailed.as_str(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `store.crypto`: key export and rotation of an encrypted store.
 
+use crate::error::Code;
 use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
@@ -48,7 +49,7 @@ fn progress_callback(options: &JsValue) -> Result<Option<Function>, JsValue> {
     callback
         .dyn_into::<Function>()
         .map(Some)
-        .map_err(|_| js_error("INVALID_OPTIONS", "onProgress must be a function"))
+        .map_err(|_| js_error(Code::InvalidOptions, "onProgress must be a function"))
 }
 
 fn report(callback: &Option<Function>) -> impl FnMut(&RotationProgress) + '_ {

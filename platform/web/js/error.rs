@@ -3,8 +3,14 @@
 
 use wasm_bindgen::JsValue;
 
+use crate::error::Code;
+
 /// A JavaScript `Error` with `code` set.
-pub(crate) fn js_error(code: &str, message: &str) -> JsValue {
+pub(crate) fn js_error(code: Code, message: &str) -> JsValue {
+    coded(code.as_str(), message)
+}
+
+fn coded(code: &str, message: &str) -> JsValue {
     let error = js_sys::Error::new(message);
     let _ = js_sys::Reflect::set(&error, &JsValue::from_str("code"), &JsValue::from_str(code));
     error.into()
@@ -12,7 +18,7 @@ pub(crate) fn js_error(code: &str, message: &str) -> JsValue {
 
 impl From<crate::Error> for JsValue {
     fn from(e: crate::Error) -> JsValue {
-        js_error(e.code(), &e.to_string())
+        coded(e.code(), &e.to_string())
     }
 }
 

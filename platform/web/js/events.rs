@@ -1,5 +1,6 @@
 //! The `Events` class: an append-only log.
 
+use crate::error::Code;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
@@ -58,7 +59,7 @@ fn list_options(options: &JsValue) -> JsResult<EventListOptions> {
             Some(ms) if ms >= 0.0 && ms.is_finite() => Some(Since::Millis(ms as u64)),
             _ => {
                 return Err(js_error(
-                    "INVALID_OPTIONS",
+                    Code::InvalidOptions,
                     "since must be an event id or milliseconds",
                 ))
             }

@@ -1,5 +1,6 @@
 //! `store.enableP2P(...)` and `store.p2p`: the browser's P2P node.
 
+use crate::error::Code;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -25,17 +26,17 @@ fn addresses(options: &JsValue, key: &str) -> JsResult<Vec<Multiaddr>> {
         }
         if !Array::is_array(&source) {
             return Err(js_error(
-                "INVALID_OPTIONS",
+                Code::InvalidOptions,
                 &format!("{key} must be an array of multiaddr strings"),
             ));
         }
         for item in Array::from(&source).iter() {
-            let text = item
-                .as_string()
-                .ok_or_else(|| js_error("INVALID_OPTIONS", &format!("{key} holds a non-string")))?;
+            let text = item.as_string().ok_or_else(|| {
+                js_error(Code::InvalidOptions, &format!("{key} holds a non-string"))
+            })?;
             let addr: Multiaddr = text.parse().map_err(|e| {
                 js_error(
-                    "INVALID_OPTIONS",
+                    Code::InvalidOptions,
                     &format!("{key}: {text:?} is not a multiaddr: {e}"),
                 )
             })?;
@@ -103,7 +104,7 @@ fn console(level: &str, first: &JsValue, second: &JsValue) {
 fn peer_id(text: &str) -> JsResult<PeerId> {
     text.parse().map_err(|e| {
         js_error(
-            "INVALID_OPTIONS",
+            Code::InvalidOptions,
             &format!("{text:?} is not a peer id: {e}"),
         )
     })
@@ -303,7 +304,7 @@ impl JsP2p {
             None if confirm.is_undefined() || confirm.is_null() => false,
             None => {
                 return Err(js_error(
-                    "INVALID_OPTIONS",
+                    Code::InvalidOptions,
                     "confirm must be true, false, or (through the package) a function",
                 ))
             }
@@ -361,7 +362,7 @@ impl JsP2p {
         let host = match option(&options, "peer").as_string() {
             Some(text) => Some(text.parse::<Multiaddr>().map_err(|e| {
                 js_error(
-                    "INVALID_OPTIONS",
+                    Code::InvalidOptions,
                     &format!("peer {text:?} is not a multiaddr: {e}"),
                 )
             })?),
@@ -417,7 +418,7 @@ impl JsP2p {
     pub fn dial(&self, addr: String) -> JsResult<js_sys::Promise> {
         let addr: Multiaddr = addr.parse().map_err(|e| {
             js_error(
-                "INVALID_OPTIONS",
+                Code::InvalidOptions,
                 &format!("{addr:?} is not a multiaddr: {e}"),
             )
         })?;

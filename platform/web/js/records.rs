@@ -1,5 +1,6 @@
 //! The `Records` class: one collection.
 
+use crate::error::Code;
 use futures::StreamExt;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
@@ -116,7 +117,7 @@ impl JsRecords {
 fn many(entries: &JsValue) -> JsResult<Vec<(String, String)>> {
     let bad = || {
         super::error::js_error(
-            "INVALID_VALUE",
+            Code::InvalidValue,
             "putMany takes an array of [id, value] pairs",
         )
     };

@@ -1,5 +1,6 @@
 //! `createStore` and the `Store` class.
 
+use crate::error::Code;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -22,7 +23,7 @@ pub async fn create_store(name_or_options: JsValue, options: JsValue) -> JsResul
         Some(name) => (name, options),
         None => {
             let name = option_string(&name_or_options, "name")?
-                .ok_or_else(|| js_error("INVALID_OPTIONS", "createStore needs a name"))?;
+                .ok_or_else(|| js_error(Code::InvalidOptions, "createStore needs a name"))?;
             (name, name_or_options)
         }
     };
@@ -39,7 +40,7 @@ pub async fn create_store(name_or_options: JsValue, options: JsValue) -> JsResul
     if let Some(strategy) = strategy {
         let strategy = ConflictStrategy::from_name(&strategy).ok_or_else(|| {
             js_error(
-                "INVALID_OPTIONS",
+                Code::InvalidOptions,
                 "strategy must be \"last-write-wins\" or \"merge-fields\"",
             )
         })?;
@@ -51,7 +52,7 @@ pub async fn create_store(name_or_options: JsValue, options: JsValue) -> JsResul
         && !option(&options, "encrypt").is_truthy()
     {
         return Err(js_error(
-            "INVALID_OPTIONS",
+            Code::InvalidOptions,
             "a sync server holds only ciphertext: open the store with encrypt: true to sync \
              through one",
         ));

@@ -352,7 +352,9 @@ impl Node {
                     // A device is no sync server.
                     None => self.execute(vec![Action::Reply {
                         token: reply,
-                        response: SyncResponse::Refused("NOT_A_SERVER".into()),
+                        response: SyncResponse::Refused(
+                            crate::error::Code::NotAServer.as_str().into(),
+                        ),
                     }]),
                 }
             }
@@ -394,7 +396,7 @@ impl Node {
                     self.hello_failed(request_id);
                     self.emit(P2pEvent::ServerRefused {
                         peer,
-                        code: "NOT_A_SERVER".into(),
+                        code: crate::error::Code::NotAServer.as_str().into(),
                     });
                 }
             }
