@@ -39,6 +39,7 @@ export type PersistErrorCode =
   | "P2P_UNAVAILABLE"
   | "P2P_FAILED"
   | "QUOTA_EXCEEDED"
+  | "EQUIVOCATION"
   | "NOT_A_SERVER"
   | "SYNC_REMOTE_UNSET";
 
@@ -194,9 +195,12 @@ export interface P2POptions {
    * and their relay makes this tab reachable to other devices.
    */
   bootstrapPeers?: string[];
-  /** A browser cannot listen on sockets: only relayed addresses (`.../p2p-circuit`) are used, others are skipped with a warning. */
+  /**
+   * Node.js listens on TCP, QUIC (`/udp/0/quic-v1`), WebSocket (`/tcp/0/ws`) and WebRTC-direct.
+   * A browser cannot listen on sockets: only relayed addresses (`.../p2p-circuit`) are used, others are skipped with a warning.
+   */
   listenAddrs?: string[];
-  /** A browser has no mDNS (`mdns: true` is skipped with a warning); `dht` (client mode) defaults to on. */
+  /** mDNS finds devices on the LAN in Node.js; a browser has none (`mdns: true` is skipped with a warning). `dht` defaults to on. */
   discovery?: { dht?: boolean; mdns?: boolean; bootstrapPeers?: string[] };
   /**
    * Sync servers (`persist node --serve`) to replicate with: WebSocket or
@@ -254,7 +258,7 @@ export declare class P2P {
   private constructor();
   /** This device's peer id (its Ed25519 key; the same in every tab). */
   readonly peerId: string;
-  /** True in the tab that runs the node. */
+  /** True in the tab that runs the node (always true in Node.js). */
   readonly isLeader: boolean;
   /** This device's fingerprint (`XXXX-XXXX`), what a host asking its user to confirm this device shows. */
   readonly fingerprint: string;

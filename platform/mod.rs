@@ -20,6 +20,10 @@ pub use native::{
 
 #[cfg(wasm_browser)]
 pub mod web;
+
+/// The Node.js addon (napi-rs) over the native platform.
+#[cfg(all(not(wasm_browser), feature = "node"))]
+pub mod node;
 #[cfg(wasm_browser)]
 pub use web::net::{mdns, mdns_discovered, swarm, Mdns, KAD_MODE};
 #[cfg(wasm_browser)]

@@ -5,10 +5,16 @@
 # Cargo.lock; nothing is downloaded; no wasm-opt, see Cargo.toml), then one
 # module, index.js = the glue + js/index.js (loads the WebAssembly on import,
 # so no init() call), hand-written TypeScript declarations, and package.json
-# generated from pkg.json.template.
+# generated from pkg.json.template; then the Node.js addon
+# (scripts/build-node.sh) unless `--browser-only` comes first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/persist-target}"
+node_addon=yes
+if [ "${1:-}" = "--browser-only" ]; then
+  node_addon=no
+  shift
+fi
 out="${1:-pkg}"
 
 rm -rf "$out"
@@ -27,3 +33,6 @@ python3 scripts/check-wasm-imports.py "$out/persist_wasm_bg.wasm"
 raw=$(stat -c %s "$out/persist_wasm_bg.wasm")
 gz=$(gzip -9 -c "$out/persist_wasm_bg.wasm" | wc -c)
 echo "built $out: persist_wasm_bg.wasm $raw bytes ($gz gzip)"
+if [ "$node_addon" = yes ]; then
+  bash scripts/build-node.sh "$out"
+fi

@@ -29,7 +29,7 @@ fi
 echo
 if [ "${PERSIST_DEMO_PKG:-1}" != "0" ]; then
   bash scripts/setup.sh >/dev/null
-  bash scripts/build-pkg.sh | tail -n 1
+  bash scripts/build-pkg.sh --browser-only | tail -n 1
 fi
 net="$data/network"
 mkdir -p "$net"

@@ -22,6 +22,9 @@ cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 step "clippy (native)"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "clippy (the Node.js addon)"
+cargo clippy --lib --locked --no-default-features --features node -- -D warnings
+
 step "clippy (wasm32)"
 cargo clippy --lib --test browser --locked --target wasm32-unknown-unknown -- -D warnings
 
@@ -53,10 +56,10 @@ CHROMEDRIVER=/usr/bin/chromedriver \
 WASM_BINDGEN_TEST_TIMEOUT=120 \
   cargo test --locked --no-default-features --target wasm32-unknown-unknown --test browser
 
-step "npm package @cuitty/persist (release wasm + wasm-bindgen)"
-bash scripts/build-pkg.sh
+step "npm package @cuitty/persist (release wasm + wasm-bindgen; the Node.js addon, dev profile)"
+PERSIST_NODE_PROFILE=dev bash scripts/build-pkg.sh
 
-step "end-to-end tests (playwright-core + headless Chromium + native persist processes, node --test)"
+step "end-to-end tests (playwright-core + headless Chromium, the Node.js addon, native persist processes; node --test)"
 # The `persist` binary the native tests built (a plain `cargo build` would
 # resolve dependency features without the dev-dependencies and rebuild).
 cargo test --no-run --locked --quiet

@@ -45,6 +45,7 @@ pub mod error;
 pub mod hlc;
 pub mod host;
 pub mod identity;
+pub mod js_api;
 pub mod keys;
 pub mod membership;
 pub mod merge;

@@ -54,9 +54,22 @@ export function useHarness() {
  * first stdout line matching it (bounded), `exited` when it ends.
  */
 export function persist(args, { stdin = false } = {}) {
-  const child = spawn(BIN, args, {
-    cwd: env.work,
-    env: { ...process.env, PERSIST_MDNS: "off", PERSIST_KEYCHAIN: "off", PERSIST_LOG: process.env.PERSIST_LOG ?? "warn" },
+  return track(BIN, args, { cwd: env.work, stdin }, `persist ${args[0]}`);
+}
+
+/**
+ * Runs a Node.js script (`node FILE`) in `cwd` in the background, with
+ * the same handle as `persist` (`waitFor`, `exited`, `lines`); `vars` are
+ * added to its environment.
+ */
+export function nodeScript(file, { cwd, vars = {}, stdin = false } = {}) {
+  return track(process.execPath, [file], { cwd, vars, stdin }, `node ${file}`);
+}
+
+function track(command, args, { cwd, vars = {}, stdin = false }, label) {
+  const child = spawn(command, args, {
+    cwd,
+    env: { ...process.env, PERSIST_MDNS: "off", PERSIST_KEYCHAIN: "off", PERSIST_LOG: process.env.PERSIST_LOG ?? "warn", ...vars },
     stdio: [stdin ? "pipe" : "ignore", "pipe", "pipe"],
   });
   env.processes.push(child);
@@ -99,7 +112,7 @@ export function persist(args, { stdin = false } = {}) {
         waiters.push(w);
         setTimeout(() => {
           if (waiters.includes(w)) {
-            reject(new Error(`persist ${args[0]}: no line matching ${regex} in ${ms} ms\nstdout:\n${lines.join("\n")}\nstderr:\n${stderr}`));
+            reject(new Error(`${label}: no line matching ${regex} in ${ms} ms\nstdout:\n${lines.join("\n")}\nstderr:\n${stderr}`));
           }
         }, ms).unref();
       });

@@ -1,7 +1,7 @@
 //! `store.crypto`: key export and rotation of an encrypted store.
 
 use crate::error::Code;
-use js_sys::{Function, Object, Reflect};
+use js_sys::Function;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
@@ -22,23 +22,8 @@ impl JsStoreCrypto {
 }
 
 /// `{ epoch, table, scanned, resealed, done }` for `onProgress` and results.
-fn progress_object(progress: &RotationProgress) -> JsValue {
-    let object = Object::new();
-    let set = |key: &str, value: JsValue| {
-        let _ = Reflect::set(&object, &JsValue::from_str(key), &value);
-    };
-    set("epoch", JsValue::from_f64(f64::from(progress.epoch)));
-    let table = progress.table.map(|t| match t {
-        crate::storage::Table::Records => "records",
-        crate::storage::Table::Events => "events",
-        crate::storage::Table::Kv => "kv",
-    });
-    set("table", table.map_or(JsValue::NULL, JsValue::from_str));
-    set("scanned", JsValue::from_f64(progress.scanned as f64));
-    set("resealed", JsValue::from_f64(progress.resealed as f64));
-    set("done", JsValue::from_bool(progress.done));
-    set("resealMs", JsValue::from_f64(progress.reseal_ms));
-    object.into()
+fn progress_object(progress: &RotationProgress) -> Result<JsValue, JsValue> {
+    super::value::to_js(&crate::js_api::rotation(progress))
 }
 
 fn progress_callback(options: &JsValue) -> Result<Option<Function>, JsValue> {
@@ -56,7 +41,9 @@ fn report(callback: &Option<Function>) -> impl FnMut(&RotationProgress) + '_ {
     move |progress| {
         if let Some(callback) = callback {
             // A throwing callback does not stop the rotation.
-            let _ = callback.call1(&JsValue::UNDEFINED, &progress_object(progress));
+            if let Ok(progress) = progress_object(progress) {
+                let _ = callback.call1(&JsValue::UNDEFINED, &progress);
+            }
         }
     }
 }
@@ -92,7 +79,7 @@ impl JsStoreCrypto {
         let callback = progress_callback(&options)?;
         Ok(future_to_promise(async move {
             let done = crypto.rotate_key(report(&callback)).await?;
-            Ok(progress_object(&done))
+            progress_object(&done)
         }))
     }
 
@@ -104,7 +91,10 @@ impl JsStoreCrypto {
         let callback = progress_callback(&options)?;
         Ok(future_to_promise(async move {
             let done = crypto.resume_rotation(report(&callback)).await?;
-            Ok(done.as_ref().map_or(JsValue::NULL, progress_object))
+            match done {
+                Some(done) => progress_object(&done),
+                None => Ok(JsValue::NULL),
+            }
         }))
     }
 }

@@ -1,12 +1,11 @@
 //! The `Events` class: an append-only log.
 
-use crate::error::Code;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use super::error::{js_error, JsResult};
-use super::value::{json_text, option, option_count, to_js};
-use crate::store::{EventListOptions, Events, Since};
+use super::error::JsResult;
+use super::value::{json_text, json_view, to_js};
+use crate::store::{EventListOptions, Events};
 
 /// An append-only event log.
 #[wasm_bindgen(js_name = Events)]
@@ -49,24 +48,5 @@ impl JsEvents {
 }
 
 fn list_options(options: &JsValue) -> JsResult<EventListOptions> {
-    let since = option(options, "since");
-    let since = if since.is_undefined() || since.is_null() {
-        None
-    } else if let Some(id) = since.as_string() {
-        Some(Since::Id(id))
-    } else {
-        match since.as_f64() {
-            Some(ms) if ms >= 0.0 && ms.is_finite() => Some(Since::Millis(ms as u64)),
-            _ => {
-                return Err(js_error(
-                    Code::InvalidOptions,
-                    "since must be an event id or milliseconds",
-                ))
-            }
-        }
-    };
-    Ok(EventListOptions {
-        since,
-        limit: option_count(options, "limit")?.map(|n| n as usize),
-    })
+    Ok(crate::js_api::event_list_options(&json_view(options)?)?)
 }

@@ -10,62 +10,26 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use super::error::{js_error, JsResult};
-use super::value::{option, option_count};
-use crate::net::{Multiaddr, P2p, P2pEvent, P2pOptions, PeerId};
+use super::value::{json_view, option, option_count};
+use crate::net::{Multiaddr, P2p, P2pOptions, PeerId};
 
-/// Parses the `bootstrapPeers` / `listenAddrs` style option `key` of
-/// `options` (and of `options.discovery`).
-fn addresses(options: &JsValue, key: &str) -> JsResult<Vec<Multiaddr>> {
-    let mut out = Vec::new();
-    for source in [
-        option(options, key),
-        option(&option(options, "discovery"), key),
-    ] {
-        if source.is_undefined() || source.is_null() {
-            continue;
-        }
-        if !Array::is_array(&source) {
-            return Err(js_error(
-                Code::InvalidOptions,
-                &format!("{key} must be an array of multiaddr strings"),
-            ));
-        }
-        for item in Array::from(&source).iter() {
-            let text = item.as_string().ok_or_else(|| {
-                js_error(Code::InvalidOptions, &format!("{key} holds a non-string"))
-            })?;
-            let addr: Multiaddr = text.parse().map_err(|e| {
-                js_error(
-                    Code::InvalidOptions,
-                    &format!("{key}: {text:?} is not a multiaddr: {e}"),
-                )
-            })?;
-            if !out.contains(&addr) {
-                out.push(addr);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The node's options from `enableP2P`'s argument: `{ bootstrapPeers,
-/// listenAddrs, discovery: { dht, mdns, bootstrapPeers } }`. A browser
-/// cannot listen on sockets or multicast: listen addresses other than
-/// relayed ones (`.../p2p-circuit`) and `mdns: true` are skipped with a
-/// console warning (code written for Node.js or native runs unchanged);
-/// the tab is reachable through its bootstrap nodes' relay instead.
+/// The node's options from `enableP2P`'s argument (read by
+/// [`crate::js_api::p2p_options`]). A browser cannot listen on sockets or
+/// multicast: listen addresses other than relayed ones (`.../p2p-circuit`)
+/// and `mdns: true` are skipped with a console warning (code written for
+/// Node.js or native runs unchanged); the tab is reachable through its
+/// bootstrap nodes' relay instead.
 pub(crate) fn options(value: &JsValue) -> JsResult<P2pOptions> {
-    let discovery = option(value, "discovery");
-    if option(&discovery, "mdns").is_truthy() || option(value, "mdns").is_truthy() {
+    let mut options = crate::js_api::p2p_options(&json_view(value)?)?;
+    if std::mem::replace(&mut options.mdns, false) {
         console_warn(
             "persist: there is no mDNS in a browser; peers are found through bootstrapPeers",
         );
     }
-    let dht = option(&discovery, "dht");
-    let (listen_addrs, skipped): (Vec<Multiaddr>, Vec<Multiaddr>) =
-        addresses(value, "listenAddrs")?
-            .into_iter()
-            .partition(|a| a.iter().any(|p| p == crate::net::Protocol::P2pCircuit));
+    let (listen_addrs, skipped): (Vec<Multiaddr>, Vec<Multiaddr>) = options
+        .listen_addrs
+        .into_iter()
+        .partition(|a| a.iter().any(|p| p == crate::net::Protocol::P2pCircuit));
     if !skipped.is_empty() {
         let skipped: Vec<String> = skipped.iter().map(ToString::to_string).collect();
         console_warn(&format!(
@@ -74,16 +38,8 @@ pub(crate) fn options(value: &JsValue) -> JsResult<P2pOptions> {
             skipped.join(", ")
         ));
     }
-    Ok(P2pOptions {
-        listen_addrs,
-        bootstrap_peers: addresses(value, "bootstrapPeers")?,
-        mdns: false,
-        dht: dht.is_undefined() || dht.is_truthy(),
-        count_bytes: None,
-        simulated_latency: None,
-        message_timeout: crate::net::MESSAGE_TIMEOUT,
-        sync_servers: addresses(value, "syncServers")?,
-    })
+    options.listen_addrs = listen_addrs;
+    Ok(options)
 }
 
 fn console_warn(message: &str) {
@@ -102,12 +58,7 @@ fn console(level: &str, first: &JsValue, second: &JsValue) {
 }
 
 fn peer_id(text: &str) -> JsResult<PeerId> {
-    text.parse().map_err(|e| {
-        js_error(
-            Code::InvalidOptions,
-            &format!("{text:?} is not a peer id: {e}"),
-        )
-    })
+    Ok(crate::js_api::peer_id(text)?)
 }
 
 fn strings<T: ToString>(items: impl IntoIterator<Item = T>) -> JsValue {
@@ -131,85 +82,6 @@ struct Listeners {
     all: Vec<Listener>,
     /// True once the task that delivers node events runs.
     started: bool,
-}
-
-/// The event's name and its detail object.
-fn describe(event: &P2pEvent) -> Option<(&'static str, JsValue)> {
-    let object = Object::new();
-    let set = |key: &str, value: JsValue| {
-        let _ = Reflect::set(&object, &JsValue::from_str(key), &value);
-    };
-    let name = match event {
-        P2pEvent::Listening(addr) => {
-            set("addr", JsValue::from_str(&addr.to_string()));
-            "listen"
-        }
-        P2pEvent::PeerConnected(peer) => {
-            set("peer", JsValue::from_str(&peer.to_string()));
-            "peer:connect"
-        }
-        P2pEvent::PeerDisconnected(peer) => {
-            set("peer", JsValue::from_str(&peer.to_string()));
-            "peer:disconnect"
-        }
-        P2pEvent::Synced {
-            peer,
-            applied,
-            rejected,
-            remaining,
-        } => {
-            set("peer", JsValue::from_str(&peer.to_string()));
-            set("applied", JsValue::from_f64(*applied as f64));
-            set("rejected", JsValue::from_f64(*rejected as f64));
-            set("remaining", JsValue::from_f64(*remaining as f64));
-            "sync"
-        }
-        P2pEvent::MemberAdded(peer) => {
-            set("peer", JsValue::from_str(&peer.to_string()));
-            "member:add"
-        }
-        P2pEvent::MemberRemoved(peer) => {
-            set("peer", JsValue::from_str(&peer.to_string()));
-            "member:remove"
-        }
-        P2pEvent::Paired(peer) => {
-            set("peer", JsValue::from_str(&peer.to_string()));
-            "pair"
-        }
-        P2pEvent::PairingFailed(code) => {
-            set("code", JsValue::from_str(code));
-            "pair:failed"
-        }
-        P2pEvent::PairingRequest {
-            peer,
-            label,
-            nameplate,
-        } => {
-            set("peer", JsValue::from_str(&peer.to_string()));
-            set("label", JsValue::from_str(label));
-            set(
-                "fingerprint",
-                JsValue::from_str(&crate::net::pairing::fingerprint(peer)),
-            );
-            set("nameplate", JsValue::from_str(nameplate));
-            "pair:request"
-        }
-        P2pEvent::Equivocation(peer) => {
-            set("peer", JsValue::from_str(&peer.to_string()));
-            set("code", JsValue::from_str("EQUIVOCATION"));
-            "alert"
-        }
-        P2pEvent::ServerReady(peer) => {
-            set("peer", JsValue::from_str(&peer.to_string()));
-            "server:ready"
-        }
-        P2pEvent::ServerRefused { peer, code } => {
-            set("peer", JsValue::from_str(&peer.to_string()));
-            set("code", JsValue::from_str(code));
-            "server:refused"
-        }
-    };
-    Some((name, object.into()))
 }
 
 /// The browser's P2P node of a store (`store.p2p`).
@@ -249,7 +121,8 @@ impl JsP2p {
                 let Some(listeners) = listeners.upgrade() else {
                     break;
                 };
-                let Some((name, detail)) = describe(&event) else {
+                let (name, detail) = crate::js_api::event(&event);
+                let Ok(detail) = super::value::to_js(&detail) else {
                     continue;
                 };
                 let callbacks: Vec<Function> = listeners
@@ -259,11 +132,6 @@ impl JsP2p {
                     .filter(|l| l.event == name || l.event == "*")
                     .map(|l| l.callback.clone())
                     .collect();
-                let _ = Reflect::set(
-                    &detail,
-                    &JsValue::from_str("type"),
-                    &JsValue::from_str(name),
-                );
                 for callback in callbacks {
                     if let Err(e) = callback.call1(&JsValue::NULL, &detail) {
                         console(
@@ -416,12 +284,7 @@ impl JsP2p {
     /// Dials a multiaddr (`/ip4/.../tcp/.../ws/p2p/...`,
     /// `/.../webrtc-direct/certhash/.../p2p/...`).
     pub fn dial(&self, addr: String) -> JsResult<js_sys::Promise> {
-        let addr: Multiaddr = addr.parse().map_err(|e| {
-            js_error(
-                Code::InvalidOptions,
-                &format!("{addr:?} is not a multiaddr: {e}"),
-            )
-        })?;
+        let addr = crate::js_api::multiaddr(&addr)?;
         let node = self.node.clone();
         Ok(future_to_promise(async move {
             node.dial(addr).await?;

@@ -6,7 +6,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use super::error::JsResult;
-use super::value::{json_text, option_count, option_string, parse_json, to_js};
+use super::value::{json_text, json_view, parse_json, to_js};
 use crate::store::{ListOptions, Records};
 
 /// The records of one collection.
@@ -90,16 +90,7 @@ impl JsRecords {
         let deliver = async move {
             while let Some(item) = stream.next().await {
                 let Ok(changes) = item else { continue };
-                let batch: Vec<serde_json::Value> = changes
-                    .iter()
-                    .map(|c| {
-                        let origin = match c.origin {
-                            crate::store::Origin::Local => "local",
-                            crate::store::Origin::Remote => "remote",
-                        };
-                        serde_json::json!({ "id": c.id, "value": c.value, "origin": origin })
-                    })
-                    .collect();
+                let batch = crate::js_api::changes(&changes);
                 if let Ok(batch) = to_js(&batch) {
                     // A throwing callback must not stop later deliveries.
                     let _ = callback.call1(&JsValue::NULL, &batch);
@@ -133,9 +124,5 @@ fn many(entries: &JsValue) -> JsResult<Vec<(String, String)>> {
 }
 
 fn list_options(options: &JsValue) -> JsResult<ListOptions> {
-    Ok(ListOptions {
-        prefix: option_string(options, "prefix")?,
-        after: option_string(options, "after")?,
-        limit: option_count(options, "limit")?.map(|n| n as usize),
-    })
+    Ok(crate::js_api::list_options(&json_view(options)?)?)
 }

@@ -1,17 +1,15 @@
 //! `createStore` and the `Store` class.
 
-use crate::error::Code;
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use super::error::{js_error, JsResult};
-use super::value::{option, option_string};
+use super::error::JsResult;
+use super::value::json_view;
 use super::{JsEvents, JsKv, JsP2p, JsRecords, JsStoreCrypto};
-use crate::merge::ConflictStrategy;
-use crate::store::{Adapter, Store, StoreOptions};
+use crate::store::Store;
 
 /// Opens a store: `createStore("name", { adapter })` or
 /// `createStore({ name, adapter, strategy })`. Exported as `openStore`:
@@ -19,44 +17,10 @@ use crate::store::{Adapter, Store, StoreOptions};
 /// starts the tab's node for `sync.remote`.
 #[wasm_bindgen(js_name = openStore)]
 pub async fn create_store(name_or_options: JsValue, options: JsValue) -> JsResult<JsStore> {
-    let (name, options) = match name_or_options.as_string() {
-        Some(name) => (name, options),
-        None => {
-            let name = option_string(&name_or_options, "name")?
-                .ok_or_else(|| js_error(Code::InvalidOptions, "createStore needs a name"))?;
-            (name, name_or_options)
-        }
-    };
-    let mut store_options = StoreOptions::new(name);
-    if let Some(adapter) = option_string(&options, "adapter")? {
-        store_options = store_options.adapter(Adapter::from_name(&adapter)?);
-    }
-    store_options = store_options.encrypt(option(&options, "encrypt").is_truthy());
-    if let Some(key) = option_string(&options, "key")? {
-        store_options = store_options.key(key);
-    }
-    let strategy = option_string(&options, "strategy")?
-        .or(option_string(&option(&options, "sync"), "strategy")?);
-    if let Some(strategy) = strategy {
-        let strategy = ConflictStrategy::from_name(&strategy).ok_or_else(|| {
-            js_error(
-                Code::InvalidOptions,
-                "strategy must be \"last-write-wins\" or \"merge-fields\"",
-            )
-        })?;
-        store_options = store_options.strategy(strategy);
-    }
     // The servers of `sync.remote` go to the tab's node (the package's
     // `createStore` starts it); they hold only ciphertext.
-    if !option(&option(&options, "sync"), "remote").is_undefined()
-        && !option(&options, "encrypt").is_truthy()
-    {
-        return Err(js_error(
-            Code::InvalidOptions,
-            "a sync server holds only ciphertext: open the store with encrypt: true to sync \
-             through one",
-        ));
-    }
+    let (store_options, _remote) =
+        crate::js_api::store_options(&json_view(&name_or_options)?, &json_view(&options)?)?;
     let store = Store::open(store_options).await?;
     Ok(JsStore {
         store,

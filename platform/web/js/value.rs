@@ -63,6 +63,30 @@ fn refusal(value: &JsValue) -> Option<&'static str> {
     }
 }
 
+/// A JSON view of an options object (`Null` for `undefined` or `null`):
+/// what the shared option readers of [`crate::js_api`] take. Functions in
+/// it (callbacks) are left out; the binding reads those itself.
+pub(crate) fn json_view(options: &JsValue) -> JsResult<serde_json::Value> {
+    if options.is_undefined() || options.is_null() {
+        return Ok(serde_json::Value::Null);
+    }
+    let text = js_sys::JSON::stringify(options)
+        .map_err(|e| {
+            js_error(
+                Code::InvalidOptions,
+                &format!("options are not a plain object: {}", describe(&e)),
+            )
+        })?
+        .as_string()
+        .unwrap_or_else(|| "null".into());
+    serde_json::from_str(&text).map_err(|e| {
+        js_error(
+            Code::InvalidOptions,
+            &format!("options are not a plain object: {e}"),
+        )
+    })
+}
+
 /// A stored JSON text as a JavaScript value, by the engine's `JSON.parse`.
 pub(crate) fn parse_json(text: &str) -> JsResult<JsValue> {
     js_sys::JSON::parse(text)
@@ -95,20 +119,6 @@ pub(crate) fn option(options: &JsValue, key: &str) -> JsValue {
     } else {
         JsValue::UNDEFINED
     }
-}
-
-/// An optional string property.
-pub(crate) fn option_string(options: &JsValue, key: &str) -> JsResult<Option<String>> {
-    let value = option(options, key);
-    if value.is_undefined() || value.is_null() {
-        return Ok(None);
-    }
-    value.as_string().map(Some).ok_or_else(|| {
-        js_error(
-            Code::InvalidOptions,
-            &format!("option {key} must be a string"),
-        )
-    })
 }
 
 /// An optional non-negative integer property.
