@@ -2,7 +2,9 @@
 //! the same data (256-byte JSON values), key order and durability (WAL,
 //! `synchronous=FULL`). Prints a Markdown table of ratios for BENCHMARKS.md.
 //!
-//! Run: `cargo bench --bench store` (optionally `-- --quick`).
+//! Run: `cargo bench --bench store` (optionally `-- --quick`; `-- --json`
+//! adds one line of JSON with every row, which `benches/node.mjs` reads to
+//! compare the Node.js addon with the Rust API in the same run).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -422,6 +424,13 @@ async fn main() {
         sizes.batched_rows
     );
     println!("\n{rotation}");
+    if std::env::args().any(|a| a == "--json") {
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|r| json!({ "what": r.what, "baseline": r.baseline, "ours": r.ours, "base": r.base }))
+            .collect();
+        println!("\nJSON {}", Value::Array(rows));
+    }
     println!(
         "\nrows: {} batched, {} single, {}x{} concurrent, {} reads, {} lists; medians of {} run(s)",
         sizes.batched_rows,

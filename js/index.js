@@ -12,12 +12,6 @@ await __wbg_init({ module_or_path: new URL("./persist_wasm_bg.wasm", import.meta
 // that node over a BroadcastChannel: their calls are forwarded to it, its
 // events are repeated to them. Their writes reach the node through the
 // shared IndexedDB (the tabs channel tells it to send them on).
-const startNode = Store.prototype.enableP2P;
-const closeStore = Store.prototype.close;
-const FORWARDED = new Set([
-  "createPairingCode", "createInvite", "pair", "trustedPeers", "revokeTrust",
-  "connectedPeers", "listenAddrs", "dial", "confirmPairing",
-]);
 const CALL_MS = { pair: 180_000, createPairingCode: 30_000 };
 
 function codedError(code, message) {
@@ -27,10 +21,10 @@ function codedError(code, message) {
 }
 
 class SharedP2P {
-  constructor(store, options) {
-    this._store = store;
+  constructor(handle, options) {
+    this._handle = handle;
     this._options = options;
-    this._name = store.name;
+    this._name = handle.name;
     this._listeners = new Set();
     this._calls = new Map();
     this._tab = Math.random().toString(36).slice(2) + Date.now().toString(36);
@@ -71,7 +65,7 @@ class SharedP2P {
 
   /** This tab runs the node until it closes (or the store does). */
   async _lead() {
-    const node = await startNode.call(this._store, this._options);
+    const node = await this._handle.enableP2P(this._options);
     this._node = node;
     this._leaderPeerId = node.peerId;
     this._leaderFingerprint = node.fingerprint;
@@ -195,6 +189,38 @@ class SharedP2P {
     return code;
   }
 
+  confirmPairing(peer, accept) {
+    return this._call("confirmPairing", [peer, accept]);
+  }
+
+  createInvite(options) {
+    return this._call("createInvite", [options]);
+  }
+
+  pair(code, options) {
+    return this._call("pair", [code, options]);
+  }
+
+  trustedPeers() {
+    return this._call("trustedPeers", []);
+  }
+
+  revokeTrust(peer) {
+    return this._call("revokeTrust", [peer]);
+  }
+
+  connectedPeers() {
+    return this._call("connectedPeers", []);
+  }
+
+  listenAddrs() {
+    return this._call("listenAddrs", []);
+  }
+
+  dial(addr) {
+    return this._call("dial", [addr]);
+  }
+
   on(event, callback) {
     const listener = { event, callback };
     this._listeners.add(listener);
@@ -214,47 +240,124 @@ class SharedP2P {
     this._channel?.close();
   }
 }
-for (const method of FORWARDED) {
-  if (Object.hasOwn(SharedP2P.prototype, method)) continue;
-  SharedP2P.prototype[method] = function (...args) {
-    return this._call(method, args);
-  };
+
+/**
+ * `store.crypto`: key export and rotation (the store's own), and the
+ * encryption page's invites (`createInvite()`, `acceptInvite(code)`), which
+ * run over the store's P2P node: an invite carries a long secret and this
+ * device's addresses, and accepting it runs the same PAKE exchange as a
+ * pairing code.
+ */
+class StoreCrypto {
+  #handle;
+  #store;
+
+  constructor(handle, store) {
+    this.#handle = handle;
+    this.#store = store;
+  }
+
+  get encrypted() {
+    return this.#handle.encrypted;
+  }
+
+  epoch() {
+    return this.#handle.epoch();
+  }
+
+  exportKey() {
+    return this.#handle.exportKey();
+  }
+
+  rotateKey(options) {
+    return this.#handle.rotateKey(options);
+  }
+
+  resumeRotation(options) {
+    return this.#handle.resumeRotation(options);
+  }
+
+  async createInvite(options) {
+    return this.#node().createInvite(options);
+  }
+
+  async acceptInvite(code) {
+    return this.#node().pair(code);
+  }
+
+  #node() {
+    const node = this.#store.p2p;
+    if (!node) throw codedError("P2P_UNAVAILABLE", "invites travel over P2P: call store.enableP2P({ bootstrapPeers }) first");
+    return node;
+  }
+
+  free() {
+    this.#handle.free();
+  }
 }
 
-Store.prototype.enableP2P = function (options) {
-  if (!this.__p2p || this.__p2p._closed) this.__p2p = new SharedP2P(this, options ?? {});
-  return this.__p2p.ready;
-};
-Object.defineProperty(Store.prototype, "p2p", {
-  get() {
-    return this.__p2p ?? null;
-  },
-  configurable: true,
-});
-// The encryption page's invites (`store.crypto.createInvite()`,
-// `acceptInvite(code)`) run over the store's P2P node: an invite carries a
-// long secret and this device's addresses, and accepting it runs the same
-// PAKE exchange as a pairing code.
-const cryptoOf = Object.getOwnPropertyDescriptor(Store.prototype, "crypto").get;
-function nodeOf(store) {
-  if (!store.__p2p || store.__p2p._closed) {
-    throw codedError("P2P_UNAVAILABLE", "invites travel over P2P: call store.enableP2P({ bootstrapPeers }) first");
+/**
+ * An open store: its data through the Rust handle, its P2P node shared by
+ * the origin's tabs (`SharedP2P`), its `crypto` with invites.
+ */
+class Store {
+  #handle;
+  #p2p = null;
+
+  /** Not for applications: `createStore` makes stores. */
+  constructor(handle) {
+    this.#handle = handle;
   }
-  return store.__p2p;
+
+  records(collection) {
+    return this.#handle.records(collection);
+  }
+
+  events(log) {
+    return this.#handle.events(log);
+  }
+
+  get kv() {
+    return this.#handle.kv;
+  }
+
+  get name() {
+    return this.#handle.name;
+  }
+
+  get storeId() {
+    return this.#handle.storeId;
+  }
+
+  get deviceId() {
+    return this.#handle.deviceId;
+  }
+
+  get crypto() {
+    return new StoreCrypto(this.#handle.crypto, this);
+  }
+
+  /** Starts (or joins, from another tab) the store's P2P node. */
+  enableP2P(options) {
+    if (!this.#p2p || this.#p2p._closed) this.#p2p = new SharedP2P(this.#handle, options ?? {});
+    return this.#p2p.ready;
+  }
+
+  get p2p() {
+    return this.#p2p && !this.#p2p._closed ? this.#p2p : null;
+  }
+
+  close() {
+    this.#p2p?.stop();
+    return this.#handle.close();
+  }
+
+  free() {
+    this.#handle.free();
+  }
 }
-Object.defineProperty(Store.prototype, "crypto", {
-  get() {
-    const crypto = cryptoOf.call(this);
-    crypto.createInvite = async (options) => nodeOf(this).createInvite(options);
-    crypto.acceptInvite = async (code) => nodeOf(this).pair(code);
-    return crypto;
-  },
-  configurable: true,
-});
-Store.prototype.close = function () {
-  this.__p2p?.stop();
-  return closeStore.call(this);
-};
+
+export { Store, StoreCrypto, SharedP2P as P2P };
 
 // `sync: { remote }`: the store syncs through the sync server(s) from the
 // moment it opens, over the tab's node (the tab that runs the store's node
@@ -291,7 +394,7 @@ export async function createStore(nameOrOptions, options) {
   const given = typeof nameOrOptions === "string" ? options : nameOrOptions;
   const remote = given?.sync?.remote;
   const servers = remote === undefined ? null : syncServers(remote);
-  const store = await openStore(nameOrOptions, options);
+  const store = new Store(await openStore(nameOrOptions, options));
   if (servers) {
     try {
       await store.enableP2P({ syncServers: servers });

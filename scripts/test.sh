@@ -66,5 +66,5 @@ cargo test --no-run --locked --quiet
 export PERSIST_BIN="$CARGO_TARGET_DIR/debug/persist"
 (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error && npm test)
 
-step "WebRTC-direct end to end, inside a network namespace (WebRTC joins multicast groups)"
-bash scripts/netns.sh bash -c "cd tests/e2e && node --test --test-concurrency=1 webrtc.test.mjs"
+step "WebRTC-direct and mDNS end to end, inside a network namespace (both multicast)"
+bash scripts/netns.sh bash -c "cd tests/e2e && node --test --test-concurrency=1 webrtc.test.mjs node-mdns.test.mjs"

@@ -181,22 +181,35 @@ pub fn addresses(options: &Value, key: &str) -> Result<Vec<Multiaddr>> {
     Ok(out)
 }
 
+/// An explicit boolean option (`None` when absent or not a boolean).
+fn flag(options: &Value, key: &str) -> Option<bool> {
+    field(options, key).as_bool()
+}
+
 /// `enableP2P(options)`: `{ listenAddrs, bootstrapPeers, syncServers,
-/// discovery: { dht, mdns, bootstrapPeers } }` (`dht` on unless false,
-/// `mdns` as given; a browser binding turns off what it cannot do).
-pub fn p2p_options(options: &Value) -> Result<P2pOptions> {
+/// discovery: { dht, mdns, bootstrapPeers } }`; what is not given comes
+/// from the platform's `defaults` (natively [`P2pOptions::default`]: TCP
+/// and QUIC on every interface, mDNS on unless `PERSIST_MDNS=off`, the
+/// DHT on).
+pub fn p2p_options(options: &Value, defaults: P2pOptions) -> Result<P2pOptions> {
     let discovery = field(options, "discovery");
-    let dht = !matches!(field(discovery, "dht"), Value::Bool(false));
-    let mdns = truthy(discovery, "mdns") || truthy(options, "mdns");
+    let given = |key: &str| !field(options, key).is_null() || !field(discovery, key).is_null();
+    let listen_addrs = if given("listenAddrs") {
+        addresses(options, "listenAddrs")?
+    } else {
+        defaults.listen_addrs
+    };
+    let mdns = flag(discovery, "mdns")
+        .or(flag(options, "mdns"))
+        .unwrap_or(defaults.mdns);
+    let dht = flag(discovery, "dht").unwrap_or(defaults.dht);
     Ok(P2pOptions {
-        listen_addrs: addresses(options, "listenAddrs")?,
+        listen_addrs,
         bootstrap_peers: addresses(options, "bootstrapPeers")?,
         mdns,
         dht,
-        count_bytes: None,
-        simulated_latency: None,
-        message_timeout: crate::net::MESSAGE_TIMEOUT,
         sync_servers: addresses(options, "syncServers")?,
+        ..defaults
     })
 }
 
@@ -357,22 +370,44 @@ mod tests {
     }
 
     #[test]
-    fn p2p_options_merge_discovery_and_keep_dht_on_by_default() {
-        let options = p2p_options(&json!({
-            "listenAddrs": ["/ip4/0.0.0.0/tcp/0"],
-            "bootstrapPeers": ["/ip4/127.0.0.1/tcp/9"],
-            "discovery": { "mdns": true, "bootstrapPeers": ["/ip4/127.0.0.1/tcp/9", "/ip4/127.0.0.1/tcp/8"] },
-        }))
+    fn p2p_options_merge_discovery_and_fall_back_to_the_platform() {
+        let quiet = P2pOptions {
+            listen_addrs: Vec::new(),
+            mdns: false,
+            dht: true,
+            ..P2pOptions::loopback()
+        };
+        let options = p2p_options(
+            &json!({
+                "listenAddrs": ["/ip4/0.0.0.0/tcp/0"],
+                "bootstrapPeers": ["/ip4/127.0.0.1/tcp/9"],
+                "discovery": { "mdns": true, "bootstrapPeers": ["/ip4/127.0.0.1/tcp/9", "/ip4/127.0.0.1/tcp/8"] },
+            }),
+            quiet.clone(),
+        )
         .expect("options");
         assert_eq!(options.listen_addrs.len(), 1);
         assert_eq!(options.bootstrap_peers.len(), 2, "duplicates merge");
         assert!(options.mdns && options.dht);
+        let off =
+            p2p_options(&json!({ "discovery": { "dht": false } }), quiet.clone()).expect("off");
+        assert!(!off.dht && !off.mdns && off.listen_addrs.is_empty());
+        let loud = P2pOptions {
+            mdns: true,
+            ..P2pOptions::loopback()
+        };
+        let defaults = p2p_options(&Value::Null, loud.clone()).expect("defaults");
         assert!(
-            !p2p_options(&json!({ "discovery": { "dht": false } }))
-                .expect("off")
-                .dht
+            defaults.mdns,
+            "mDNS as the platform has it unless said otherwise"
         );
-        assert!(p2p_options(&json!({ "listenAddrs": ["nope"] })).is_err());
-        assert!(p2p_options(&json!({ "listenAddrs": "/ip4/1.2.3.4/tcp/1" })).is_err());
+        assert_eq!(defaults.listen_addrs, loud.listen_addrs);
+        assert!(
+            !p2p_options(&json!({ "mdns": false }), loud)
+                .expect("no mdns")
+                .mdns
+        );
+        assert!(p2p_options(&json!({ "listenAddrs": ["nope"] }), quiet.clone()).is_err());
+        assert!(p2p_options(&json!({ "listenAddrs": "/ip4/1.2.3.4/tcp/1" }), quiet).is_err());
     }
 }

@@ -9,7 +9,7 @@ use napi_derive::napi;
 use super::data::{json_listener, JsEvents, JsKv, JsRecords, JsonListener};
 use super::p2p::JsP2p;
 use super::{check, coded, json_view, parse, promise, settle};
-use crate::net::P2p;
+use crate::net::{P2p, P2pOptions};
 use crate::store::{RotationProgress, Store, StoreCrypto};
 
 /// The store's P2P node, once `enableP2P` started it (shared by the store
@@ -122,7 +122,10 @@ impl JsStore {
         options: Option<Unknown>,
     ) -> Result<PromiseRaw<'env, JsP2p>> {
         settle(env, || {
-            let options = check(env, crate::js_api::p2p_options(&json_view(env, options)?))?;
+            let options = check(
+                env,
+                crate::js_api::p2p_options(&json_view(env, options)?, P2pOptions::default()),
+            )?;
             if let Some(node) = node_of(&self.p2p) {
                 return promise(env, async move { Ok(()) }, move |_, ()| Ok(node));
             }

@@ -3,8 +3,8 @@
 // bounded.
 import { after, before } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir, homedir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -118,6 +118,35 @@ function track(command, args, { cwd, vars = {}, stdin = false }, label) {
       });
     },
   };
+}
+
+/**
+ * A fresh Node.js project in the work directory with the built package
+ * (`pkg/`) installed from its tarball, as an application would have it.
+ */
+export function installedProject() {
+  const project = join(env.work, "app");
+  mkdirSync(project);
+  const packed = execFileSync("npm", ["pack", join(root, "pkg"), "--pack-destination", env.work, "--silent"], { encoding: "utf8" }).trim().split("\n").pop();
+  writeFileSync(join(project, "package.json"), JSON.stringify({ name: "app", private: true, type: "module" }));
+  execFileSync("npm", ["install", "--no-audit", "--no-fund", "--loglevel=error", join(env.work, packed)], { cwd: project, stdio: "inherit" });
+  return project;
+}
+
+/** A device: a directory of its own using `project`'s installed package. */
+export function deviceOf(project, name) {
+  const dir = join(env.work, name);
+  mkdirSync(dir, { recursive: true });
+  execFileSync("ln", ["-s", join(project, "node_modules"), join(dir, "node_modules")]);
+  writeFileSync(join(dir, "package.json"), JSON.stringify({ name, private: true, type: "module" }));
+  return dir;
+}
+
+/** Runs a tracked process to its end; its stdout lines (fails on a non-zero exit). */
+export async function finished(run) {
+  const code = await Promise.race([run.exited, new Promise((r) => setTimeout(() => r("timeout"), WAIT_MS * 2).unref())]);
+  assert.equal(code, 0, `${run.child.spawnargs.join(" ")} failed (${code}):\n${run.lines.join("\n")}\n${run.stderr()}`);
+  return run.lines;
 }
 
 /** Runs `persist ARGS` to the end; its stdout. */

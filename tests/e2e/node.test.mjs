@@ -6,11 +6,10 @@
 // scripts/build-pkg.sh.
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { check } from "./conformance.mjs";
-import { env, nodeScript, root, startNode, useHarness, WAIT_MS } from "./harness.mjs";
+import { device, deviceOf, env, finished, installedProject, nodeScript, online, persist, persistDone, root, startNode, useHarness, waitForRecord } from "./harness.mjs";
 
 useHarness();
 
@@ -18,11 +17,7 @@ useHarness();
 let project;
 
 before(() => {
-  project = join(env.work, "app");
-  mkdirSync(project);
-  const packed = execFileSync("npm", ["pack", join(root, "pkg"), "--pack-destination", env.work, "--silent"], { encoding: "utf8" }).trim().split("\n").pop();
-  writeFileSync(join(project, "package.json"), JSON.stringify({ name: "app", private: true, type: "module" }));
-  execFileSync("npm", ["install", "--no-audit", "--no-fund", "--loglevel=error", join(env.work, packed)], { cwd: project, stdio: "inherit" });
+  project = installedProject();
   copyFileSync(join(root, "tests/e2e/conformance.mjs"), join(project, "conformance.mjs"));
 });
 
@@ -33,21 +28,8 @@ function script(name, source, dir = project) {
   return file;
 }
 
-/** A device: a directory of its own with the package installed. */
-function deviceDir(name) {
-  const dir = join(env.work, name);
-  mkdirSync(dir, { recursive: true });
-  execFileSync("ln", ["-s", join(project, "node_modules"), join(dir, "node_modules")]);
-  writeFileSync(join(dir, "package.json"), JSON.stringify({ name, private: true, type: "module" }));
-  return dir;
-}
-
-/** Runs a script to its end; its stdout lines (fails on a non-zero exit). */
-async function finished(run) {
-  const code = await Promise.race([run.exited, new Promise((r) => setTimeout(() => r("timeout"), WAIT_MS * 2).unref())]);
-  assert.equal(code, 0, `${run.child.spawnargs.join(" ")} failed (${code}):\n${run.lines.join("\n")}\n${run.stderr()}`);
-  return run.lines;
-}
+/** A device: a directory of its own using the installed package. */
+const deviceDir = (name) => deviceOf(project, name);
 
 test("installed from its tarball, the package runs the API conformance in Node.js on SQLite files", async () => {
   const file = script("conformance-run.mjs", `
@@ -244,4 +226,61 @@ test("invites in Node.js: store.crypto.createInvite on one process, acceptInvite
   assert.ok((await finished(hosting)).includes("got from-guest"));
   joining.child.stdin.end();
   assert.ok((await finished(joining)).includes("got from-host"));
+});
+
+test("a Node.js process and a browser tab pair by code and replicate both ways", async () => {
+  const { tcp, ws } = await startNode();
+  const dir = deviceDir("node-with-tab");
+  const host = nodeScript(script("host-tab.mjs", `
+    import { createStore } from "@cuitty/persist";
+    const store = await createStore("notes", { adapter: "sqlite", path: "./notes.db", encrypt: true });
+    await store.records("notes").put("from-node", { title: "written in Node.js" });
+    // A tab cannot dial TCP: the node listens on WebSocket too.
+    await store.enableP2P({ listenAddrs: ["/ip4/127.0.0.1/tcp/0/ws"], bootstrapPeers: [process.env.BOOTSTRAP] });
+    console.log(\`code: \${await store.p2p.createPairingCode()}\`);
+    for (let i = 0; !(await store.records("notes").get("from-tab")); i++) {
+      if (i > 600) throw new Error("the tab's note never came");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    console.log(\`got: \${JSON.stringify(await store.records("notes").get("from-tab"))}\`);
+    await store.close();
+  `, dir), { cwd: dir, vars: { BOOTSTRAP: tcp } });
+  const code = (await host.waitFor(/^code: (\S+)$/))[1];
+  const tab = await device();
+  await online(tab.page, "notes", ws, { encrypt: true });
+  await tab.page.evaluate((code) => window.store.p2p.pair(code), code);
+  assert.deepEqual(await waitForRecord(tab.page, "notes", "from-node"), { title: "written in Node.js" });
+  await tab.page.evaluate(() => window.store.records("notes").put("from-tab", { title: "written in a tab" }));
+  const lines = await finished(host);
+  assert.ok(lines.includes('got: {"title":"written in a tab"}'), lines.join("\n"));
+  assert.deepEqual(tab.errors, []);
+  await tab.ctx.close();
+});
+
+test("a Node.js process and a native persist process pair by code and replicate both ways", async () => {
+  const { tcp } = await startNode();
+  const db = join(env.work, "native-peer.db");
+  await persistDone(["put", "--path", db, "--encrypt", "notes", "from-native", '{"title":"written by persist"}']);
+  const native = persist(["notes", "--path", db, "--bootstrap", tcp, "--listen", "/ip4/127.0.0.1/tcp/0", "--for", "120"], { stdin: true });
+  const code = (await native.waitFor(/^code: (\S+)$/))[1];
+  const dir = deviceDir("node-with-native");
+  const joining = nodeScript(script("join-native.mjs", `
+    import { createStore } from "@cuitty/persist";
+    const store = await createStore("notes", { adapter: "sqlite", path: "./notes.db", encrypt: true });
+    await store.enableP2P({ listenAddrs: ["/ip4/127.0.0.1/tcp/0"], bootstrapPeers: [process.env.BOOTSTRAP] });
+    await store.p2p.pair(process.env.CODE);
+    for (let i = 0; !(await store.records("notes").get("from-native")); i++) {
+      if (i > 600) throw new Error("the native note never came");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    console.log(\`got: \${JSON.stringify(await store.records("notes").get("from-native"))}\`);
+    await store.records("notes").put("from-node", { title: "written in Node.js" });
+    await new Promise((r) => process.stdin.on("end", r).resume());
+    await store.close();
+  `, dir), { cwd: dir, vars: { BOOTSTRAP: tcp, CODE: code }, stdin: true });
+  await joining.waitFor(/^got: \{"title":"written by persist"\}$/);
+  await native.waitFor(/^note received: written in Node\.js$/);
+  joining.child.stdin.end();
+  await finished(joining);
+  native.child.kill("SIGTERM");
 });

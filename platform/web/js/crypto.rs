@@ -9,8 +9,9 @@ use super::error::js_error;
 use super::value::option;
 use crate::store::{RotationProgress, StoreCrypto};
 
-/// Key management of an encrypted store (`store.crypto`).
-#[wasm_bindgen(js_name = StoreCrypto)]
+/// Key management of an encrypted store; the package's `StoreCrypto`
+/// (`js/index.js`, `store.crypto`) wraps it and adds invites.
+#[wasm_bindgen(js_name = StoreCryptoHandle)]
 pub struct JsStoreCrypto {
     crypto: StoreCrypto,
 }
@@ -48,7 +49,7 @@ fn report(callback: &Option<Function>) -> impl FnMut(&RotationProgress) + '_ {
     }
 }
 
-#[wasm_bindgen(js_class = StoreCrypto)]
+#[wasm_bindgen(js_class = StoreCryptoHandle)]
 impl JsStoreCrypto {
     /// True when the store is encrypted.
     #[wasm_bindgen(getter)]

@@ -20,12 +20,21 @@ use crate::net::{Multiaddr, P2p, P2pOptions, PeerId};
 /// Node.js or native runs unchanged); the tab is reachable through its
 /// bootstrap nodes' relay instead.
 pub(crate) fn options(value: &JsValue) -> JsResult<P2pOptions> {
-    let mut options = crate::js_api::p2p_options(&json_view(value)?)?;
-    if std::mem::replace(&mut options.mdns, false) {
+    let json = json_view(value)?;
+    let asked = |o: &serde_json::Value| crate::js_api::field(o, "mdns").as_bool() == Some(true);
+    if asked(&json) || asked(crate::js_api::field(&json, "discovery")) {
         console_warn(
             "persist: there is no mDNS in a browser; peers are found through bootstrapPeers",
         );
     }
+    let browser = P2pOptions {
+        listen_addrs: Vec::new(),
+        mdns: false,
+        dht: true,
+        ..P2pOptions::loopback()
+    };
+    let mut options = crate::js_api::p2p_options(&json, browser)?;
+    options.mdns = false;
     let (listen_addrs, skipped): (Vec<Multiaddr>, Vec<Multiaddr>) = options
         .listen_addrs
         .into_iter()
@@ -84,8 +93,9 @@ struct Listeners {
     started: bool,
 }
 
-/// The browser's P2P node of a store (`store.p2p`).
-#[wasm_bindgen(js_name = P2P)]
+/// The browser's P2P node of a store, in the tab that runs it; the
+/// package's `P2P` (`store.p2p`, `js/index.js`) wraps it for every tab.
+#[wasm_bindgen(js_name = P2PNode)]
 #[derive(Clone)]
 pub struct JsP2p {
     node: P2p,
@@ -146,7 +156,7 @@ impl JsP2p {
     }
 }
 
-#[wasm_bindgen(js_class = P2P)]
+#[wasm_bindgen(js_class = P2PNode)]
 impl JsP2p {
     /// This device's peer id.
     #[wasm_bindgen(getter, js_name = peerId)]

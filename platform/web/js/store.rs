@@ -28,15 +28,16 @@ pub async fn create_store(name_or_options: JsValue, options: JsValue) -> JsResul
     })
 }
 
-/// An open store.
-#[wasm_bindgen(js_name = Store)]
+/// An open store, as Rust holds it: the package's `Store` (`js/index.js`)
+/// wraps it with the P2P node the origin's tabs share, and invites.
+#[wasm_bindgen(js_name = StoreHandle)]
 pub struct JsStore {
     store: Store,
     /// The P2P node, once `enableP2P` started it.
     p2p: Rc<RefCell<Option<JsP2p>>>,
 }
 
-#[wasm_bindgen(js_class = Store)]
+#[wasm_bindgen(js_class = StoreHandle)]
 impl JsStore {
     /// The records of a collection.
     pub fn records(&self, collection: String) -> JsRecords {
