@@ -4,6 +4,9 @@
 // module in a page and in bundlers (Vite resolves the
 // `new URL(..., import.meta.url)` asset).
 await __wbg_init({ module_or_path: new URL("./persist_wasm_bg.wasm", import.meta.url) });
+// What is a JSON value, decided by the function both builds share
+// (js/json-check.js, placed above by scripts/build-pkg.sh).
+useJsonCheck(jsonCheck);
 
 // Tabs of one origin share one device identity and one IndexedDB: exactly
 // one of them runs a store's P2P node, elected with the Web Locks API (the

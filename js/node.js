@@ -4,6 +4,7 @@
 // the browser build. Stores live in files: `path`, or `data/<name>.db`
 // under the working directory.
 import { createRequire } from "node:module";
+import { jsonCheck } from "./json-check.js";
 
 const require = createRequire(import.meta.url);
 const platform = `${process.platform}-${process.arch}`;
@@ -22,6 +23,7 @@ function load() {
 }
 
 const addon = load();
+addon.useJsonCheck(jsonCheck);
 
 export const { Store, Records, Events, Kv, StoreCrypto, P2P } = addon;
 

@@ -22,5 +22,5 @@ triple=$(node -p 'process.platform + "-" + process.arch')
 # Debug information stays in the build directory (a dev build's is
 # hundreds of MB); the package keeps the symbols.
 objcopy --strip-debug "$CARGO_TARGET_DIR/$dir/libpersist.so" "$out/persist.$triple.node"
-cp js/node.js "$out/node.js"
+cp js/node.js js/json-check.js "$out/"
 echo "built $out/persist.$triple.node ($(stat -c %s "$out/persist.$triple.node") bytes, $profile)"

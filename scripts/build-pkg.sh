@@ -3,7 +3,7 @@
 # library for wasm32-unknown-unknown (release), wasm-bindgen's ES-module glue
 # (`--mode no-install`: the installed wasm-bindgen-cli, same version as
 # Cargo.lock; nothing is downloaded; no wasm-opt, see Cargo.toml), then one
-# module, index.js = the glue + js/index.js (loads the WebAssembly on import,
+# module, index.js = the glue + js/json-check.js + js/index.js (loads the WebAssembly on import,
 # so no init() call), hand-written TypeScript declarations, and package.json
 # generated from pkg.json.template; then the Node.js addon
 # (scripts/build-node.sh) unless `--browser-only` comes first.
@@ -24,7 +24,11 @@ rm -f "$out/.gitignore" "$out/README.md"
 # The glue's own init exports are dropped: importing the package initializes it.
 exports='export { initSync, __wbg_init as default };'
 grep -qxF "$exports" "$out/persist_wasm.js" || { echo "build-pkg: wasm-bindgen glue changed shape (no '$exports')" >&2; exit 1; }
-grep -vxF "$exports" "$out/persist_wasm.js" | cat - js/index.js > "$out/index.js"
+# js/json-check.js (the JSON check both builds share; Node.js imports it)
+# goes in as a plain function, so the page still fetches one module.
+check=$(sed 's/^export function jsonCheck(/function jsonCheck(/' js/json-check.js)
+grep -q '^function jsonCheck(' <<<"$check" || { echo "build-pkg: js/json-check.js changed shape (no 'export function jsonCheck(')" >&2; exit 1; }
+{ grep -vxF "$exports" "$out/persist_wasm.js"; printf '%s\n' "$check"; cat js/index.js; } > "$out/index.js"
 rm "$out/persist_wasm.js" "$out/persist_wasm.d.ts"
 cp js/index.d.ts "$out/"
 version=$(awk -F'"' '/^version = / { print $2; exit }' Cargo.toml)

@@ -28,7 +28,11 @@ pub(crate) fn failed(env: &Env, error: &crate::Error) -> napi::Error {
 }
 
 /// A promise of `work`'s result, converted by `to_js` on the JavaScript
-/// thread; a store error rejects it with its code.
+/// thread; a store error rejects it with its code. `work` is first polled
+/// here, on the JavaScript thread (inside the runtime's context): what
+/// finishes at once (a read served by SQLite inline) resolves without a
+/// trip through the runtime's threads; what waits (a write waiting for
+/// its fsync) goes on there.
 pub(crate) fn promise<'env, T, V, F, R>(
     env: &'env Env,
     work: F,
@@ -40,13 +44,20 @@ where
     F: Future<Output = crate::Result<T>> + Send + 'static,
     R: FnOnce(&'env Env, T) -> Result<V> + 'static,
 {
-    env.spawn_future_with_callback(
-        async move { Ok(work.await) },
-        move |env, outcome| match outcome {
-            Ok(value) => to_js(env, value),
-            Err(e) => Err(failed(env, &e)),
-        },
-    )
+    let mut work = Box::pin(work);
+    let now = within_runtime_if_available(|| futures::FutureExt::now_or_never(work.as_mut()));
+    match now {
+        Some(Ok(value)) => PromiseRaw::resolve(env, to_js(env, value)?),
+        Some(Err(e)) => PromiseRaw::reject(env, failed(env, &e)),
+        None => {
+            env.spawn_future_with_callback(async move { Ok(work.await) }, move |env, outcome| {
+                match outcome {
+                    Ok(value) => to_js(env, value),
+                    Err(e) => Err(failed(env, &e)),
+                }
+            })
+        }
+    }
 }
 
 /// The global `JSON` object.
@@ -60,80 +71,64 @@ pub(crate) fn parse<'r>(env: &Env, text: String) -> Result<Unknown<'r>> {
     parse.call(text)
 }
 
-/// JSON text of a value, by the engine's `JSON.stringify` (`toJSON`
-/// applies, so a `Date` is its ISO text). What JSON cannot hold is refused
-/// with `INVALID_VALUE` wherever it sits, never dropped or turned into
-/// `null` on the way: `undefined`, a function, a symbol, a `BigInt`, `NaN`
-/// and the infinities, a `Map` or a `Set`, a cycle.
+/// `JSON.stringify`'s replacer, installed by the package's entry
+/// (`js/json-check.js`, the same function the browser build uses).
+type JsonCheck = FunctionRef<FnArgs<(String, Unknown<'static>)>, Unknown<'static>>;
+
+std::thread_local! {
+    static JSON_CHECK: std::cell::RefCell<Option<JsonCheck>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs the replacer that decides what is a JSON value (the package's
+/// `node.js` calls it once, on its thread, as it loads the addon).
+#[napi_derive::napi(js_name = "useJsonCheck")]
+pub fn use_json_check(
+    check: Function<FnArgs<(String, Unknown<'static>)>, Unknown<'static>>,
+) -> Result<()> {
+    let check = check.create_ref()?;
+    JSON_CHECK.with(|slot| *slot.borrow_mut() = Some(check));
+    Ok(())
+}
+
+/// JSON text of a value, by the engine's `JSON.stringify` with the
+/// package's replacer: what JSON cannot hold is refused with
+/// `INVALID_VALUE` wherever it sits (a cycle too), never dropped or turned
+/// into `null` on the way.
 pub(crate) fn json_text(env: &Env, value: Unknown) -> Result<String> {
     let stringify: Function<FnArgs<(Unknown, Unknown)>, Option<String>> =
         json(env)?.get_named_property("stringify")?;
-    let replacer: Function<FnArgs<(String, Unknown<'static>)>, Unknown<'static>> = env
-        .create_function_from_closure("persistJsonCheck", |ctx| {
-            let value: Unknown<'static> = ctx.get(1)?;
-            if let Some(what) = refusal(ctx.env, &value, || ctx.get::<f64>(1))? {
-                let key: String = ctx.get(0)?;
-                let message = if key.is_empty() {
-                    what.to_owned()
-                } else {
-                    format!("{what} at key {key:?}")
-                };
-                return Err(coded(ctx.env, crate::Code::InvalidValue.as_str(), &message));
-            }
-            Ok(value)
-        })?;
-    let text = stringify
-        .call((value, replacer.to_unknown()).into())
-        .map_err(|e| {
-            // The replacer's refusals carry their code; a cycle throws the
-            // engine's own TypeError: keep its words, give it the code.
-            if e.reason.contains("not a JSON value") {
-                e
-            } else {
-                coded(
-                    env,
-                    crate::Code::InvalidValue.as_str(),
-                    &format!("not a JSON value: {}", e.reason),
-                )
-            }
-        })?;
+    let replacer = JSON_CHECK.with(|slot| {
+        slot.borrow()
+            .as_ref()
+            .map(|check| check.borrow_back(env).map(|f| f.to_unknown()))
+            .transpose()
+    })?;
+    let Some(replacer) = replacer else {
+        return Err(coded(
+            env,
+            crate::Code::InvalidOptions.as_str(),
+            "load the addon through the package (import \"@cuitty/persist\"), which installs its JSON check",
+        ));
+    };
+    let text = stringify.call((value, replacer).into()).map_err(|e| {
+        // The replacer's refusals carry their code; a cycle throws the
+        // engine's own TypeError: keep its words, give it the code.
+        if e.reason.contains("not a JSON value") {
+            e
+        } else {
+            coded(
+                env,
+                crate::Code::InvalidValue.as_str(),
+                &format!("not a JSON value: {}", e.reason),
+            )
+        }
+    })?;
     text.ok_or_else(|| {
         coded(
             env,
             crate::Code::InvalidValue.as_str(),
             "not a JSON value: it has no JSON form",
         )
-    })
-}
-
-/// Why `value` has no faithful JSON form, if it has none.
-fn refusal(
-    env: &Env,
-    value: &Unknown,
-    number: impl FnOnce() -> Result<f64>,
-) -> Result<Option<&'static str>> {
-    Ok(match value.get_type()? {
-        ValueType::Undefined => {
-            Some("not a JSON value: undefined (use null, or leave the key out)")
-        }
-        ValueType::Function => Some("not a JSON value: a function"),
-        ValueType::Symbol => Some("not a JSON value: a symbol"),
-        ValueType::BigInt => Some("not a JSON value: a BigInt (store it as a string)"),
-        ValueType::External => Some("not a JSON value: a native handle"),
-        ValueType::Number if !number()?.is_finite() => {
-            Some("not a JSON value: a number that is not finite")
-        }
-        ValueType::Object => {
-            let global = env.get_global()?;
-            if value.instanceof(global.get_named_property::<Function>("Map")?)? {
-                Some("not a JSON value: a Map (use a plain object)")
-            } else if value.instanceof(global.get_named_property::<Function>("Set")?)? {
-                Some("not a JSON value: a Set (use an array)")
-            } else {
-                None
-            }
-        }
-        _ => None,
     })
 }
 
@@ -176,8 +171,6 @@ pub(crate) fn settle<'env, V: ToNapiValue>(
 ) -> Result<PromiseRaw<'env, V>> {
     match made() {
         Ok(promise) => Ok(promise),
-        Err(error) => {
-            env.spawn_future_with_callback(async { Ok(()) }, move |_, ()| Err::<V, _>(error))
-        }
+        Err(error) => PromiseRaw::reject(env, error),
     }
 }

@@ -18,3 +18,4 @@ pub use kv::JsKv;
 pub use p2p::JsP2p;
 pub use records::JsRecords;
 pub use store::{create_store, JsStore};
+pub use value::use_json_check;

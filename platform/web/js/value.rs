@@ -6,61 +6,40 @@ use wasm_bindgen::prelude::*;
 
 use super::error::{js_error, JsResult};
 
-/// JSON text of a JavaScript value, by the engine's `JSON.stringify` (fast,
-/// and JSON's own rules: `toJSON` applies, so a `Date` is its ISO text).
-/// What JSON cannot hold is refused with `INVALID_VALUE` wherever it sits,
-/// never dropped or turned into `null` on the way: `undefined`, a function,
-/// a symbol, a `BigInt`, `NaN` and the infinities, a `Map` or a `Set`, a
-/// cycle.
+thread_local! {
+    /// `JSON.stringify`'s replacer, installed by the package's module
+    /// (`js/json-check.js`, the same function the Node.js build uses).
+    static JSON_CHECK: std::cell::RefCell<Option<js_sys::Function>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs the replacer that decides what is a JSON value (the package's
+/// module calls it once, as it loads).
+#[wasm_bindgen(js_name = useJsonCheck)]
+pub fn use_json_check(check: js_sys::Function) {
+    JSON_CHECK.with(|slot| *slot.borrow_mut() = Some(check));
+}
+
+/// JSON text of a JavaScript value, by the engine's `JSON.stringify` with
+/// the package's replacer: what JSON cannot hold is refused with
+/// `INVALID_VALUE` wherever it sits (a cycle too), never dropped or turned
+/// into `null` on the way.
 pub(crate) fn json_text(value: &JsValue) -> JsResult<String> {
-    let text = REPLACER
-        .with(|replacer| js_sys::JSON::stringify_with_replacer(value, replacer.as_ref()))
-        .map_err(|e| {
-            js_error(
-                Code::InvalidValue,
-                &format!("not a JSON value: {}", describe(&e)),
-            )
-        })?;
+    let check = JSON_CHECK.with(|slot| slot.borrow().clone()).ok_or_else(|| {
+        js_error(
+            Code::InvalidOptions,
+            "load the package through its module (import \"@cuitty/persist\"), which installs its JSON check",
+        )
+    })?;
+    let text = js_sys::JSON::stringify_with_replacer(value, &check).map_err(|e| {
+        let message = describe(&e);
+        if message.starts_with("not a JSON value") {
+            js_error(Code::InvalidValue, &message)
+        } else {
+            js_error(Code::InvalidValue, &format!("not a JSON value: {message}"))
+        }
+    })?;
     text.as_string()
         .ok_or_else(|| js_error(Code::InvalidValue, "not a JSON value: it has no JSON form"))
-}
-
-thread_local! {
-    /// `JSON.stringify`'s replacer: throws on what JSON would drop or
-    /// change.
-    static REPLACER: Closure<dyn FnMut(JsValue, JsValue) -> Result<JsValue, JsValue>> =
-        Closure::new(|key: JsValue, value: JsValue| match refusal(&value) {
-            None => Ok(value),
-            Some(what) => {
-                let at = key.as_string().filter(|k| !k.is_empty());
-                Err(js_sys::Error::new(&match at {
-                    Some(key) => format!("{what} at key {key:?}"),
-                    None => what.to_owned(),
-                })
-                .into())
-            }
-        });
-}
-
-/// Why `value` has no faithful JSON form, if it has none.
-fn refusal(value: &JsValue) -> Option<&'static str> {
-    if value.is_undefined() {
-        Some("undefined (use null, or leave the key out)")
-    } else if value.is_function() {
-        Some("a function")
-    } else if value.is_symbol() {
-        Some("a symbol")
-    } else if value.is_bigint() {
-        Some("a BigInt (store it as a string)")
-    } else if value.as_f64().is_some_and(|n| !n.is_finite()) {
-        Some("a number that is not finite")
-    } else if value.is_instance_of::<js_sys::Map>() {
-        Some("a Map (use a plain object)")
-    } else if value.is_instance_of::<js_sys::Set>() {
-        Some("a Set (use an array)")
-    } else {
-        None
-    }
 }
 
 /// A JSON view of an options object (`Null` for `undefined` or `null`):
