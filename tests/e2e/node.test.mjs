@@ -284,3 +284,85 @@ test("a Node.js process and a native persist process pair by code and replicate 
   await finished(joining);
   native.child.kill("SIGTERM");
 });
+
+test("the encryption page's sync sample runs as written in Node.js: `remote: \"postgres\"` names the deployment's sync server, and two processes never online together converge through it", async () => {
+  const server = persist([
+    "node", "--data", join(env.work, "sync-server"), "--for", "300", "--serve",
+    "--listen", "/ip4/127.0.0.1/tcp/0", "--health", "127.0.0.1:0",
+  ]);
+  const tcp = (await server.waitFor(/^listening: (\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/\S+)$/))[1];
+  const health = (await server.waitFor(/^health: http:\/\/(\S+)\/$/))[1];
+  const held = async () => (await (await fetch(`http://${health}/health`)).json()).commits;
+  const sample = (source) => `
+    import { createStore } from "@cuitty/persist";
+
+    const store = await createStore({
+      name: "my-app",
+      adapter: "sqlite",
+      path: "./data/my-app.db",
+      encrypt: true,
+      sync: {
+        remote: "postgres",
+        strategy: "last-write-wins",
+      },
+    });
+    ${source}
+  `;
+  const vars = { PERSIST_SYNC_REMOTE: tcp };
+  // The laptop founds the store and pairs the phone (both online once).
+  const laptop = deviceDir("sync-laptop");
+  const phone = deviceDir("sync-phone");
+  const { tcp: meeting } = await startNode();
+  const pairing = nodeScript(script("pair.mjs", sample(`
+    await store.enableP2P({ listenAddrs: ["/ip4/127.0.0.1/tcp/0"], bootstrapPeers: [process.env.MEET] });
+    const paired = new Promise((resolve) => store.p2p.on("pair", resolve));
+    console.log(\`code: \${await store.p2p.createPairingCode()}\`);
+    await paired;
+    await store.close();
+  `), laptop), { cwd: laptop, vars: { ...vars, MEET: meeting } });
+  const code = (await pairing.waitFor(/^code: (\S+)$/))[1];
+  await finished(nodeScript(script("join.mjs", sample(`
+    await store.enableP2P({ listenAddrs: ["/ip4/127.0.0.1/tcp/0"], bootstrapPeers: [process.env.MEET] });
+    await store.p2p.pair(process.env.CODE);
+    await store.close();
+  `), phone), { cwd: phone, vars: { ...vars, MEET: meeting, CODE: code } }));
+  await finished(pairing);
+
+  // The laptop alone writes; the server takes it.
+  const before = await held();
+  const writing = nodeScript(script("write.mjs", sample(`
+    await store.records("notes").put("from-laptop", { title: "written while the phone slept" });
+    console.log("written");
+    await new Promise((r) => process.stdin.on("end", r).resume());
+    await store.close();
+  `), laptop), { cwd: laptop, vars, stdin: true });
+  await writing.waitFor(/^written$/);
+  for (let i = 0; (await held()) <= before; i++) {
+    if (i > 600) throw new Error("the server never held the laptop's write");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  writing.child.stdin.end();
+  await finished(writing);
+
+  // The phone alone reads it from the server.
+  const reading = await finished(nodeScript(script("read.mjs", sample(`
+    for (let i = 0; !(await store.records("notes").get("from-laptop")); i++) {
+      if (i > 600) throw new Error("the laptop's note never came through the server");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    console.log(JSON.stringify(await store.records("notes").get("from-laptop")));
+    await store.close();
+  `), phone), { cwd: phone, vars }));
+  assert.deepEqual(JSON.parse(reading.at(-1)), { title: "written while the phone slept" });
+
+  // With nothing naming the server: a clear code.
+  const unset = deviceDir("sync-unset");
+  const refused = await finished(nodeScript(script("unset.mjs", `
+    import { createStore } from "@cuitty/persist";
+    const code = await createStore({ name: "x", adapter: "sqlite", path: "./x.db", encrypt: true, sync: { remote: "postgres" } })
+      .then(() => "opened", (e) => e.code);
+    console.log(code);
+  `, unset), { cwd: unset, vars: { PERSIST_SYNC_REMOTE: "" } }));
+  assert.equal(refused.at(-1), "SYNC_REMOTE_UNSET");
+  server.child.kill("SIGTERM");
+});
