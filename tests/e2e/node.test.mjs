@@ -366,3 +366,49 @@ test("the encryption page's sync sample runs as written in Node.js: `remote: \"p
   assert.equal(refused.at(-1), "SYNC_REMOTE_UNSET");
   server.child.kill("SIGTERM");
 });
+
+test("createPairingCode({ confirm }) in Node.js: the host's function sees the joining device and decides (a promise of true admits, false refuses)", async () => {
+  const { tcp } = await startNode();
+  const host = deviceDir("confirm-host");
+  const common = `
+    import { createStore } from "@cuitty/persist";
+    const store = await createStore("confirmed", { adapter: "sqlite", path: "./notes.db" });
+    await store.enableP2P({ listenAddrs: ["/ip4/127.0.0.1/tcp/0"], bootstrapPeers: [process.env.BOOTSTRAP] });
+  `;
+  const hosting = nodeScript(script("confirm-host.mjs", `${common}
+    let answer = false;
+    for (const round of ["refuse", "admit"]) {
+      const code = await store.p2p.createPairingCode({
+        confirm: async (request) => {
+          console.log(\`asked: \${typeof request.peer} \${/^[0-9A-Z]{4}-[0-9A-Z]{4}$/.test(request.fingerprint)}\`);
+          return answer;
+        },
+      });
+      console.log(\`code \${round}: \${code}\`);
+      await new Promise((r) => process.stdin.once("data", r));
+      answer = true;
+    }
+    console.log(\`trusted: \${(await store.p2p.trustedPeers()).length}\`);
+    await store.close();
+  `), { cwd: host, vars: { BOOTSTRAP: tcp }, stdin: true });
+  const join = (name, code) => {
+    const dir = deviceDir(name);
+    return finished(nodeScript(script("confirm-join.mjs", `${common}
+      const outcome = await store.p2p.pair(process.env.CODE).then(() => "paired", (e) => e.code);
+      console.log(outcome);
+      await store.close();
+    `, dir), { cwd: dir, vars: { BOOTSTRAP: tcp, CODE: code } }));
+  };
+  const refusedCode = (await hosting.waitFor(/^code refuse: (\S+)$/))[1];
+  const refused = await join("confirm-refused", refusedCode);
+  hosting.child.stdin.write("next\n");
+  const admittedCode = (await hosting.waitFor(/^code admit: (\S+)$/))[1];
+  const admitted = await join("confirm-admitted", admittedCode);
+  hosting.child.stdin.end("done\n");
+  const lines = await finished(hosting);
+  assert.notEqual(refused.at(-1), "paired", "a device the host's confirm refused is not admitted");
+  assert.match(refused.at(-1), /^PAIRING_/);
+  assert.equal(admitted.at(-1), "paired");
+  assert.equal(lines.filter((l) => l === "asked: string true").length, 2, lines.join("\n"));
+  assert.ok(lines.includes("trusted: 2"), lines.join("\n"));
+});
