@@ -246,7 +246,7 @@ class SharedP2P {
 
 /**
  * `store.crypto`: key export and rotation (the store's own), and the
- * encryption page's invites (`createInvite()`, `acceptInvite(code)`), which
+ * invites (`createInvite()`, `acceptInvite(code)`), which
  * run over the store's P2P node: an invite carries a long secret and this
  * device's addresses, and accepting it runs the same PAKE exchange as a
  * pairing code.

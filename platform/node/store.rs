@@ -127,7 +127,7 @@ impl JsStore {
                 crate::js_api::p2p_options(&json_view(env, options)?, P2pOptions::default()),
             )?;
             if let Some(node) = node_of(&self.p2p) {
-                return promise(env, async move { Ok(()) }, move |_, ()| Ok(node));
+                return PromiseRaw::resolve(env, node);
             }
             let keepalive = JsP2p::keepalive(env)?;
             let store = self.store.clone();

@@ -36,7 +36,7 @@ async function newPage(context) {
   return { page, ctx, errors };
 }
 
-test("the package imports without init() and runs the P2P page's store calls on IndexedDB", async () => {
+test("the package imports without init() and runs the README's store calls on IndexedDB", async () => {
   const { page, ctx } = await newPage();
   const result = await page.evaluate(async () => {
     const { createStore } = await import("/pkg/index.js");

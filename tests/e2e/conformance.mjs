@@ -14,7 +14,7 @@ export async function run(createStore, place = () => ({})) {
     );
   const out = {};
 
-  // Records, events and key-value data, as the product pages use them.
+  // Records, events and key-value data, as the README uses them.
   const store = await createStore("conformance", place("conformance"));
   const notes = store.records("notes");
   const seen = [];

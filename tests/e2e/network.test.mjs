@@ -95,7 +95,7 @@ test("the reverse: a tab offers a code and a native device joins its store throu
   await tab.ctx.close();
 });
 
-test("the encryption page's invites: one tab invites another browser with store.crypto.createInvite, which accepts it", async () => {
+test("invites: one tab invites another browser with store.crypto.createInvite, which accepts it", async () => {
   const { ws } = await startNode();
   const a = await device();
   const aPeer = await online(a.page, "vault", ws, { encrypt: true });

@@ -2,7 +2,7 @@
 // they find each other on the LAN with no bootstrap node, pair by code
 // and replicate. mDNS multicasts on every interface, so this file runs
 // only inside a fresh network namespace (scripts/netns.sh; scripts/test.sh
-// does), where listening on 0.0.0.0 as the product page writes it is safe.
+// does), where listening on 0.0.0.0 (as the README's P2P sample does) is safe.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";

@@ -1,6 +1,6 @@
 // The npm package in Node.js (the native addon): installed from its
 // tarball into a fresh project, it runs the JavaScript API's conformance
-// file (the same one the browser tests run) and both product pages'
+// file (the same one the browser tests run) and the README's P2P and encryption
 // samples as written, with the files on disk checked afterwards. Devices
 // talk on loopback only (mDNS off). Run by scripts/test.sh after
 // scripts/build-pkg.sh.
@@ -46,7 +46,7 @@ test("installed from its tarball, the package runs the API conformance in Node.j
   assert.equal(entry.browser, "./index.js");
 });
 
-test("the P2P page's sample runs as written in Node.js: two processes pair by code, replicate, list and revoke trust", async () => {
+test("the README's P2P sample runs as written in Node.js: two processes pair by code, replicate, list and revoke trust", async () => {
   const { tcp } = await startNode();
   const listen = "/ip4/127.0.0.1/tcp/0"; // the page listens on 0.0.0.0; tests stay on loopback
   const a = deviceDir("device-a");
@@ -127,7 +127,7 @@ test("the P2P page's sample runs as written in Node.js: two processes pair by co
   }
 });
 
-test("the encryption page's samples run as written in Node.js: the file holds no plaintext, the key moves a copy to a new device, rotation keeps the data", async () => {
+test("the README's encryption samples run as written in Node.js: the file holds no plaintext, the key moves a copy to a new device, rotation keeps the data", async () => {
   const first = deviceDir("laptop");
   const lines = await finished(nodeScript(script("encrypt.mjs", `
     import { createStore } from "@cuitty/persist";
@@ -285,7 +285,7 @@ test("a Node.js process and a native persist process pair by code and replicate 
   native.child.kill("SIGTERM");
 });
 
-test("the encryption page's sync sample runs as written in Node.js: `remote: \"postgres\"` names the deployment's sync server, and two processes never online together converge through it", async () => {
+test("the README's sync sample (`sync: { remote }`) runs as written in Node.js: `remote: \"postgres\"` names the deployment's sync server, and two processes never online together converge through it", async () => {
   const server = persist([
     "node", "--data", join(env.work, "sync-server"), "--for", "300", "--serve",
     "--listen", "/ip4/127.0.0.1/tcp/0", "--health", "127.0.0.1:0",
