@@ -338,18 +338,25 @@ async fn through_circuit(node_addr: &Multiaddr, offer: usize, trickle: bool) -> 
     let mut sender = relayed();
     let circuit = node_addr.clone().with(Protocol::P2pCircuit);
     receiver.listen_on(circuit.clone()).expect("reserve");
-    tokio::time::timeout(Duration::from_secs(10), async {
+    // Right after a crowd from this address, the node may still count
+    // connections that are closing against its per-IP limit and refuse
+    // the receiver's: the reservation is asked again until it holds.
+    tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            if let SwarmEvent::Behaviour(RelayedEvent::Relay(
-                libp2p::relay::client::Event::ReservationReqAccepted { .. },
-            )) = receiver.select_next_some().await
-            {
-                break;
+            match receiver.select_next_some().await {
+                SwarmEvent::Behaviour(RelayedEvent::Relay(
+                    libp2p::relay::client::Event::ReservationReqAccepted { .. },
+                )) => break,
+                SwarmEvent::ListenerClosed { .. } => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    receiver.listen_on(circuit.clone()).expect("reserve");
+                }
+                _ => {}
             }
         }
     })
     .await
-    .expect("a reservation in 10 s");
+    .expect("a reservation in 30 s");
     let mut incoming = receiver
         .behaviour()
         .streams
