@@ -19,6 +19,38 @@ pub trait Bounded {
     /// The largest encoding of a message whose first byte (`postcard`'s
     /// variant index) is `tag`; 0 for a tag that is no variant.
     fn max_bytes(tag: u8) -> usize;
+
+    /// Checks the first bytes of a message (up to [`HEAD_BYTES`]) as soon
+    /// as they arrive, before the rest is read: a kind that carries a
+    /// commit list refuses a list longer than a page on its declared
+    /// length ([`page_after`]), so a flood costs a few bytes, not its body.
+    fn check_head(_head: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// How many bytes of a message [`Bounded::check_head`] sees, at most.
+pub(crate) const HEAD_BYTES: usize = 64;
+
+/// Refuses a message of variant `tag` whose fields before its commit list
+/// decode as `Before` and whose list declares more than a page. A head too
+/// short to hold the length passes: the whole message is checked again as
+/// it is decoded.
+pub(crate) fn page_after<Before>(head: &[u8], tag: u32) -> Result<(), String>
+where
+    Before: for<'de> Deserialize<'de>,
+{
+    let Ok(((variant, _, declared), _)) = postcard::take_from_bytes::<(u32, Before, usize)>(head)
+    else {
+        return Ok(());
+    };
+    let limit = super::PULL_LIMIT as usize;
+    if variant == tag && declared > limit {
+        return Err(format!(
+            "{declared} commits in one message (at most {limit})"
+        ));
+    }
+    Ok(())
 }
 
 /// Reads the commits of a message: at most a page ([`PULL_LIMIT`]), as
@@ -124,8 +156,16 @@ where
     // little costs little memory.
     let mut bytes = Vec::with_capacity(len.min(64 << 10));
     bytes.push(head[4]);
+    let head_len = len.min(HEAD_BYTES);
     (&mut *io)
-        .take(len as u64 - 1)
+        .take(head_len as u64 - 1)
+        .read_to_end(&mut bytes)
+        .await?;
+    if bytes.len() == head_len {
+        M::check_head(&bytes).map_err(invalid)?;
+    }
+    (&mut *io)
+        .take((len - bytes.len()) as u64)
         .read_to_end(&mut bytes)
         .await?;
     if bytes.len() != len {

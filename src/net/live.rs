@@ -49,6 +49,10 @@ impl super::codec::Bounded for LiveMessage {
             _ => 0,
         }
     }
+
+    fn check_head(head: &[u8]) -> Result<(), String> {
+        super::codec::page_after::<()>(head, 0) // Commits
+    }
 }
 
 /// Received messages waiting for the loop, at most (readers then wait,

@@ -375,6 +375,10 @@ impl codec::Bounded for SyncRequest {
             _ => 0,
         }
     }
+
+    fn check_head(head: &[u8]) -> std::result::Result<(), String> {
+        codec::page_after::<StoreId>(head, 1) // Push
+    }
 }
 
 impl codec::Bounded for SyncResponse {
@@ -385,6 +389,10 @@ impl codec::Bounded for SyncResponse {
             2 => MAX_SMALL_MESSAGE_BYTES, // Refused
             _ => 0,
         }
+    }
+
+    fn check_head(head: &[u8]) -> std::result::Result<(), String> {
+        codec::page_after::<()>(head, 0) // Commits
     }
 }
 
@@ -584,6 +592,63 @@ mod tests {
         assert!(codec::decode::<SyncRequest>(&framed).is_ok());
         let framed = codec::frame(&push(page + 1)).expect("frame");
         assert!(codec::decode::<SyncRequest>(&framed).is_err());
+    }
+
+    #[test]
+    fn a_commit_list_longer_than_a_page_is_refused_before_its_body_arrives() {
+        let huge = |message: Vec<u8>| {
+            // The first bytes of a 41 MB message, and nothing more: a reader
+            // that waited for the body would fail on the missing bytes.
+            let head = &message[4..4 + codec::HEAD_BYTES];
+            framed(41_000_000, head)
+        };
+        let commit = SignedCommit {
+            body: vec![3; 16],
+            signature: [0; 64],
+        };
+        let push = SyncRequest::Push {
+            store: StoreId::from_bytes([1; 16]),
+            commits: vec![commit.clone(); 500_000],
+            members: None,
+        };
+        let commits = SyncResponse::Commits {
+            commits: vec![commit.clone(); 500_000],
+            more: false,
+            remaining: 0,
+            members: None,
+        };
+        let live = live::LiveMessage::Commits {
+            commits: vec![commit; 500_000],
+            members: None,
+        };
+        fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+            let body = postcard::to_stdvec(message).expect("encode");
+            framed(body.len() as u32, &body)
+        }
+        futures::executor::block_on(async {
+            let refused = |err: io::Error| {
+                assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+                assert!(err.to_string().contains("500000 commits"), "{err}");
+            };
+            let mut input = Cursor::new(huge(encode(&push)));
+            refused(
+                read_message::<_, SyncRequest>(&mut input)
+                    .await
+                    .expect_err("push"),
+            );
+            let mut input = Cursor::new(huge(encode(&commits)));
+            refused(
+                read_message::<_, SyncResponse>(&mut input)
+                    .await
+                    .expect_err("commits"),
+            );
+            let mut input = Cursor::new(huge(encode(&live)));
+            refused(
+                read_message::<_, live::LiveMessage>(&mut input)
+                    .await
+                    .expect_err("live"),
+            );
+        });
     }
 
     #[test]
