@@ -18,11 +18,10 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::{PeerId, Swarm};
 
 use super::ServerBehaviour;
-use crate::change::{Limits, SignedCommit, StoreId};
-use crate::error::{Error, Result};
-use crate::host::{Changed, HostStorage, Hosted, Quota, SpaceId};
-use crate::identity::DeviceId;
-use crate::membership::{MembersHave, MembershipLog, MembershipWire};
+use crate::change::{SignedCommit, StoreId};
+use crate::error::Result;
+use crate::host::{Changed, Hosted, SpaceId};
+use crate::membership::{MembersHave, MembershipWire};
 use crate::net::replica::{self, Merged, Replica};
 use crate::net::replication::{Action, Arrival, Incoming, Ingested, Purpose, Replication, Token};
 use crate::net::{device_of, SyncRequest, SyncResponse};
@@ -32,48 +31,9 @@ pub(super) const DONE_QUEUE: usize = 64;
 /// Stores one peer may be bound to at once.
 const STORES_PER_PEER: usize = 16;
 
-/// What a sync server holds and allows.
-#[derive(Clone)]
-pub struct ServeOptions {
-    /// Where spaces and commits are kept.
-    pub storage: Arc<dyn HostStorage>,
-    /// Stores held at most (a new store beyond is refused
-    /// `QUOTA_EXCEEDED`).
-    pub max_stores: u64,
-    /// What one store may hold.
-    pub quota: Quota,
-    /// Size limits of received commits.
-    pub limits: Limits,
-    /// Serve only the stores founded by these devices (empty: any store
-    /// whose members sync here; anyone may found one, up to
-    /// `max_stores`).
-    pub founders: Vec<DeviceId>,
-}
-
-impl std::fmt::Debug for ServeOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServeOptions")
-            .field("storage", &self.storage.describe())
-            .field("max_stores", &self.max_stores)
-            .field("quota", &self.quota)
-            .field("founders", &self.founders.len())
-            .finish()
-    }
-}
-
-impl ServeOptions {
-    /// Serving from `storage` with default limits (10,000 stores, 1 GiB
-    /// and 10 million commits each).
-    pub fn new(storage: Arc<dyn HostStorage>) -> ServeOptions {
-        ServeOptions {
-            storage,
-            max_stores: 10_000,
-            quota: Quota::default(),
-            limits: Limits::default(),
-            founders: Vec::new(),
-        }
-    }
-}
+mod space;
+pub use space::ServeOptions;
+use space::{open_space, Loaded};
 
 /// What a storage task reports.
 pub(super) enum Done {
@@ -124,8 +84,6 @@ pub struct ServeCounters {
     pub commits_in: u64,
 }
 
-type Loaded = Arc<futures::lock::Mutex<HashMap<SpaceId, Arc<Hosted>>>>;
-
 /// The serving half of the node's loop.
 pub(super) struct Serving {
     options: ServeOptions,
@@ -137,76 +95,6 @@ pub(super) struct Serving {
     outbound: HashMap<OutboundRequestId, SpaceId>,
     done: mpsc::Sender<Done>,
     pub(super) counters: ServeCounters,
-}
-
-/// Opens (or founds) the space a hello names, if its log proves `peer` a
-/// member, and merges the log into it.
-async fn open_space(
-    options: ServeOptions,
-    loaded: Loaded,
-    peer: PeerId,
-    store: StoreId,
-    log: MembershipWire,
-) -> Result<Arc<Hosted>> {
-    let not_member = || Error::NotTrusted(format!("{peer} is no member of this store"));
-    let device = device_of(&peer).ok_or_else(not_member)?;
-    if log.store != store {
-        return Err(Error::Membership(
-            crate::membership::MemberError::WrongStore,
-        ));
-    }
-    if !options.founders.is_empty() && !options.founders.contains(&log.founder) {
-        return Err(Error::NotTrusted(
-            "this server serves only the stores of the founders its operator lists".into(),
-        ));
-    }
-    // The log is verified, and the device found in it, before anything is
-    // stored: a stranger founds nothing.
-    let horizon = crate::platform::now_ms().saturating_add(options.limits.max_clock_skew_ms);
-    let mut offered = MembershipLog::founded_by(store, log.founder);
-    offered.merge_until(&log, horizon)?;
-    let storage = options.storage.clone();
-    let (limits, quota) = (options.limits, options.quota);
-    let mut map = loaded.lock().await;
-    // `Send` and `Sync` natively; in a browser (one thread) neither is
-    // needed.
-    #[allow(clippy::arc_with_non_send_sync)]
-    let hosted = match storage.space(store, log.founder).await? {
-        Some((id, bytes)) => match map.get(&id) {
-            Some(hosted) => {
-                // Another server process may have changed it while no
-                // device of it was here to hear the notices.
-                hosted.refresh().await?;
-                hosted.clone()
-            }
-            None => Arc::new(Hosted::load(storage.clone(), id, &bytes, limits, quota).await?),
-        },
-        None => {
-            if !offered.members().is_member(&device) {
-                return Err(not_member());
-            }
-            let bytes = offered.to_bytes().map_err(|e| {
-                Error::Membership(crate::membership::MemberError::Malformed(e.to_string()))
-            })?;
-            let Some((id, bytes)) = storage
-                .create_space(store, log.founder, bytes, options.max_stores)
-                .await?
-            else {
-                return Err(Error::QuotaExceeded(format!(
-                    "this server holds {} stores, its most",
-                    options.max_stores
-                )));
-            };
-            Arc::new(Hosted::load(storage.clone(), id, &bytes, limits, quota).await?)
-        }
-    };
-    map.insert(hosted.space(), hosted.clone());
-    drop(map);
-    hosted.merge_membership(log).await?;
-    if !hosted.is_member(&device) {
-        return Err(not_member());
-    }
-    Ok(hosted)
 }
 
 impl Serving {
