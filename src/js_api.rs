@@ -410,4 +410,15 @@ mod tests {
         assert!(p2p_options(&json!({ "listenAddrs": ["nope"] }), quiet.clone()).is_err());
         assert!(p2p_options(&json!({ "listenAddrs": "/ip4/1.2.3.4/tcp/1" }), quiet).is_err());
     }
+
+    #[test]
+    fn an_equivocation_reaches_javascript_as_an_alert_with_its_code() {
+        let peer = PeerId::random();
+        let (name, detail) = event(&P2pEvent::Equivocation(peer));
+        assert_eq!(name, "alert");
+        assert_eq!(
+            detail,
+            json!({ "type": "alert", "peer": peer.to_string(), "code": "EQUIVOCATION" })
+        );
+    }
 }

@@ -476,3 +476,61 @@ async fn a_member_flooding_commits_does_not_stall_the_node() {
     );
     node_a.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_equivocating_over_the_network_raises_an_alert_and_is_removed() {
+    let a = memory_store("a").await;
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
+    let mut events = node_a.events();
+    let identity = member_with(46, &node_a).await;
+    let store = a.store_id();
+    assert!(a.is_trusted(&identity.device_id()));
+
+    // Two different commits under one number, pushed one after the other.
+    let signed = |key: &str| {
+        let mut body = commit_body(store, &identity, 1, key);
+        body.hlc = persist::hlc::Hlc::from_millis(persist::platform::now_ms());
+        Commit::sign(body, &identity, None).expect("sign").signed
+    };
+    let mut client = raw_client(&identity);
+    let push = |commit: SignedCommit| SyncRequest::Push {
+        store,
+        commits: vec![commit],
+        members: None,
+    };
+    match ask(&mut client, &node_a, push(signed("x"))).await {
+        Ok(SyncResponse::Ack { applied: 1, .. }) => {}
+        other => panic!("the first version was not applied: {other:?}"),
+    }
+    // Refused; the node may close the connection of the device it has
+    // just removed before its answer leaves.
+    match ask(&mut client, &node_a, push(signed("y"))).await {
+        Ok(SyncResponse::Ack {
+            applied: 0,
+            rejected: 1,
+            ..
+        }) => {}
+        Err(closed) if closed.contains("closed") => {}
+        other => panic!("the second version was not refused: {other:?}"),
+    }
+
+    // The node tells the user, and the member is removed at the fork.
+    let member = persist::net::keypair(&identity)
+        .expect("keypair")
+        .public()
+        .to_peer_id();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events.next().await {
+            if event == persist::net::P2pEvent::Equivocation(member) {
+                return;
+            }
+        }
+        panic!("the node's events ended");
+    })
+    .await
+    .expect("an equivocation alert within 10 s");
+    assert!(!a.is_trusted(&identity.device_id()), "the member stays");
+    assert_eq!(a.kv().get("x").await.expect("get"), None);
+    assert_eq!(a.kv().get("y").await.expect("get"), None);
+    node_a.shutdown();
+}
