@@ -40,6 +40,7 @@ export type PersistErrorCode =
   | "P2P_FAILED"
   | "QUOTA_EXCEEDED"
   | "EQUIVOCATION"
+  | "PROTOCOL_UNSUPPORTED"
   | "NOT_A_SERVER"
   | "SYNC_REMOTE_UNSET";
 
@@ -225,8 +226,9 @@ export interface P2PEvent {
   rejected?: number;
   remaining?: number;
   /** `pair:failed`: the error's stable code. `alert`: what was seen
-   *  (`"EQUIVOCATION"`: `peer` signed two different membership entries under one
-   *  number and is removed on every replica). */
+   *  (`"EQUIVOCATION"`: `peer` signed two different commits or membership entries
+   *  under one number and is removed on every replica; `"PROTOCOL_UNSUPPORTED"`:
+   *  `peer` speaks another version of the sync protocol, no sync until one is updated). */
   code?: string;
   /** `listen`: the address. */
   addr?: string;

@@ -80,7 +80,8 @@ codes! {
     P2pUnavailable = "P2P_UNAVAILABLE": "No P2P node to run the call: none started, or the tab running it did not answer.",
     P2pFailed = "P2P_FAILED": "A P2P call forwarded to the tab running the node failed there without a code.",
     QuotaExceeded = "QUOTA_EXCEEDED": "A sync server refused commits beyond the store's quota.",
-    Equivocation = "EQUIVOCATION": "A P2P alert: a member signed two different membership entries under one number and is removed on every replica.",
+    Equivocation = "EQUIVOCATION": "A P2P alert: a member signed two different commits or membership entries under one number and is removed on every replica.",
+    ProtocolUnsupported = "PROTOCOL_UNSUPPORTED": "A P2P alert: a member's device speaks another version of the sync protocol; the two do not sync until one of them is updated.",
     NotAServer = "NOT_A_SERVER": "A peer named as a sync server does not serve stores.",
     SyncRemoteUnset = "SYNC_REMOTE_UNSET": "A sync remote names the deployment's server and nothing says where it is.",
 }

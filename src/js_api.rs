@@ -301,6 +301,10 @@ pub fn event(event: &P2pEvent) -> (&'static str, Value) {
             "alert",
             json!({ "peer": peer(p), "code": crate::error::Code::Equivocation.as_str() }),
         ),
+        P2pEvent::ProtocolUnsupported(p) => (
+            "alert",
+            json!({ "peer": peer(p), "code": crate::error::Code::ProtocolUnsupported.as_str() }),
+        ),
         P2pEvent::ServerReady(p) => ("server:ready", json!({ "peer": peer(p) })),
         P2pEvent::ServerRefused { peer: p, code } => {
             ("server:refused", json!({ "peer": peer(p), "code": code }))

@@ -275,11 +275,15 @@ pub enum P2pEvent {
         /// are offered).
         nameplate: String,
     },
-    /// A device signed two different membership entries under one number
-    /// (equivocation): it is removed on every replica. Worth telling the
-    /// user: a member's key is misused or a device was restored from an
-    /// old copy.
+    /// A device signed two different commits or membership entries under
+    /// one number (equivocation): it is removed on every replica. Worth
+    /// telling the user: a member's key is misused or a device was restored
+    /// from an old copy.
     Equivocation(PeerId),
+    /// A member's device speaks another version of the sync protocol: the
+    /// two do not sync until one of them is updated. Said on each failed
+    /// request to it (about once per connection).
+    ProtocolUnsupported(PeerId),
     /// A sync server ([`P2pOptions::sync_servers`]) accepted this device
     /// as a member of the store: replication with it begins.
     ServerReady(PeerId),

@@ -622,11 +622,29 @@ async fn a_peer_of_another_protocol_version_is_refused_cleanly() {
             request_response::Config::default(),
         ),
     );
+    let mut events = node_a.events();
     let pull = empty_pull(a.store_id());
     let error = ask(&mut client, &node_a, pull.clone())
         .await
         .expect_err("no common protocol");
     assert!(error.contains("protocol"), "{error}");
+    // The node's own pull to that member fails the same way: the user
+    // hears of it (an alert), not only the log.
+    let old_member = *client.local_peer_id();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            tokio::select! {
+                _ = client.select_next_some() => {}
+                event = events.next() => match event {
+                    Some(P2pEvent::ProtocolUnsupported(peer)) if peer == old_member => break,
+                    Some(_) => {}
+                    None => panic!("the node's events ended"),
+                },
+            }
+        }
+    })
+    .await
+    .expect("an alert within 10 s");
     // The current version is served to the same member.
     let mut current = raw_client(&identity);
     assert!(matches!(

@@ -383,10 +383,10 @@ impl Node {
             },
             Event::OutboundFailure {
                 peer,
-                error: request_response::OutboundFailure::UnsupportedProtocols,
+                error,
                 request_id,
                 ..
-            } => {
+            } if unsupported(&error) => {
                 tracing::warn!(
                     %peer, protocol = %crate::net::SYNC_PROTOCOL,
                     "the peer speaks another version of the sync protocol (or, a node, serves \
@@ -398,6 +398,9 @@ impl Node {
                         peer,
                         code: crate::error::Code::NotAServer.as_str().into(),
                     });
+                } else {
+                    self.replication.refused(peer);
+                    self.emit(P2pEvent::ProtocolUnsupported(peer));
                 }
             }
             Event::OutboundFailure {
@@ -416,5 +419,20 @@ impl Node {
             }
             Event::ResponseSent { .. } => {}
         }
+    }
+}
+
+/// Whether a request failed because the peer speaks no version of the
+/// protocol this side does: negotiated first (`UnsupportedProtocols`), or,
+/// with multistream-select's lazy mode (the request is sent with the
+/// protocol's name), refused while its answer is read.
+fn unsupported(error: &request_response::OutboundFailure) -> bool {
+    match error {
+        request_response::OutboundFailure::UnsupportedProtocols => true,
+        request_response::OutboundFailure::Io(e) => e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<libp2p::core::upgrade::NegotiationError>())
+            .is_some_and(|n| matches!(n, libp2p::core::upgrade::NegotiationError::Failed)),
+        _ => false,
     }
 }
