@@ -38,7 +38,7 @@ def main():
                 continue
             data = bytes.fromhex(text.strip())
             kind = label.split(" ")[0].rstrip(",")
-            if kind in ("sync", "pair", "live"):
+            if kind in ("sync", "pair", "live", "meet"):
                 seed(root, f"{kind}_message", framed(data))
             elif kind == "commit":
                 seed(root, "commit", bytes(64) + data)

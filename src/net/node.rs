@@ -85,7 +85,7 @@ struct Node {
     awaiting: HashMap<PeerId, confirm::Awaiting>,
     /// Sources (peer ids, IP addresses) whose exchange failed lately, with
     /// when they may start again (at most [`confirm::COOLING_SOURCES`]).
-    cooling: std::collections::VecDeque<(confirm::Source, u64)>,
+    cooling: std::collections::VecDeque<confirm::Cooling>,
     /// The IP address of each peer connected directly (not relayed, not
     /// loopback).
     peer_ips: HashMap<PeerId, std::net::IpAddr>,

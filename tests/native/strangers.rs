@@ -14,10 +14,11 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{PeerId, Swarm};
 use persist::net::live::LIVE_PROTOCOL;
+use persist::net::pairing::JoinerSession;
 use persist::net::SyncResponse;
 use persist::net::{
-    P2p, P2pOptions, PairCodec, SyncCodec, SyncRequest, MAX_SMALL_MESSAGE_BYTES, PAIR_PROTOCOL,
-    SYNC_PROTOCOL,
+    P2p, P2pOptions, PairCodec, PairRequest, PairResponse, PairingCode, SyncCodec, SyncRequest,
+    MAX_SMALL_MESSAGE_BYTES, PAIR_PROTOCOL, SYNC_PROTOCOL,
 };
 use persist::{Commit, DeviceIdentity, SignedCommit};
 use serde_json::json;
@@ -533,4 +534,96 @@ async fn a_member_equivocating_over_the_network_raises_an_alert_and_is_removed()
     assert_eq!(a.kv().get("x").await.expect("get"), None);
     assert_eq!(a.kv().get("y").await.expect("get"), None);
     node_a.shutdown();
+}
+
+/// Sends a pairing move to `host` at `addr` from a raw client and returns
+/// the answer (or the failure) within 10 s.
+async fn pair_ask(
+    client: &mut Swarm<request_response::Behaviour<PairCodec>>,
+    addr: &libp2p::Multiaddr,
+    host: PeerId,
+    request: PairRequest,
+) -> Result<PairResponse, String> {
+    if !client.is_connected(&host) {
+        client.dial(addr.clone()).map_err(|e| e.to_string())?;
+    }
+    let id = client.behaviour_mut().send_request(&host, request);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                }) if request_id == id => return Ok(response),
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    request_id,
+                    error,
+                    ..
+                }) if request_id == id => return Err(error.to_string()),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err("no answer in 10 s".into()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_drops_its_exchange_or_probes_nameplates_waits() {
+    let a = memory_store("a").await;
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
+    let addr = dial_addr(&node_a).await;
+    let host = node_a.peer_id();
+    let refused_for_a_while = |answer: Result<PairResponse, String>| match answer {
+        Ok(PairResponse::Refused { code, reason }) => {
+            assert_eq!(code, "PAIRING_FAILED");
+            assert!(reason.contains("recent attempt"), "{reason}");
+        }
+        other => panic!("a waiting source was answered {other:?}"),
+    };
+
+    // A guess at an offered code: the attacker reads the host's challenge
+    // (enough to learn its guess was wrong) and drops the exchange,
+    // sending neither Finish nor Abort.
+    let guesser = DeviceIdentity::from_secret(&[68; 32]);
+    let start = |code: &str, who: &Swarm<request_response::Behaviour<PairCodec>>| {
+        let guess = PairingCode::parse(code).expect("a code");
+        JoinerSession::start(guess, &host.to_bytes(), &who.local_peer_id().to_bytes()).1
+    };
+    let first = node_a.create_pairing_code().await.expect("code");
+    let mut evil = interceptor(&guesser);
+    let guess = start(&wrong_code(first.code()), &evil);
+    match pair_ask(&mut evil, &addr, host, guess).await {
+        Ok(PairResponse::Challenge { .. }) => {}
+        other => panic!("no challenge: {other:?}"),
+    }
+    drop(evil);
+    // Its next start, at the next code, is refused before it burns it.
+    let second = node_a.create_pairing_code().await.expect("code");
+    let mut evil = interceptor(&guesser);
+    let guess = start(&wrong_code(second.code()), &evil);
+    refused_for_a_while(pair_ask(&mut evil, &addr, host, guess).await);
+    // The code still works for the device it was made for.
+    let b = memory_store("b").await;
+    let node_b = b.enable_p2p(P2pOptions::loopback()).await.expect("b");
+    let joined = node_b.pair(second.code(), Some(addr.clone())).await;
+    assert_eq!(joined.expect("the honest device pairs"), host);
+
+    // Probing a nameplate that names no code costs the same wait (while a
+    // code is offered: otherwise a stranger is not even let in).
+    let third = node_a.create_pairing_code().await.expect("code");
+    let mut prober = interceptor(&DeviceIdentity::from_secret(&[69; 32]));
+    let probe = start("ZZZZ-1234", &prober);
+    match pair_ask(&mut prober, &addr, host, probe).await {
+        Ok(PairResponse::Refused { code, .. }) => assert_eq!(code, "PAIRING_CODE_INVALID"),
+        other => panic!("an unknown nameplate was answered {other:?}"),
+    }
+    let probe = start(third.code(), &prober);
+    refused_for_a_while(pair_ask(&mut prober, &addr, host, probe).await);
+    node_a.shutdown();
+    node_b.shutdown();
 }

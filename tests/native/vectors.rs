@@ -16,6 +16,7 @@ use persist::membership::{
     SignedMemberEntry, MEMBER_ENTRY_FORMAT,
 };
 use persist::net::live::LiveMessage;
+use persist::net::meet::{MeetPeer, MeetRequest, MeetResponse, PlaceKind, Refusal};
 use persist::net::{PairRequest, PairResponse, SyncRequest, SyncResponse};
 use persist::{Commit, DeviceIdentity, SignedCommit, StoreId};
 use serde::de::DeserializeOwned;
@@ -110,6 +111,32 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Check)> {
             grants: vec![(c.device_id(), vec![0xee; 80])],
         },
     );
+    let fork = entry(
+        4,
+        key.hash(),
+        MemberChange::Fork {
+            device: b.device_id(),
+            a: CommitCut {
+                seq: 1,
+                hash: of_b.hash(),
+                signature: of_b.signature,
+            },
+            b: CommitCut {
+                seq: 1,
+                hash: [0x66; 32],
+                signature: [0x77; 64],
+            },
+        },
+    );
+    let key_copy = entry(
+        5,
+        fork.hash(),
+        MemberChange::KeyCopy {
+            epoch: 1,
+            commitment: key_commitment(store, 1, &[9; 32]),
+            grants: vec![(b.device_id(), vec![0xee; 80])],
+        },
+    );
     let log = MembershipWire {
         store,
         founder: a.device_id(),
@@ -140,6 +167,16 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Check)> {
         (
             "membership entry, Key",
             encode(&key),
+            round_trip::<SignedMemberEntry>,
+        ),
+        (
+            "membership entry, Fork",
+            encode(&fork),
+            round_trip::<SignedMemberEntry>,
+        ),
+        (
+            "membership entry, KeyCopy",
+            encode(&key_copy),
             round_trip::<SignedMemberEntry>,
         ),
         ("membership log", encode(&log), round_trip::<MembershipWire>),
@@ -263,6 +300,63 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Check)> {
             "pair Aborted",
             encode(&PairResponse::Aborted),
             round_trip::<PairResponse>,
+        ),
+        (
+            "meet Register",
+            encode(&MeetRequest::Register {
+                key: [0x88; 32],
+                kind: PlaceKind::Store,
+                addrs: vec!["/ip4/203.0.113.7/tcp/4001"
+                    .parse::<libp2p::Multiaddr>()
+                    .expect("addr")
+                    .to_vec()],
+                ttl_s: 120,
+            }),
+            round_trip::<MeetRequest>,
+        ),
+        (
+            "meet Unregister",
+            encode(&MeetRequest::Unregister { place: [0x99; 32] }),
+            round_trip::<MeetRequest>,
+        ),
+        (
+            "meet Lookup",
+            encode(&MeetRequest::Lookup { place: [0x99; 32] }),
+            round_trip::<MeetRequest>,
+        ),
+        (
+            "meet Registered",
+            encode(&MeetResponse::Registered { ttl_s: 120 }),
+            round_trip::<MeetResponse>,
+        ),
+        (
+            "meet Unregistered",
+            encode(&MeetResponse::Unregistered),
+            round_trip::<MeetResponse>,
+        ),
+        (
+            "meet Found",
+            encode(&MeetResponse::Found {
+                peers: vec![MeetPeer {
+                    peer: persist::net::keypair(&b)
+                        .expect("keypair")
+                        .public()
+                        .to_peer_id()
+                        .to_bytes(),
+                    addrs: vec!["/ip4/203.0.113.7/tcp/4001"
+                        .parse::<libp2p::Multiaddr>()
+                        .expect("addr")
+                        .to_vec()],
+                }],
+            }),
+            round_trip::<MeetResponse>,
+        ),
+        (
+            "meet Refused",
+            encode(&MeetResponse::Refused {
+                refusal: Refusal::Taken,
+            }),
+            round_trip::<MeetResponse>,
         ),
     ]
 }

@@ -1,6 +1,8 @@
 //! The host's checks around a pairing exchange: the user's confirmation
 //! of a joiner that proved the code (when the code asked for it), and a
-//! cool-down for sources whose exchange failed.
+//! cool-down for sources that started an exchange which did not end in a
+//! welcome (a wrong guess, a dropped or abandoned exchange, a nameplate
+//! that names no code).
 
 use std::net::IpAddr;
 
@@ -13,8 +15,8 @@ use super::{now, Node};
 use crate::error::{Error, Result};
 use crate::net::{P2pEvent, PairResponse};
 
-/// How long a source whose exchange failed waits before it may start
-/// another (the default lifetime of a code).
+/// How long a source whose exchange did not end in a welcome waits before
+/// it may start another (the default lifetime of a code).
 pub(super) const COOL_DOWN_MS: u64 = crate::net::pairing::DEFAULT_CODE_TTL_MS;
 /// Sources remembered at once, at most (the oldest is forgotten first).
 pub(super) const COOLING_SOURCES: usize = 256;
@@ -26,6 +28,15 @@ pub(super) const COOLING_SOURCES: usize = 256;
 pub(super) enum Source {
     Peer(PeerId),
     Ip(IpAddr),
+}
+
+/// A source made to wait: until when, and the peer whose `Start` put it
+/// there (a welcome to that peer lifts what its own `Start` set).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cooling {
+    source: Source,
+    until: u64,
+    by: PeerId,
 }
 
 /// A joiner that proved the code, waiting for the user's answer.
@@ -47,23 +58,38 @@ impl Node {
         sources
     }
 
-    /// True when `peer`, or its address, failed an exchange lately.
+    /// True when `peer`, or its address, started an exchange lately that
+    /// did not end in a welcome (or is still under way).
     pub(super) fn cooling_down(&mut self, peer: &PeerId) -> bool {
         let now = now();
-        self.cooling.retain(|(_, until)| *until > now);
+        self.cooling.retain(|c| c.until > now);
         let sources = self.sources(peer);
-        self.cooling.iter().any(|(s, _)| sources.contains(s))
+        self.cooling.iter().any(|c| sources.contains(&c.source))
     }
 
-    /// Makes `peer` and its address wait before their next attempt.
+    /// Makes `peer` and its address wait before their next attempt. Set
+    /// when a `Start` is taken, before its outcome is known: a source that
+    /// reads the host's challenge (and so learns whether its guess was
+    /// right) and then drops the exchange has paid the same as one that
+    /// guessed wrong.
     pub(super) fn cool(&mut self, peer: PeerId) {
         let until = now().saturating_add(COOL_DOWN_MS);
         for source in self.sources(&peer) {
             if self.cooling.len() >= COOLING_SOURCES {
                 self.cooling.pop_front();
             }
-            self.cooling.push_back((source, until));
+            self.cooling.push_back(Cooling {
+                source,
+                until,
+                by: peer,
+            });
         }
+    }
+
+    /// Lifts what `peer`'s own attempts set, once it is welcomed: another
+    /// device behind the same address may pair next.
+    pub(super) fn welcomed(&mut self, peer: &PeerId) {
+        self.cooling.retain(|c| c.by != *peer);
     }
 
     /// Holds a proven joiner until the user answers, and tells the user.
@@ -122,6 +148,7 @@ impl Node {
         let response = match result {
             Ok(sealed) => {
                 tracing::info!(%peer, "device paired (confirmed)");
+                self.welcomed(&peer);
                 self.emit(P2pEvent::Paired(peer));
                 let _ = awaiting.outcome.send(Ok(peer));
                 PairResponse::Welcome { sealed }

@@ -393,8 +393,8 @@ impl Node {
                 pake,
                 label,
             } => {
-                // A source whose exchange just failed waits, and its
-                // request burns nothing.
+                // A source whose last exchange did not end in a welcome
+                // waits, and its request burns nothing.
                 if self.cooling_down(&peer) {
                     tracing::warn!(%peer, "pairing refused: a recent failed attempt from this source");
                     return refuse(&Error::PairingFailed(
@@ -403,6 +403,10 @@ impl Node {
                             .into(),
                     ));
                 }
+                // Every start makes its source wait until a welcome lifts
+                // it: a wrong guess, a dropped exchange and a nameplate
+                // that names no code all cost the same.
+                self.cool(peer);
                 // Burnt by the first try, right or wrong.
                 self.withdraw_code(&nameplate);
                 let Some(offered) = self.codes.remove(&nameplate) else {
@@ -452,10 +456,7 @@ impl Node {
                 };
                 let key = match hosting.session.finish(&confirm) {
                     Ok(key) => key,
-                    Err(e) => {
-                        self.cool(peer);
-                        return self.host_failed(peer, hosting.outcome, e);
-                    }
+                    Err(e) => return self.host_failed(peer, hosting.outcome, e),
                 };
                 if hosting.confirm {
                     return HostReply::AskUser(super::confirm::Awaiting {
@@ -470,6 +471,7 @@ impl Node {
                 match self.welcome(peer, &hosting.label, &key).await {
                     Ok(sealed) => {
                         tracing::info!(%peer, "device paired");
+                        self.welcomed(&peer);
                         self.emit(P2pEvent::Paired(peer));
                         let _ = hosting.outcome.send(Ok(peer));
                         HostReply::Now(PairResponse::Welcome { sealed })
@@ -479,7 +481,6 @@ impl Node {
             }
             PairRequest::Abort => {
                 if let Some(hosting) = self.hosting.remove(&peer) {
-                    self.cool(peer);
                     let e = Error::PairingCodeInvalid("the other device typed another code".into());
                     tracing::warn!(%peer, code = e.code(), "pairing aborted by the other device");
                     self.emit(P2pEvent::PairingFailed(e.code()));
