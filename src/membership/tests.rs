@@ -830,3 +830,74 @@ fn divergent_histories_and_equivocations_reach_both_replicas() {
     z.merge(&sent).expect("z merges");
     assert_eq!(z.digest(), x.digest());
 }
+
+#[test]
+fn a_member_gone_bad_fills_its_lineage_not_the_log() {
+    let (a, m, honest) = (device(1), device(2), device(3));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&m));
+    append(&mut log, &a, 2, add(&honest));
+    // M adds three throw-away devices; each signs its whole budget of
+    // entries (adds of yet more throw-away keys), chained as a real
+    // device's would be.
+    let mut theirs = log.clone();
+    let throw_away = |tag: u8, n: u64| {
+        let mut secret = [tag; 32];
+        secret[..8].copy_from_slice(&n.to_be_bytes());
+        DeviceIdentity::from_secret(&secret)
+    };
+    let mut entries = Vec::new();
+    let mut hlc = 10;
+    for p in 0..3u8 {
+        let puppet = throw_away(100 + p, 0);
+        hlc += 1;
+        entries.push(append(&mut theirs, &m, hlc, add(&puppet)));
+        let mut prev = [0; 32];
+        for seq in 1..=MAX_ENTRIES_PER_AUTHOR {
+            hlc += 1;
+            let entry = forged(&puppet, seq, prev, hlc, add(&throw_away(200 + p, seq)));
+            prev = entry.hash();
+            entries.push(entry);
+        }
+    }
+    // Arriving in pages of any size, the same entries are kept: the rule is
+    // a function of what was offered, not of its order.
+    let merged = |page: usize| {
+        let mut log = log.clone();
+        for chunk in entries.chunks(page) {
+            let wire = MembershipWire {
+                store: STORE,
+                founder: a.device_id(),
+                entries: chunk.to_vec(),
+            };
+            log.merge_until(&wire, u64::MAX).expect("merge");
+        }
+        log
+    };
+    let mut log = merged(1_000);
+    assert_eq!(log.digest(), merged(700).digest());
+    // M's lineage holds its budget and no more.
+    assert_eq!(log.len(), 2 + MAX_ENTRIES_PER_LINEAGE as usize);
+    // M's lineage is full: M can write nothing more...
+    let more = forged(
+        &m,
+        4,
+        log.next_position(&m.device_id()).1,
+        9_000,
+        add(&device(9)),
+    );
+    assert!(matches!(
+        log.clone().add(more),
+        Err(MemberError::NotAdmitted(_))
+    ));
+    // ...but the founder and the honest lineage still pair, and the founder
+    // revokes M.
+    append(&mut log, &honest, 9_001, add(&device(4)));
+    append(&mut log, &a, 9_002, add(&device(5)));
+    let removal = remove(&log, &m, None);
+    append(&mut log, &a, 9_003, removal);
+    let members = log.members();
+    assert!(!members.is_member(&m.device_id()));
+    assert!(members.is_member(&device(4).device_id()));
+    assert!(members.is_member(&device(5).device_id()));
+}
