@@ -1,0 +1,125 @@
+//! What the membership rule costs on the largest logs a peer can make a
+//! device hold, against a log of the same size without removals, in one
+//! run: deriving the members (`MembershipLog::members`, run after every
+//! merge that changed the log) and merging one new entry (the log is
+//! rebuilt from the union).
+//!
+//! The hostile log is the rule's worst case within the budgets: chains of
+//! devices, each added by the one before, each then removing the one that
+//! added it, so whether a removal counts depends on the next one, down the
+//! whole chain (one lineage of 1,023 entries: what one member gone bad can
+//! sign; four lineages: the log's 4,096 cap, which takes four).
+//!
+//! Run: `cargo bench --bench membership`.
+
+use std::time::{Duration, Instant};
+
+use persist::hlc::Hlc;
+use persist::membership::{MemberChange, MembershipLog, MembershipWire};
+use persist::{DeviceIdentity, StoreId};
+
+const STORE: StoreId = StoreId::from_bytes([7; 16]);
+
+fn device(lineage: u8, n: u32) -> DeviceIdentity {
+    let mut secret = [lineage; 32];
+    secret[..4].copy_from_slice(&n.to_be_bytes());
+    DeviceIdentity::from_secret(&secret)
+}
+
+fn add(d: &DeviceIdentity) -> MemberChange {
+    MemberChange::Add {
+        device: d.device_id(),
+        label: String::new(),
+    }
+}
+
+/// `lineages` chains of 1 + 2 * `links` entries each: the founder adds the
+/// head, each device adds the next; then each device removes the one
+/// before it (`hostile`), or adds one more device (the same count, no
+/// removal).
+fn log(founder: &DeviceIdentity, lineages: u8, links: u32, hostile: bool) -> MembershipLog {
+    let mut log = MembershipLog::founded_by(STORE, founder.device_id());
+    let mut hlc = 0u64;
+    let mut next = || {
+        hlc += 1;
+        Hlc::from_u64(hlc)
+    };
+    for lineage in 1..=lineages {
+        let head = device(lineage, 0);
+        log.append(founder, next(), add(&head))
+            .expect("add the head");
+        for i in 0..links {
+            log.append(&device(lineage, i), next(), add(&device(lineage, i + 1)))
+                .expect("add");
+        }
+        for i in 1..=links {
+            let (this, before) = (device(lineage, i), device(lineage, i - 1));
+            let change = if hostile {
+                MemberChange::Remove {
+                    device: before.device_id(),
+                    entries: log.entry_cut(&before.device_id()),
+                    commits: None,
+                }
+            } else {
+                add(&device(lineage + 100, i))
+            };
+            log.append(&this, next(), change).expect("append");
+        }
+    }
+    log
+}
+
+/// The median of `runs` timings of `work`.
+fn median(runs: usize, mut work: impl FnMut()) -> Duration {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            work();
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[runs / 2]
+}
+
+fn main() {
+    let founder = DeviceIdentity::from_secret(&[1; 32]);
+    let newcomer = DeviceIdentity::from_secret(&[2; 32]);
+    println!("| log | entries | derive (members) | merge of one entry | vs no removals (derive, merge) |");
+    println!("|---|---|---|---|---|");
+    for (name, lineages) in [("one member gone bad", 1u8), ("the cap, four lineages", 4)] {
+        let hostile = log(&founder, lineages, 511, true);
+        let benign = log(&founder, lineages, 511, false);
+        assert_eq!(hostile.len(), benign.len());
+        let mut figures = Vec::new();
+        for log in [&hostile, &benign] {
+            let derive = median(5, || {
+                std::hint::black_box(log.members());
+            });
+            let mut spare = log.clone();
+            let entry = spare
+                .append(&founder, Hlc::from_u64(1 << 40), add(&newcomer))
+                .expect("append");
+            let wire = MembershipWire {
+                store: STORE,
+                founder: founder.device_id(),
+                entries: vec![entry],
+            };
+            let merge = median(5, || {
+                let mut copy = log.clone();
+                copy.merge(&wire).expect("merge");
+                std::hint::black_box(copy.members());
+            });
+            figures.push((derive, merge));
+        }
+        let ((d, m), (bd, bm)) = (figures[0], figures[1]);
+        println!(
+            "| {name} | {} | {:.1} ms | {:.1} ms | {:.1}x, {:.1}x |",
+            hostile.len(),
+            d.as_secs_f64() * 1e3,
+            m.as_secs_f64() * 1e3,
+            d.as_secs_f64() / bd.as_secs_f64(),
+            m.as_secs_f64() / bm.as_secs_f64()
+        );
+    }
+}
