@@ -20,10 +20,10 @@ pub trait Bounded {
     /// variant index) is `tag`; 0 for a tag that is no variant.
     fn max_bytes(tag: u8) -> usize;
 
-    /// Checks the first bytes of a message (up to [`HEAD_BYTES`]) as soon
+    /// Checks the first bytes of a message (up to 64) as soon
     /// as they arrive, before the rest is read: a kind that carries a
     /// commit list refuses a list longer than a page on its declared
-    /// length ([`page_after`]), so a flood costs a few bytes, not its body.
+    /// length (`page_after`), so a flood costs a few bytes, not its body.
     fn check_head(_head: &[u8]) -> Result<(), String> {
         Ok(())
     }

@@ -58,6 +58,7 @@ async fn a_revoked_device_is_cut_off_and_cannot_read_later_writes() {
     .await;
     let mut events_b = node_b.events();
 
+    let revoked_at = Instant::now();
     node_a.revoke_trust(node_c.peer_id()).await.expect("revoke");
     assert!(!a.is_trusted(&c.device_id()));
     assert_eq!(
@@ -85,6 +86,11 @@ async fn a_revoked_device_is_cut_off_and_cannot_read_later_writes() {
         b.crypto().epoch().expect("epoch") == 1
     })
     .await;
+    // Every remaining writer (A, B) writes under the new key from here.
+    println!(
+        "every remaining writer switched to the new key {:?} after the revocation began",
+        revoked_at.elapsed()
+    );
     assert_eq!(c.crypto().epoch().expect("epoch"), 0);
 
     // A writes after the revocation: B reads it, C cannot even decrypt

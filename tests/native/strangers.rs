@@ -389,6 +389,9 @@ async fn a_member_flooding_commits_does_not_stall_the_node() {
     let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
     let identity = member_with(45, &node_a).await;
     let store = a.store_id();
+    // An honest member, online throughout.
+    let b = memory_store("b").await;
+    let node_b = pair_into(&b, &node_a, P2pOptions::loopback()).await;
 
     // 500,000 tiny commits in one push (about 40 MB, within the frame
     // limit): refused on the list's declared length in its first bytes,
@@ -423,6 +426,11 @@ async fn a_member_flooding_commits_does_not_stall_the_node() {
             })
         })
     };
+    // The honest member writes while the attacker pushes.
+    b.records("notes")
+        .put("during-the-flood", json!({ "by": "b" }))
+        .await
+        .expect("put");
     let (outcome, refused_in) = tokio::task::spawn_blocking(move || attacker.join())
         .await
         .expect("join")
@@ -475,7 +483,10 @@ async fn a_member_flooding_commits_does_not_stall_the_node() {
         slowest <= MAX_STALL,
         "the node's loop stalled {slowest:?} (at most {MAX_STALL:?})"
     );
+    // Members kept syncing meanwhile.
+    arrives(&a, "during-the-flood", &json!({ "by": "b" })).await;
     node_a.shutdown();
+    node_b.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,4 +637,75 @@ async fn a_source_that_drops_its_exchange_or_probes_nameplates_waits() {
     refused_for_a_while(pair_ask(&mut prober, &addr, host, probe).await);
     node_a.shutdown();
     node_b.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_pushing_a_log_of_junk_entries_stores_none_and_the_loop_keeps_answering() {
+    use persist::membership::{MemberChange, MemberEntry, MembershipWire, MEMBER_ENTRY_FORMAT};
+    let a = memory_store("a").await;
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
+    let identity = member_with(47, &node_a).await;
+    let store = a.store_id();
+    let held = a.membership().await.entries.len();
+
+    // 4,000 entries (about the log's cap), each signed by a throw-away key
+    // adding another, with the member's push.
+    let now = persist::hlc::Hlc::from_millis(persist::platform::now_ms());
+    let junk = (0..4_000u32)
+        .map(|i| {
+            let mut secret = [48u8; 32];
+            secret[..4].copy_from_slice(&i.to_be_bytes());
+            let key = DeviceIdentity::from_secret(&secret);
+            secret[4] = 49;
+            MemberEntry {
+                format: MEMBER_ENTRY_FORMAT,
+                store,
+                author: key.device_id(),
+                seq: 1,
+                prev: [0; 32],
+                hlc: now,
+                change: MemberChange::Add {
+                    device: DeviceIdentity::from_secret(&secret).device_id(),
+                    label: "junk".into(),
+                },
+            }
+            .sign(&key)
+            .expect("signs")
+        })
+        .collect();
+    let push = SyncRequest::Push {
+        store,
+        commits: Vec::new(),
+        members: Some(MembershipWire {
+            store,
+            founder: a.device_id(),
+            entries: junk,
+        }),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn(slowest_answer(node_a.clone(), stop.clone()));
+    let mut client = raw_client(&identity);
+    let asked = Instant::now();
+    let answer = ask(&mut client, &node_a, push).await;
+    let answered_in = asked.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let slowest = sampler.await.expect("sampler");
+    println!(
+        "a 4,000-entry junk log answered {answer:?} in {answered_in:?}; slowest loop answer \
+         meanwhile {slowest:?}"
+    );
+    assert!(
+        matches!(answer, Ok(SyncResponse::Ack { applied: 0, .. })),
+        "{answer:?}"
+    );
+    assert_eq!(
+        a.membership().await.entries.len(),
+        held,
+        "junk entries were stored"
+    );
+    assert!(
+        slowest <= MAX_STALL,
+        "the node's loop stalled {slowest:?} (at most {MAX_STALL:?})"
+    );
+    node_a.shutdown();
 }

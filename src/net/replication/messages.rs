@@ -185,14 +185,14 @@ pub struct Ingested {
 #[derive(Debug, Clone)]
 pub enum Action<P> {
     /// Send `peer` a pull (this side's version vector and what it holds
-    /// of the membership log, at most [`PULL_LIMIT`] commits).
+    /// of the membership log, at most [`PULL_LIMIT`](crate::net::PULL_LIMIT) commits).
     Pull {
         /// To whom.
         peer: P,
     },
     /// Read the commits a peer with version vector `have` lacks (at most
     /// `limit`, within a page of bytes) and the membership entries a
-    /// replica holding `theirs` lacks; then [`Replication::read_done`].
+    /// replica holding `theirs` lacks; then [`Replication::read_done`](super::Replication::read_done).
     Read {
         /// For whom.
         peer: P,
@@ -232,7 +232,7 @@ pub enum Action<P> {
         have: VersionVector,
     },
     /// Merge the log (if any), then verify and store the commits; then
-    /// [`Replication::ingested`].
+    /// [`Replication::ingested`](super::Replication::ingested).
     Ingest {
         /// From whom.
         peer: P,

@@ -108,9 +108,10 @@ fn pair(a: usize, b: usize) -> (usize, usize) {
 }
 
 impl Sim {
-    /// `n` encrypted replicas of one store: the first founded it and
-    /// admitted the others (as pairing would), all connected.
-    pub(super) fn new(n: usize, seed: u64) -> Sim {
+    /// `n` encrypted stores, all connected: the first founded the store
+    /// and admitted the next `joined - 1` (as pairing would); the others
+    /// join later ([`Sim::pair`]).
+    pub(super) fn new(n: usize, joined: usize, seed: u64) -> Sim {
         let clock = Arc::new(AtomicU64::new(1_700_000_000_000));
         let nodes: Vec<Node> = (0..n)
             .map(|i| {
@@ -129,7 +130,7 @@ impl Sim {
                 }
             })
             .collect();
-        for joiner in &nodes[1..] {
+        for joiner in &nodes[1..joined] {
             block_on(async {
                 let welcome = nodes[0]
                     .store
@@ -142,7 +143,7 @@ impl Sim {
         // Right after pairing each device syncs with its host: everyone
         // starts from the founder's whole log.
         let log = block_on(nodes[0].store.membership());
-        for node in &nodes[1..] {
+        for node in &nodes[1..joined] {
             block_on(node.store.merge_membership(&log)).expect("merge");
         }
         let ids = nodes.iter().map(|n| n.store.device_id()).collect();
@@ -164,6 +165,35 @@ impl Sim {
             }
         }
         sim
+    }
+
+    /// Pairs `joiner` (no replica of the store yet) through `host`: admitted,
+    /// joined with the welcome, given its host's log, then connected afresh
+    /// to the peers it is connected to (what the gate does once it
+    /// trusts them). False if the host refused.
+    pub(super) fn pair(&mut self, host: usize, joiner: usize) -> bool {
+        let (host_store, joiner_store) = (
+            self.nodes[host].store.clone(),
+            self.nodes[joiner].store.clone(),
+        );
+        let id = self.ids[joiner];
+        let joined = block_on(async {
+            let welcome = host_store.admit_device(id, "late").await.ok()?;
+            joiner_store.join(welcome).await.ok()?;
+            let log = host_store.membership().await;
+            joiner_store.merge_membership(&log).await.ok()
+        })
+        .is_some();
+        if joined {
+            self.changed(host);
+            for peer in 0..self.nodes.len() {
+                if self.up.contains(&pair(joiner, peer)) {
+                    self.disconnect(joiner, peer);
+                    self.connect(joiner, peer);
+                }
+            }
+        }
+        joined
     }
 
     fn is_member(&self, at: usize, peer: usize) -> bool {

@@ -275,10 +275,13 @@ fn a_broken_live_stream_pushes_again_from_what_the_peer_confirmed() {
 mod protocol {
     //! The protocol property test: replicas in memory exchange the real
     //! messages through their cores over a network that drops, duplicates,
-    //! reorders and partitions, while devices write, rotate keys and revoke
-    //! each other (a revoked device keeps writing), and a rogue member
+    //! reorders and partitions, while devices write, pair a newcomer, rotate
+    //! keys and revoke each other (two at once, each the other, across a
+    //! partition; a revoked device keeps writing), and a rogue member
     //! reuses entry numbers. After healing: one membership, one key epoch
-    //! and key, byte-identical state, the revoked devices admitted nowhere.
+    //! and key, byte-identical state in each group of devices that trust
+    //! each other, the revoked devices admitted nowhere and holding no key
+    //! written under since.
 
     use std::collections::BTreeSet;
 
@@ -308,9 +311,24 @@ mod protocol {
         out
     }
 
-    /// Runs one schedule; returns the number of operations done.
-    pub(super) fn run(seed: u64, n: usize, ops: usize) -> (usize, usize, usize) {
-        let mut sim = Sim::new(n, seed);
+    /// What one schedule did and found.
+    #[derive(Default)]
+    pub(super) struct Outcome {
+        operations: usize,
+        islands: usize,
+        forks_found: usize,
+        paired: usize,
+        mutual_revocations: usize,
+    }
+
+    /// Runs one schedule.
+    pub(super) fn run(seed: u64, n: usize, ops: usize) -> Outcome {
+        let mut outcome = Outcome::default();
+        // With four devices or more, the last one pairs in the middle of
+        // the schedule (if the schedule gets to it).
+        let late = usize::from(n >= 4);
+        let mut joined: Vec<bool> = (0..n).map(|i| i < n - late).collect();
+        let mut sim = Sim::new(n, n - late, seed);
         // A member whose key lives outside every replica: it reuses an
         // entry number once revoked.
         let rogue =
@@ -344,8 +362,13 @@ mod protocol {
         let mut rogue_next = (1u64, [0u8; 32]);
         let mut done = 0;
         for step in 0..ops {
-            let honest: Vec<usize> = (0..n).filter(|i| !revoked.contains(i)).collect();
-            let at = sim.rng.below(n as u64) as usize;
+            let live: Vec<usize> = (0..n).filter(|i| joined[*i]).collect();
+            let honest: Vec<usize> = live
+                .iter()
+                .copied()
+                .filter(|i| !revoked.contains(i))
+                .collect();
+            let at = live[sim.rng.below(live.len() as u64) as usize];
             match sim.rng.below(16) {
                 // Writes, by anyone (a revoked device keeps writing).
                 0..=5 => {
@@ -406,7 +429,7 @@ mod protocol {
                 // The rogue hands two replicas two different commits under
                 // one number (on a key nobody else writes).
                 12 | 13 => {
-                    let other = sim.rng.below(n as u64) as usize;
+                    let other = live[sim.rng.below(live.len() as u64) as usize];
                     let (seq, prev) = rogue_next;
                     let x = sim.forged_commit(at, &rogue, seq, prev, "rogue", step as u64);
                     let y =
@@ -421,6 +444,33 @@ mod protocol {
                     }
                     sim.changed(at);
                     sim.changed(other);
+                }
+                // A newcomer pairs through an honest device.
+                14 if honest.contains(&at) && joined.contains(&false) => {
+                    let newcomer = n - 1;
+                    if sim.pair(at, newcomer) {
+                        joined[newcomer] = true;
+                        outcome.paired += 1;
+                    }
+                }
+                // Two devices revoke each other at once, each on its side
+                // of a partition (two honest replicas stay).
+                15 if honest.len() > 3 => {
+                    let x = honest[sim.rng.below(honest.len() as u64) as usize];
+                    let others: Vec<usize> = honest.iter().copied().filter(|i| *i != x).collect();
+                    let y = others[sim.rng.below(others.len() as u64) as usize];
+                    sim.disconnect(x, y);
+                    let mut both = true;
+                    for (by, target) in [(x, y), (y, x)] {
+                        let store = sim.nodes[by].store.clone();
+                        if block_on(store.revoke(sim.id(target))).is_ok() {
+                            revoked.insert(target);
+                            sim.changed(by);
+                        } else {
+                            both = false;
+                        }
+                    }
+                    outcome.mutual_revocations += usize::from(both);
                 }
                 _ => {}
             }
@@ -439,7 +489,7 @@ mod protocol {
         // trust (counted as an island).
         let trusts = |a: usize, b: usize| sim.nodes[a].store.is_trusted(&sim.id(b));
         let mut groups: Vec<Vec<usize>> = Vec::new();
-        for i in (0..n).filter(|i| trusts(*i, *i)) {
+        for i in (0..n).filter(|i| joined[*i] && trusts(*i, *i)) {
             match groups
                 .iter_mut()
                 .find(|g| g.iter().any(|j| trusts(i, *j) && trusts(*j, i)))
@@ -448,6 +498,10 @@ mod protocol {
                 None => groups.push(vec![i]),
             }
         }
+        // Who trusted whom once healed (the groups' view).
+        let trusted: Vec<Vec<bool>> = (0..n)
+            .map(|a| (0..n).map(|b| trusts(a, b)).collect())
+            .collect();
         let mut forks_found = 0;
         if std::env::var_os("PERSIST_SIM_DEBUG").is_some() {
             eprintln!("groups {groups:?}");
@@ -594,9 +648,17 @@ mod protocol {
             let current = members.epochs.get(&sealed_under).map(|k| k.commitment);
             let id = sim.nodes[reference].store.store_id();
             // (With islands, a device another group still trusts may get the
-            // key from that group: what this group writes never reaches it.)
-            let alone = groups.len() > 1;
-            for r in (0..n).filter(|r| !alone && !members.is_member(&sim.id(*r))) {
+            // key from that group: what this group writes never reaches it.
+            // Every other device out of this group is checked.)
+            let trusted_elsewhere = |r: usize| {
+                groups
+                    .iter()
+                    .filter(|g| !g.contains(&reference))
+                    .any(|g| g.iter().any(|&j| trusted[j][r]))
+            };
+            for r in (0..n)
+                .filter(|r| joined[*r] && !members.is_member(&sim.id(*r)) && !trusted_elsewhere(*r))
+            {
                 let keyring = sim.nodes[r]
                     .store
                     .bound()
@@ -637,15 +699,16 @@ mod protocol {
             .iter()
             .filter(|g| g.iter().any(|i| !main.removed.contains_key(&sim.id(*i))))
             .count();
-        (done, islands, forks_found)
+        outcome.operations = done;
+        outcome.islands = islands;
+        outcome.forks_found = forks_found;
+        outcome
     }
 
     #[test]
     fn replicas_converge_through_the_protocol() {
         let runs = cases();
-        let mut operations = 0;
-        let mut islands = 0;
-        let mut forks = 0;
+        let mut total = Outcome::default();
         let mut seeds = Vec::new();
         let base = std::env::var("PERSIST_TEST_SEED")
             .ok()
@@ -660,18 +723,24 @@ mod protocol {
                 continue;
             }
             let n = 3 + (seed % 3) as usize;
-            let (done, cut_off, found) = run(seed, n, 40);
-            operations += done;
-            islands += cut_off;
-            forks += found;
+            let one = run(seed, n, 40);
+            total.operations += one.operations;
+            total.islands += one.islands;
+            total.forks_found += one.forks_found;
+            total.paired += one.paired;
+            total.mutual_revocations += one.mutual_revocations;
             seeds.push(seed);
         }
         eprintln!(
-            "protocol property test: {runs} schedules x 3-5 replicas, {operations} operations, \
-             0 divergences; {forks} groups answered a commit fork (found, dropped); \
-             {islands} groups \
-             split off by removals made while cut off \
-             (PERSIST_TEST_SEED={base:#x}, PERSIST_PROTOCOL_CASES to raise)"
+            "protocol property test: {runs} schedules x 3-5 replicas, {} operations, \
+             0 divergences; {} newcomers paired mid-schedule, {} mutual revocations; {} groups \
+             answered a commit fork (found, dropped); {} groups split off by removals made \
+             while cut off (PERSIST_TEST_SEED={base:#x}, PERSIST_PROTOCOL_CASES to raise)",
+            total.operations,
+            total.paired,
+            total.mutual_revocations,
+            total.forks_found,
+            total.islands
         );
     }
 }
