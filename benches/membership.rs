@@ -7,8 +7,8 @@
 //! The hostile log is the rule's worst case within the budgets: chains of
 //! devices, each added by the one before, each then removing the one that
 //! added it, so whether a removal counts depends on the next one, down the
-//! whole chain (one lineage of 1,023 entries: what one member gone bad can
-//! sign; four lineages: the log's 4,096 cap, which takes four).
+//! whole chain (one chain of 1,023 entries, and four: the log's 4,096 cap,
+//! which one member gone bad can reach with eight throw-away devices).
 //!
 //! Run: `cargo bench --bench membership`.
 
@@ -20,8 +20,8 @@ use persist::{DeviceIdentity, StoreId};
 
 const STORE: StoreId = StoreId::from_bytes([7; 16]);
 
-fn device(lineage: u8, n: u32) -> DeviceIdentity {
-    let mut secret = [lineage; 32];
+fn device(chain: u8, n: u32) -> DeviceIdentity {
+    let mut secret = [chain; 32];
     secret[..4].copy_from_slice(&n.to_be_bytes());
     DeviceIdentity::from_secret(&secret)
 }
@@ -33,27 +33,27 @@ fn add(d: &DeviceIdentity) -> MemberChange {
     }
 }
 
-/// `lineages` chains of 1 + 2 * `links` entries each: the founder adds the
+/// `chains` chains of 1 + 2 * `links` entries each: the founder adds the
 /// head, each device adds the next; then each device removes the one
 /// before it (`hostile`), or adds one more device (the same count, no
 /// removal).
-fn log(founder: &DeviceIdentity, lineages: u8, links: u32, hostile: bool) -> MembershipLog {
+fn log(founder: &DeviceIdentity, chains: u8, links: u32, hostile: bool) -> MembershipLog {
     let mut log = MembershipLog::founded_by(STORE, founder.device_id());
     let mut hlc = 0u64;
     let mut next = || {
         hlc += 1;
         Hlc::from_u64(hlc)
     };
-    for lineage in 1..=lineages {
-        let head = device(lineage, 0);
+    for chain in 1..=chains {
+        let head = device(chain, 0);
         log.append(founder, next(), add(&head))
             .expect("add the head");
         for i in 0..links {
-            log.append(&device(lineage, i), next(), add(&device(lineage, i + 1)))
+            log.append(&device(chain, i), next(), add(&device(chain, i + 1)))
                 .expect("add");
         }
         for i in 1..=links {
-            let (this, before) = (device(lineage, i), device(lineage, i - 1));
+            let (this, before) = (device(chain, i), device(chain, i - 1));
             let change = if hostile {
                 MemberChange::Remove {
                     device: before.device_id(),
@@ -61,7 +61,7 @@ fn log(founder: &DeviceIdentity, lineages: u8, links: u32, hostile: bool) -> Mem
                     commits: None,
                 }
             } else {
-                add(&device(lineage + 100, i))
+                add(&device(chain + 100, i))
             };
             log.append(&this, next(), change).expect("append");
         }
@@ -87,9 +87,9 @@ fn main() {
     let newcomer = DeviceIdentity::from_secret(&[2; 32]);
     println!("| log | entries | derive (members) | merge of one entry | vs no removals (derive, merge) |");
     println!("|---|---|---|---|---|");
-    for (name, lineages) in [("one member gone bad", 1u8), ("the cap, four lineages", 4)] {
-        let hostile = log(&founder, lineages, 511, true);
-        let benign = log(&founder, lineages, 511, false);
+    for (name, chains) in [("one chain", 1u8), ("four chains: the cap", 4)] {
+        let hostile = log(&founder, chains, 511, true);
+        let benign = log(&founder, chains, 511, false);
         assert_eq!(hostile.len(), benign.len());
         let mut figures = Vec::new();
         for log in [&hostile, &benign] {

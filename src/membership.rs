@@ -39,15 +39,9 @@ pub const MEMBER_ENTRY_FORMAT: u8 = 2;
 /// Most entries a membership log may hold (bounds what a peer can make us
 /// store and recompute).
 pub const MAX_MEMBER_ENTRIES: usize = 4_096;
-/// Entry sequence numbers one author may use, at most.
+/// Entry sequence numbers one author may use, at most: one member gone bad
+/// fills its own budget, not the log.
 pub const MAX_ENTRIES_PER_AUTHOR: u64 = 512;
-/// Entries one lineage may hold, at most: a device the founder added and
-/// every device added by it or its descendants share this budget. A member
-/// gone bad that adds throw-away devices, each signing its own entries,
-/// fills its lineage's budget, never the log: the founder's entries and
-/// every other lineage keep room to pair, rotate and revoke. (The founder's
-/// own entries are bounded by [`MAX_ENTRIES_PER_AUTHOR`] alone.)
-pub const MAX_ENTRIES_PER_LINEAGE: u64 = 1_024;
 /// Versions of one entry (author, number) held, at most: two prove an
 /// equivocation, a third proves nothing more. The lowest hashes are kept,
 /// so every replica keeps the same two.
@@ -359,12 +353,6 @@ pub struct MembershipLog {
     /// How many held `Add` entries name each device: the devices whose
     /// entries this log may hold (with the founder).
     adds: BTreeMap<DeviceId, usize>,
-    /// Each added device's lineage: the device the founder added at the
-    /// root of its chain of adds (itself, when the founder added it), as the
-    /// first held `Add` of it in the rebuild's order says.
-    lineage: BTreeMap<DeviceId, DeviceId>,
-    /// Entries held per lineage (the founder's own are not counted).
-    lineage_len: BTreeMap<DeviceId, u64>,
 }
 
 fn not_admitted(entry: &MemberEntry) -> MemberError {
@@ -457,36 +445,16 @@ impl MembershipLog {
             entries: BTreeMap::new(),
             len: 0,
             adds: BTreeMap::new(),
-            lineage: BTreeMap::new(),
-            lineage_len: BTreeMap::new(),
         }
     }
 
     /// Whether this log may hold an entry of `author` numbered `seq`: the
     /// author is the founder or a device an entry of the log adds (a
-    /// member at some point of the log, whatever happened later), `seq` is
-    /// within its budget, and its lineage has room
-    /// ([`MAX_ENTRIES_PER_LINEAGE`]). Entries of throw-away keys are never
-    /// stored, and one member's lineage cannot fill the log.
+    /// member at some point of the log, whatever happened later), and
+    /// `seq` is within its budget. Entries of throw-away keys are never
+    /// stored, so they cannot fill the log.
     pub fn may_hold(&self, author: &DeviceId, seq: u64) -> bool {
-        if seq > MAX_ENTRIES_PER_AUTHOR {
-            return false;
-        }
-        if *author == self.founder {
-            return true;
-        }
-        self.adds.contains_key(author)
-            && self
-                .lineage_len
-                .get(&self.lineage_of(author))
-                .copied()
-                .unwrap_or(0)
-                < MAX_ENTRIES_PER_LINEAGE
-    }
-
-    /// The lineage of an added device (see [`MAX_ENTRIES_PER_LINEAGE`]).
-    fn lineage_of(&self, device: &DeviceId) -> DeviceId {
-        self.lineage.get(device).copied().unwrap_or(*device)
+        seq <= MAX_ENTRIES_PER_AUTHOR && (*author == self.founder || self.adds.contains_key(author))
     }
 
     /// The store.
@@ -706,23 +674,8 @@ impl MembershipLog {
 
     /// Holds `held` (checked by the caller).
     fn put(&mut self, hash: EntryHash, held: Held) {
-        let author = held.entry.author;
-        if author != self.founder {
-            *self
-                .lineage_len
-                .entry(self.lineage_of(&author))
-                .or_insert(0) += 1;
-        }
         if let MemberChange::Add { device, .. } = &held.entry.change {
             *self.adds.entry(*device).or_insert(0) += 1;
-            if *device != self.founder && !self.lineage.contains_key(device) {
-                let root = if author == self.founder {
-                    *device
-                } else {
-                    self.lineage_of(&author)
-                };
-                self.lineage.insert(*device, root);
-            }
         }
         let slot = (held.entry.author, held.entry.seq);
         self.entries.entry(slot).or_default().insert(hash, held);
@@ -760,9 +713,8 @@ impl MembershipLog {
     ///
     /// The result is a function of the entries held and offered, whatever
     /// their order: of each (author, number) the two lowest hashes, then
-    /// the entries of the founder and, transitively (depth first, each
-    /// author's entries in number order), of every device an entry so held
-    /// adds, each lineage up to its budget in that order.
+    /// the entries of the founder and, transitively, of every device an
+    /// entry so held adds.
     pub fn merge_until(
         &mut self,
         other: &MembershipWire,
@@ -843,11 +795,6 @@ impl MembershipLog {
                     continue;
                 };
                 for (hash, candidate) in versions {
-                    // Past its lineage's budget (in this order, a function
-                    // of the entries): left out, held or offered.
-                    if !rebuilt.may_hold(&slot.0, slot.1) {
-                        continue;
-                    }
                     let entry = match candidate {
                         Candidate::Held(held) => {
                             if rebuilt.len >= MAX_MEMBER_ENTRIES {

@@ -280,9 +280,9 @@ pub enum P2pEvent {
     /// telling the user: a member's key is misused or a device was restored
     /// from an old copy.
     Equivocation(PeerId),
-    /// A member's device speaks another version of the sync protocol: the
-    /// two do not sync until one of them is updated. Said on each failed
-    /// request to it (about once per connection).
+    /// A member's device speaks another version of the sync protocol (its
+    /// identify lists that version and not this one): the two do not sync
+    /// until one of them is updated. Said once per connection.
     ProtocolUnsupported(PeerId),
     /// A sync server ([`P2pOptions::sync_servers`]) accepted this device
     /// as a member of the store: replication with it begins.

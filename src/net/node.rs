@@ -74,12 +74,18 @@ struct Node {
     /// lists it only while it offers a code): where a joiner with no host
     /// address may send its first move.
     offering: BTreeSet<PeerId>,
+    /// Connected members whose identify lists only another version of the
+    /// sync protocol (told once per connection).
+    other_versions: BTreeSet<PeerId>,
     /// The configured bootstrap addresses (whether private addresses are
     /// announced depends on them).
     bootstrap_configured: Vec<Multiaddr>,
     /// Hashes of codes this device started an exchange with, newest last
     /// (at most [`pairing::BURNT_CODES`]): a code is tried once.
     burnt: std::collections::VecDeque<[u8; 32]>,
+    /// Nameplates of codes this device made that expired or were tried,
+    /// with when they are forgotten (at most [`pairing::SPENT_CODES`]).
+    spent: std::collections::VecDeque<(String, u64)>,
     /// Joiners that proved a code made with confirmation, waiting for the
     /// user's answer.
     awaiting: HashMap<PeerId, confirm::Awaiting>,
@@ -149,8 +155,10 @@ pub(super) fn run(
         asked: HashMap::new(),
         presence_in: 0,
         offering: BTreeSet::new(),
+        other_versions: BTreeSet::new(),
         bootstrap_configured: options.bootstrap_peers.clone(),
         burnt: std::collections::VecDeque::new(),
+        spent: std::collections::VecDeque::new(),
         awaiting: HashMap::new(),
         cooling: std::collections::VecDeque::new(),
         peer_ips: HashMap::new(),
@@ -397,6 +405,7 @@ impl Node {
             } => {
                 self.links.remove(&peer);
                 self.offering.remove(&peer);
+                self.other_versions.remove(&peer);
                 self.peer_ips.remove(&peer);
                 self.joiner_left(peer);
                 self.replication.disconnected(peer);
@@ -424,6 +433,7 @@ impl Node {
                 ..
             })) => {
                 self.note_pairing_offer(peer_id, &info);
+                self.note_sync_version(peer_id, &info);
                 self.maybe_reserve(peer_id, &info);
                 let meets = info.protocols.contains(&super::meet::MEET_PROTOCOL);
                 if meets && self.is_bootstrap(&peer_id) && self.meeting_points.insert(peer_id) {

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 
 mod limits;
 mod serve;
-pub use limits::IpLimits;
+pub use limits::{IpLimits, SubnetRate};
 pub use serve::{ServeCounters, ServeOptions};
 
 /// Limits and addresses of a headless node.
@@ -45,6 +45,13 @@ pub struct ServerOptions {
     /// Registrations and lookups of the meeting point
     /// (`max_registrations` is the total).
     pub meet: MeetLimits,
+    /// Relay reservations and relayed connections per subnet (IPv4 /24,
+    /// IPv6 /48): this many at once, then one more every
+    /// `subnet_rate_every` (beside libp2p's own rates: per peer 30 at once
+    /// then one every 2 minutes, per address 60 then one a minute).
+    pub subnet_rate_burst: u32,
+    /// See `subnet_rate_burst`.
+    pub subnet_rate_every: Duration,
     /// Established connections at most.
     pub max_connections: u32,
     /// Inbound connections from one IP address at most.
@@ -74,6 +81,8 @@ impl Default for ServerOptions {
             max_circuit_duration: Duration::from_secs(2 * 60),
             max_circuit_bytes: 128 << 10,
             meet: MeetLimits::default(),
+            subnet_rate_burst: 240,
+            subnet_rate_every: Duration::from_secs(15),
             max_connections: 2048,
             max_connections_per_ip: 16,
             max_connections_per_subnet: 64,
@@ -91,7 +100,7 @@ mod behaviour {
     use libp2p::swarm::NetworkBehaviour;
     use libp2p::{connection_limits, identify, identity, kad, ping, relay};
 
-    use super::{IpLimits, ServerOptions};
+    use super::{IpLimits, ServerOptions, SubnetRate};
     use crate::net::meet::{MeetCodec, MEET_PROTOCOL};
     use crate::net::{SyncCodec, SYNC_PROTOCOL};
 
@@ -121,7 +130,7 @@ mod behaviour {
             let mut kad =
                 kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), config);
             kad.set_mode(Some(kad::Mode::Server));
-            let relay = relay::Config {
+            let mut relay = relay::Config {
                 max_reservations: options.max_reservations,
                 max_reservations_per_peer: 4,
                 max_circuits: options.max_circuits,
@@ -130,6 +139,18 @@ mod behaviour {
                 max_circuit_bytes: options.max_circuit_bytes,
                 ..relay::Config::default()
             };
+            for limiters in [
+                &mut relay.reservation_rate_limiters,
+                &mut relay.circuit_src_rate_limiters,
+            ] {
+                let mut rate =
+                    SubnetRate::new(options.subnet_rate_burst, options.subnet_rate_every);
+                limiters.push(Box::new(
+                    move |_: libp2p::PeerId, addr: &libp2p::Multiaddr, now: std::time::Instant| {
+                        rate.allow(addr, now)
+                    },
+                ));
+            }
             ServerBehaviour {
                 ip_limits: IpLimits::new(
                     options.max_connections_per_ip,

@@ -624,7 +624,7 @@ async fn a_peer_of_another_protocol_version_is_refused_cleanly() {
     let mut client = raw_swarm(
         &identity,
         request_response::Behaviour::<SyncCodec>::new(
-            [(old, ProtocolSupport::Full)],
+            [(old.clone(), ProtocolSupport::Full)],
             request_response::Config::default(),
         ),
     );
@@ -634,8 +634,29 @@ async fn a_peer_of_another_protocol_version_is_refused_cleanly() {
         .await
         .expect_err("no common protocol");
     assert!(error.contains("protocol"), "{error}");
-    // The node's own pull to that member fails the same way: the user
-    // hears of it (an alert), not only the log.
+    drop(client);
+    // A device of that version says so in identify: the user hears of it
+    // (an alert, once), not only the log.
+    #[derive(libp2p::swarm::NetworkBehaviour)]
+    struct OldVersion {
+        identify: libp2p::identify::Behaviour,
+        sync: request_response::Behaviour<SyncCodec>,
+    }
+    let keypair = persist::net::keypair(&identity).expect("keypair");
+    let mut client = raw_swarm(
+        &identity,
+        OldVersion {
+            identify: libp2p::identify::Behaviour::new(libp2p::identify::Config::new(
+                "/persist/node/1".into(),
+                keypair.public(),
+            )),
+            sync: request_response::Behaviour::<SyncCodec>::new(
+                [(old, ProtocolSupport::Full)],
+                request_response::Config::default(),
+            ),
+        },
+    );
+    client.dial(dial_addr(&node_a).await).expect("dial");
     let old_member = *client.local_peer_id();
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {

@@ -549,3 +549,93 @@ async fn a_crowd_of_strangers_costs_a_node_process_bounded_memory() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     assert!(child.wait().expect("exits").success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_logs_what_it_did_in_counts_never_who_talked_to_whom() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let errors = dir.path().join("stderr.log");
+    // As an operator runs it: the default log level, no --log-peers.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_persist"))
+        .args([
+            "node",
+            "--data",
+            "node",
+            "--for",
+            "60",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .env("PERSIST_MDNS", "off")
+        .env_remove("PERSIST_LOG")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&errors).expect("stderr file"))
+        .spawn()
+        .expect("runs persist");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    let node_addr: Multiaddr = loop {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a listen address within 30 s");
+        let addr = line.strip_prefix("listening: ").map(str::to_owned);
+        printed.push(line);
+        if let Some(addr) = addr {
+            break addr.parse().expect("multiaddr");
+        }
+    };
+    let node = peer_of(&node_addr);
+
+    // Someone looks a place up, two peers talk through the relay.
+    let mut client = asker();
+    assert!(connects(&mut client, &node_addr).await);
+    ask(&mut client, node, MeetRequest::Lookup { place: [1; 32] }).await;
+    let (received, _) = through_circuit(&node_addr, 16 << 10, false).await;
+    assert!(received > 0, "nothing crossed the relay");
+    drop(client);
+
+    // SAFETY: a plain kill(2) on a child process this test started.
+    let pid = i32::try_from(child.id()).expect("pid");
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(child.wait().expect("exits").success());
+    printed.extend(lines_rx.try_iter());
+    let logged = std::fs::read_to_string(&errors).expect("stderr");
+
+    // It says what it did, in counts...
+    let summary = printed
+        .iter()
+        .find(|l| l.starts_with("stopping: "))
+        .unwrap_or_else(|| panic!("no summary in {printed:?}"));
+    let counts: Vec<u64> = summary
+        .split(' ')
+        .filter_map(|word| word.trim_start_matches('(').parse().ok())
+        .collect();
+    assert!(
+        counts.len() == 3 && counts[0] >= 1 && counts[1] >= 1,
+        "{summary}"
+    );
+    println!("{summary}");
+    // ...and names no peer but itself, on stdout or in its log.
+    let own = node.to_string();
+    for text in printed.iter().map(String::as_str).chain([logged.as_str()]) {
+        for (at, _) in text.match_indices("12D3KooW") {
+            let id: String = text[at..]
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            assert_eq!(id, own, "a peer named in the node's output: {text}");
+        }
+    }
+}

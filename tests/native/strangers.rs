@@ -709,3 +709,72 @@ async fn a_member_pushing_a_log_of_junk_entries_stores_none_and_the_loop_keeps_a
     );
     node_a.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_opening_hundreds_of_sync_streams_is_capped_and_the_node_keeps_answering() {
+    let a = memory_store("a").await;
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
+    let identity = member_with(50, &node_a).await;
+    let b = memory_store("b").await;
+    let node_b = pair_into(&b, &node_a, P2pOptions::loopback()).await;
+    let store = a.store_id();
+
+    // 300 pulls at once on one connection (the node serves 16 streams per
+    // connection at a time and refuses the rest).
+    const STREAMS: usize = 300;
+    let mut client = raw_swarm(
+        &identity,
+        request_response::Behaviour::<SyncCodec>::new(
+            [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(30))
+                .with_max_concurrent_streams(STREAMS),
+        ),
+    );
+    client.dial(dial_addr(&node_a).await).expect("dial");
+    let asked: std::collections::HashSet<_> = (0..STREAMS)
+        .map(|_| {
+            client
+                .behaviour_mut()
+                .send_request(&node_a.peer_id(), empty_pull(store))
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn(slowest_answer(node_a.clone(), stop.clone()));
+    b.records("notes")
+        .put("during-the-streams", json!({ "by": "b" }))
+        .await
+        .expect("put");
+    let (mut answered, mut failed) = (0usize, 0usize);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while answered + failed < STREAMS {
+            match client.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { request_id, .. },
+                    ..
+                }) if asked.contains(&request_id) => answered += 1,
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    request_id,
+                    ..
+                }) if asked.contains(&request_id) => failed += 1,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("every request answered or failed within 60 s");
+    stop.store(true, Ordering::SeqCst);
+    let slowest = sampler.await.expect("sampler");
+    println!(
+        "{STREAMS} sync streams at once from one member: {answered} answered, {failed} \
+         refused; slowest loop answer meanwhile {slowest:?}"
+    );
+    assert!(answered > 0, "the node served none");
+    assert!(
+        slowest <= MAX_STALL,
+        "the node's loop stalled {slowest:?} (at most {MAX_STALL:?})"
+    );
+    arrives(&a, "during-the-streams", &json!({ "by": "b" })).await;
+    node_a.shutdown();
+    node_b.shutdown();
+}

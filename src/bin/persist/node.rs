@@ -470,6 +470,12 @@ pub async fn run(args: NodeArgs) -> persist::Result<()> {
             },
         }
     }
+    // What it did since the last stats line, in counts (never who).
+    say(format_args!(
+        "stopping: {} reservations and {} relayed connections since the last stats line \
+         ({} open)",
+        tally.reservations, tally.circuits, tally.open
+    ));
     node.shutdown().await;
     store.close().await?;
     say(format_args!("stopped"));

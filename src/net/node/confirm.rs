@@ -86,9 +86,11 @@ impl Node {
         }
     }
 
-    /// Lifts what `peer`'s own attempts set, once it is welcomed: another
-    /// device behind the same address may pair next.
-    pub(super) fn welcomed(&mut self, peer: &PeerId) {
+    /// Lifts what `peer`'s own starts set, once it is welcomed or its
+    /// exchange failed on this side (an expired code, a welcome that could
+    /// not be made, a user who did not answer): another device behind the
+    /// same address may pair next, and so may it.
+    pub(super) fn forgive(&mut self, peer: &PeerId) {
         self.cooling.retain(|c| c.by != *peer);
     }
 
@@ -132,6 +134,7 @@ impl Node {
             // Accepted, but the welcome could not be made: the caller gets
             // the cause, the joiner a failure.
             Err(e) if accept => {
+                self.forgive(&peer);
                 let told = Error::PairingFailed(e.to_string());
                 let _ = reply.send(Err(e));
                 self.answer(peer, awaiting, Err(told));
@@ -148,7 +151,7 @@ impl Node {
         let response = match result {
             Ok(sealed) => {
                 tracing::info!(%peer, "device paired (confirmed)");
-                self.welcomed(&peer);
+                self.forgive(&peer);
                 self.emit(P2pEvent::Paired(peer));
                 let _ = awaiting.outcome.send(Ok(peer));
                 PairResponse::Welcome { sealed }
@@ -182,6 +185,7 @@ impl Node {
             .collect();
         for peer in late {
             if let Some(awaiting) = self.awaiting.remove(&peer) {
+                self.forgive(&peer);
                 let error = Error::PairingFailed(
                     "the user of the other device did not answer in time".into(),
                 );

@@ -17,6 +17,9 @@ use crate::net::{device_of, P2pEvent, PairRequest, PairResponse, PendingPairing}
 const EXCHANGE_MS: u64 = 60_000;
 /// Codes a joiner remembers having tried, at most.
 pub(super) const BURNT_CODES: usize = 64;
+/// Nameplates of this device's codes that expired or were tried, kept for
+/// a cool-down's time, at most.
+pub(super) const SPENT_CODES: usize = 64;
 
 /// What a joiner remembers of a code it tried.
 fn burn_mark(code: &PairingCode) -> [u8; 32] {
@@ -282,6 +285,18 @@ impl Node {
         self.refresh_members();
     }
 
+    /// Remembers, for a cool-down's time, the nameplate of a code that
+    /// expired or was tried (at most [`SPENT_CODES`]).
+    fn spend(&mut self, nameplate: &str) {
+        if self.spent.len() >= SPENT_CODES {
+            self.spent.pop_front();
+        }
+        self.spent.push_back((
+            nameplate.to_string(),
+            now().saturating_add(super::confirm::COOL_DOWN_MS),
+        ));
+    }
+
     /// Ends codes and exchanges past their time.
     pub(super) fn expire(&mut self) {
         let now = now();
@@ -294,6 +309,7 @@ impl Node {
         let mut changed = !expired.is_empty();
         for nameplate in expired {
             self.withdraw_code(&nameplate);
+            self.spend(&nameplate);
             if let Some(code) = self.codes.remove(&nameplate) {
                 tracing::info!(nameplate = code.code.nameplate(), "pairing code expired");
                 let _ = code.outcome.send(Err(Error::PairingCodeExpired));
@@ -403,9 +419,21 @@ impl Node {
                             .into(),
                     ));
                 }
-                // Every start makes its source wait until a welcome lifts
-                // it: a wrong guess, a dropped exchange and a nameplate
-                // that names no code all cost the same.
+                // A code this device made that expired or was tried
+                // lately: refused, at no cost (it guards nothing now, and
+                // the user who typed it late need not wait).
+                let now_ms = now();
+                self.spent.retain(|(_, until)| *until > now_ms);
+                if !self.codes.contains_key(&nameplate)
+                    && self.spent.iter().any(|(spent, _)| *spent == nameplate)
+                {
+                    return refuse(&Error::PairingCodeInvalid(
+                        "this code expired or was already used: make a new code".into(),
+                    ));
+                }
+                // Every other start makes its source wait until a welcome
+                // lifts it: a wrong guess, a dropped exchange and a
+                // nameplate that names no code all cost the same.
                 self.cool(peer);
                 // Burnt by the first try, right or wrong.
                 self.withdraw_code(&nameplate);
@@ -414,6 +442,7 @@ impl Node {
                         "no pending code with this nameplate (mistyped, used or expired)".into(),
                     ));
                 };
+                self.spend(&nameplate);
                 let result = if offered.expires_at <= now() {
                     Err(Error::PairingCodeExpired)
                 } else if device_of(&peer)
@@ -442,6 +471,10 @@ impl Node {
                         HostReply::Now(PairResponse::Challenge { pake, confirm })
                     }
                     Err(e) => {
+                        // This side's code ran out: not the joiner's doing.
+                        if matches!(e, Error::PairingCodeExpired) {
+                            self.forgive(&peer);
+                        }
                         tracing::warn!(%peer, code = e.code(), "pairing refused");
                         self.emit(P2pEvent::PairingFailed(e.code()));
                         let response = refuse(&e);
@@ -471,12 +504,15 @@ impl Node {
                 match self.welcome(peer, &hosting.label, &key).await {
                     Ok(sealed) => {
                         tracing::info!(%peer, "device paired");
-                        self.welcomed(&peer);
+                        self.forgive(&peer);
                         self.emit(P2pEvent::Paired(peer));
                         let _ = hosting.outcome.send(Ok(peer));
                         HostReply::Now(PairResponse::Welcome { sealed })
                     }
-                    Err(e) => self.host_failed(peer, hosting.outcome, e),
+                    Err(e) => {
+                        self.forgive(&peer);
+                        self.host_failed(peer, hosting.outcome, e)
+                    }
                 }
             }
             PairRequest::Abort => {

@@ -399,8 +399,9 @@ impl Node {
                         code: crate::error::Code::NotAServer.as_str().into(),
                     });
                 } else {
+                    // (Also what a peer that does not trust this device
+                    // answers: the alert comes from what identify says.)
                     self.replication.refused(peer);
-                    self.emit(P2pEvent::ProtocolUnsupported(peer));
                 }
             }
             Event::OutboundFailure {
@@ -434,5 +435,24 @@ fn unsupported(error: &request_response::OutboundFailure) -> bool {
             .and_then(|inner| inner.downcast_ref::<libp2p::core::upgrade::NegotiationError>())
             .is_some_and(|n| matches!(n, libp2p::core::upgrade::NegotiationError::Failed)),
         _ => false,
+    }
+}
+
+impl Node {
+    /// Tells the user, once per connection, of a member whose identify
+    /// lists another version of the sync protocol and not this one: the
+    /// two do not sync until one of them is updated. (A failed request
+    /// alone does not say so: a peer that no longer trusts this device
+    /// refuses the protocol the same way.)
+    pub(super) fn note_sync_version(&mut self, peer: PeerId, info: &libp2p::identify::Info) {
+        let ours = info.protocols.contains(&crate::net::SYNC_PROTOCOL);
+        let another = info
+            .protocols
+            .iter()
+            .any(|p| p.as_ref().starts_with("/persist/sync/") && *p != crate::net::SYNC_PROTOCOL);
+        if another && !ours && self.is_member(&peer) && self.other_versions.insert(peer) {
+            tracing::warn!(%peer, "a member speaks another version of the sync protocol: no sync with it");
+            self.emit(P2pEvent::ProtocolUnsupported(peer));
+        }
     }
 }

@@ -742,5 +742,13 @@ mod protocol {
             total.forks_found,
             total.islands
         );
+        // The schedules did what they claim (a replayed single seed may not).
+        if only.is_none() {
+            assert!(total.paired > 0, "no newcomer paired in {runs} schedules");
+            assert!(
+                total.mutual_revocations > 0,
+                "no mutual revocation in {runs} schedules"
+            );
+        }
     }
 }

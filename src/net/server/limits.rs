@@ -1,11 +1,14 @@
 //! Connections per IP address and per subnet (IPv4 /24, IPv6 /48): a
 //! crowd behind one address, or one network, cannot take a public node's
 //! connection budget (and with it its relay reservations and
-//! registrations, which each need a connection).
+//! registrations, which each need a connection). And a rate per subnet for
+//! relay reservations and circuits ([`SubnetRate`]), beside libp2p's per
+//! peer and per address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
@@ -45,6 +48,59 @@ fn subnet(ip: &IpAddr) -> IpAddr {
         IpAddr::V6(v6) => {
             let s = v6.segments();
             IpAddr::V6([s[0], s[1], s[2], 0, 0, 0, 0, 0].into())
+        }
+    }
+}
+
+/// Subnets a [`SubnetRate`] remembers at once, at most.
+const RATE_SUBNETS: usize = 65_536;
+
+/// A token bucket per subnet (IPv4 /24, IPv6 /48): `burst` at once, then
+/// one more every `every`. Addresses without an IP of their own (relayed)
+/// are not counted here. Memory is bounded: past [`RATE_SUBNETS`] buckets,
+/// the refilled ones are forgotten, and if none is, all of them (a flood of
+/// subnets then meets libp2p's per-address limits alone for a while).
+#[derive(Debug)]
+pub struct SubnetRate {
+    burst: f64,
+    per_second: f64,
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl SubnetRate {
+    /// `burst` at once per subnet, then one every `every`.
+    pub fn new(burst: u32, every: Duration) -> SubnetRate {
+        SubnetRate {
+            burst: f64::from(burst.max(1)),
+            per_second: 1.0 / every.as_secs_f64().max(1e-3),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Whether one more from `addr` is allowed at `now` (and counts it).
+    pub fn allow(&mut self, addr: &Multiaddr, now: Instant) -> bool {
+        let Some(ip) = source_ip(addr) else {
+            return true;
+        };
+        let key = subnet(&ip);
+        if self.buckets.len() >= RATE_SUBNETS && !self.buckets.contains_key(&key) {
+            let (burst, rate) = (self.burst, self.per_second);
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
+            });
+            if self.buckets.len() >= RATE_SUBNETS {
+                self.buckets.clear();
+            }
+        }
+        let (tokens, at) = self.buckets.entry(key).or_insert((self.burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
@@ -188,5 +244,31 @@ mod tests {
                 .expect("addr");
         assert!(limits.check(&relayed).is_ok());
         assert_eq!(limits.refused, 2);
+    }
+
+    #[test]
+    fn a_subnet_shares_one_rate() {
+        let mut rate = SubnetRate::new(3, Duration::from_secs(60));
+        let addr = |ip: &str| {
+            format!("/ip4/{ip}/tcp/1")
+                .parse::<Multiaddr>()
+                .expect("addr")
+        };
+        let now = Instant::now();
+        assert!(rate.allow(&addr("198.51.100.1"), now));
+        assert!(rate.allow(&addr("198.51.100.2"), now));
+        assert!(rate.allow(&addr("198.51.100.3"), now));
+        assert!(
+            !rate.allow(&addr("198.51.100.4"), now),
+            "the subnet's burst"
+        );
+        assert!(rate.allow(&addr("198.51.101.1"), now), "another subnet");
+        assert!(!rate.allow(&addr("198.51.100.1"), now + Duration::from_secs(30)));
+        assert!(rate.allow(&addr("198.51.100.1"), now + Duration::from_secs(61)));
+        let relayed: Multiaddr =
+            "/ip4/198.51.100.1/tcp/1/p2p/12D3KooWCRS8kJRpAFAWPwU41G2XE3SqknHTEDmjWRyyZ8d5JGtL/p2p-circuit"
+                .parse()
+                .expect("addr");
+        assert!(rate.allow(&relayed, now), "no address of its own");
     }
 }
