@@ -54,14 +54,17 @@ export type Strategy = "last-write-wins" | "merge-fields";
 
 export interface StoreOptions {
   name?: string;
-  /** Browser default "indexeddb"; "sqlite" is not available in the browser. */
+  /**
+   * Browser default "indexeddb" ("sqlite" is ADAPTER_UNAVAILABLE there);
+   * Node.js default "sqlite" ("indexeddb" is ADAPTER_UNAVAILABLE there).
+   */
   adapter?: Adapter;
-  /** Ignored in the browser (SQLite file path natively). */
+  /** Node.js: the SQLite file (default `data/<name>.db`). Ignored in the browser. */
   path?: string;
   strategy?: Strategy;
   /**
    * Create the store encrypted: values, names, ids and keys are sealed on the
-   * device before they reach IndexedDB (AES-256-GCM). An existing store keeps
+   * device before they reach IndexedDB or the SQLite file (AES-256-GCM). An existing store keeps
    * what it was created with; `true` on an unencrypted one is INVALID_OPTIONS.
    */
   encrypt?: boolean;
@@ -108,7 +111,7 @@ export interface RecordChange<T extends JsonValue = JsonValue> {
 export declare class Records {
   private constructor();
   put(id: string, value: JsonValue): Promise<void>;
-  /** Many records in one commit and one IndexedDB transaction. */
+  /** Many records in one commit and one storage transaction. */
   putMany(entries: [string, JsonValue][]): Promise<void>;
   get<T extends JsonValue = JsonValue>(id: string): Promise<T | undefined>;
   delete(id: string): Promise<void>;
@@ -173,7 +176,7 @@ export declare class StoreCrypto {
   /**
    * Starts a new key epoch (new writes use it at once) and re-encrypts the
    * stored data in batches, reporting progress; writes continue meanwhile.
-   * Interrupted (tab closed), it resumes when the store next opens.
+   * Interrupted (tab closed, process killed), it resumes when the store next opens.
    */
   rotateKey(options?: { onProgress?: (progress: RotationProgress) => void }): Promise<RotationProgress>;
   /** Finishes an interrupted rotation; `null` when there is none. */
@@ -192,8 +195,9 @@ export declare class StoreCrypto {
 export interface P2POptions {
   /**
    * Nodes to connect through (`persist node`): WebSocket or WebRTC-direct
-   * multiaddrs ending in `/p2p/<peer id>`. Pairing codes are found there,
-   * and their relay makes this tab reachable to other devices.
+   * multiaddrs ending in `/p2p/<peer id>` (Node.js also dials TCP and QUIC).
+   * Pairing codes are found there, and their relay makes this device
+   * reachable to others.
    */
   bootstrapPeers?: string[];
   /**
@@ -232,7 +236,7 @@ export interface P2PEvent {
   code?: string;
   /** `listen`: the address. */
   addr?: string;
-  /** `leader`: whether this tab or another one runs the node now. */
+  /** `leader` (browser only): whether this tab or another one runs the node now. */
   tab?: "this" | "other";
   /** `pair:request`: the joining device's name, its fingerprint, and which code it proved. */
   label?: string;
@@ -251,14 +255,15 @@ export interface PairingRequest {
 }
 
 /**
- * The store's P2P node (`store.enableP2P(...)`, then `store.p2p`). Tabs of
- * one origin share it: one tab runs the node (a Web Locks leader; another
- * takes over when it closes), the others forward calls to it and hear its
- * events over a BroadcastChannel.
+ * The store's P2P node (`store.enableP2P(...)`, then `store.p2p`). In a
+ * browser, tabs of one origin share it: one tab runs the node (a Web Locks
+ * leader; another takes over when it closes), the others forward calls to
+ * it and hear its events over a BroadcastChannel. In Node.js the process
+ * runs it, and a running node keeps the process alive until `stop()`.
  */
 export declare class P2P {
   private constructor();
-  /** This device's peer id (its Ed25519 key; the same in every tab). */
+  /** This device's peer id (its Ed25519 key; the same in every tab of a browser). */
   readonly peerId: string;
   /** True in the tab that runs the node (always true in Node.js). */
   readonly isLeader: boolean;
@@ -294,7 +299,10 @@ export declare class P2P {
   dial(addr: string): Promise<void>;
   /** Calls `callback` on each such event; returns a function that stops it. */
   on(event: P2PEventName, callback: (event: P2PEvent) => void): () => void;
-  /** Stops this tab's part (its node if it runs it: another tab takes over). The store stays open. */
+  /**
+   * Stops the node (in a browser, this tab's part: if it ran the node,
+   * another tab takes over). The store stays open.
+   */
   stop(): void;
 }
 

@@ -339,6 +339,9 @@ struct Held {
     /// removed device's; for fork evidence: whether both commits are the
     /// device's, under one number, different (checked once, on arrival).
     commit_cut_valid: bool,
+    /// For an `Add`: whether the added device's key is a valid point
+    /// (checked once, on arrival: the rule asks on every derivation).
+    key_valid: bool,
 }
 
 /// A store's membership log: its founder and every entry held, verified.
@@ -661,12 +664,15 @@ impl MembershipLog {
             }
             _ => false,
         };
+        let key_valid =
+            matches!(&entry.change, MemberChange::Add { device, .. } if device.is_valid_key());
         self.put(
             hash,
             Held {
                 signed,
                 entry,
                 commit_cut_valid,
+                key_valid,
             },
         );
         Ok(true)

@@ -223,6 +223,8 @@ enum Kind<'a> {
     Add {
         device: DeviceId,
         label: &'a str,
+        /// The device's key is a valid point (checked on arrival).
+        valid: bool,
     },
     Remove {
         target: DeviceId,
@@ -346,8 +348,8 @@ impl Graph<'_> {
                     continue;
                 }
                 counts[index] = true;
-                if let Kind::Add { device, .. } = &node.kind {
-                    if device.is_valid_key() && admitted.insert(*device) {
+                if let Kind::Add { device, valid, .. } = &node.kind {
+                    if *valid && admitted.insert(*device) {
                         queue.push(*device);
                     }
                 }
@@ -402,6 +404,7 @@ pub(super) fn derive(log: &MembershipLog) -> Members {
             MemberChange::Add { device, label } => Kind::Add {
                 device: *device,
                 label,
+                valid: held.key_valid,
             },
             MemberChange::Remove {
                 device,
@@ -539,7 +542,7 @@ pub(super) fn derive(log: &MembershipLog) -> Members {
     let mut copied: Grants = BTreeMap::new();
     for node in counted {
         match &node.kind {
-            Kind::Add { device, label } if definite.admitted.contains(device) => {
+            Kind::Add { device, label, .. } if definite.admitted.contains(device) => {
                 members
                     .current
                     .entry(*device)

@@ -146,7 +146,7 @@ mod behaviour {
                 let mut rate =
                     SubnetRate::new(options.subnet_rate_burst, options.subnet_rate_every);
                 limiters.push(Box::new(
-                    move |_: libp2p::PeerId, addr: &libp2p::Multiaddr, now: std::time::Instant| {
+                    move |_: libp2p::PeerId, addr: &libp2p::Multiaddr, now: web_time::Instant| {
                         rate.allow(addr, now)
                     },
                 ));

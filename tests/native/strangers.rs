@@ -778,3 +778,178 @@ async fn a_member_opening_hundreds_of_sync_streams_is_capped_and_the_node_keeps_
     node_a.shutdown();
     node_b.shutdown();
 }
+
+/// The peak resident memory of process `pid` so far, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// The bound on what a member's attacks may add to a device's peak memory
+/// (the same as a public node's under a crowd). Measured in a debug build:
+/// the flood about 1 MB (refused on its first bytes), the junk log about
+/// 6 KB per entry (24 MB for 4,000), 300 pulls at once about 24 MB.
+const DEVICE_RSS_BOUND_KIB: u64 = 32 * 1024;
+
+/// The attacker of `a_member_attacking_a_device_costs_it_bounded_memory`,
+/// run by that test in a process of its own (this test binary again), so
+/// that the device's memory is measured without the attacker's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the attacking process of a_member_attacking_a_device_costs_it_bounded_memory"]
+async fn attacker_process() {
+    use persist::membership::{MemberChange, MemberEntry, MembershipWire, MEMBER_ENTRY_FORMAT};
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name}: run by the memory test"))
+    };
+    let addr: libp2p::Multiaddr = var("PERSIST_ATTACK_ADDR").parse().expect("addr");
+    let node = match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(peer)) => peer,
+        _ => panic!("the address names no peer"),
+    };
+    let seed: u8 = var("PERSIST_ATTACK_SEED").parse().expect("seed");
+    let store_bytes: [u8; 16] = hex::decode(var("PERSIST_ATTACK_STORE"))
+        .expect("hex")
+        .try_into()
+        .expect("16 bytes");
+    let store = persist::StoreId::from_bytes(store_bytes);
+    let identity = DeviceIdentity::from_secret(&[seed; 32]);
+    let mut client = raw_client(&identity);
+    let deadline = Duration::from_secs(60);
+    // 500,000 tiny commits in one push.
+    let flood = SyncRequest::Push {
+        store,
+        commits: vec![
+            SignedCommit {
+                body: vec![3; 16],
+                signature: [0; 64],
+            };
+            500_000
+        ],
+        members: None,
+    };
+    let flooded = crate::p2p_trust::ask_at(&mut client, &addr, node, flood, deadline).await;
+    assert!(flooded.is_err(), "the flood was answered: {flooded:?}");
+    // A log of 4,000 junk entries.
+    let now = persist::hlc::Hlc::from_millis(persist::platform::now_ms());
+    let junk = (0..4_000u32)
+        .map(|i| {
+            let mut secret = [52u8; 32];
+            secret[..4].copy_from_slice(&i.to_be_bytes());
+            let key = DeviceIdentity::from_secret(&secret);
+            MemberEntry {
+                format: MEMBER_ENTRY_FORMAT,
+                store,
+                author: key.device_id(),
+                seq: 1,
+                prev: [0; 32],
+                hlc: now,
+                change: MemberChange::Add {
+                    device: identity.device_id(),
+                    label: "junk".into(),
+                },
+            }
+            .sign(&key)
+            .expect("signs")
+        })
+        .collect();
+    let push = SyncRequest::Push {
+        store,
+        commits: Vec::new(),
+        members: Some(MembershipWire {
+            store,
+            founder: persist::DeviceId::from_bytes(
+                hex::decode(var("PERSIST_ATTACK_FOUNDER"))
+                    .expect("hex")
+                    .try_into()
+                    .expect("32 bytes"),
+            ),
+            entries: junk,
+        }),
+    };
+    let answered = crate::p2p_trust::ask_at(&mut client, &addr, node, push, deadline).await;
+    assert!(
+        answered.is_ok(),
+        "the junk log was not answered: {answered:?}"
+    );
+    // 300 pulls at once.
+    let asked: std::collections::HashSet<_> = (0..300)
+        .map(|_| {
+            client
+                .behaviour_mut()
+                .send_request(&node, empty_pull(store))
+        })
+        .collect();
+    let mut settled = 0;
+    tokio::time::timeout(deadline, async {
+        while settled < asked.len() {
+            match client.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { request_id, .. },
+                    ..
+                })
+                | SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    request_id,
+                    ..
+                }) if asked.contains(&request_id) => settled += 1,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the pulls settled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_attacking_a_device_costs_it_bounded_memory() {
+    let a = memory_store("a").await;
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
+    let seed = 53u8;
+    member_with(seed, &node_a).await;
+    let addr = dial_addr(&node_a).await;
+    let before = peak_rss_kib(std::process::id());
+    // The attacker: this test binary again, running only its attacker.
+    let exe = std::env::current_exe().expect("the test binary");
+    let mut attacker = std::process::Command::new(exe)
+        .args([
+            "strangers::attacker_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("PERSIST_ATTACK_ADDR", addr.to_string())
+        .env("PERSIST_ATTACK_SEED", seed.to_string())
+        .env("PERSIST_ATTACK_STORE", hex::encode(a.store_id().as_bytes()))
+        .env(
+            "PERSIST_ATTACK_FOUNDER",
+            hex::encode(a.device_id().as_bytes()),
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the attacker runs");
+    let attacker_done = tokio::task::spawn_blocking(move || attacker.wait())
+        .await
+        .expect("join")
+        .expect("the attacker exits");
+    assert!(
+        attacker_done.success(),
+        "the attacker failed: {attacker_done}"
+    );
+    let after = peak_rss_kib(std::process::id());
+    println!(
+        "device: peak RSS {before} KiB before, {after} KiB after a member's 41 MB push of \
+         500,000 commits, a 4,000-entry junk log and 300 pulls at once (bound: \
+         {DEVICE_RSS_BOUND_KIB} KiB more)"
+    );
+    assert!(
+        after.saturating_sub(before) <= DEVICE_RSS_BOUND_KIB,
+        "the attacks grew the device's peak memory by {} KiB",
+        after - before
+    );
+    // The device still answers and still serves members.
+    node_a.connected_peers().await.expect("the node answers");
+    node_a.shutdown();
+}

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
