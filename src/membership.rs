@@ -39,8 +39,9 @@ pub const MEMBER_ENTRY_FORMAT: u8 = 2;
 /// Most entries a membership log may hold (bounds what a peer can make us
 /// store and recompute).
 pub const MAX_MEMBER_ENTRIES: usize = 4_096;
-/// Entry sequence numbers one author may use, at most: one member gone bad
-/// fills its own budget, not the log.
+/// Entry sequence numbers one author may use, at most. (A member gone bad
+/// that adds throw-away devices can still fill the log with theirs: see
+/// SECURITY.md, not defended.)
 pub const MAX_ENTRIES_PER_AUTHOR: u64 = 512;
 /// Versions of one entry (author, number) held, at most: two prove an
 /// equivocation, a third proves nothing more. The lowest hashes are kept,

@@ -85,8 +85,12 @@ impl Node {
         } else {
             PairingCode::generate
         };
+        // Never a live nameplate, nor one spent lately (a late joiner of the
+        // old code would burn the new one).
         let mut code = generate()?;
-        while self.codes.contains_key(code.nameplate()) {
+        while self.codes.contains_key(code.nameplate())
+            || self.spent.iter().any(|(n, _)| n == code.nameplate())
+        {
             code = generate()?;
         }
         let expires_at = now().saturating_add(ttl_ms);

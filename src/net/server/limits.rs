@@ -59,9 +59,9 @@ const RATE_SUBNETS: usize = 65_536;
 
 /// A token bucket per subnet (IPv4 /24, IPv6 /48): `burst` at once, then
 /// one more every `every`. Addresses without an IP of their own (relayed)
-/// are not counted here. Memory is bounded: past [`RATE_SUBNETS`] buckets,
-/// the refilled ones are forgotten, and if none is, all of them (a flood of
-/// subnets then meets libp2p's per-address limits alone for a while).
+/// are not counted here. Memory is bounded: past 65,536 buckets,
+/// the refilled ones are forgotten, then the fullest down to three quarters
+/// (a subnet forgotten so starts again with its burst).
 #[derive(Debug)]
 pub struct SubnetRate {
     burst: f64,
@@ -90,8 +90,24 @@ impl SubnetRate {
             self.buckets.retain(|_, (tokens, at)| {
                 *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
             });
-            if self.buckets.len() >= RATE_SUBNETS {
-                self.buckets.clear();
+            // Still nearly full: forget the fullest buckets down to three
+            // quarters, so the next new subnets do not scan again at once.
+            if self.buckets.len() > RATE_SUBNETS * 3 / 4 {
+                let mut levels: Vec<(f64, IpAddr)> = self
+                    .buckets
+                    .iter()
+                    .map(|(ip, (tokens, at))| {
+                        (
+                            *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate,
+                            *ip,
+                        )
+                    })
+                    .collect();
+                levels.sort_by(|a, b| b.0.total_cmp(&a.0));
+                let excess = self.buckets.len() - RATE_SUBNETS * 3 / 4;
+                for (_, ip) in levels.into_iter().take(excess) {
+                    self.buckets.remove(&ip);
+                }
             }
         }
         let (tokens, at) = self.buckets.entry(key).or_insert((self.burst, now));
