@@ -753,6 +753,24 @@ impl MembershipLog {
                 offered.push((hash, signed.clone(), entry));
             }
         }
+        // An entry whose author is neither the founder nor named by any
+        // `Add` held or offered can never be held: left out before anything
+        // is built for it (the rebuild below would drop it too), so a log
+        // of junk entries costs its reading, not a rebuild's memory.
+        let named: std::collections::BTreeSet<DeviceId> = std::iter::once(self.founder)
+            .chain(self.adds.keys().copied())
+            .chain(
+                offered
+                    .iter()
+                    .filter_map(|(_, _, entry)| match &entry.change {
+                        MemberChange::Add { device, .. } => Some(*device),
+                        _ => None,
+                    }),
+            )
+            .collect();
+        let before = offered.len();
+        offered.retain(|(_, _, entry)| named.contains(&entry.author));
+        count.refused += before - offered.len();
         if offered.is_empty() {
             return Ok(count);
         }
