@@ -36,9 +36,14 @@ pub use derive::{KeyEpoch, Members, Removal, SealedGrant};
 /// Encoding version of [`MemberEntry`]. Version 1 (no hash chain, cuts as
 /// bare numbers) is refused with [`MemberError::OldFormat`].
 pub const MEMBER_ENTRY_FORMAT: u8 = 2;
-/// Most entries a membership log may hold (bounds what a peer can make us
-/// store and recompute).
+/// Most entries of devices other than the founder a membership log may
+/// hold (bounds what a peer can make us store and recompute). The
+/// founder's own entries come on top of them: however full the others
+/// made the log, the founder can still revoke, rotate and pair.
 pub const MAX_MEMBER_ENTRIES: usize = 4_096;
+/// Most entries a membership log holds in all: [`MAX_MEMBER_ENTRIES`] and
+/// the founder's (two versions of each of its numbers, at most).
+pub const MAX_LOG_ENTRIES: usize = MAX_MEMBER_ENTRIES + 2 * MAX_ENTRIES_PER_AUTHOR as usize;
 /// Entry sequence numbers one author may use, at most. (A member gone bad
 /// that adds throw-away devices can still fill the log with theirs: see
 /// SECURITY.md, not defended.)
@@ -199,7 +204,8 @@ pub enum MemberError {
     /// founder than this replica trusts.
     #[error("membership of another store or founder")]
     WrongStore,
-    /// More entries than [`MAX_MEMBER_ENTRIES`].
+    /// More entries than [`MAX_MEMBER_ENTRIES`] of devices other than the
+    /// founder, or [`MAX_LOG_ENTRIES`] in all.
     #[error("membership log too large")]
     TooLarge,
     /// An entry this device was about to sign is not allowed (a key that
@@ -354,6 +360,8 @@ pub struct MembershipLog {
     founder: DeviceId,
     entries: BTreeMap<(DeviceId, u64), BTreeMap<EntryHash, Held>>,
     len: usize,
+    /// Entries held of devices other than the founder.
+    others: usize,
     /// How many held `Add` entries name each device: the devices whose
     /// entries this log may hold (with the founder).
     adds: BTreeMap<DeviceId, usize>,
@@ -448,6 +456,7 @@ impl MembershipLog {
             founder,
             entries: BTreeMap::new(),
             len: 0,
+            others: 0,
             adds: BTreeMap::new(),
         }
     }
@@ -635,7 +644,7 @@ impl MembershipLog {
         {
             return Ok(false);
         }
-        if self.len >= MAX_MEMBER_ENTRIES {
+        if entry.author != self.founder && self.others >= MAX_MEMBER_ENTRIES {
             return Err(MemberError::TooLarge);
         }
         let commit_cut_valid = match &entry.change {
@@ -685,6 +694,9 @@ impl MembershipLog {
             *self.adds.entry(*device).or_insert(0) += 1;
         }
         let slot = (held.entry.author, held.entry.seq);
+        if held.entry.author != self.founder {
+            self.others += 1;
+        }
         self.entries.entry(slot).or_default().insert(hash, held);
         self.len += 1;
     }
@@ -730,7 +742,7 @@ impl MembershipLog {
         if other.store != self.store || other.founder != self.founder {
             return Err(MemberError::WrongStore);
         }
-        if other.entries.len() > MAX_MEMBER_ENTRIES {
+        if other.entries.len() > MAX_LOG_ENTRIES {
             return Err(MemberError::TooLarge);
         }
         let mut count = MergeCount::default();
@@ -822,7 +834,7 @@ impl MembershipLog {
                 for (hash, candidate) in versions {
                     let entry = match candidate {
                         Candidate::Held(held) => {
-                            if rebuilt.len >= MAX_MEMBER_ENTRIES {
+                            if slot.0 != rebuilt.founder && rebuilt.others >= MAX_MEMBER_ENTRIES {
                                 return Err(MemberError::TooLarge);
                             }
                             let entry = held.entry.clone();

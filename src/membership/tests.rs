@@ -830,3 +830,68 @@ fn divergent_histories_and_equivocations_reach_both_replicas() {
     z.merge(&sent).expect("z merges");
     assert_eq!(z.digest(), x.digest());
 }
+
+#[test]
+fn a_log_filled_by_a_member_gone_bad_still_takes_the_founders_entries() {
+    let (a, m, honest) = (device(1), device(2), device(3));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&m));
+    append(&mut log, &a, 2, add(&honest));
+    // M adds eight throw-away devices; each signs entries (adds of more
+    // throw-away keys) until the log holds all it may of non-founders.
+    let throw_away = |tag: u8, n: u64| {
+        let mut secret = [tag; 32];
+        secret[..8].copy_from_slice(&n.to_be_bytes());
+        DeviceIdentity::from_secret(&secret)
+    };
+    let mut theirs = log.clone();
+    let mut entries = Vec::new();
+    let mut hlc = 10;
+    let puppets: Vec<DeviceIdentity> = (0..8u8).map(|p| throw_away(100 + p, 0)).collect();
+    for puppet in &puppets {
+        hlc += 1;
+        entries.push(append(&mut theirs, &m, hlc, add(puppet)));
+    }
+    let per_puppet = (MAX_MEMBER_ENTRIES as u64 - 1 - 8) / 8 + 1;
+    for (p, puppet) in puppets.iter().enumerate() {
+        let mut prev = [0; 32];
+        for seq in 1..=per_puppet {
+            hlc += 1;
+            let entry = forged(puppet, seq, prev, hlc, add(&throw_away(200 + p as u8, seq)));
+            prev = entry.hash();
+            entries.push(entry);
+        }
+    }
+    for chunk in entries.chunks(1_000) {
+        let wire = MembershipWire {
+            store: STORE,
+            founder: a.device_id(),
+            entries: chunk.to_vec(),
+        };
+        log.merge_until(&wire, u64::MAX).expect("merge");
+    }
+    assert_eq!(log.len(), 2 + MAX_MEMBER_ENTRIES, "the log is full");
+    // No other member can add an entry now...
+    assert!(matches!(
+        log.clone()
+            .append(&honest, Hlc::from_u64(9_000), add(&device(4))),
+        Err(MemberError::TooLarge)
+    ));
+    // ...but the founder revokes M and its devices, and pairs a new one.
+    let removal = remove(&log, &m, None);
+    append(&mut log, &a, 9_001, removal);
+    for (i, puppet) in puppets.iter().enumerate() {
+        let removal = remove(&log, puppet, None);
+        append(&mut log, &a, 9_002 + i as u64, removal);
+    }
+    append(&mut log, &a, 9_100, add(&device(5)));
+    let members = log.members();
+    assert!(!members.is_member(&m.device_id()));
+    assert!(puppets.iter().all(|p| !members.is_member(&p.device_id())));
+    assert!(members.is_member(&device(5).device_id()));
+    assert!(members.is_member(&honest.device_id()));
+    // The whole log, founder's entries on top, still travels and merges.
+    let mut copy = founded(&a);
+    copy.merge(&log.to_wire()).expect("a full log merges");
+    assert_eq!(copy.digest(), log.digest());
+}
