@@ -447,7 +447,7 @@ async fn a_relayed_connection_ends_at_its_byte_and_time_limits() {
 }
 
 /// Peak resident memory of process `pid` so far, in KiB (Linux's VmHWM).
-fn peak_rss_kib(pid: u32) -> u64 {
+pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
         .lines()

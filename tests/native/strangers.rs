@@ -27,6 +27,7 @@ use crate::p2p::{arrives, dial_addr, memory_store, new_member, pair_into, wrong_
 use crate::p2p_trust::{
     ask, ask_within, commit_body, empty_pull, member_with, raw_client, raw_swarm, Announce,
 };
+use crate::public_node::peak_rss_kib;
 
 /// A client that speaks every protocol of a device, as a stranger would.
 #[derive(NetworkBehaviour)]
@@ -710,6 +711,34 @@ async fn a_member_pushing_a_log_of_junk_entries_stores_none_and_the_loop_keeps_a
     node_a.shutdown();
 }
 
+/// Drives `client` until each request in `asked` is answered or failed
+/// (within `within`): how many were answered, how many failed.
+async fn settle(
+    client: &mut Swarm<request_response::Behaviour<SyncCodec>>,
+    asked: &std::collections::HashSet<request_response::OutboundRequestId>,
+    within: Duration,
+) -> (usize, usize) {
+    let (mut answered, mut failed) = (0, 0);
+    tokio::time::timeout(within, async {
+        while answered + failed < asked.len() {
+            match client.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { request_id, .. },
+                    ..
+                }) if asked.contains(&request_id) => answered += 1,
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    request_id,
+                    ..
+                }) if asked.contains(&request_id) => failed += 1,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("every request answered or failed in time");
+    (answered, failed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_opening_hundreds_of_sync_streams_is_capped_and_the_node_keeps_answering() {
     let a = memory_store("a").await;
@@ -745,24 +774,7 @@ async fn a_member_opening_hundreds_of_sync_streams_is_capped_and_the_node_keeps_
         .put("during-the-streams", json!({ "by": "b" }))
         .await
         .expect("put");
-    let (mut answered, mut failed) = (0usize, 0usize);
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while answered + failed < STREAMS {
-            match client.select_next_some().await {
-                SwarmEvent::Behaviour(request_response::Event::Message {
-                    message: request_response::Message::Response { request_id, .. },
-                    ..
-                }) if asked.contains(&request_id) => answered += 1,
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                    request_id,
-                    ..
-                }) if asked.contains(&request_id) => failed += 1,
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("every request answered or failed within 60 s");
+    let (answered, failed) = settle(&mut client, &asked, Duration::from_secs(60)).await;
     stop.store(true, Ordering::SeqCst);
     let slowest = sampler.await.expect("sampler");
     println!(
@@ -777,16 +789,6 @@ async fn a_member_opening_hundreds_of_sync_streams_is_capped_and_the_node_keeps_
     arrives(&a, "during-the-streams", &json!({ "by": "b" })).await;
     node_a.shutdown();
     node_b.shutdown();
-}
-
-/// The peak resident memory of process `pid` so far, in KiB (`VmHWM`).
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
 }
 
 /// The bound on what a member's attacks may add to a device's peak memory.
@@ -882,24 +884,7 @@ async fn attacker_process() {
                 .send_request(&node, empty_pull(store))
         })
         .collect();
-    let (mut answered, mut failed) = (0, 0);
-    tokio::time::timeout(deadline, async {
-        while answered + failed < asked.len() {
-            match client.select_next_some().await {
-                SwarmEvent::Behaviour(request_response::Event::Message {
-                    message: request_response::Message::Response { request_id, .. },
-                    ..
-                }) if asked.contains(&request_id) => answered += 1,
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                    request_id,
-                    ..
-                }) if asked.contains(&request_id) => failed += 1,
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("the pulls settled");
+    let (answered, _) = settle(&mut client, &asked, deadline).await;
     assert!(
         answered > 0,
         "no pull was answered: the attacks did not reach the node"
