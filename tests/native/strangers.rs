@@ -640,19 +640,12 @@ async fn a_source_that_drops_its_exchange_or_probes_nameplates_waits() {
     node_b.shutdown();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_pushing_a_log_of_junk_entries_stores_none_and_the_loop_keeps_answering() {
+/// A push carrying a membership log of `n` entries, each signed by a
+/// throw-away key (never added) adding another.
+fn junk_push(store: persist::StoreId, founder: persist::DeviceId, n: u32) -> SyncRequest {
     use persist::membership::{MemberChange, MemberEntry, MembershipWire, MEMBER_ENTRY_FORMAT};
-    let a = memory_store("a").await;
-    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
-    let identity = member_with(47, &node_a).await;
-    let store = a.store_id();
-    let held = a.membership().await.entries.len();
-
-    // 4,000 entries (about the log's cap), each signed by a throw-away key
-    // adding another, with the member's push.
     let now = persist::hlc::Hlc::from_millis(persist::platform::now_ms());
-    let junk = (0..4_000u32)
+    let entries = (0..n)
         .map(|i| {
             let mut secret = [48u8; 32];
             secret[..4].copy_from_slice(&i.to_be_bytes());
@@ -674,15 +667,28 @@ async fn a_member_pushing_a_log_of_junk_entries_stores_none_and_the_loop_keeps_a
             .expect("signs")
         })
         .collect();
-    let push = SyncRequest::Push {
+    SyncRequest::Push {
         store,
         commits: Vec::new(),
         members: Some(MembershipWire {
             store,
-            founder: a.device_id(),
-            entries: junk,
+            founder,
+            entries,
         }),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_pushing_a_log_of_junk_entries_stores_none_and_the_loop_keeps_answering() {
+    let a = memory_store("a").await;
+    let node_a = a.enable_p2p(P2pOptions::loopback()).await.expect("a");
+    let identity = member_with(47, &node_a).await;
+    let store = a.store_id();
+    let held = a.membership().await.entries.len();
+
+    // 4,000 entries (about the log's cap), each signed by a throw-away key
+    // adding another, with the member's push.
+    let push = junk_push(store, a.device_id(), 4_000);
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = tokio::spawn(slowest_answer(node_a.clone(), stop.clone()));
     let mut client = raw_client(&identity);
@@ -802,7 +808,6 @@ const DEVICE_RSS_BOUND_KIB: u64 = 16 * 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the attacking process of a_member_attacking_a_device_costs_it_bounded_memory"]
 async fn attacker_process() {
-    use persist::membership::{MemberChange, MemberEntry, MembershipWire, MEMBER_ENTRY_FORMAT};
     let var = |name: &str| {
         std::env::var(name).unwrap_or_else(|_| panic!("{name}: run by the memory test"))
     };
@@ -835,42 +840,13 @@ async fn attacker_process() {
     let flooded = crate::p2p_trust::ask_at(&mut client, &addr, node, flood, deadline).await;
     assert!(flooded.is_err(), "the flood was answered: {flooded:?}");
     // A log of 4,000 junk entries.
-    let now = persist::hlc::Hlc::from_millis(persist::platform::now_ms());
-    let junk = (0..4_000u32)
-        .map(|i| {
-            let mut secret = [52u8; 32];
-            secret[..4].copy_from_slice(&i.to_be_bytes());
-            let key = DeviceIdentity::from_secret(&secret);
-            MemberEntry {
-                format: MEMBER_ENTRY_FORMAT,
-                store,
-                author: key.device_id(),
-                seq: 1,
-                prev: [0; 32],
-                hlc: now,
-                change: MemberChange::Add {
-                    device: identity.device_id(),
-                    label: "junk".into(),
-                },
-            }
-            .sign(&key)
-            .expect("signs")
-        })
-        .collect();
-    let push = SyncRequest::Push {
-        store,
-        commits: Vec::new(),
-        members: Some(MembershipWire {
-            store,
-            founder: persist::DeviceId::from_bytes(
-                hex::decode(var("PERSIST_ATTACK_FOUNDER"))
-                    .expect("hex")
-                    .try_into()
-                    .expect("32 bytes"),
-            ),
-            entries: junk,
-        }),
-    };
+    let founder = persist::DeviceId::from_bytes(
+        hex::decode(var("PERSIST_ATTACK_FOUNDER"))
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes"),
+    );
+    let push = junk_push(store, founder, 4_000);
     let answered = crate::p2p_trust::ask_at(&mut client, &addr, node, push, deadline).await;
     assert!(
         answered.is_ok(),
