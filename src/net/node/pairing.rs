@@ -493,7 +493,11 @@ impl Node {
                 };
                 let key = match hosting.session.finish(&confirm) {
                     Ok(key) => key,
-                    Err(e) => return self.host_failed(peer, hosting.outcome, e),
+                    Err(e) => {
+                        // (Cooling since its start already; again from now.)
+                        self.cool(peer);
+                        return self.host_failed(peer, hosting.outcome, e);
+                    }
                 };
                 if hosting.confirm {
                     return HostReply::AskUser(super::confirm::Awaiting {
@@ -521,6 +525,7 @@ impl Node {
             }
             PairRequest::Abort => {
                 if let Some(hosting) = self.hosting.remove(&peer) {
+                    self.cool(peer);
                     let e = Error::PairingCodeInvalid("the other device typed another code".into());
                     tracing::warn!(%peer, code = e.code(), "pairing aborted by the other device");
                     self.emit(P2pEvent::PairingFailed(e.code()));
