@@ -150,13 +150,30 @@ async fn a_wrong_guess_makes_its_source_wait_and_burns_no_later_code() {
         pending.paired().await.expect_err("burnt").code(),
         "PAIRING_CODE_INVALID"
     );
+    // The host's gate closes the guesser's connection once no code is
+    // offered (on its next tick); the race below starts after that, not on
+    // a connection about to close (the joiner would only see it close).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while guesser
+        .connected_peers()
+        .await
+        .expect("peers")
+        .contains(&host.peer_id())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gate kept the guesser"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // The user makes a new code; the guesser races it with the right
     // nameplate: refused, and the code still works.
     let pending = host.create_pairing_code().await.expect("code");
     let good = pending.code().to_string();
     let race = wrong_code(&good);
     let raced = guesser.pair(&race, Some(addr.clone())).await;
-    assert_eq!(raced.expect_err("cooling").code(), "PAIRING_FAILED");
+    let raced = raced.expect_err("cooling");
+    assert_eq!(raced.code(), "PAIRING_FAILED", "{raced}");
     let (_c, phone) = node("phone").await;
     let (joined, hosted) = tokio::join!(phone.pair(&good, Some(addr)), pending.paired());
     assert_eq!(joined.expect("joined"), host.peer_id());
