@@ -328,14 +328,18 @@ pub enum SyncRequest {
         /// The pusher's membership log, when the responder's differs.
         members: Option<MembershipWire>,
     },
-    /// To a sync server, first on each connection: the requester's whole
-    /// membership log, which proves it a member of the store this log
-    /// founds. Answered `Ack` (the server holds the store for it: pulls
-    /// and pushes follow) or `Refused`. Devices refuse it.
+    /// To a sync server, first on each connection: the store and its
+    /// founder, with no entries (the server may know the requester as a
+    /// member already), then, as the server's answer asks, the entries it
+    /// lacks or the requester's whole log, which proves it a member of the
+    /// store this log founds. Answered `Greeted` (the server holds the
+    /// store for it: pulls and pushes follow) or `Refused`. Devices refuse
+    /// it.
     Hello {
         /// The store.
         store: StoreId,
-        /// The requester's membership log.
+        /// The store's founder and the entries sent (none, the ones the
+        /// server lacks, or all).
         log: MembershipWire,
     },
 }
@@ -368,6 +372,13 @@ pub enum SyncResponse {
     /// The request was refused (another store, not a member, malformed),
     /// with a stable code.
     Refused(String),
+    /// A sync server's answer to a `Hello` that shows the requester a
+    /// member: what the server holds of the membership log, so the
+    /// requester sends only the entries it lacks.
+    Greeted {
+        /// What the server holds of the log.
+        members: MembersHave,
+    },
 }
 
 impl codec::Bounded for SyncRequest {
@@ -391,6 +402,7 @@ impl codec::Bounded for SyncResponse {
             0 => MAX_MESSAGE_BYTES,       // Commits
             1 => MAX_VECTOR_BYTES,        // Ack
             2 => MAX_SMALL_MESSAGE_BYTES, // Refused
+            3 => MAX_VECTOR_BYTES,        // Greeted
             _ => 0,
         }
     }

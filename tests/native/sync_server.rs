@@ -8,11 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use libp2p::request_response;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use persist::membership::MembershipWire;
 use persist::net::server::{ServeOptions, Server, ServerOptions};
-use persist::net::{P2pOptions, SyncCodec, SyncRequest, SyncResponse};
+use persist::net::{P2pEvent, P2pOptions, SyncCodec, SyncRequest, SyncResponse};
 use persist::{DeviceIdentity, Store};
 use serde_json::json;
 
@@ -203,17 +204,45 @@ async fn strangers_squatters_and_revoked_devices_get_nothing_from_the_server() {
         entries: Vec::new(),
     };
     let answer = ask(&mut client, &addr, peer, hello(&squat)).await;
-    assert!(matches!(answer, Ok(SyncResponse::Ack { .. })), "{answer:?}");
+    assert!(
+        matches!(answer, Ok(SyncResponse::Greeted { .. })),
+        "{answer:?}"
+    );
     assert_eq!(
         commits_in(ask(&mut client, &addr, peer, empty_pull(store)).await),
         0
     );
 
-    // The member (control: the same requests succeed for it).
+    // A stranger's hello with no entries (the server knows members by
+    // the log it holds) is refused the same way, and tells it nothing.
+    let mut client = raw_client(&stranger);
+    let short = MembershipWire {
+        entries: Vec::new(),
+        ..log.clone()
+    };
+    let answer = ask(&mut client, &addr, peer, hello(&short)).await;
+    assert_eq!(refused(&answer), Some("NOT_TRUSTED"), "{answer:?}");
+
+    // The member (control: the same requests succeed for it), greeted
+    // with what the server holds of the log: all of A's.
     let mut client = raw_client(&member);
     let answer = ask(&mut client, &addr, peer, hello(&log)).await;
-    assert!(matches!(answer, Ok(SyncResponse::Ack { .. })), "{answer:?}");
+    match answer {
+        Ok(SyncResponse::Greeted { members }) => {
+            assert_eq!(
+                members,
+                a.membership_have().await,
+                "the server's log is A's"
+            );
+        }
+        other => panic!("expected a greeting, got {other:?}"),
+    }
     assert!(commits_in(ask(&mut client, &addr, peer, empty_pull(store)).await) > 0);
+    let answer = ask(&mut client, &addr, peer, hello(&short)).await;
+    assert!(
+        matches!(answer, Ok(SyncResponse::Greeted { .. })),
+        "{answer:?}"
+    );
 
     // Revoked: refused on its open connection, and when it greets again
     // with the log it holds (which lacks its removal).
@@ -228,6 +257,87 @@ async fn strangers_squatters_and_revoked_devices_get_nothing_from_the_server() {
     let answer = ask(&mut client, &addr, peer, hello(&log)).await;
     assert_eq!(refused(&answer), Some("NOT_TRUSTED"), "{answer:?}");
     node_a.shutdown();
+    server.shutdown().await;
+}
+
+/// Stops `node` and waits until its loop has ended (it answers no more),
+/// so it sends nothing more.
+async fn stop(node: persist::net::P2p) {
+    node.shutdown();
+    eventually("the node stops", 10, async || {
+        node.connected_peers().await.is_err()
+    })
+    .await;
+}
+
+/// What hellos carry. A device the server knows greets it with no
+/// entries, then sends only what the server lacks: here a revocation made
+/// while the device was away from the server, which must reach it though
+/// nothing else changed. A server that never saw the store learns the
+/// whole log from the first device that comes, founder or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_carries_only_what_the_server_lacks() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, addr) = serving_node(dir.path()).await;
+    let peer = server.peer_id();
+    let a = encrypted_memory_store("a").await;
+    let node_a = a.enable_p2p(via(&addr)).await.expect("a");
+    let member = member_with(63, &node_a).await;
+    let store = a.store_id();
+    let hello = SyncRequest::Hello {
+        store,
+        log: MembershipWire {
+            store,
+            founder: a.device_id(),
+            entries: Vec::new(),
+        },
+    };
+    let mut client = raw_client(&member);
+    eventually("the server knows the member", 10, async || {
+        let answer = ask(&mut client, &addr, peer, hello.clone()).await;
+        matches!(answer, Ok(SyncResponse::Greeted { .. }))
+    })
+    .await;
+
+    // A revokes it while away from the server: the server has not heard.
+    stop(node_a).await;
+    a.revoke(member.device_id()).await.expect("revoke");
+    let answer = ask(&mut client, &addr, peer, hello.clone()).await;
+    assert!(
+        matches!(answer, Ok(SyncResponse::Greeted { .. })),
+        "{answer:?}"
+    );
+
+    // A comes back: the server has the removal by the time it accepts A,
+    // before any pull or push (the entries go in A's second hello).
+    let node_a = a.enable_p2p(via(&addr)).await.expect("a again");
+    let mut events = node_a.events();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(events.next().await, Some(P2pEvent::ServerReady(p)) if p == peer) {}
+    })
+    .await
+    .expect("the server accepts A within 10 s");
+    let answer = ask(&mut client, &addr, peer, hello.clone()).await;
+    assert_eq!(refused(&answer), Some("NOT_TRUSTED"), "{answer:?}");
+
+    // B, paired with A directly, greets a server that never saw the store.
+    let other_dir = tempfile::tempdir().expect("dir");
+    let (fresh, fresh_addr) = serving_node(other_dir.path()).await;
+    let b = encrypted_memory_store("b").await;
+    stop(pair_into(&b, &node_a, P2pOptions::loopback()).await).await;
+    b.records("notes")
+        .put("from-b", json!({ "n": 1 }))
+        .await
+        .expect("put");
+    let total = commits_of(&b).await;
+    let node_b = b.enable_p2p(via(&fresh_addr)).await.expect("b");
+    eventually("the fresh server holds B's writes", 10, async || {
+        held(&fresh).await >= total
+    })
+    .await;
+    node_b.shutdown();
+    node_a.shutdown();
+    fresh.shutdown().await;
     server.shutdown().await;
 }
 

@@ -240,6 +240,16 @@ fn vectors() -> Vec<(&'static str, Vec<u8>, Check)> {
             round_trip::<SyncResponse>,
         ),
         (
+            "sync Greeted",
+            encode(&SyncResponse::Greeted {
+                members: persist::membership::MembersHave {
+                    digest: [0xdd; 32],
+                    tips: vec![(have[0].0, 1, [0xee; 32])],
+                },
+            }),
+            round_trip::<SyncResponse>,
+        ),
+        (
             "live Commits",
             encode(&LiveMessage::Commits {
                 commits: vec![plain],

@@ -47,9 +47,10 @@ pub(super) enum Done {
         purpose: Purpose,
         result: Result<(Vec<SignedCommit>, u64, Option<MembershipWire>, MembersHave)>,
     },
-    /// The membership log to greet a sync server with.
+    /// What to greet a sync server with.
     Hello {
         peer: PeerId,
+        kind: super::remote::Hello,
         log: Option<MembershipWire>,
     },
     /// Received commits verified and stored.
@@ -160,8 +161,8 @@ impl Node {
     /// A storage task finished.
     pub(super) fn done(&mut self, done: Done) {
         let actions = match done {
-            Done::Hello { peer, log } => {
-                self.greet(peer, log);
+            Done::Hello { peer, kind, log } => {
+                self.greet(peer, kind, log);
                 Vec::new()
             }
             Done::Pull { peer, request } => {

@@ -114,6 +114,11 @@ impl Incoming {
             } => Some(Incoming::Have { have }),
             SyncResponse::Ack { have: None, .. } => None,
             SyncResponse::Refused(code) => return Err(code),
+            // Only a hello is answered so: a peer that answers a pull or a
+            // push so speaks no sense.
+            SyncResponse::Greeted { .. } => {
+                return Err(crate::error::Code::ChangeMalformed.as_str().into())
+            }
         })
     }
 

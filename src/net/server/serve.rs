@@ -1,9 +1,12 @@
 //! Serving stores (`persist node --serve`): the sync server's executor of
 //! the replication protocol. Each store it holds is a space
 //! ([`crate::host::Hosted`]) with a [`Replication`] of its own; a device
-//! greets the server with its membership log (`Hello`) on each
-//! connection, which binds (device, store id) to the space that log
-//! founds, if the log proves the device a member. Pulls and pushes then
+//! greets the server (`Hello`) on each connection, which binds (device,
+//! store id) to the space the hello's founder founds, if the log as the
+//! server holds it, with the hello's entries, proves the device a member.
+//! The answer (`Greeted`) says what the server holds of the log, so the
+//! device sends only the entries it lacks, never the whole log again.
+//! Pulls and pushes then
 //! run as between two members; every request is checked against the
 //! space's membership as it is now, so a revoked device is refused from
 //! the moment its removal is merged. Storage work runs in tasks that
@@ -41,7 +44,7 @@ pub(super) enum Done {
         peer: PeerId,
         store: StoreId,
         reply: Token,
-        result: Result<Arc<Hosted>>,
+        result: Result<(Arc<Hosted>, MembersHave)>,
     },
     Pull {
         space: SpaceId,
@@ -294,7 +297,10 @@ impl Serving {
             }
             let (options, loaded) = (self.options.clone(), self.loaded.clone());
             self.off_loop(async move {
-                let result = open_space(options, loaded, peer, store, log).await;
+                let result = match open_space(options, loaded, peer, store, log).await {
+                    Ok(hosted) => Ok((hosted.clone(), hosted.membership_have().await)),
+                    Err(e) => Err(e),
+                };
                 Done::Hello {
                     peer,
                     store,
@@ -438,7 +444,7 @@ impl Serving {
                 reply,
                 result,
             } => match result {
-                Ok(hosted) if swarm.is_connected(&peer) => {
+                Ok((hosted, members)) if swarm.is_connected(&peer) => {
                     let space_id = hosted.space();
                     self.bindings.insert((peer, store), space_id);
                     let space = self.spaces.entry(space_id).or_insert_with(|| Space {
@@ -450,12 +456,7 @@ impl Serving {
                     }
                     self.counters.greeted += 1;
                     tracing::debug!(space = space_id, "a member greeted");
-                    let response = SyncResponse::Ack {
-                        applied: 0,
-                        rejected: 0,
-                        have: None,
-                    };
-                    self.reply(swarm, reply, response);
+                    self.reply(swarm, reply, SyncResponse::Greeted { members });
                 }
                 Ok(_) => {}
                 Err(e) => {
