@@ -44,8 +44,18 @@ where
     else {
         return Ok(());
     };
+    if variant == tag {
+        check_page(declared)?;
+    }
+    Ok(())
+}
+
+/// Refuses a commit list declaring more than a page ([`PULL_LIMIT`]).
+///
+/// [`PULL_LIMIT`]: super::PULL_LIMIT
+fn check_page(declared: usize) -> Result<(), String> {
     let limit = super::PULL_LIMIT as usize;
-    if variant == tag && declared > limit {
+    if declared > limit {
         return Err(format!(
             "{declared} commits in one message (at most {limit})"
         ));
@@ -78,11 +88,7 @@ where
         ) -> Result<Self::Value, A::Error> {
             let limit = super::PULL_LIMIT as usize;
             let declared = seq.size_hint().unwrap_or(0);
-            if declared > limit {
-                return Err(serde::de::Error::custom(format!(
-                    "{declared} commits in one message (at most {limit})"
-                )));
-            }
+            check_page(declared).map_err(serde::de::Error::custom)?;
             let mut commits = Vec::with_capacity(declared);
             while let Some(commit) = seq.next_element()? {
                 if commits.len() == limit {

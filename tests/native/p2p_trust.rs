@@ -291,17 +291,21 @@ pub(crate) async fn ask_within(
     ask_at(client, &addr, node.peer_id(), request, deadline).await
 }
 
-/// Sends `request` to `peer` at `addr` (dialled unless connected) and
-/// returns the answer (or the failure) within `deadline`.
-pub(crate) async fn ask_at(
-    client: &mut Swarm<request_response::Behaviour<SyncCodec>>,
+/// Sends `request` to `peer` at `addr` (dialled unless connected) from a
+/// raw client of any request-response protocol, and returns the answer
+/// (or the failure) within `deadline`.
+pub(crate) async fn ask_at<C>(
+    client: &mut Swarm<request_response::Behaviour<C>>,
     addr: &Multiaddr,
     peer: PeerId,
-    request: SyncRequest,
+    request: C::Request,
     deadline: Duration,
-) -> Result<SyncResponse, String> {
+) -> Result<C::Response, String>
+where
+    C: request_response::Codec + Clone + Send + 'static,
+{
     if !client.is_connected(&peer) {
-        client.dial(addr.clone()).expect("dial");
+        client.dial(addr.clone()).map_err(|e| e.to_string())?;
     }
     let id = client.behaviour_mut().send_request(&peer, request);
     tokio::time::timeout(deadline, async {

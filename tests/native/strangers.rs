@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::p2p::{arrives, dial_addr, memory_store, new_member, pair_into, wrong_code};
 use crate::p2p_trust::{
-    ask, ask_within, commit_body, empty_pull, member_with, raw_client, raw_swarm, Announce,
+    ask, ask_at, ask_within, commit_body, empty_pull, member_with, raw_client, raw_swarm, Announce,
 };
 use crate::public_node::peak_rss_kib;
 
@@ -556,32 +556,7 @@ async fn pair_ask(
     host: PeerId,
     request: PairRequest,
 ) -> Result<PairResponse, String> {
-    if !client.is_connected(&host) {
-        client.dial(addr.clone()).map_err(|e| e.to_string())?;
-    }
-    let id = client.behaviour_mut().send_request(&host, request);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match client.select_next_some().await {
-                SwarmEvent::Behaviour(request_response::Event::Message {
-                    message:
-                        request_response::Message::Response {
-                            request_id,
-                            response,
-                        },
-                    ..
-                }) if request_id == id => return Ok(response),
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                    request_id,
-                    error,
-                    ..
-                }) if request_id == id => return Err(error.to_string()),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| Err("no answer in 10 s".into()))
+    ask_at(client, addr, host, request, Duration::from_secs(10)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -422,24 +422,7 @@ impl Node {
             Event::ResponseSent { .. } => {}
         }
     }
-}
 
-/// Whether a request failed because the peer speaks no version of the
-/// protocol this side does: negotiated first (`UnsupportedProtocols`), or,
-/// with multistream-select's lazy mode (the request is sent with the
-/// protocol's name), refused while its answer is read.
-fn unsupported(error: &request_response::OutboundFailure) -> bool {
-    match error {
-        request_response::OutboundFailure::UnsupportedProtocols => true,
-        request_response::OutboundFailure::Io(e) => e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<libp2p::core::upgrade::NegotiationError>())
-            .is_some_and(|n| matches!(n, libp2p::core::upgrade::NegotiationError::Failed)),
-        _ => false,
-    }
-}
-
-impl Node {
     /// Tells the user, once per connection, of a member whose identify
     /// lists another version of the sync protocol and not this one: the
     /// two do not sync until one of them is updated. (A failed request
@@ -455,5 +438,20 @@ impl Node {
             tracing::warn!(%peer, "a member speaks another version of the sync protocol: no sync with it");
             self.emit(P2pEvent::ProtocolUnsupported(peer));
         }
+    }
+}
+
+/// Whether a request failed because the peer speaks no version of the
+/// protocol this side does: negotiated first (`UnsupportedProtocols`), or,
+/// with multistream-select's lazy mode (the request is sent with the
+/// protocol's name), refused while its answer is read.
+fn unsupported(error: &request_response::OutboundFailure) -> bool {
+    match error {
+        request_response::OutboundFailure::UnsupportedProtocols => true,
+        request_response::OutboundFailure::Io(e) => e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<libp2p::core::upgrade::NegotiationError>())
+            .is_some_and(|n| matches!(n, libp2p::core::upgrade::NegotiationError::Failed)),
+        _ => false,
     }
 }
