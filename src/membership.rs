@@ -41,6 +41,14 @@ pub const MEMBER_ENTRY_FORMAT: u8 = 2;
 /// founder's own entries come on top of them: however full the others
 /// made the log, the founder can still revoke, rotate and pair.
 pub const MAX_MEMBER_ENTRIES: usize = 4_096;
+/// Most bytes (bodies and signatures) the entries of devices other than
+/// the founder may take in all: room for about 140,000 key grants of
+/// 115 bytes (a thousand members through 140 key rotations), and it keeps
+/// a log a member gone bad fills with the largest `Key` entries (about
+/// 300 KB each) within what one message carries, where 4,096 of them
+/// would weigh over a gigabyte. The founder's entries come on top, as for
+/// [`MAX_MEMBER_ENTRIES`].
+pub const MAX_MEMBER_BYTES: usize = 16 << 20;
 /// Most entries a membership log holds in all: [`MAX_MEMBER_ENTRIES`] and
 /// the founder's (two versions of each of its numbers, at most).
 pub const MAX_LOG_ENTRIES: usize = MAX_MEMBER_ENTRIES + 2 * MAX_ENTRIES_PER_AUTHOR as usize;
@@ -204,8 +212,9 @@ pub enum MemberError {
     /// founder than this replica trusts.
     #[error("membership of another store or founder")]
     WrongStore,
-    /// More entries than [`MAX_MEMBER_ENTRIES`] of devices other than the
-    /// founder, or [`MAX_LOG_ENTRIES`] in all.
+    /// More entries than [`MAX_MEMBER_ENTRIES`], or more bytes than
+    /// [`MAX_MEMBER_BYTES`], of devices other than the founder, or more
+    /// than [`MAX_LOG_ENTRIES`] entries in all.
     #[error("membership log too large")]
     TooLarge,
     /// An entry this device was about to sign is not allowed (a key that
@@ -362,9 +371,17 @@ pub struct MembershipLog {
     len: usize,
     /// Entries held of devices other than the founder.
     others: usize,
+    /// Their bytes (bodies and signatures).
+    other_bytes: usize,
     /// How many held `Add` entries name each device: the devices whose
     /// entries this log may hold (with the founder).
     adds: BTreeMap<DeviceId, usize>,
+}
+
+/// What an entry weighs against [`MAX_MEMBER_BYTES`]: its body and
+/// signature.
+fn entry_bytes(signed: &SignedMemberEntry) -> usize {
+    signed.body.len() + signed.signature.len()
 }
 
 fn not_admitted(entry: &MemberEntry) -> MemberError {
@@ -437,6 +454,9 @@ impl MembersHave {
     }
 }
 
+/// Entries offered to a log that it may take, with their hashes.
+type Offered = Vec<(EntryHash, SignedMemberEntry, MemberEntry)>;
+
 /// The wire and storage form of a [`MembershipLog`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembershipWire {
@@ -457,6 +477,7 @@ impl MembershipLog {
             entries: BTreeMap::new(),
             len: 0,
             others: 0,
+            other_bytes: 0,
             adds: BTreeMap::new(),
         }
     }
@@ -644,9 +665,16 @@ impl MembershipLog {
         {
             return Ok(false);
         }
-        if entry.author != self.founder && self.others >= MAX_MEMBER_ENTRIES {
+        if entry.author != self.founder && !self.has_room(1, entry_bytes(&signed)) {
             return Err(MemberError::TooLarge);
         }
+        self.put(hash, self.checked(signed, entry));
+        Ok(true)
+    }
+
+    /// `signed` as held, with what its checks found (checked by the
+    /// caller: its author may be held, and there is room).
+    fn checked(&self, signed: SignedMemberEntry, entry: MemberEntry) -> Held {
         let commit_cut_valid = match &entry.change {
             MemberChange::Remove {
                 device,
@@ -676,16 +704,12 @@ impl MembershipLog {
         };
         let key_valid =
             matches!(&entry.change, MemberChange::Add { device, .. } if device.is_valid_key());
-        self.put(
-            hash,
-            Held {
-                signed,
-                entry,
-                commit_cut_valid,
-                key_valid,
-            },
-        );
-        Ok(true)
+        Held {
+            signed,
+            entry,
+            commit_cut_valid,
+            key_valid,
+        }
     }
 
     /// Holds `held` (checked by the caller).
@@ -696,6 +720,7 @@ impl MembershipLog {
         let slot = (held.entry.author, held.entry.seq);
         if held.entry.author != self.founder {
             self.others += 1;
+            self.other_bytes += entry_bytes(&held.signed);
         }
         self.entries.entry(slot).or_default().insert(hash, held);
         self.len += 1;
@@ -739,6 +764,24 @@ impl MembershipLog {
         other: &MembershipWire,
         horizon_ms: u64,
     ) -> Result<MergeCount, MemberError> {
+        let (offered, count) = self.offered(other, horizon_ms)?;
+        if offered.is_empty() {
+            return Ok(count);
+        }
+        if self.only_extends(&offered) {
+            return Ok(self.extend(offered, count));
+        }
+        self.rebuild(offered, count)
+    }
+
+    /// The entries of `other` this log may take: verified, not held,
+    /// within the horizon and the budget, their author named by an `Add`
+    /// held or offered (with the count of those left out).
+    fn offered(
+        &self,
+        other: &MembershipWire,
+        horizon_ms: u64,
+    ) -> Result<(Offered, MergeCount), MemberError> {
         if other.store != self.store || other.founder != self.founder {
             return Err(MemberError::WrongStore);
         }
@@ -783,9 +826,92 @@ impl MembershipLog {
         let before = offered.len();
         offered.retain(|(_, _, entry)| named.contains(&entry.author));
         count.refused += before - offered.len();
-        if offered.is_empty() {
-            return Ok(count);
+        Ok((offered, count))
+    }
+
+    /// True when `entries` more entries of devices other than the founder,
+    /// of `bytes` in all, stay within [`MAX_MEMBER_ENTRIES`] and
+    /// [`MAX_MEMBER_BYTES`].
+    fn has_room(&self, entries: usize, bytes: usize) -> bool {
+        self.others + entries <= MAX_MEMBER_ENTRIES && self.other_bytes + bytes <= MAX_MEMBER_BYTES
+    }
+
+    /// True when merging `offered` only extends the log: no slot would
+    /// hold more than [`MAX_VERSIONS`] (so no held version is displaced,
+    /// and no device an `Add` held names loses it), and the log stays
+    /// under the cap whatever is admitted. Most merges do (a peer's new
+    /// entries), and [`MembershipLog::extend`] then gives what
+    /// [`MembershipLog::rebuild`] would, without copying the log.
+    fn only_extends(&self, offered: &Offered) -> bool {
+        let (others, bytes) = offered
+            .iter()
+            .filter(|(_, _, entry)| entry.author != self.founder)
+            .fold((0, 0), |(n, b), (_, signed, _)| {
+                (n + 1, b + entry_bytes(signed))
+            });
+        if !self.has_room(others, bytes) {
+            return false;
         }
+        let mut slots: BTreeMap<(DeviceId, u64), std::collections::BTreeSet<EntryHash>> =
+            BTreeMap::new();
+        for (hash, _, entry) in offered {
+            slots
+                .entry((entry.author, entry.seq))
+                .or_default()
+                .insert(*hash);
+        }
+        slots.iter().all(|(slot, hashes)| {
+            let held = self.entries.get(slot).map_or(0, BTreeMap::len);
+            held + hashes.len() <= MAX_VERSIONS
+        })
+    }
+
+    /// Adds `offered` to the log in place ([`MembershipLog::only_extends`]
+    /// holds): from the founder and the devices already added on, each
+    /// entry whose author an entry held (or just added) adds, as the
+    /// rebuild admits them.
+    fn extend(&mut self, offered: Offered, mut count: MergeCount) -> MergeCount {
+        let offered_count = offered.len();
+        let mut pending = offered;
+        loop {
+            let before = pending.len();
+            let mut rest = Vec::new();
+            for (hash, signed, entry) in pending {
+                if entry.author != self.founder && !self.adds.contains_key(&entry.author) {
+                    rest.push((hash, signed, entry));
+                    continue;
+                }
+                let twice = self
+                    .entries
+                    .get(&(entry.author, entry.seq))
+                    .is_some_and(|versions| versions.contains_key(&hash));
+                if twice {
+                    continue;
+                }
+                // Its author is added and its number within the budget
+                // (`may_hold`); `only_extends` made room for it.
+                debug_assert!(self.may_hold(&entry.author, entry.seq));
+                self.put(hash, self.checked(signed, entry));
+                count.added += 1;
+            }
+            pending = rest;
+            if pending.is_empty() || pending.len() == before {
+                break;
+            }
+        }
+        count.refused += offered_count - count.added;
+        count
+    }
+
+    /// Rebuilds the log from the union of what it holds and `offered`:
+    /// of each (author, number) the two lowest hashes, then the entries of
+    /// the founder and, transitively, of every device an entry so held
+    /// adds.
+    fn rebuild(
+        &mut self,
+        offered: Offered,
+        mut count: MergeCount,
+    ) -> Result<MergeCount, MemberError> {
         // Every entry held or offered, by position: the two lowest hashes.
         enum Candidate {
             Held(Held),
@@ -834,7 +960,9 @@ impl MembershipLog {
                 for (hash, candidate) in versions {
                     let entry = match candidate {
                         Candidate::Held(held) => {
-                            if slot.0 != rebuilt.founder && rebuilt.others >= MAX_MEMBER_ENTRIES {
+                            if slot.0 != rebuilt.founder
+                                && !rebuilt.has_room(1, entry_bytes(&held.signed))
+                            {
                                 return Err(MemberError::TooLarge);
                             }
                             let entry = held.entry.clone();

@@ -671,7 +671,15 @@ proptest::proptest! {
             // Gossip: the author's view reaches one other device.
             let other = (who + 1 + (seed as usize + i) % 4) % 5;
             let wire = views[who].to_wire();
+            let mut rebuilt = views[other].clone();
             views[other].merge(&wire).expect("merge");
+            // Whether the merge extended the log in place or rebuilt it,
+            // the result is the rebuild's.
+            let (offered, count) = rebuilt.offered(&wire, u64::MAX).expect("offered");
+            rebuilt.rebuild(offered, count).expect("rebuild");
+            proptest::prop_assert_eq!(views[other].to_wire(), rebuilt.to_wire());
+            proptest::prop_assert_eq!(views[other].digest(), rebuilt.digest());
+            proptest::prop_assert_eq!(views[other].members(), rebuilt.members());
         }
         all.sort();
         all.dedup();
@@ -893,5 +901,51 @@ fn a_log_filled_by_a_member_gone_bad_still_takes_the_founders_entries() {
     // The whole log, founder's entries on top, still travels and merges.
     let mut copy = founded(&a);
     copy.merge(&log.to_wire()).expect("a full log merges");
+    assert_eq!(copy.digest(), log.digest());
+}
+
+#[test]
+fn a_member_writing_the_largest_key_entries_fills_the_bytes_not_the_memory() {
+    let (a, m) = (device(1), device(2));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&m));
+    // Key entries as large as an entry may be: the most grants, each of
+    // the largest size, to made-up devices.
+    let fat = |epoch: u32| MemberChange::KeyCopy {
+        epoch,
+        commitment: [epoch as u8; 32],
+        grants: (0..MAX_GRANTS as u32)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                (DeviceId::from_bytes(id), vec![0xAB; MAX_GRANT_BYTES])
+            })
+            .collect(),
+    };
+    let mut taken = 0u32;
+    let refused = loop {
+        match log.append(&m, Hlc::from_u64(10 + u64::from(taken)), fat(taken)) {
+            Ok(_) => taken += 1,
+            Err(e) => break e,
+        }
+        assert!(taken < 100, "no cap on bytes");
+    };
+    assert!(matches!(refused, MemberError::TooLarge), "{refused:?}");
+    let bytes: usize = log
+        .held()
+        .filter(|h| h.entry.author != a.device_id())
+        .map(|h| entry_bytes(&h.signed))
+        .sum();
+    assert!(bytes <= MAX_MEMBER_BYTES, "{bytes} bytes held");
+    assert!(bytes + 300_000 > MAX_MEMBER_BYTES, "refused before the cap");
+    assert!(taken >= 50, "{taken} entries of about 300 KB taken");
+    // The founder still writes; the whole log fits in one message and
+    // merges elsewhere the same.
+    append(&mut log, &a, 9_000, add(&device(3)));
+    let wire = log.to_wire();
+    let encoded = postcard::to_stdvec(&wire).expect("encodes");
+    assert!(encoded.len() < crate::net::MAX_MESSAGE_BYTES);
+    let mut copy = founded(&a);
+    copy.merge(&wire).expect("merges");
     assert_eq!(copy.digest(), log.digest());
 }
