@@ -212,9 +212,10 @@ pub enum MemberError {
     /// founder than this replica trusts.
     #[error("membership of another store or founder")]
     WrongStore,
-    /// More entries than [`MAX_MEMBER_ENTRIES`], or more bytes than
-    /// [`MAX_MEMBER_BYTES`], of devices other than the founder, or more
-    /// than [`MAX_LOG_ENTRIES`] entries in all.
+    /// An entry of a device other than the founder, added on its own to a
+    /// log full of such entries ([`MAX_MEMBER_ENTRIES`],
+    /// [`MAX_MEMBER_BYTES`]), or a log of more than [`MAX_LOG_ENTRIES`]
+    /// entries. (A merge takes what fits and counts the rest refused.)
     #[error("membership log too large")]
     TooLarge,
     /// An entry this device was about to sign is not allowed (a key that
@@ -399,7 +400,8 @@ pub struct MergeCount {
     /// Entries new to this log, now held.
     pub added: usize,
     /// Entries not held: their author was never added by an entry of the
-    /// log (a throw-away key), or past its budget, or a third version.
+    /// log (a throw-away key), or past its budget, or a third version, or
+    /// no room was left for them (a full log).
     pub refused: usize,
     /// Entries stamped later than the horizon: not held yet (they are
     /// taken when a later exchange brings them within it).
@@ -735,6 +737,13 @@ impl MembershipLog {
         if !self.may_hold(&entry.author, entry.seq) {
             return Err(not_admitted(&entry));
         }
+        let held = self
+            .entries
+            .get(&(entry.author, entry.seq))
+            .is_some_and(|versions| versions.contains_key(&signed.hash()));
+        if !held && entry.author != self.founder && !self.has_room(1, entry_bytes(&signed)) {
+            return Err(MemberError::TooLarge);
+        }
         let wire = MembershipWire {
             store: self.store,
             founder: self.founder,
@@ -746,7 +755,10 @@ impl MembershipLog {
     /// Merges another replica's log: it must name the same store and
     /// founder; every entry is verified (a bad one refuses the whole log,
     /// nothing is added). Returns how many entries were new. Entries this
-    /// log may not hold ([`MembershipLog::may_hold`]) are left out.
+    /// log may not hold ([`MembershipLog::may_hold`]) are left out, and so
+    /// are entries of devices other than the founder once the log is full
+    /// ([`MAX_MEMBER_ENTRIES`], [`MAX_MEMBER_BYTES`]): the rest of the log
+    /// is still taken.
     pub fn merge(&mut self, other: &MembershipWire) -> Result<usize, MemberError> {
         Ok(self.merge_until(other, u64::MAX)?.added)
     }
@@ -941,6 +953,19 @@ impl MembershipLog {
                 versions.pop_last();
             }
         }
+        // The room the held entries of non-founders leave: offered ones
+        // take it in the order below and the rest are refused, so a full
+        // log still takes the founder's entries from a peer whose log is
+        // full of others, and nothing held is given up for an offered one.
+        let mut room = (MAX_MEMBER_ENTRIES, MAX_MEMBER_BYTES);
+        for (slot, versions) in &candidates {
+            for candidate in versions.values() {
+                if let (Candidate::Held(held), true) = (candidate, slot.0 != self.founder) {
+                    room.0 = room.0.saturating_sub(1);
+                    room.1 = room.1.saturating_sub(entry_bytes(&held.signed));
+                }
+            }
+        }
         // From the founder on, each device's entries once an entry adds it.
         let mut rebuilt = MembershipLog::founded_by(self.store, self.founder);
         let mut queue = vec![self.founder];
@@ -970,6 +995,13 @@ impl MembershipLog {
                             entry
                         }
                         Candidate::Offered(signed, entry) => {
+                            if slot.0 != rebuilt.founder {
+                                let bytes = entry_bytes(&signed);
+                                if room.0 == 0 || room.1 < bytes {
+                                    continue;
+                                }
+                                room = (room.0 - 1, room.1 - bytes);
+                            }
                             rebuilt.insert(signed, entry.clone())?;
                             count.added += 1;
                             entry

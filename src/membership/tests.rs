@@ -949,3 +949,81 @@ fn a_member_writing_the_largest_key_entries_fills_the_bytes_not_the_memory() {
     copy.merge(&wire).expect("merges");
     assert_eq!(copy.digest(), log.digest());
 }
+
+/// Junk of `puppet` (tag `tag`): `count` entries adding throw-away keys.
+fn puppet_junk(puppet: &DeviceIdentity, tag: u8, count: u64, hlc: u64) -> Vec<SignedMemberEntry> {
+    let mut prev = [0; 32];
+    (1..=count)
+        .map(|seq| {
+            let mut secret = [tag; 32];
+            secret[..8].copy_from_slice(&seq.to_be_bytes());
+            let entry = forged(
+                puppet,
+                seq,
+                prev,
+                hlc + seq,
+                add(&DeviceIdentity::from_secret(&secret)),
+            );
+            prev = entry.hash();
+            entry
+        })
+        .collect()
+}
+
+#[test]
+fn replicas_filled_with_different_junk_still_take_each_others_logs_and_the_founders_revocation() {
+    let (a, m) = (device(1), device(2));
+    let mut base = founded(&a);
+    append(&mut base, &a, 1, add(&m));
+    // M adds sixteen puppets; half of them fill one replica's log, the
+    // other half another's.
+    let puppets: Vec<DeviceIdentity> = (0..16u8)
+        .map(|p| DeviceIdentity::from_secret(&[100 + p; 32]))
+        .collect();
+    for (i, puppet) in puppets.iter().enumerate() {
+        append(&mut base, &m, 10 + i as u64, add(puppet));
+    }
+    let per_puppet = (MAX_MEMBER_ENTRIES as u64 - 16) / 8 + 1;
+    let fill = |half: &[DeviceIdentity], tag: u8| {
+        let mut log = base.clone();
+        for (i, puppet) in half.iter().enumerate() {
+            let wire = MembershipWire {
+                store: STORE,
+                founder: a.device_id(),
+                entries: puppet_junk(puppet, tag + i as u8, per_puppet, 100),
+            };
+            log.merge(&wire).expect("merge");
+        }
+        log
+    };
+    let mut x = fill(&puppets[..8], 10);
+    let mut y = fill(&puppets[8..], 30);
+    assert_eq!(x.len(), 1 + MAX_MEMBER_ENTRIES, "x is full");
+    assert_eq!(y.len(), 1 + MAX_MEMBER_ENTRIES, "y is full");
+    assert_ne!(x.digest(), y.digest());
+
+    // The founder, holding x's log, revokes M.
+    let mut founder = x.clone();
+    let removal = remove(&founder, &m, None);
+    append(&mut founder, &a, 9_000, removal);
+
+    // Y takes what the founder's replica sends it (x's junk, which it has
+    // no room for, and the founder's entry): the revocation counts.
+    let sent = founder.missing_for(&y.have()).expect("y lacks entries");
+    let count = y
+        .merge_until(&sent, u64::MAX)
+        .expect("a full log still merges");
+    assert_eq!(count.added, 1, "the founder's entry, nothing else");
+    assert!(count.refused > 0);
+    assert!(!y.members().is_member(&m.device_id()));
+    assert_eq!(y.len(), 2 + MAX_MEMBER_ENTRIES);
+
+    // X and Y merge each other's logs without an error, and keep what they
+    // held: no entry held is given up for one offered.
+    let before = x.to_wire();
+    x.merge(&y.to_wire()).expect("x takes y's log");
+    let after: std::collections::BTreeSet<SignedMemberEntry> =
+        x.to_wire().entries.into_iter().collect();
+    assert!(before.entries.iter().all(|e| after.contains(e)));
+    assert!(!x.members().is_member(&m.device_id()));
+}
