@@ -37,8 +37,12 @@ pub use derive::{KeyEpoch, Members, Removal, SealedGrant};
 /// bare numbers) is refused with [`MemberError::OldFormat`].
 pub const MEMBER_ENTRY_FORMAT: u8 = 2;
 /// Most entries of devices other than the founder a membership log may
-/// hold (bounds what a peer can make us store and recompute). The
-/// founder's own entries come on top of them: however full the others
+/// hold (bounds what a peer can make us store and recompute), in two
+/// halves: one for the devices the founder added, one for the
+/// devices other members added. A member gone bad fills the second half
+/// through throw-away devices it adds, but of the first only its own
+/// budget: the devices the founder added can still revoke it. The
+/// founder's own entries come on top of both: however full the others
 /// made the log, the founder can still revoke, rotate and pair.
 pub const MAX_MEMBER_ENTRIES: usize = 4_096;
 /// Most bytes (bodies and signatures) the entries of devices other than
@@ -47,14 +51,47 @@ pub const MAX_MEMBER_ENTRIES: usize = 4_096;
 /// a log a member gone bad fills with the largest `Key` entries (about
 /// 300 KB each) within what one message carries, where 4,096 of them
 /// would weigh over a gigabyte. The founder's entries come on top, as for
-/// [`MAX_MEMBER_ENTRIES`].
+/// [`MAX_MEMBER_ENTRIES`], and the two halves are the same.
 pub const MAX_MEMBER_BYTES: usize = 16 << 20;
+/// What one [`Tier`] may hold: half the entries and half the bytes.
+const TIER_ROOM: Room = Room {
+    entries: MAX_MEMBER_ENTRIES / 2,
+    bytes: MAX_MEMBER_BYTES / 2,
+};
+
+/// Which half of the log's room an author's entries take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// A device an `Add` of the founder names.
+    Founders = 0,
+    /// A device only other members added.
+    Others = 1,
+}
+
+/// Entries and bytes: what a tier holds, or has left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Room {
+    entries: usize,
+    bytes: usize,
+}
+
+impl Room {
+    /// Takes one entry of `bytes` if it fits.
+    fn take(&mut self, bytes: usize) -> bool {
+        if self.entries == 0 || self.bytes < bytes {
+            return false;
+        }
+        self.entries -= 1;
+        self.bytes -= bytes;
+        true
+    }
+}
 /// Most entries a membership log holds in all: [`MAX_MEMBER_ENTRIES`] and
 /// the founder's (two versions of each of its numbers, at most).
 pub const MAX_LOG_ENTRIES: usize = MAX_MEMBER_ENTRIES + 2 * MAX_ENTRIES_PER_AUTHOR as usize;
 /// Entry sequence numbers one author may use, at most. (A member gone bad
-/// that adds throw-away devices can still fill the log with theirs: see
-/// SECURITY.md, not defended.)
+/// that adds throw-away devices can still fill the half of the log theirs
+/// take: see [`MAX_MEMBER_ENTRIES`].)
 pub const MAX_ENTRIES_PER_AUTHOR: u64 = 512;
 /// Versions of one entry (author, number) held, at most: two prove an
 /// equivocation, a third proves nothing more. The lowest hashes are kept,
@@ -370,10 +407,11 @@ pub struct MembershipLog {
     founder: DeviceId,
     entries: BTreeMap<(DeviceId, u64), BTreeMap<EntryHash, Held>>,
     len: usize,
-    /// Entries held of devices other than the founder.
-    others: usize,
-    /// Their bytes (bodies and signatures).
-    other_bytes: usize,
+    /// Entries (and their bytes: bodies and signatures) held of devices
+    /// other than the founder, by [`Tier`].
+    held_by_tier: [Room; 2],
+    /// The devices an `Add` of the founder names ([`Tier::Founders`]).
+    founder_adds: std::collections::BTreeSet<DeviceId>,
     /// How many held `Add` entries name each device: the devices whose
     /// entries this log may hold (with the founder).
     adds: BTreeMap<DeviceId, usize>,
@@ -478,8 +516,8 @@ impl MembershipLog {
             founder,
             entries: BTreeMap::new(),
             len: 0,
-            others: 0,
-            other_bytes: 0,
+            held_by_tier: [Room::default(); 2],
+            founder_adds: std::collections::BTreeSet::new(),
             adds: BTreeMap::new(),
         }
     }
@@ -667,7 +705,7 @@ impl MembershipLog {
         {
             return Ok(false);
         }
-        if entry.author != self.founder && !self.has_room(1, entry_bytes(&signed)) {
+        if entry.author != self.founder && !self.has_room(&entry.author, entry_bytes(&signed)) {
             return Err(MemberError::TooLarge);
         }
         self.put(hash, self.checked(signed, entry));
@@ -718,11 +756,15 @@ impl MembershipLog {
     fn put(&mut self, hash: EntryHash, held: Held) {
         if let MemberChange::Add { device, .. } = &held.entry.change {
             *self.adds.entry(*device).or_insert(0) += 1;
+            if held.entry.author == self.founder {
+                self.founder_adds.insert(*device);
+            }
         }
         let slot = (held.entry.author, held.entry.seq);
         if held.entry.author != self.founder {
-            self.others += 1;
-            self.other_bytes += entry_bytes(&held.signed);
+            let tier = &mut self.held_by_tier[self.tier(&held.entry.author) as usize];
+            tier.entries += 1;
+            tier.bytes += entry_bytes(&held.signed);
         }
         self.entries.entry(slot).or_default().insert(hash, held);
         self.len += 1;
@@ -741,7 +783,10 @@ impl MembershipLog {
             .entries
             .get(&(entry.author, entry.seq))
             .is_some_and(|versions| versions.contains_key(&signed.hash()));
-        if !held && entry.author != self.founder && !self.has_room(1, entry_bytes(&signed)) {
+        if !held
+            && entry.author != self.founder
+            && !self.has_room(&entry.author, entry_bytes(&signed))
+        {
             return Err(MemberError::TooLarge);
         }
         let wire = MembershipWire {
@@ -841,11 +886,29 @@ impl MembershipLog {
         Ok((offered, count))
     }
 
-    /// True when `entries` more entries of devices other than the founder,
-    /// of `bytes` in all, stay within [`MAX_MEMBER_ENTRIES`] and
-    /// [`MAX_MEMBER_BYTES`].
-    fn has_room(&self, entries: usize, bytes: usize) -> bool {
-        self.others + entries <= MAX_MEMBER_ENTRIES && self.other_bytes + bytes <= MAX_MEMBER_BYTES
+    /// The half of the room `author`'s entries take (not the founder's:
+    /// they take none).
+    fn tier(&self, author: &DeviceId) -> Tier {
+        if self.founder_adds.contains(author) {
+            Tier::Founders
+        } else {
+            Tier::Others
+        }
+    }
+
+    /// What is left in `tier`.
+    fn room(&self, tier: Tier) -> Room {
+        let held = self.held_by_tier[tier as usize];
+        Room {
+            entries: TIER_ROOM.entries.saturating_sub(held.entries),
+            bytes: TIER_ROOM.bytes.saturating_sub(held.bytes),
+        }
+    }
+
+    /// True when one more entry of `author` (not the founder), of
+    /// `bytes`, fits in its tier.
+    fn has_room(&self, author: &DeviceId, bytes: usize) -> bool {
+        self.room(self.tier(author)).take(bytes)
     }
 
     /// True when merging `offered` only extends the log: no slot would
@@ -855,14 +918,17 @@ impl MembershipLog {
     /// entries), and [`MembershipLog::extend`] then gives what
     /// [`MembershipLog::rebuild`] would, without copying the log.
     fn only_extends(&self, offered: &Offered) -> bool {
-        let (others, bytes) = offered
-            .iter()
-            .filter(|(_, _, entry)| entry.author != self.founder)
-            .fold((0, 0), |(n, b), (_, signed, _)| {
-                (n + 1, b + entry_bytes(signed))
-            });
-        if !self.has_room(others, bytes) {
-            return false;
+        let mut room = [self.room(Tier::Founders), self.room(Tier::Others)];
+        for (_, signed, entry) in offered {
+            if entry.author == self.founder {
+                // An `Add` of the founder may move a device's entries to
+                // the other tier: the rebuild counts them again.
+                if matches!(entry.change, MemberChange::Add { .. }) {
+                    return false;
+                }
+            } else if !room[self.tier(&entry.author) as usize].take(entry_bytes(signed)) {
+                return false;
+            }
         }
         let mut slots: BTreeMap<(DeviceId, u64), std::collections::BTreeSet<EntryHash>> =
             BTreeMap::new();
@@ -953,16 +1019,39 @@ impl MembershipLog {
                 versions.pop_last();
             }
         }
-        // The room the held entries of non-founders leave: offered ones
-        // take it in the order below and the rest are refused, so a full
-        // log still takes the founder's entries from a peer whose log is
-        // full of others, and nothing held is given up for an offered one.
-        let mut room = (MAX_MEMBER_ENTRIES, MAX_MEMBER_BYTES);
+        // The room the held entries of non-founders leave in each tier
+        // (by the founder's `Add`s held or offered): offered ones take it
+        // in the order below and the rest are refused, so a full log still
+        // takes the founder's entries from a peer whose log is full of
+        // others, and nothing held is given up for an offered one.
+        let founder_adds: std::collections::BTreeSet<DeviceId> = candidates
+            .range((self.founder, 0)..=(self.founder, u64::MAX))
+            .flat_map(|(_, versions)| versions.values())
+            .filter_map(|candidate| {
+                let entry = match candidate {
+                    Candidate::Held(held) => &held.entry,
+                    Candidate::Offered(_, entry) => entry,
+                };
+                match &entry.change {
+                    MemberChange::Add { device, .. } => Some(*device),
+                    _ => None,
+                }
+            })
+            .collect();
+        let tier = |author: &DeviceId| {
+            if founder_adds.contains(author) {
+                Tier::Founders
+            } else {
+                Tier::Others
+            }
+        };
+        let mut room = [TIER_ROOM; 2];
         for (slot, versions) in &candidates {
             for candidate in versions.values() {
                 if let (Candidate::Held(held), true) = (candidate, slot.0 != self.founder) {
-                    room.0 = room.0.saturating_sub(1);
-                    room.1 = room.1.saturating_sub(entry_bytes(&held.signed));
+                    let left = &mut room[tier(&slot.0) as usize];
+                    left.entries = left.entries.saturating_sub(1);
+                    left.bytes = left.bytes.saturating_sub(entry_bytes(&held.signed));
                 }
             }
         }
@@ -985,22 +1074,16 @@ impl MembershipLog {
                 for (hash, candidate) in versions {
                     let entry = match candidate {
                         Candidate::Held(held) => {
-                            if slot.0 != rebuilt.founder
-                                && !rebuilt.has_room(1, entry_bytes(&held.signed))
-                            {
-                                return Err(MemberError::TooLarge);
-                            }
+                            // Held before: kept whatever the room.
                             let entry = held.entry.clone();
                             rebuilt.put(hash, held);
                             entry
                         }
                         Candidate::Offered(signed, entry) => {
-                            if slot.0 != rebuilt.founder {
-                                let bytes = entry_bytes(&signed);
-                                if room.0 == 0 || room.1 < bytes {
-                                    continue;
-                                }
-                                room = (room.0 - 1, room.1 - bytes);
+                            if slot.0 != rebuilt.founder
+                                && !room[tier(&slot.0) as usize].take(entry_bytes(&signed))
+                            {
+                                continue;
                             }
                             rebuilt.insert(signed, entry.clone())?;
                             count.added += 1;

@@ -840,13 +840,16 @@ fn divergent_histories_and_equivocations_reach_both_replicas() {
 }
 
 #[test]
-fn a_log_filled_by_a_member_gone_bad_still_takes_the_founders_entries() {
-    let (a, m, honest) = (device(1), device(2), device(3));
+fn a_log_filled_by_a_member_gone_bad_still_takes_the_entries_of_the_founders_devices() {
+    let (a, m, honest, deep) = (device(1), device(2), device(3), device(6));
     let mut log = founded(&a);
     append(&mut log, &a, 1, add(&m));
     append(&mut log, &a, 2, add(&honest));
+    // A device the founder did not add: its entries take the other half.
+    append(&mut log, &honest, 3, add(&deep));
     // M adds eight throw-away devices; each signs entries (adds of more
-    // throw-away keys) until the log holds all it may of non-founders.
+    // throw-away keys) until the log holds all it may of devices the
+    // founder did not add.
     let throw_away = |tag: u8, n: u64| {
         let mut secret = [tag; 32];
         secret[..8].copy_from_slice(&n.to_be_bytes());
@@ -878,26 +881,32 @@ fn a_log_filled_by_a_member_gone_bad_still_takes_the_founders_entries() {
         };
         log.merge_until(&wire, u64::MAX).expect("merge");
     }
-    assert_eq!(log.len(), 2 + MAX_MEMBER_ENTRIES, "the log is full");
-    // No other member can add an entry now...
+    assert_eq!(
+        log.len(),
+        2 + 1 + 8 + MAX_MEMBER_ENTRIES / 2,
+        "the other half is full"
+    );
+    // A device the founder did not add can add no entry now...
     assert!(matches!(
         log.clone()
-            .append(&honest, Hlc::from_u64(9_000), add(&device(4))),
+            .append(&deep, Hlc::from_u64(9_000), add(&device(4))),
         Err(MemberError::TooLarge)
     ));
-    // ...but the founder revokes M and its devices, and pairs a new one.
+    // ...but one the founder added revokes M and its devices...
     let removal = remove(&log, &m, None);
-    append(&mut log, &a, 9_001, removal);
+    append(&mut log, &honest, 9_001, removal);
     for (i, puppet) in puppets.iter().enumerate() {
         let removal = remove(&log, puppet, None);
-        append(&mut log, &a, 9_002 + i as u64, removal);
+        append(&mut log, &honest, 9_002 + i as u64, removal);
     }
+    // ...and the founder still pairs a new one.
     append(&mut log, &a, 9_100, add(&device(5)));
     let members = log.members();
     assert!(!members.is_member(&m.device_id()));
     assert!(puppets.iter().all(|p| !members.is_member(&p.device_id())));
     assert!(members.is_member(&device(5).device_id()));
     assert!(members.is_member(&honest.device_id()));
+    assert!(members.is_member(&deep.device_id()));
     // The whole log, founder's entries on top, still travels and merges.
     let mut copy = founded(&a);
     copy.merge(&log.to_wire()).expect("a full log merges");
@@ -936,9 +945,13 @@ fn a_member_writing_the_largest_key_entries_fills_the_bytes_not_the_memory() {
         .filter(|h| h.entry.author != a.device_id())
         .map(|h| entry_bytes(&h.signed))
         .sum();
-    assert!(bytes <= MAX_MEMBER_BYTES, "{bytes} bytes held");
-    assert!(bytes + 300_000 > MAX_MEMBER_BYTES, "refused before the cap");
-    assert!(taken >= 50, "{taken} entries of about 300 KB taken");
+    // M is a device the founder added: it fills that half.
+    assert!(bytes <= MAX_MEMBER_BYTES / 2, "{bytes} bytes held");
+    assert!(
+        bytes + 300_000 > MAX_MEMBER_BYTES / 2,
+        "refused before the cap"
+    );
+    assert!(taken >= 25, "{taken} entries of about 300 KB taken");
     // The founder still writes; the whole log fits in one message and
     // merges elsewhere the same.
     append(&mut log, &a, 9_000, add(&device(3)));
@@ -998,8 +1011,8 @@ fn replicas_filled_with_different_junk_still_take_each_others_logs_and_the_found
     };
     let mut x = fill(&puppets[..8], 10);
     let mut y = fill(&puppets[8..], 30);
-    assert_eq!(x.len(), 1 + MAX_MEMBER_ENTRIES, "x is full");
-    assert_eq!(y.len(), 1 + MAX_MEMBER_ENTRIES, "y is full");
+    assert_eq!(x.len(), base.len() + MAX_MEMBER_ENTRIES / 2, "x is full");
+    assert_eq!(y.len(), base.len() + MAX_MEMBER_ENTRIES / 2, "y is full");
     assert_ne!(x.digest(), y.digest());
 
     // The founder, holding x's log, revokes M.
@@ -1016,7 +1029,7 @@ fn replicas_filled_with_different_junk_still_take_each_others_logs_and_the_found
     assert_eq!(count.added, 1, "the founder's entry, nothing else");
     assert!(count.refused > 0);
     assert!(!y.members().is_member(&m.device_id()));
-    assert_eq!(y.len(), 2 + MAX_MEMBER_ENTRIES);
+    assert_eq!(y.len(), base.len() + 1 + MAX_MEMBER_ENTRIES / 2);
 
     // X and Y merge each other's logs without an error, and keep what they
     // held: no entry held is given up for one offered.
