@@ -7,8 +7,9 @@
 //! The hostile log is the rule's worst case within the budgets: chains of
 //! devices, each added by the one before, each then removing the one that
 //! added it, so whether a removal counts depends on the next one, down the
-//! whole chain (one chain of 1,023 entries, and four: the log's 4,096 cap,
-//! which one member gone bad can reach with eight throw-away devices).
+//! whole chain (one chain of 1,023 entries, and two: all a member gone bad
+//! can put in the half of the log for devices the founder did not add;
+//! with the founder's devices' half full too, the log's 4,096 cap).
 //!
 //! Run: `cargo bench --bench membership`.
 
@@ -36,8 +37,16 @@ fn add(d: &DeviceIdentity) -> MemberChange {
 /// `chains` chains of 1 + 2 * `links` entries each: the founder adds the
 /// head, each device adds the next; then each device removes the one
 /// before it (`hostile`), or adds one more device (the same count, no
-/// removal).
-fn log(founder: &DeviceIdentity, chains: u8, links: u32, hostile: bool) -> MembershipLog {
+/// removal). Two chains of 511 links fill the half of the log's room for
+/// devices the founder did not add; `founders_half` fills the other half
+/// too, with four devices the founder adds that each add 511 more.
+fn log(
+    founder: &DeviceIdentity,
+    chains: u8,
+    links: u32,
+    hostile: bool,
+    founders_half: bool,
+) -> MembershipLog {
     let mut log = MembershipLog::founded_by(STORE, founder.device_id());
     let mut hlc = 0u64;
     let mut next = || {
@@ -66,6 +75,16 @@ fn log(founder: &DeviceIdentity, chains: u8, links: u32, hostile: bool) -> Membe
             log.append(&this, next(), change).expect("append");
         }
     }
+    if founders_half {
+        for f in 0..4u8 {
+            let own = device(200 + f, 0);
+            log.append(founder, next(), add(&own)).expect("add");
+            for i in 1..=links {
+                log.append(&own, next(), add(&device(200 + f, i)))
+                    .expect("add");
+            }
+        }
+    }
     log
 }
 
@@ -87,9 +106,13 @@ fn main() {
     let newcomer = DeviceIdentity::from_secret(&[2; 32]);
     println!("| log | entries | derive (members) | merge of one entry | vs no removals (derive, merge) |");
     println!("|---|---|---|---|---|");
-    for (name, chains) in [("one chain", 1u8), ("four chains: the cap", 4)] {
-        let hostile = log(&founder, chains, 511, true);
-        let benign = log(&founder, chains, 511, false);
+    let rows = [
+        ("one chain", 1u8, false),
+        ("the cap: two chains, the founder's half full", 2, true),
+    ];
+    for (name, chains, founders_half) in rows {
+        let hostile = log(&founder, chains, 511, true, founders_half);
+        let benign = log(&founder, chains, 511, false, founders_half);
         assert_eq!(hostile.len(), benign.len());
         let mut figures = Vec::new();
         for log in [&hostile, &benign] {
@@ -128,7 +151,7 @@ fn main() {
     println!("| the cap's entries trickled one per merge, each merge then derived | total |");
     println!("|---|---|");
     for (name, hostile) in [("hostile (removal chains)", true), ("no removals", false)] {
-        let full = log(&founder, 4, 511, hostile);
+        let full = log(&founder, 2, 511, hostile, true);
         let took = trickle(&founder, &full);
         println!("| {name} | {:.1} s |", took.as_secs_f64());
     }

@@ -38,12 +38,13 @@ pub use derive::{KeyEpoch, Members, Removal, SealedGrant};
 pub const MEMBER_ENTRY_FORMAT: u8 = 2;
 /// Most entries of devices other than the founder a membership log may
 /// hold (bounds what a peer can make us store and recompute), in two
-/// halves: one for the devices the founder added, one for the
-/// devices other members added. A member gone bad fills the second half
-/// through throw-away devices it adds, but of the first only its own
-/// budget: the devices the founder added can still revoke it. The
-/// founder's own entries come on top of both: however full the others
-/// made the log, the founder can still revoke, rotate and pair.
+/// halves: one for the devices the founder added, one for the devices
+/// other members added. A member gone bad fills the second half through
+/// throw-away devices it adds, but of the first only what one author may
+/// take (half its entries, a quarter of its bytes), so the other devices
+/// the founder added can still revoke it. The founder's own entries come
+/// on top of both: however full the others made the log, the founder can
+/// still revoke, rotate and pair.
 pub const MAX_MEMBER_ENTRIES: usize = 4_096;
 /// Most bytes (bodies and signatures) the entries of devices other than
 /// the founder may take in all: room for about 140,000 key grants of
@@ -54,9 +55,22 @@ pub const MAX_MEMBER_ENTRIES: usize = 4_096;
 /// [`MAX_MEMBER_ENTRIES`], and the two halves are the same.
 pub const MAX_MEMBER_BYTES: usize = 16 << 20;
 /// What one [`Tier`] may hold: half the entries and half the bytes.
-const TIER_ROOM: Room = Room {
+const TIER_ROOM: Weight = Weight {
     entries: MAX_MEMBER_ENTRIES / 2,
     bytes: MAX_MEMBER_BYTES / 2,
+};
+/// What one author other than the founder may hold: every entry it can
+/// sign (two versions of each number, so its own room never refuses an
+/// equivocation), in a quarter of a tier's bytes: no single device fills
+/// its tier.
+const AUTHOR_ROOM: Weight = Weight {
+    entries: 2 * MAX_ENTRIES_PER_AUTHOR as usize,
+    bytes: MAX_MEMBER_BYTES / 8,
+};
+/// What the entries of devices other than the founder may hold in all.
+const ALL_ROOM: Weight = Weight {
+    entries: MAX_MEMBER_ENTRIES,
+    bytes: MAX_MEMBER_BYTES,
 };
 
 /// Which half of the log's room an author's entries take.
@@ -68,22 +82,62 @@ enum Tier {
     Others = 1,
 }
 
-/// Entries and bytes: what a tier holds, or has left.
+/// Entries and their bytes (bodies and signatures).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Room {
+struct Weight {
     entries: usize,
     bytes: usize,
 }
 
-impl Room {
-    /// Takes one entry of `bytes` if it fits.
-    fn take(&mut self, bytes: usize) -> bool {
-        if self.entries == 0 || self.bytes < bytes {
-            return false;
+impl Weight {
+    /// This and one more entry of `bytes`.
+    fn plus(self, bytes: usize) -> Weight {
+        Weight {
+            entries: self.entries.saturating_add(1),
+            bytes: self.bytes.saturating_add(bytes),
         }
-        self.entries -= 1;
-        self.bytes -= bytes;
-        true
+    }
+
+    fn within(self, room: Weight) -> bool {
+        self.entries <= room.entries && self.bytes <= room.bytes
+    }
+}
+
+/// What the entries of devices other than the founder weigh: in all, per
+/// [`Tier`], per author. An entry is taken only if all three stay within
+/// their room.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Usage {
+    all: Weight,
+    tiers: [Weight; 2],
+    authors: BTreeMap<DeviceId, Weight>,
+}
+
+impl Usage {
+    /// True when one more entry of `author` (in `tier`), of `bytes`, fits.
+    fn fits(&self, author: &DeviceId, tier: Tier, bytes: usize) -> bool {
+        let by_author = self.authors.get(author).copied().unwrap_or_default();
+        self.all.plus(bytes).within(ALL_ROOM)
+            && self.tiers[tier as usize].plus(bytes).within(TIER_ROOM)
+            && by_author.plus(bytes).within(AUTHOR_ROOM)
+    }
+
+    /// Counts one more entry of `author` (in `tier`), of `bytes`.
+    fn add(&mut self, author: &DeviceId, tier: Tier, bytes: usize) {
+        self.all = self.all.plus(bytes);
+        self.tiers[tier as usize] = self.tiers[tier as usize].plus(bytes);
+        let by_author = self.authors.entry(*author).or_default();
+        *by_author = by_author.plus(bytes);
+    }
+
+    /// [`Usage::fits`], then [`Usage::add`]: false (and nothing counted)
+    /// when it does not fit.
+    fn take(&mut self, author: &DeviceId, tier: Tier, bytes: usize) -> bool {
+        let fits = self.fits(author, tier, bytes);
+        if fits {
+            self.add(author, tier, bytes);
+        }
+        fits
     }
 }
 /// Most entries a membership log holds in all: [`MAX_MEMBER_ENTRIES`] and
@@ -409,7 +463,7 @@ pub struct MembershipLog {
     len: usize,
     /// Entries (and their bytes: bodies and signatures) held of devices
     /// other than the founder, by [`Tier`].
-    held_by_tier: [Room; 2],
+    usage: Usage,
     /// The devices an `Add` of the founder names ([`Tier::Founders`]).
     founder_adds: std::collections::BTreeSet<DeviceId>,
     /// How many held `Add` entries name each device: the devices whose
@@ -516,7 +570,7 @@ impl MembershipLog {
             founder,
             entries: BTreeMap::new(),
             len: 0,
-            held_by_tier: [Room::default(); 2],
+            usage: Usage::default(),
             founder_adds: std::collections::BTreeSet::new(),
             adds: BTreeMap::new(),
         }
@@ -687,31 +741,6 @@ impl MembershipLog {
         cut
     }
 
-    /// Adds a verified entry; false if it was already held.
-    fn insert(
-        &mut self,
-        signed: SignedMemberEntry,
-        entry: MemberEntry,
-    ) -> Result<bool, MemberError> {
-        let hash = signed.hash();
-        let slot = (entry.author, entry.seq);
-        if !self.may_hold(&entry.author, entry.seq) {
-            return Err(not_admitted(&entry));
-        }
-        if self
-            .entries
-            .get(&slot)
-            .is_some_and(|versions| versions.contains_key(&hash))
-        {
-            return Ok(false);
-        }
-        if entry.author != self.founder && !self.has_room(&entry.author, entry_bytes(&signed)) {
-            return Err(MemberError::TooLarge);
-        }
-        self.put(hash, self.checked(signed, entry));
-        Ok(true)
-    }
-
     /// `signed` as held, with what its checks found (checked by the
     /// caller: its author may be held, and there is room).
     fn checked(&self, signed: SignedMemberEntry, entry: MemberEntry) -> Held {
@@ -762,9 +791,9 @@ impl MembershipLog {
         }
         let slot = (held.entry.author, held.entry.seq);
         if held.entry.author != self.founder {
-            let tier = &mut self.held_by_tier[self.tier(&held.entry.author) as usize];
-            tier.entries += 1;
-            tier.bytes += entry_bytes(&held.signed);
+            let author = held.entry.author;
+            self.usage
+                .add(&author, self.tier(&author), entry_bytes(&held.signed));
         }
         self.entries.entry(slot).or_default().insert(hash, held);
         self.len += 1;
@@ -772,18 +801,22 @@ impl MembershipLog {
 
     /// Verifies and adds one entry this device signed or received (as a
     /// merge of that one entry: the same rule of what is held); refused if
-    /// the log may not hold it. False if it was held already, or is a third
-    /// version of its number with a higher hash than the two held.
+    /// the log may not hold it or has no room left for it. False if it was
+    /// held already, or is a third version of its number with a higher
+    /// hash than the two held (or a lower one the full log has no room
+    /// for).
     pub fn add(&mut self, signed: SignedMemberEntry) -> Result<bool, MemberError> {
         let entry = signed.verify(self.store)?;
         if !self.may_hold(&entry.author, entry.seq) {
             return Err(not_admitted(&entry));
         }
-        let held = self
-            .entries
-            .get(&(entry.author, entry.seq))
-            .is_some_and(|versions| versions.contains_key(&signed.hash()));
+        // A new entry of a number with room for another version needs room
+        // in the log (a third version competes with the held ones instead).
+        let versions = self.entries.get(&(entry.author, entry.seq));
+        let held = versions.is_some_and(|versions| versions.contains_key(&signed.hash()));
+        let competes = versions.is_some_and(|versions| versions.len() >= MAX_VERSIONS);
         if !held
+            && !competes
             && entry.author != self.founder
             && !self.has_room(&entry.author, entry_bytes(&signed))
         {
@@ -812,10 +845,12 @@ impl MembershipLog {
     /// `horizon_ms` (a device's clock plus the skew it allows): a member
     /// cannot date its entries far ahead.
     ///
-    /// The result is a function of the entries held and offered, whatever
-    /// their order: of each (author, number) the two lowest hashes, then
-    /// the entries of the founder and, transitively, of every device an
-    /// entry so held adds.
+    /// While the log has room, the result is a function of the entries held
+    /// and offered, whatever their order: of each (author, number) the two
+    /// lowest hashes, then the entries of the founder and, transitively, of
+    /// every device an entry so held adds. Past the room
+    /// ([`MAX_MEMBER_ENTRIES`], [`MAX_MEMBER_BYTES`]), what is taken
+    /// depends on what came first: nothing held is given up.
     pub fn merge_until(
         &mut self,
         other: &MembershipWire,
@@ -828,7 +863,7 @@ impl MembershipLog {
         if self.only_extends(&offered) {
             return Ok(self.extend(offered, count));
         }
-        self.rebuild(offered, count)
+        self.rebuild(offered, count, true)
     }
 
     /// The entries of `other` this log may take: verified, not held,
@@ -896,19 +931,10 @@ impl MembershipLog {
         }
     }
 
-    /// What is left in `tier`.
-    fn room(&self, tier: Tier) -> Room {
-        let held = self.held_by_tier[tier as usize];
-        Room {
-            entries: TIER_ROOM.entries.saturating_sub(held.entries),
-            bytes: TIER_ROOM.bytes.saturating_sub(held.bytes),
-        }
-    }
-
     /// True when one more entry of `author` (not the founder), of
-    /// `bytes`, fits in its tier.
+    /// `bytes`, fits: in all, in its tier and in its author's room.
     fn has_room(&self, author: &DeviceId, bytes: usize) -> bool {
-        self.room(self.tier(author)).take(bytes)
+        self.usage.fits(author, self.tier(author), bytes)
     }
 
     /// True when merging `offered` only extends the log: no slot would
@@ -918,15 +944,27 @@ impl MembershipLog {
     /// entries), and [`MembershipLog::extend`] then gives what
     /// [`MembershipLog::rebuild`] would, without copying the log.
     fn only_extends(&self, offered: &Offered) -> bool {
-        let mut room = [self.room(Tier::Founders), self.room(Tier::Others)];
+        // An `Add` of the founder moves the entries of a device that has
+        // some (held or offered) to the founder's tier: the rebuild counts
+        // them again. A new device has none yet (pairing).
+        let moves = |device: &DeviceId| {
+            !self.founder_adds.contains(device)
+                && (self
+                    .entries
+                    .range((*device, 0)..=(*device, u64::MAX))
+                    .next()
+                    .is_some()
+                    || offered.iter().any(|(_, _, entry)| entry.author == *device))
+        };
+        let mut usage = self.usage.clone();
         for (_, signed, entry) in offered {
             if entry.author == self.founder {
-                // An `Add` of the founder may move a device's entries to
-                // the other tier: the rebuild counts them again.
-                if matches!(entry.change, MemberChange::Add { .. }) {
-                    return false;
+                if let MemberChange::Add { device, .. } = &entry.change {
+                    if moves(device) {
+                        return false;
+                    }
                 }
-            } else if !room[self.tier(&entry.author) as usize].take(entry_bytes(signed)) {
+            } else if !usage.take(&entry.author, self.tier(&entry.author), entry_bytes(signed)) {
                 return false;
             }
         }
@@ -989,11 +1027,22 @@ impl MembershipLog {
         &mut self,
         offered: Offered,
         mut count: MergeCount,
+        limited: bool,
     ) -> Result<MergeCount, MemberError> {
-        // Every entry held or offered, by position: the two lowest hashes.
+        // Every entry held or offered, by position.
         enum Candidate {
             Held(Held),
             Offered(SignedMemberEntry, MemberEntry),
+            /// Offered, with room already counted for it.
+            Taken(SignedMemberEntry, MemberEntry),
+        }
+        impl Candidate {
+            fn entry(&self) -> &MemberEntry {
+                match self {
+                    Candidate::Held(held) => &held.entry,
+                    Candidate::Offered(_, entry) | Candidate::Taken(_, entry) => entry,
+                }
+            }
         }
         let mut candidates: BTreeMap<(DeviceId, u64), BTreeMap<EntryHash, Candidate>> =
             BTreeMap::new();
@@ -1014,28 +1063,23 @@ impl MembershipLog {
                 .entry(hash)
                 .or_insert(Candidate::Offered(signed, entry));
         }
-        for versions in candidates.values_mut() {
+        let founder = self.founder;
+        let keep_lowest = |versions: &mut BTreeMap<EntryHash, Candidate>| {
             while versions.len() > MAX_VERSIONS {
                 versions.pop_last();
             }
+        };
+        // The founder's entries first (they take no room): they say which
+        // devices are the founder's, so which tier every other entry takes.
+        for (_, versions) in candidates.range_mut((founder, 0)..=(founder, u64::MAX)) {
+            keep_lowest(versions);
         }
-        // The room the held entries of non-founders leave in each tier
-        // (by the founder's `Add`s held or offered): offered ones take it
-        // in the order below and the rest are refused, so a full log still
-        // takes the founder's entries from a peer whose log is full of
-        // others, and nothing held is given up for an offered one.
         let founder_adds: std::collections::BTreeSet<DeviceId> = candidates
-            .range((self.founder, 0)..=(self.founder, u64::MAX))
+            .range((founder, 0)..=(founder, u64::MAX))
             .flat_map(|(_, versions)| versions.values())
-            .filter_map(|candidate| {
-                let entry = match candidate {
-                    Candidate::Held(held) => &held.entry,
-                    Candidate::Offered(_, entry) => entry,
-                };
-                match &entry.change {
-                    MemberChange::Add { device, .. } => Some(*device),
-                    _ => None,
-                }
+            .filter_map(|candidate| match &candidate.entry().change {
+                MemberChange::Add { device, .. } => Some(*device),
+                _ => None,
             })
             .collect();
         let tier = |author: &DeviceId| {
@@ -1045,15 +1089,52 @@ impl MembershipLog {
                 Tier::Others
             }
         };
-        let mut room = [TIER_ROOM; 2];
+        // What the held entries weigh. Offered ones take the room left, in
+        // the order below, and the rest are refused: a full log still
+        // takes the founder's entries from a peer whose log is full of
+        // others, and never gives up an entry it holds for one offered.
+        let mut usage = Usage::default();
         for (slot, versions) in &candidates {
             for candidate in versions.values() {
-                if let (Candidate::Held(held), true) = (candidate, slot.0 != self.founder) {
-                    let left = &mut room[tier(&slot.0) as usize];
-                    left.entries = left.entries.saturating_sub(1);
-                    left.bytes = left.bytes.saturating_sub(entry_bytes(&held.signed));
+                if let (Candidate::Held(held), true) = (candidate, slot.0 != founder) {
+                    usage.add(&slot.0, tier(&slot.0), entry_bytes(&held.signed));
                 }
             }
+        }
+        for (slot, versions) in candidates.iter_mut() {
+            if slot.0 == founder || versions.len() <= MAX_VERSIONS {
+                continue;
+            }
+            // Lower versions offered displace a held one only if they
+            // are taken: room is counted for them now, or they are refused
+            // and the held versions stay as they are.
+            let displaces = versions
+                .values()
+                .skip(MAX_VERSIONS)
+                .any(|c| matches!(c, Candidate::Held(_)));
+            if displaces && limited {
+                let mut trial = usage.clone();
+                let fit = versions
+                    .iter()
+                    .take(MAX_VERSIONS)
+                    .filter_map(|(_, c)| match c {
+                        Candidate::Offered(signed, _) => Some(entry_bytes(signed)),
+                        _ => None,
+                    })
+                    .all(|bytes| trial.take(&slot.0, tier(&slot.0), bytes));
+                if !fit {
+                    versions.retain(|_, c| matches!(c, Candidate::Held(_)));
+                    continue;
+                }
+                usage = trial;
+                for candidate in versions.values_mut().take(MAX_VERSIONS) {
+                    if let Candidate::Offered(signed, entry) = candidate {
+                        let (signed, entry) = (signed.clone(), entry.clone());
+                        *candidate = Candidate::Taken(signed, entry);
+                    }
+                }
+            }
+            keep_lowest(versions);
         }
         // From the founder on, each device's entries once an entry adds it.
         let mut rebuilt = MembershipLog::founded_by(self.store, self.founder);
@@ -1079,13 +1160,23 @@ impl MembershipLog {
                             rebuilt.put(hash, held);
                             entry
                         }
+                        Candidate::Offered(signed, entry) | Candidate::Taken(signed, entry)
+                            if slot.0 == founder || !limited =>
+                        {
+                            rebuilt.put(hash, rebuilt.checked(signed, entry.clone()));
+                            count.added += 1;
+                            entry
+                        }
+                        Candidate::Taken(signed, entry) => {
+                            rebuilt.put(hash, rebuilt.checked(signed, entry.clone()));
+                            count.added += 1;
+                            entry
+                        }
                         Candidate::Offered(signed, entry) => {
-                            if slot.0 != rebuilt.founder
-                                && !room[tier(&slot.0) as usize].take(entry_bytes(&signed))
-                            {
+                            if !usage.take(&slot.0, tier(&slot.0), entry_bytes(&signed)) {
                                 continue;
                             }
-                            rebuilt.insert(signed, entry.clone())?;
+                            rebuilt.put(hash, rebuilt.checked(signed, entry.clone()));
                             count.added += 1;
                             entry
                         }
@@ -1113,7 +1204,11 @@ impl MembershipLog {
     /// Reads a stored or received log, verifying every entry.
     pub fn from_wire(wire: &MembershipWire) -> Result<MembershipLog, MemberError> {
         let mut log = MembershipLog::founded_by(wire.store, wire.founder);
-        log.merge(wire)?;
+        let (offered, count) = log.offered(wire, u64::MAX)?;
+        // A log as a replica held it: taken whole, past the caps too (a
+        // device the founder adds late moves its entries to the founder's
+        // tier, which may then hold more than its room).
+        log.rebuild(offered, count, false)?;
         Ok(log)
     }
 

@@ -676,10 +676,11 @@ proptest::proptest! {
             // Whether the merge extended the log in place or rebuilt it,
             // the result is the rebuild's.
             let (offered, count) = rebuilt.offered(&wire, u64::MAX).expect("offered");
-            rebuilt.rebuild(offered, count).expect("rebuild");
+            rebuilt.rebuild(offered, count, true).expect("rebuild");
             proptest::prop_assert_eq!(views[other].to_wire(), rebuilt.to_wire());
             proptest::prop_assert_eq!(views[other].digest(), rebuilt.digest());
             proptest::prop_assert_eq!(views[other].members(), rebuilt.members());
+            proptest::prop_assert_eq!(&views[other].usage, &rebuilt.usage);
         }
         all.sort();
         all.dedup();
@@ -913,14 +914,10 @@ fn a_log_filled_by_a_member_gone_bad_still_takes_the_entries_of_the_founders_dev
     assert_eq!(copy.digest(), log.digest());
 }
 
-#[test]
-fn a_member_writing_the_largest_key_entries_fills_the_bytes_not_the_memory() {
-    let (a, m) = (device(1), device(2));
-    let mut log = founded(&a);
-    append(&mut log, &a, 1, add(&m));
-    // Key entries as large as an entry may be: the most grants, each of
-    // the largest size, to made-up devices.
-    let fat = |epoch: u32| MemberChange::KeyCopy {
+/// The largest entry there is: a key copy with the most grants, each of
+/// the largest size, to made-up devices (about 300 KB).
+fn fat(epoch: u32) -> MemberChange {
+    MemberChange::KeyCopy {
         epoch,
         commitment: [epoch as u8; 32],
         grants: (0..MAX_GRANTS as u32)
@@ -930,37 +927,122 @@ fn a_member_writing_the_largest_key_entries_fills_the_bytes_not_the_memory() {
                 (DeviceId::from_bytes(id), vec![0xAB; MAX_GRANT_BYTES])
             })
             .collect(),
-    };
+    }
+}
+
+/// `author` appends the largest entries until the log refuses one: how
+/// many it took.
+fn fill_with_fat(log: &mut MembershipLog, author: &DeviceIdentity, hlc: u64) -> u32 {
     let mut taken = 0u32;
-    let refused = loop {
-        match log.append(&m, Hlc::from_u64(10 + u64::from(taken)), fat(taken)) {
+    loop {
+        match log.append(author, Hlc::from_u64(hlc + u64::from(taken)), fat(taken)) {
             Ok(_) => taken += 1,
-            Err(e) => break e,
+            Err(e) => {
+                assert!(matches!(e, MemberError::TooLarge), "{e:?}");
+                return taken;
+            }
         }
         assert!(taken < 100, "no cap on bytes");
-    };
-    assert!(matches!(refused, MemberError::TooLarge), "{refused:?}");
-    let bytes: usize = log
-        .held()
-        .filter(|h| h.entry.author != a.device_id())
-        .map(|h| entry_bytes(&h.signed))
-        .sum();
-    // M is a device the founder added: it fills that half.
-    assert!(bytes <= MAX_MEMBER_BYTES / 2, "{bytes} bytes held");
+    }
+}
+
+#[test]
+fn the_largest_key_entries_fill_their_authors_room_not_the_log() {
+    let (a, m, honest) = (device(1), device(2), device(3));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&m));
+    append(&mut log, &a, 2, add(&honest));
+    let puppets: Vec<DeviceIdentity> = (0..5u8)
+        .map(|p| DeviceIdentity::from_secret(&[150 + p; 32]))
+        .collect();
+    for (i, puppet) in puppets.iter().enumerate() {
+        append(&mut log, &m, 10 + i as u64, add(puppet));
+    }
+    // M, a device the founder added, fills its own room: a quarter of its
+    // tier's bytes...
+    let taken = fill_with_fat(&mut log, &m, 100);
+    let by_m = log.usage.authors[&m.device_id()];
+    assert!(by_m.within(AUTHOR_ROOM), "{by_m:?}");
     assert!(
-        bytes + 300_000 > MAX_MEMBER_BYTES / 2,
+        by_m.bytes + 300_000 > AUTHOR_ROOM.bytes,
         "refused before the cap"
     );
-    assert!(taken >= 25, "{taken} entries of about 300 KB taken");
+    assert!(taken >= 5, "{taken} entries of about 300 KB taken");
+    // ...so another device the founder added still revokes it.
+    let removal = remove(&log, &m, None);
+    append(&mut log, &honest, 1_000, removal);
+    assert!(!log.members().is_member(&m.device_id()));
+    // Its throw-away devices fill the other tier, and no more.
+    for (i, puppet) in puppets.iter().enumerate() {
+        fill_with_fat(&mut log, puppet, 2_000 + 100 * i as u64);
+    }
+    let others = log.usage.tiers[Tier::Others as usize];
+    assert!(others.within(TIER_ROOM), "{others:?}");
+    assert!(others.bytes + 300_000 > TIER_ROOM.bytes, "the tier is full");
+    assert!(log.usage.all.within(ALL_ROOM));
     // The founder still writes; the whole log fits in one message and
     // merges elsewhere the same.
-    append(&mut log, &a, 9_000, add(&device(3)));
+    append(&mut log, &a, 9_000, add(&device(4)));
     let wire = log.to_wire();
     let encoded = postcard::to_stdvec(&wire).expect("encodes");
     assert!(encoded.len() < crate::net::MAX_MESSAGE_BYTES);
     let mut copy = founded(&a);
     copy.merge(&wire).expect("merges");
     assert_eq!(copy.digest(), log.digest());
+}
+
+#[test]
+fn a_lower_version_the_full_log_has_no_room_for_displaces_nothing() {
+    let (a, e) = (device(1), device(2));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&e));
+    // Three versions of E's entry 1, by hash: the two higher are held.
+    let mut versions: Vec<SignedMemberEntry> = (0..3)
+        .map(|i| forged(&e, 1, [0; 32], 2, add(&device(10 + i))))
+        .collect();
+    versions.sort_by_key(SignedMemberEntry::hash);
+    for held in &versions[1..] {
+        assert!(log.add(held.clone()).expect("room for it"));
+    }
+    // E and three more devices the founder added fill their tier.
+    let target = |tag: u8, n: u64| {
+        let mut secret = [tag; 32];
+        secret[..8].copy_from_slice(&n.to_be_bytes());
+        DeviceIdentity::from_secret(&secret)
+    };
+    let mut prev = versions[1].hash();
+    for seq in 2..=MAX_ENTRIES_PER_AUTHOR - 1 {
+        let entry = forged(&e, seq, prev, 10 + seq, add(&target(50, seq)));
+        prev = entry.hash();
+        assert!(log.add(entry).expect("room"));
+    }
+    for f in 0..3u8 {
+        let own = target(60 + f, 0);
+        append(&mut log, &a, 3 + u64::from(f), add(&own));
+        for n in 1..=MAX_ENTRIES_PER_AUTHOR {
+            append(&mut log, &own, 100 + n, add(&target(70 + f, n)));
+        }
+    }
+    assert_eq!(
+        log.usage.tiers[Tier::Founders as usize].entries,
+        TIER_ROOM.entries
+    );
+    let full = log.to_wire();
+    // The lowest version arrives: it would displace a held one, but there
+    // is no room for it, so the held versions stay.
+    let count = log
+        .merge_until(
+            &MembershipWire {
+                store: STORE,
+                founder: a.device_id(),
+                entries: vec![versions[0].clone()],
+            },
+            u64::MAX,
+        )
+        .expect("merge");
+    assert_eq!((count.added, count.refused), (0, 1));
+    assert_eq!(log.to_wire(), full, "nothing held given up");
+    assert!(log.members().equivocators.contains(&e.device_id()));
 }
 
 /// Junk of `puppet` (tag `tag`): `count` entries adding throw-away keys.
@@ -1039,4 +1121,84 @@ fn replicas_filled_with_different_junk_still_take_each_others_logs_and_the_found
         x.to_wire().entries.into_iter().collect();
     assert!(before.entries.iter().all(|e| after.contains(e)));
     assert!(!x.members().is_member(&m.device_id()));
+}
+
+#[test]
+fn a_device_the_founder_adds_late_moves_tiers_and_the_total_holds() {
+    let (a, m, d) = (device(1), device(2), device(3));
+    let target = |tag: u8, n: u64| {
+        let mut secret = [tag; 32];
+        secret[..8].copy_from_slice(&n.to_be_bytes());
+        DeviceIdentity::from_secret(&secret)
+    };
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&m));
+    // Three devices of the founder take most of its tier.
+    for f in 0..3u8 {
+        let own = target(60 + f, 0);
+        append(&mut log, &a, 2 + u64::from(f), add(&own));
+        for n in 1..=MAX_ENTRIES_PER_AUTHOR {
+            append(&mut log, &own, 10 + n, add(&target(70 + f, n)));
+        }
+    }
+    // M adds D and four throw-away devices; D signs all it may, and the
+    // throw-away devices fill the rest of the other tier.
+    let puppets: Vec<DeviceIdentity> = (0..4u8).map(|p| target(90 + p, 0)).collect();
+    append(&mut log, &m, 600, add(&d));
+    for (i, puppet) in puppets.iter().enumerate() {
+        append(&mut log, &m, 601 + i as u64, add(puppet));
+    }
+    for n in 1..=MAX_ENTRIES_PER_AUTHOR {
+        append(&mut log, &d, 1_000 + n, add(&target(80, n)));
+    }
+    let mut hlc = 2_000;
+    let mut fill = |log: &mut MembershipLog| {
+        let mut open = true;
+        while open {
+            open = false;
+            for (i, puppet) in puppets.iter().enumerate() {
+                hlc += 1;
+                if log
+                    .append(puppet, Hlc::from_u64(hlc), add(&target(100 + i as u8, hlc)))
+                    .is_ok()
+                {
+                    open = true;
+                }
+            }
+        }
+    };
+    fill(&mut log);
+    assert_eq!(
+        log.usage.tiers[Tier::Others as usize].entries,
+        TIER_ROOM.entries
+    );
+    // The founder adds D too: D's entries move to the founder's tier,
+    // which now holds more than its room (nothing held is given up)...
+    append(&mut log, &a, 9_000, add(&d));
+    assert!(log.usage.tiers[Tier::Founders as usize].entries > TIER_ROOM.entries);
+    // ...and the room D left in the other tier is taken only while the
+    // log as a whole has room.
+    fill(&mut log);
+    assert_eq!(log.usage.all.entries, MAX_MEMBER_ENTRIES);
+    // The log is read back whole.
+    let read = MembershipLog::from_wire(&log.to_wire()).expect("reads");
+    assert_eq!((read.len(), read.digest()), (log.len(), log.digest()));
+}
+
+#[test]
+fn what_each_tier_holds_is_counted_the_same_however_the_log_grew() {
+    let (a, m, d) = (device(1), device(2), device(3));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&m));
+    append(&mut log, &m, 2, add(&d));
+    append(&mut log, &d, 3, add(&device(4)));
+    assert_eq!(log.tier(&d.device_id()), Tier::Others);
+    // The founder adds D (moving its entry) and a new device.
+    append(&mut log, &a, 4, add(&d));
+    append(&mut log, &a, 5, add(&device(5)));
+    assert_eq!(log.tier(&d.device_id()), Tier::Founders);
+    let read = MembershipLog::from_wire(&log.to_wire()).expect("reads");
+    assert_eq!(read.usage, log.usage);
+    assert_eq!(log.usage.tiers[Tier::Founders as usize].entries, 2);
+    assert_eq!(log.usage.tiers[Tier::Others as usize].entries, 0);
 }
