@@ -48,7 +48,8 @@ pub const MEMBER_ENTRY_FORMAT: u8 = 2;
 pub const MAX_MEMBER_ENTRIES: usize = 4_096;
 /// Most bytes (bodies and signatures) the entries of devices other than
 /// the founder may take in all: room for about 140,000 key grants of
-/// 115 bytes (a thousand members through 140 key rotations), and it keeps
+/// 115 bytes (a thousand members through 140 key rotations, made by
+/// several devices: one device's share is smaller), and it keeps
 /// a log a member gone bad fills with the largest `Key` entries (about
 /// 300 KB each) within what one message carries, where 4,096 of them
 /// would weigh over a gigabyte. The founder's entries come on top, as for
@@ -60,9 +61,10 @@ const TIER_ROOM: Weight = Weight {
     bytes: MAX_MEMBER_BYTES / 2,
 };
 /// What one author other than the founder may hold: every entry it can
-/// sign (two versions of each number, so its own room never refuses an
-/// equivocation), in a quarter of a tier's bytes: no single device fills
-/// its tier.
+/// sign (two versions of each number, so a second version fits in its
+/// own room), in a quarter of a tier's bytes: no single device fills its
+/// tier. That is about 18,000 key grants of 115 bytes per device (18 key
+/// rotations it makes at a thousand members, 180 at a hundred).
 const AUTHOR_ROOM: Weight = Weight {
     entries: 2 * MAX_ENTRIES_PER_AUTHOR as usize,
     bytes: MAX_MEMBER_BYTES / 8,
@@ -128,6 +130,19 @@ impl Usage {
         self.tiers[tier as usize] = self.tiers[tier as usize].plus(bytes);
         let by_author = self.authors.entry(*author).or_default();
         *by_author = by_author.plus(bytes);
+    }
+
+    /// Counts one entry of `author` (in `tier`), of `bytes`, less.
+    fn remove(&mut self, author: &DeviceId, tier: Tier, bytes: usize) {
+        let less = |weight: &mut Weight| {
+            weight.entries = weight.entries.saturating_sub(1);
+            weight.bytes = weight.bytes.saturating_sub(bytes);
+        };
+        less(&mut self.all);
+        less(&mut self.tiers[tier as usize]);
+        if let Some(by_author) = self.authors.get_mut(author) {
+            less(by_author);
+        }
     }
 
     /// [`Usage::fits`], then [`Usage::add`]: false (and nothing counted)
@@ -1106,14 +1121,20 @@ impl MembershipLog {
                 continue;
             }
             // Lower versions offered displace a held one only if they
-            // are taken: room is counted for them now, or they are refused
-            // and the held versions stay as they are.
+            // are taken: the room of the held versions they displace and
+            // then theirs are counted now, or they are refused and the held
+            // versions stay as they are.
             let displaces = versions
                 .values()
                 .skip(MAX_VERSIONS)
                 .any(|c| matches!(c, Candidate::Held(_)));
             if displaces && limited {
                 let mut trial = usage.clone();
+                for candidate in versions.values().skip(MAX_VERSIONS) {
+                    if let Candidate::Held(held) = candidate {
+                        trial.remove(&slot.0, tier(&slot.0), entry_bytes(&held.signed));
+                    }
+                }
                 let fit = versions
                     .iter()
                     .take(MAX_VERSIONS)
@@ -1153,6 +1174,10 @@ impl MembershipLog {
                     continue;
                 };
                 for (hash, candidate) in versions {
+                    // Offered entries that need no room counted now: taken
+                    // already, the founder's, or a log read back whole.
+                    let counted =
+                        matches!(candidate, Candidate::Taken(..)) || slot.0 == founder || !limited;
                     let entry = match candidate {
                         Candidate::Held(held) => {
                             // Held before: kept whatever the room.
@@ -1160,20 +1185,9 @@ impl MembershipLog {
                             rebuilt.put(hash, held);
                             entry
                         }
-                        Candidate::Offered(signed, entry) | Candidate::Taken(signed, entry)
-                            if slot.0 == founder || !limited =>
-                        {
-                            rebuilt.put(hash, rebuilt.checked(signed, entry.clone()));
-                            count.added += 1;
-                            entry
-                        }
-                        Candidate::Taken(signed, entry) => {
-                            rebuilt.put(hash, rebuilt.checked(signed, entry.clone()));
-                            count.added += 1;
-                            entry
-                        }
-                        Candidate::Offered(signed, entry) => {
-                            if !usage.take(&slot.0, tier(&slot.0), entry_bytes(&signed)) {
+                        Candidate::Offered(signed, entry) | Candidate::Taken(signed, entry) => {
+                            if !counted && !usage.take(&slot.0, tier(&slot.0), entry_bytes(&signed))
+                            {
                                 continue;
                             }
                             rebuilt.put(hash, rebuilt.checked(signed, entry.clone()));

@@ -47,6 +47,13 @@ fn forged(
     .expect("signs")
 }
 
+/// A device identity numbered `n` in a family `tag` (throw-away keys).
+fn numbered(tag: u8, n: u64) -> DeviceIdentity {
+    let mut secret = [tag; 32];
+    secret[..8].copy_from_slice(&n.to_be_bytes());
+    DeviceIdentity::from_secret(&secret)
+}
+
 fn add(d: &DeviceIdentity) -> MemberChange {
     MemberChange::Add {
         device: d.device_id(),
@@ -851,15 +858,10 @@ fn a_log_filled_by_a_member_gone_bad_still_takes_the_entries_of_the_founders_dev
     // M adds eight throw-away devices; each signs entries (adds of more
     // throw-away keys) until the log holds all it may of devices the
     // founder did not add.
-    let throw_away = |tag: u8, n: u64| {
-        let mut secret = [tag; 32];
-        secret[..8].copy_from_slice(&n.to_be_bytes());
-        DeviceIdentity::from_secret(&secret)
-    };
     let mut theirs = log.clone();
     let mut entries = Vec::new();
     let mut hlc = 10;
-    let puppets: Vec<DeviceIdentity> = (0..8u8).map(|p| throw_away(100 + p, 0)).collect();
+    let puppets: Vec<DeviceIdentity> = (0..8u8).map(|p| numbered(100 + p, 0)).collect();
     for puppet in &puppets {
         hlc += 1;
         entries.push(append(&mut theirs, &m, hlc, add(puppet)));
@@ -869,7 +871,7 @@ fn a_log_filled_by_a_member_gone_bad_still_takes_the_entries_of_the_founders_dev
         let mut prev = [0; 32];
         for seq in 1..=per_puppet {
             hlc += 1;
-            let entry = forged(puppet, seq, prev, hlc, add(&throw_away(200 + p as u8, seq)));
+            let entry = forged(puppet, seq, prev, hlc, add(&numbered(200 + p as u8, seq)));
             prev = entry.hash();
             entries.push(entry);
         }
@@ -996,46 +998,36 @@ fn a_lower_version_the_full_log_has_no_room_for_displaces_nothing() {
     let (a, e) = (device(1), device(2));
     let mut log = founded(&a);
     append(&mut log, &a, 1, add(&e));
-    // Three versions of E's entry 1, by hash: the two higher are held.
-    let mut versions: Vec<SignedMemberEntry> = (0..3)
+    // Two small versions of E's entry 1 are held.
+    let mut small: Vec<SignedMemberEntry> = (0..2)
         .map(|i| forged(&e, 1, [0; 32], 2, add(&device(10 + i))))
         .collect();
-    versions.sort_by_key(SignedMemberEntry::hash);
-    for held in &versions[1..] {
+    small.sort_by_key(SignedMemberEntry::hash);
+    for held in &small {
         assert!(log.add(held.clone()).expect("room for it"));
     }
-    // E and three more devices the founder added fill their tier.
-    let target = |tag: u8, n: u64| {
-        let mut secret = [tag; 32];
-        secret[..8].copy_from_slice(&n.to_be_bytes());
-        DeviceIdentity::from_secret(&secret)
-    };
-    let mut prev = versions[1].hash();
-    for seq in 2..=MAX_ENTRIES_PER_AUTHOR - 1 {
-        let entry = forged(&e, seq, prev, 10 + seq, add(&target(50, seq)));
+    // E fills its room with the largest entries.
+    let mut prev = small[0].hash();
+    for seq in 2..20u64 {
+        let entry = forged(&e, seq, prev, 10 + seq, fat(seq as u32));
         prev = entry.hash();
-        assert!(log.add(entry).expect("room"));
-    }
-    for f in 0..3u8 {
-        let own = target(60 + f, 0);
-        append(&mut log, &a, 3 + u64::from(f), add(&own));
-        for n in 1..=MAX_ENTRIES_PER_AUTHOR {
-            append(&mut log, &own, 100 + n, add(&target(70 + f, n)));
+        if log.add(entry).is_err() {
+            break;
         }
     }
-    assert_eq!(
-        log.usage.tiers[Tier::Founders as usize].entries,
-        TIER_ROOM.entries
-    );
+    // A large version of entry 1 with a lower hash than both: it would
+    // displace a small one, whose room is far less than it needs.
+    let lower = (100u32..200)
+        .map(|epoch| forged(&e, 1, [0; 32], 2, fat(epoch)))
+        .find(|v| v.hash() < small[0].hash())
+        .expect("one of a hundred hashes is lower");
     let full = log.to_wire();
-    // The lowest version arrives: it would displace a held one, but there
-    // is no room for it, so the held versions stay.
     let count = log
         .merge_until(
             &MembershipWire {
                 store: STORE,
                 founder: a.device_id(),
-                entries: vec![versions[0].clone()],
+                entries: vec![lower],
             },
             u64::MAX,
         )
@@ -1050,15 +1042,7 @@ fn puppet_junk(puppet: &DeviceIdentity, tag: u8, count: u64, hlc: u64) -> Vec<Si
     let mut prev = [0; 32];
     (1..=count)
         .map(|seq| {
-            let mut secret = [tag; 32];
-            secret[..8].copy_from_slice(&seq.to_be_bytes());
-            let entry = forged(
-                puppet,
-                seq,
-                prev,
-                hlc + seq,
-                add(&DeviceIdentity::from_secret(&secret)),
-            );
+            let entry = forged(puppet, seq, prev, hlc + seq, add(&numbered(tag, seq)));
             prev = entry.hash();
             entry
         })
@@ -1126,30 +1110,25 @@ fn replicas_filled_with_different_junk_still_take_each_others_logs_and_the_found
 #[test]
 fn a_device_the_founder_adds_late_moves_tiers_and_the_total_holds() {
     let (a, m, d) = (device(1), device(2), device(3));
-    let target = |tag: u8, n: u64| {
-        let mut secret = [tag; 32];
-        secret[..8].copy_from_slice(&n.to_be_bytes());
-        DeviceIdentity::from_secret(&secret)
-    };
     let mut log = founded(&a);
     append(&mut log, &a, 1, add(&m));
     // Three devices of the founder take most of its tier.
     for f in 0..3u8 {
-        let own = target(60 + f, 0);
+        let own = numbered(60 + f, 0);
         append(&mut log, &a, 2 + u64::from(f), add(&own));
         for n in 1..=MAX_ENTRIES_PER_AUTHOR {
-            append(&mut log, &own, 10 + n, add(&target(70 + f, n)));
+            append(&mut log, &own, 10 + n, add(&numbered(70 + f, n)));
         }
     }
     // M adds D and four throw-away devices; D signs all it may, and the
     // throw-away devices fill the rest of the other tier.
-    let puppets: Vec<DeviceIdentity> = (0..4u8).map(|p| target(90 + p, 0)).collect();
+    let puppets: Vec<DeviceIdentity> = (0..4u8).map(|p| numbered(90 + p, 0)).collect();
     append(&mut log, &m, 600, add(&d));
     for (i, puppet) in puppets.iter().enumerate() {
         append(&mut log, &m, 601 + i as u64, add(puppet));
     }
     for n in 1..=MAX_ENTRIES_PER_AUTHOR {
-        append(&mut log, &d, 1_000 + n, add(&target(80, n)));
+        append(&mut log, &d, 1_000 + n, add(&numbered(80, n)));
     }
     let mut hlc = 2_000;
     let mut fill = |log: &mut MembershipLog| {
@@ -1159,7 +1138,11 @@ fn a_device_the_founder_adds_late_moves_tiers_and_the_total_holds() {
             for (i, puppet) in puppets.iter().enumerate() {
                 hlc += 1;
                 if log
-                    .append(puppet, Hlc::from_u64(hlc), add(&target(100 + i as u8, hlc)))
+                    .append(
+                        puppet,
+                        Hlc::from_u64(hlc),
+                        add(&numbered(100 + i as u8, hlc)),
+                    )
                     .is_ok()
                 {
                     open = true;
@@ -1201,4 +1184,70 @@ fn what_each_tier_holds_is_counted_the_same_however_the_log_grew() {
     assert_eq!(read.usage, log.usage);
     assert_eq!(log.usage.tiers[Tier::Founders as usize].entries, 2);
     assert_eq!(log.usage.tiers[Tier::Others as usize].entries, 0);
+}
+
+#[test]
+fn a_lower_version_swaps_in_when_its_authors_room_is_full_so_replicas_agree() {
+    let (a, m) = (device(1), device(2));
+    let mut base = founded(&a);
+    append(&mut base, &a, 1, add(&m));
+    // M signs two versions of every number it may use: its room is full.
+    let version =
+        |seq: u64, v: u64| forged(&m, seq, [0; 32], 10 + seq, add(&numbered(40, seq * 8 + v)));
+    let entries: Vec<SignedMemberEntry> = (1..=MAX_ENTRIES_PER_AUTHOR)
+        .filter(|seq| *seq != 7)
+        .flat_map(|seq| [version(seq, 0), version(seq, 1)])
+        .collect();
+    let mut sevens: Vec<SignedMemberEntry> = (0..3).map(|v| version(7, v)).collect();
+    sevens.sort_by_key(SignedMemberEntry::hash);
+    // One replica holds the two higher versions of number 7, another the
+    // two lower.
+    let replica = |sevens: &[SignedMemberEntry]| {
+        let mut log = base.clone();
+        let mut all = entries.clone();
+        all.extend_from_slice(sevens);
+        log.merge(&MembershipWire {
+            store: STORE,
+            founder: a.device_id(),
+            entries: all,
+        })
+        .expect("merge");
+        log
+    };
+    let mut x = replica(&sevens[1..]);
+    let mut y = replica(&sevens[..2]);
+    assert_eq!(x.usage.authors[&m.device_id()].entries, AUTHOR_ROOM.entries);
+    // Each takes the other's log: the lowest version swaps in (its room is
+    // the one it displaces), the highest is dropped, and they agree.
+    x.merge(&y.to_wire()).expect("x takes y's");
+    y.merge(&x.to_wire()).expect("y takes x's");
+    assert_eq!(x.digest(), y.digest());
+}
+
+#[test]
+fn a_device_the_founder_pairs_merges_in_place() {
+    let (a, b) = (device(1), device(2));
+    let mut log = founded(&a);
+    append(&mut log, &a, 1, add(&b));
+    append(&mut log, &b, 2, add(&device(3)));
+    append(&mut log, &device(3), 3, add(&device(5)));
+    let mut theirs = log.clone();
+    let pairing = append(&mut theirs, &a, 3, add(&device(4)));
+    let wire = MembershipWire {
+        store: STORE,
+        founder: a.device_id(),
+        entries: vec![pairing],
+    };
+    let (offered, _) = log.offered(&wire, u64::MAX).expect("offered");
+    assert!(log.only_extends(&offered), "a new device moves nothing");
+    // The founder adding a device that already wrote entries moves them:
+    // that merge rebuilds.
+    let late = append(&mut theirs, &a, 4, add(&device(3)));
+    let wire = MembershipWire {
+        store: STORE,
+        founder: a.device_id(),
+        entries: vec![late],
+    };
+    let (offered, _) = log.offered(&wire, u64::MAX).expect("offered");
+    assert!(!log.only_extends(&offered));
 }
