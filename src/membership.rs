@@ -84,6 +84,17 @@ enum Tier {
     Others = 1,
 }
 
+impl Tier {
+    /// The tier of `author`'s entries, given the devices the founder adds.
+    fn of(founder_adds: &std::collections::BTreeSet<DeviceId>, author: &DeviceId) -> Tier {
+        if founder_adds.contains(author) {
+            Tier::Founders
+        } else {
+            Tier::Others
+        }
+    }
+}
+
 /// Entries and their bytes (bodies and signatures).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Weight {
@@ -825,24 +836,22 @@ impl MembershipLog {
         if !self.may_hold(&entry.author, entry.seq) {
             return Err(not_admitted(&entry));
         }
-        // A new entry of a number with room for another version needs room
-        // in the log (a third version competes with the held ones instead).
         let versions = self.entries.get(&(entry.author, entry.seq));
         let held = versions.is_some_and(|versions| versions.contains_key(&signed.hash()));
         let competes = versions.is_some_and(|versions| versions.len() >= MAX_VERSIONS);
-        if !held
-            && !competes
-            && entry.author != self.founder
-            && !self.has_room(&entry.author, entry_bytes(&signed))
-        {
-            return Err(MemberError::TooLarge);
-        }
         let wire = MembershipWire {
             store: self.store,
             founder: self.founder,
             entries: vec![signed],
         };
-        Ok(self.merge_until(&wire, u64::MAX)?.added > 0)
+        let added = self.merge_until(&wire, u64::MAX)?.added > 0;
+        // A new entry with room for its version (its author may be held) is
+        // left out only for want of room in the log; a third version
+        // competes with the held ones instead.
+        if !added && !held && !competes {
+            return Err(MemberError::TooLarge);
+        }
+        Ok(added)
     }
 
     /// Merges another replica's log: it must name the same store and
@@ -878,7 +887,7 @@ impl MembershipLog {
         if self.only_extends(&offered) {
             return Ok(self.extend(offered, count));
         }
-        self.rebuild(offered, count, true)
+        Ok(self.rebuild(offered, count, true))
     }
 
     /// The entries of `other` this log may take: verified, not held,
@@ -939,17 +948,7 @@ impl MembershipLog {
     /// The half of the room `author`'s entries take (not the founder's:
     /// they take none).
     fn tier(&self, author: &DeviceId) -> Tier {
-        if self.founder_adds.contains(author) {
-            Tier::Founders
-        } else {
-            Tier::Others
-        }
-    }
-
-    /// True when one more entry of `author` (not the founder), of
-    /// `bytes`, fits: in all, in its tier and in its author's room.
-    fn has_room(&self, author: &DeviceId, bytes: usize) -> bool {
-        self.usage.fits(author, self.tier(author), bytes)
+        Tier::of(&self.founder_adds, author)
     }
 
     /// True when merging `offered` only extends the log: no slot would
@@ -1038,24 +1037,17 @@ impl MembershipLog {
     /// of each (author, number) the two lowest hashes, then the entries of
     /// the founder and, transitively, of every device an entry so held
     /// adds.
-    fn rebuild(
-        &mut self,
-        offered: Offered,
-        mut count: MergeCount,
-        limited: bool,
-    ) -> Result<MergeCount, MemberError> {
+    fn rebuild(&mut self, offered: Offered, mut count: MergeCount, limited: bool) -> MergeCount {
         // Every entry held or offered, by position.
         enum Candidate {
             Held(Held),
             Offered(SignedMemberEntry, MemberEntry),
-            /// Offered, with room already counted for it.
-            Taken(SignedMemberEntry, MemberEntry),
         }
         impl Candidate {
             fn entry(&self) -> &MemberEntry {
                 match self {
                     Candidate::Held(held) => &held.entry,
-                    Candidate::Offered(_, entry) | Candidate::Taken(_, entry) => entry,
+                    Candidate::Offered(_, entry) => entry,
                 }
             }
         }
@@ -1097,18 +1089,15 @@ impl MembershipLog {
                 _ => None,
             })
             .collect();
-        let tier = |author: &DeviceId| {
-            if founder_adds.contains(author) {
-                Tier::Founders
-            } else {
-                Tier::Others
-            }
-        };
+        let tier = |author: &DeviceId| Tier::of(&founder_adds, author);
         // What the held entries weigh. Offered ones take the room left, in
         // the order below, and the rest are refused: a full log still
         // takes the founder's entries from a peer whose log is full of
         // others, and never gives up an entry it holds for one offered.
         let mut usage = Usage::default();
+        // Offered versions with their room counted already (they displace
+        // held ones).
+        let mut taken = std::collections::BTreeSet::new();
         for (slot, versions) in &candidates {
             for candidate in versions.values() {
                 if let (Candidate::Held(held), true) = (candidate, slot.0 != founder) {
@@ -1148,12 +1137,13 @@ impl MembershipLog {
                     continue;
                 }
                 usage = trial;
-                for candidate in versions.values_mut().take(MAX_VERSIONS) {
-                    if let Candidate::Offered(signed, entry) = candidate {
-                        let (signed, entry) = (signed.clone(), entry.clone());
-                        *candidate = Candidate::Taken(signed, entry);
-                    }
-                }
+                taken.extend(
+                    versions
+                        .iter()
+                        .take(MAX_VERSIONS)
+                        .filter(|(_, c)| matches!(c, Candidate::Offered(..)))
+                        .map(|(hash, _)| *hash),
+                );
             }
             keep_lowest(versions);
         }
@@ -1176,8 +1166,7 @@ impl MembershipLog {
                 for (hash, candidate) in versions {
                     // Offered entries that need no room counted now: taken
                     // already, the founder's, or a log read back whole.
-                    let counted =
-                        matches!(candidate, Candidate::Taken(..)) || slot.0 == founder || !limited;
+                    let counted = taken.contains(&hash) || slot.0 == founder || !limited;
                     let entry = match candidate {
                         Candidate::Held(held) => {
                             // Held before: kept whatever the room.
@@ -1185,7 +1174,7 @@ impl MembershipLog {
                             rebuilt.put(hash, held);
                             entry
                         }
-                        Candidate::Offered(signed, entry) | Candidate::Taken(signed, entry) => {
+                        Candidate::Offered(signed, entry) => {
                             if !counted && !usage.take(&slot.0, tier(&slot.0), entry_bytes(&signed))
                             {
                                 continue;
@@ -1203,7 +1192,7 @@ impl MembershipLog {
         }
         count.refused += offered_count - count.added;
         *self = rebuilt;
-        Ok(count)
+        count
     }
 
     /// The wire form.
@@ -1222,7 +1211,7 @@ impl MembershipLog {
         // A log as a replica held it: taken whole, past the caps too (a
         // device the founder adds late moves its entries to the founder's
         // tier, which may then hold more than its room).
-        log.rebuild(offered, count, false)?;
+        log.rebuild(offered, count, false);
         Ok(log)
     }
 
