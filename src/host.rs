@@ -637,6 +637,10 @@ impl Replica for Hosted {
         Box::pin(self.ingest_commits(commits))
     }
 
+    fn founder(&self) -> BoxFuture<'_, DeviceId> {
+        Box::pin(Hosted::founder(self))
+    }
+
     fn membership_have(&self) -> BoxFuture<'_, MembersHave> {
         Box::pin(async move {
             let state = self.state.lock().await;

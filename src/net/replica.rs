@@ -101,6 +101,8 @@ pub trait Replica: MaybeSend + MaybeSync {
     fn commit_at(&self, author: DeviceId, seq: u64) -> BoxFuture<'_, Result<Option<SignedCommit>>>;
     /// Verifies and stores received commits.
     fn ingest(&self, commits: Vec<SignedCommit>) -> BoxFuture<'_, Result<Ingested>>;
+    /// The founder of the store's membership log now.
+    fn founder(&self) -> BoxFuture<'_, DeviceId>;
     /// What this replica holds of the membership log.
     fn membership_have(&self) -> BoxFuture<'_, MembersHave>;
     /// The membership entries a replica holding `theirs` lacks (`None`:

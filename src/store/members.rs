@@ -192,6 +192,12 @@ impl Store {
         self.inner.members.lock().await.log.to_wire()
     }
 
+    /// The founder of the store's membership log (it changes once, when
+    /// this store joins another device's store by pairing).
+    pub async fn founder(&self) -> DeviceId {
+        self.inner.members.lock().await.log.founder()
+    }
+
     /// A digest of the membership log (equal digests, equal logs).
     pub async fn membership_digest(&self) -> [u8; 32] {
         self.inner.members.lock().await.digest

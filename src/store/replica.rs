@@ -67,6 +67,10 @@ impl Replica for Store {
         })
     }
 
+    fn founder(&self) -> BoxFuture<'_, DeviceId> {
+        Box::pin(Store::founder(self))
+    }
+
     fn membership_have(&self) -> BoxFuture<'_, MembersHave> {
         Box::pin(Store::membership_have(self))
     }

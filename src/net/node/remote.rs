@@ -148,10 +148,15 @@ impl Node {
     fn read_hello(&mut self, peer: PeerId, kind: Hello) {
         let replica = self.replica.clone();
         self.off_loop(async move {
-            let mut log = replica.membership_for(None).await;
-            if let (Hello::Short, Some(log)) = (kind, log.as_mut()) {
-                log.entries.clear();
-            }
+            let log = match kind {
+                Hello::Short => Some(MembershipWire {
+                    store: replica.store_id(),
+                    founder: replica.founder().await,
+                    entries: Vec::new(),
+                }),
+                // (What the server lacks is read when it says what it holds.)
+                Hello::Whole | Hello::Missing => replica.membership_for(None).await,
+            };
             Done::Hello { peer, kind, log }
         });
     }
