@@ -108,17 +108,22 @@ fn in_every_order(founder: &DeviceIdentity, entries: &[SignedMemberEntry]) -> Me
                 order.reverse();
             }
             let mut log = founded(founder);
-            let wire = MembershipWire {
-                store: STORE,
-                founder: founder.device_id(),
-                entries: order.into_iter().cloned().collect(),
-            };
+            let wire = wire_of(founder, order.into_iter().cloned().collect());
             log.merge(&wire).expect("verified");
             results.push((log.digest(), log.members()));
         }
     }
     assert!(results.windows(2).all(|w| w[0] == w[1]), "orders disagree");
     results.remove(0).1
+}
+
+/// A log of `entries` founded by `founder`, as sent.
+fn wire_of(founder: &DeviceIdentity, entries: Vec<SignedMemberEntry>) -> MembershipWire {
+    MembershipWire {
+        store: STORE,
+        founder: founder.device_id(),
+        entries,
+    }
 }
 
 fn wire_entries(log: &MembershipLog) -> Vec<SignedMemberEntry> {
@@ -489,12 +494,7 @@ fn two_keys_for_one_epoch_resolve_to_the_lowest_commitment_in_any_order() {
     assert_eq!(for_a[0].2, k2 == winner);
     // A re-grant under another commitment for a recorded epoch is refused.
     let mut log = founded(&a);
-    log.merge(&MembershipWire {
-        store: STORE,
-        founder: a.device_id(),
-        entries,
-    })
-    .expect("merge");
+    log.merge(&wire_of(&a, entries)).expect("merge");
     let fork = MemberChange::Key {
         epoch: 1,
         commitment: [0xff; 32],
@@ -716,12 +716,9 @@ fn entries_of_throw_away_keys_are_never_stored_and_budgets_hold() {
     let mut entries = junk.clone();
     entries.push(b1.clone());
     entries.push(adds_b.clone());
-    let wire = MembershipWire {
-        store: STORE,
-        founder: a.device_id(),
-        entries,
-    };
-    let count = log.merge_until(&wire, u64::MAX).expect("merge");
+    let count = log
+        .merge_until(&wire_of(&a, entries), u64::MAX)
+        .expect("merge");
     assert_eq!((count.added, count.refused, count.waiting), (2, 300, 0));
     assert_eq!(log.len(), 2);
     assert!(log.members().is_member(&device(3).device_id()));
@@ -733,11 +730,7 @@ fn entries_of_throw_away_keys_are_never_stored_and_budgets_hold() {
         log.clone().add(over.clone()),
         Err(MemberError::NotAdmitted(_))
     ));
-    let wire = MembershipWire {
-        store: STORE,
-        founder: a.device_id(),
-        entries: vec![over],
-    };
+    let wire = wire_of(&a, vec![over]);
     assert_eq!(log.merge_until(&wire, u64::MAX).expect("merge").refused, 1);
 
     // Three versions of one entry: the two lowest hashes kept, in any order.
@@ -796,12 +789,7 @@ fn replicas_exchange_only_the_entries_they_lack_and_end_equal() {
     let mut x = founded(&a);
     let first = append(&mut x, &a, 1, add(&b));
     let mut y = founded(&a);
-    y.merge(&MembershipWire {
-        store: STORE,
-        founder: a.device_id(),
-        entries: vec![first.clone()],
-    })
-    .expect("merge");
+    y.merge(&wire_of(&a, vec![first.clone()])).expect("merge");
     append(&mut x, &a, 2, add(&c));
     append(&mut x, &b, 3, add(&d));
     // Y lacks two entries: only those travel, not A's first.
@@ -827,11 +815,7 @@ fn divergent_histories_and_equivocations_reach_both_replicas() {
     // B signs two entries under number 2: X gets one, Y the other.
     let one = forged(&b, 2, b1.hash(), 3, add(&d));
     let other = forged(&b, 2, b1.hash(), 4, remove(&x, &c, None));
-    let wire = |entries: Vec<SignedMemberEntry>| MembershipWire {
-        store: STORE,
-        founder: a.device_id(),
-        entries,
-    };
+    let wire = |entries| wire_of(&a, entries);
     x.merge(&wire(vec![one.clone()])).expect("x");
     y.merge(&wire(vec![other.clone()])).expect("y");
     assert_ne!(x.digest(), y.digest());
@@ -877,11 +861,7 @@ fn a_log_filled_by_a_member_gone_bad_still_takes_the_entries_of_the_founders_dev
         }
     }
     for chunk in entries.chunks(1_000) {
-        let wire = MembershipWire {
-            store: STORE,
-            founder: a.device_id(),
-            entries: chunk.to_vec(),
-        };
+        let wire = wire_of(&a, chunk.to_vec());
         log.merge_until(&wire, u64::MAX).expect("merge");
     }
     assert_eq!(
@@ -1023,14 +1003,7 @@ fn a_lower_version_the_full_log_has_no_room_for_displaces_nothing() {
         .expect("one of a hundred hashes is lower");
     let full = log.to_wire();
     let count = log
-        .merge_until(
-            &MembershipWire {
-                store: STORE,
-                founder: a.device_id(),
-                entries: vec![lower],
-            },
-            u64::MAX,
-        )
+        .merge_until(&wire_of(&a, vec![lower]), u64::MAX)
         .expect("merge");
     assert_eq!((count.added, count.refused), (0, 1));
     assert_eq!(log.to_wire(), full, "nothing held given up");
@@ -1066,11 +1039,7 @@ fn replicas_filled_with_different_junk_still_take_each_others_logs_and_the_found
     let fill = |half: &[DeviceIdentity], tag: u8| {
         let mut log = base.clone();
         for (i, puppet) in half.iter().enumerate() {
-            let wire = MembershipWire {
-                store: STORE,
-                founder: a.device_id(),
-                entries: puppet_junk(puppet, tag + i as u8, per_puppet, 100),
-            };
+            let wire = wire_of(&a, puppet_junk(puppet, tag + i as u8, per_puppet, 100));
             log.merge(&wire).expect("merge");
         }
         log
@@ -1206,12 +1175,7 @@ fn a_lower_version_swaps_in_when_its_authors_room_is_full_so_replicas_agree() {
         let mut log = base.clone();
         let mut all = entries.clone();
         all.extend_from_slice(sevens);
-        log.merge(&MembershipWire {
-            store: STORE,
-            founder: a.device_id(),
-            entries: all,
-        })
-        .expect("merge");
+        log.merge(&wire_of(&a, all)).expect("merge");
         log
     };
     let mut x = replica(&sevens[1..]);
@@ -1233,21 +1197,13 @@ fn a_device_the_founder_pairs_merges_in_place() {
     append(&mut log, &device(3), 3, add(&device(5)));
     let mut theirs = log.clone();
     let pairing = append(&mut theirs, &a, 3, add(&device(4)));
-    let wire = MembershipWire {
-        store: STORE,
-        founder: a.device_id(),
-        entries: vec![pairing],
-    };
+    let wire = wire_of(&a, vec![pairing]);
     let (offered, _) = log.offered(&wire, u64::MAX).expect("offered");
     assert!(log.only_extends(&offered), "a new device moves nothing");
     // The founder adding a device that already wrote entries moves them:
     // that merge rebuilds.
     let late = append(&mut theirs, &a, 4, add(&device(3)));
-    let wire = MembershipWire {
-        store: STORE,
-        founder: a.device_id(),
-        entries: vec![late],
-    };
+    let wire = wire_of(&a, vec![late]);
     let (offered, _) = log.offered(&wire, u64::MAX).expect("offered");
     assert!(!log.only_extends(&offered));
 }
