@@ -504,6 +504,11 @@ impl Hosted {
     /// and the entries merged into that.
     async fn merge(&self, wire: MembershipWire) -> Result<Merged> {
         let mut state = self.state.lock().await;
+        let ours = wire.store == state.log.store() && wire.founder == state.log.founder();
+        if ours && wire.entries.is_empty() {
+            // (A device's first hello: nothing to merge, no copy to make.)
+            return Ok(Merged::default());
+        }
         let before = self.current_members();
         let horizon = (self.wall_clock)().saturating_add(self.limits.max_clock_skew_ms);
         let mut attempt = 0;

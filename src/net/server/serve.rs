@@ -297,10 +297,12 @@ impl Serving {
             }
             let (options, loaded) = (self.options.clone(), self.loaded.clone());
             self.off_loop(async move {
-                let result = match open_space(options, loaded, peer, store, log).await {
-                    Ok(hosted) => Ok((hosted.clone(), hosted.membership_have().await)),
-                    Err(e) => Err(e),
-                };
+                let result = async {
+                    let hosted = open_space(options, loaded, peer, store, log).await?;
+                    let members = hosted.membership_have().await;
+                    Ok((hosted, members))
+                }
+                .await;
                 Done::Hello {
                     peer,
                     store,
